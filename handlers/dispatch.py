@@ -1,0 +1,127 @@
+"""From a delivered CloudEvent to launches: parse, drop stale events, route, launch each match.
+
+The error policy lives here, once for every entry point:
+
+- a malformed event, an unsupported event type, no matching trigger -> logged, acknowledged;
+- an event older than ``settings.max_event_age`` -> dropped with a log line, acknowledged;
+- a permanent launch error -> recorded in the ledger by the launch service, acknowledged;
+- a retryable error -> raised after every matching trigger had its turn (the platform redelivers;
+  triggers that already launched see a duplicate next time).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from handlers import events, logs, routing
+from handlers.config import Trigger
+from handlers.errors import EventError, EventTooOld, RetryableError
+from handlers.launch import LaunchService, Outcome
+from handlers.runtime import Runtime
+
+
+def _too_old(runtime: Runtime, event: Any, now: dt.datetime | None = None) -> bool:
+    age = ((now or dt.datetime.now(dt.UTC)) - event.event_time).total_seconds()
+    limit = runtime.config.settings.max_event_age_seconds
+    if age > limit:
+        err = EventTooOld(f"event is {age:.0f}s old, older than max_event_age {limit:.0f}s: dropped")
+        logs.warning(err.message, event_id=event.event_id, event=event.summary(), **err.context())
+        return True
+    return False
+
+
+def launch_matches(
+    runtime: Runtime, event: Any, triggers: Iterable[Trigger], service: LaunchService | None = None
+) -> list[Outcome]:
+    """Launch every trigger; raise the first retryable error only after all had their turn."""
+    service = service or LaunchService(runtime)
+    outcomes: list[Outcome] = []
+    pending: RetryableError | None = None
+    for trigger in triggers:
+        try:
+            outcomes.append(service.start(trigger, event))
+        except RetryableError as exc:
+            logs.warning(
+                "transient failure: the event will be redelivered", trigger=trigger.name, **exc.context()
+            )
+            pending = pending or exc
+    if pending is not None:
+        raise pending
+    return outcomes
+
+
+def handle_object(runtime: Runtime, event: events.ObjectEvent) -> list[Outcome]:
+    with logs.bind(event_id=event.event_id):
+        if _too_old(runtime, event):
+            return []
+        matches = routing.match_object(runtime.config, event)
+        hits = [m.trigger for m in matches if m.matched]
+        if not hits:
+            logs.info(
+                "no trigger matches this object",
+                event=event.summary(),
+                near_misses={m.trigger.name: list(m.reasons) for m in matches},
+            )
+            return []
+        return launch_matches(runtime, event, hits)
+
+
+def handle_object_finalized(cloud_event: Any, runtime: Runtime) -> list[Outcome]:
+    """``on_object_finalized``: an Eventarc Cloud Storage finalize event."""
+    try:
+        event = events.parse_object_finalized(cloud_event)
+    except EventError as exc:
+        logs.error("malformed storage event: acknowledged", **exc.context())
+        return []
+    return handle_object(runtime, event)
+
+
+MessageHook = Callable[[Runtime, events.MessageEvent], "list[Outcome] | None"]
+_message_hooks: list[MessageHook] = []
+
+
+def register_message_hook(hook: MessageHook) -> None:
+    """Let another module claim messages first (completion events for chaining)."""
+    if hook not in _message_hooks:
+        _message_hooks.append(hook)
+
+
+def handle_message(cloud_event: Any, runtime: Runtime) -> list[Outcome]:
+    """``on_message``: a Pub/Sub message; storage notifications count as finalize events."""
+    try:
+        message = events.parse_message(cloud_event)
+    except EventError as exc:
+        logs.error("malformed Pub/Sub event: acknowledged", **exc.context())
+        return []
+    with logs.bind(event_id=message.event_id):
+        if message.is_storage_notification():
+            try:
+                obj_event = events.object_event_from_notification(message)
+            except EventError as exc:
+                logs.error("malformed storage notification: acknowledged", **exc.context())
+                return []
+            if obj_event is None:
+                logs.info(
+                    "storage notification ignored: only OBJECT_FINALIZE launches",
+                    event_type=message.attributes.get("eventType"),
+                )
+                return []
+            return handle_object(runtime, obj_event)
+        if _too_old(runtime, message):
+            return []
+        for hook in _message_hooks:
+            handled = hook(runtime, message)
+            if handled is not None:
+                return handled
+        matches = routing.match_message(runtime.config, message)
+        hits = [m.trigger for m in matches if m.matched]
+        if not hits:
+            logs.info(
+                "no trigger matches this message",
+                event=message.summary(),
+                near_misses={m.trigger.name: list(m.reasons) for m in matches},
+            )
+            return []
+        return launch_matches(runtime, message, hits)

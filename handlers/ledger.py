@@ -1,0 +1,314 @@
+"""The run ledger: one small JSON object per run in a Cloud Storage bucket.
+
+Layout under the configured prefix::
+
+    runs/<run_key>.json      the run record (state, job, parameters, history, completion)
+    active/<run_key>         an empty marker while the run is not finished: the sweep lists only these,
+                             so its cost grows with the number of active runs, never with history
+
+Correctness rests on two conditional writes of small objects only (the ones fake-gcs-server and
+GCS both enforce):
+
+- **claim**: create-only, ``ifGenerationMatch=0``: of many concurrent deliveries exactly one wins;
+- **update**: compare-and-swap, ``ifGenerationMatch=<generation read>``: a writer that read a stale
+  record loses and must re-read (see :meth:`Ledger.mutate`).
+
+Markers are plain creates and deletes: losing or repeating one is harmless because the run record
+decides.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import uuid
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any, Protocol
+
+from handlers.backends.base import JobRef, RunState
+from handlers.errors import LedgerUnavailable, NotFound
+
+SCHEMA = 1
+HISTORY_LIMIT = 50
+
+
+class Conflict(Exception):
+    """A conditional write lost: the object exists (create) or changed since it was read (update)."""
+
+
+class Store(Protocol):
+    """A tiny object-store contract: what the ledger needs and nothing more."""
+
+    def read(self, name: str) -> tuple[bytes, int] | None: ...
+
+    def create(self, name: str, data: bytes) -> int: ...
+
+    def replace(self, name: str, data: bytes, generation: int) -> int: ...
+
+    def delete(self, name: str) -> None: ...
+
+    def list(self, prefix: str) -> Iterator[str]: ...
+
+
+class GcsStore:
+    """:class:`Store` over a Cloud Storage bucket (google-cloud-storage)."""
+
+    def __init__(self, bucket: str, client: Any = None) -> None:
+        self.bucket_name = bucket
+        self._client = client
+        self._bucket: Any = None
+
+    @property
+    def bucket(self) -> Any:
+        if self._bucket is None:
+            if self._client is None:
+                from handlers import clients
+
+                self._client = clients.storage_client()
+            self._bucket = self._client.bucket(self.bucket_name)
+        return self._bucket
+
+    def _call(self, what: str, fn: Callable[[], Any]) -> Any:
+        from google.api_core import exceptions as gexc
+
+        try:
+            return fn()
+        except gexc.PreconditionFailed as exc:
+            raise Conflict(what) from exc
+        except gexc.NotFound:
+            raise
+        except (gexc.GoogleAPIError, OSError) as exc:
+            raise LedgerUnavailable(f"ledger {what}: {exc.__class__.__name__}: {exc}") from exc
+        except Exception as exc:
+            if exc.__class__.__module__.startswith(("requests", "urllib3", "google.auth")):
+                raise LedgerUnavailable(f"ledger {what}: {exc.__class__.__name__}: {exc}") from exc
+            raise
+
+    def read(self, name: str) -> tuple[bytes, int] | None:
+        from google.api_core import exceptions as gexc
+
+        blob = self.bucket.blob(name)
+        try:
+            data = self._call(f"read {name}", blob.download_as_bytes)
+        except gexc.NotFound:
+            return None
+        return data, int(blob.generation)
+
+    def _upload(self, name: str, data: bytes, generation: int) -> int:
+        from google.api_core import exceptions as gexc
+
+        blob = self.bucket.blob(name)
+        try:
+            self._call(
+                f"write {name}",
+                lambda: blob.upload_from_string(
+                    data, content_type="application/json", if_generation_match=generation
+                ),
+            )
+        except gexc.NotFound as exc:
+            if generation == 0:
+                raise LedgerUnavailable(f"ledger bucket {self.bucket_name!r} not found") from exc
+            raise Conflict(name) from exc
+        return int(blob.generation)
+
+    def create(self, name: str, data: bytes) -> int:
+        return self._upload(name, data, 0)
+
+    def replace(self, name: str, data: bytes, generation: int) -> int:
+        return self._upload(name, data, generation)
+
+    def delete(self, name: str) -> None:
+        from google.api_core import exceptions as gexc
+
+        try:
+            self._call(f"delete {name}", self.bucket.blob(name).delete)
+        except gexc.NotFound:
+            pass
+
+    def list(self, prefix: str) -> Iterator[str]:
+        blobs = self._call(
+            f"list {prefix}", lambda: list(self.bucket.client.list_blobs(self.bucket, prefix=prefix))
+        )
+        for blob in blobs:
+            yield blob.name
+
+
+def now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+def iso(value: dt.datetime | None) -> str | None:
+    return (
+        None
+        if value is None
+        else value.astimezone(dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    )
+
+
+def from_iso(value: str | None) -> dt.datetime | None:
+    if not value:
+        return None
+    return dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+
+
+@dataclass(frozen=True)
+class Run:
+    """One run record. Frozen: changes go through :func:`dataclasses.replace` and :meth:`Ledger.update`."""
+
+    run_key: str
+    trigger: str
+    pipeline: str
+    backend: str
+    state: str
+    job_name: str
+    event: Mapping[str, Any] = field(default_factory=dict)
+    parameters: Mapping[str, str] = field(default_factory=dict)
+    outputs: Mapping[str, str] = field(default_factory=dict)
+    job: Mapping[str, Any] | None = None
+    owner: str | None = None
+    lease_until: str | None = None
+    attempts: int = 0
+    error: Mapping[str, Any] | None = None
+    created_at: str | None = None
+    updated_at: str | None = None
+    launched_at: str | None = None
+    started_at: str | None = None
+    ended_at: str | None = None
+    deadline_at: str | None = None
+    last_seen_at: str | None = None
+    raw_state: str | None = None
+    completion: Mapping[str, Any] | None = None
+    history: tuple[Mapping[str, Any], ...] = ()
+    generation: int = 0  # not stored: the object generation this copy was read at
+
+    @property
+    def run_state(self) -> RunState:
+        return RunState(self.state)
+
+    @property
+    def terminal(self) -> bool:
+        return self.run_state.terminal
+
+    @property
+    def job_ref(self) -> JobRef | None:
+        return JobRef.from_json(self.job) if self.job else None
+
+    def lease_expired(self, at: dt.datetime | None = None) -> bool:
+        until = from_iso(self.lease_until)
+        return until is None or (at or now()) >= until
+
+    def with_state(self, state: RunState | str, note: str = "", **changes: Any) -> Run:
+        """A copy in ``state`` with a history line (bounded) and ``updated_at`` set."""
+        stamp = iso(now())
+        entry = {"at": stamp, "state": str(state)}
+        if note:
+            entry["note"] = note
+        history = (*self.history, entry)[-HISTORY_LIMIT:]
+        return replace(self, state=str(state), updated_at=stamp, history=history, **changes)
+
+    def to_json(self) -> dict[str, Any]:
+        doc = asdict(self)
+        doc.pop("generation")
+        doc["history"] = list(self.history)
+        doc["schema"] = SCHEMA
+        return doc
+
+    @classmethod
+    def from_json(cls, doc: Mapping[str, Any], generation: int = 0) -> Run:
+        known = {f for f in cls.__dataclass_fields__ if f != "generation"}
+        values = {k: v for k, v in doc.items() if k in known}
+        values["history"] = tuple(values.get("history") or ())
+        return cls(**values, generation=generation)
+
+
+def new_owner() -> str:
+    """A token naming one invocation's claim."""
+    return uuid.uuid4().hex
+
+
+class Ledger:
+    """Run records over a :class:`Store`."""
+
+    def __init__(self, store: Store, prefix: str = "pipeline-ledger/") -> None:
+        self.store = store
+        self.prefix = prefix
+
+    def _run_name(self, run_key: str) -> str:
+        return f"{self.prefix}runs/{run_key}.json"
+
+    def _active_name(self, run_key: str) -> str:
+        return f"{self.prefix}active/{run_key}"
+
+    @staticmethod
+    def _encode(run: Run) -> bytes:
+        return json.dumps(run.to_json(), sort_keys=True, ensure_ascii=False, separators=(",", ":")).encode()
+
+    def get(self, run_key: str) -> Run | None:
+        found = self.store.read(self._run_name(run_key))
+        if found is None:
+            return None
+        data, generation = found
+        return Run.from_json(json.loads(data), generation)
+
+    def require(self, run_key: str) -> Run:
+        run = self.get(run_key)
+        if run is None:
+            raise NotFound(f"no run {run_key!r} in the ledger", run_key=run_key)
+        return run
+
+    def create(self, run: Run) -> Run:
+        """Create-only write; raises :class:`Conflict` when the run exists."""
+        stamp = iso(now())
+        run = replace(run, created_at=run.created_at or stamp, updated_at=stamp)
+        generation = self.store.create(self._run_name(run.run_key), self._encode(run))
+        return replace(run, generation=generation)
+
+    def update(self, run: Run) -> Run:
+        """Compare-and-swap on ``run.generation``; raises :class:`Conflict` when it changed."""
+        generation = self.store.replace(self._run_name(run.run_key), self._encode(run), run.generation)
+        return replace(run, generation=generation)
+
+    def mutate(self, run_key: str, change: Callable[[Run], Run | None], attempts: int = 10) -> Run | None:
+        """Read, apply ``change`` (``None`` = nothing to do), write by CAS; re-read on conflict."""
+        for _ in range(attempts):
+            current = self.require(run_key)
+            updated = change(current)
+            if updated is None:
+                return current
+            try:
+                return self.update(updated)
+            except Conflict:
+                continue
+        raise LedgerUnavailable(f"run {run_key}: too much contention updating the ledger", run_key=run_key)
+
+    def mark_active(self, run_key: str) -> None:
+        try:
+            self.store.create(self._active_name(run_key), b"")
+        except Conflict:
+            pass
+
+    def clear_active(self, run_key: str) -> None:
+        self.store.delete(self._active_name(run_key))
+
+    def active_keys(self) -> list[str]:
+        prefix = f"{self.prefix}active/"
+        return [name[len(prefix) :] for name in self.store.list(prefix)]
+
+    def all_keys(self) -> list[str]:
+        prefix = f"{self.prefix}runs/"
+        return [
+            name[len(prefix) : -len(".json")] for name in self.store.list(prefix) if name.endswith(".json")
+        ]
+
+    # Generic small documents (fan-in joins) share the same conditional-write discipline.
+    def read_doc(self, name: str) -> tuple[dict[str, Any], int] | None:
+        found = self.store.read(f"{self.prefix}{name}")
+        return None if found is None else (json.loads(found[0]), found[1])
+
+    def write_doc(self, name: str, doc: Mapping[str, Any], generation: int) -> int:
+        data = json.dumps(doc, sort_keys=True, ensure_ascii=False).encode()
+        path = f"{self.prefix}{name}"
+        return (
+            self.store.create(path, data) if generation == 0 else self.store.replace(path, data, generation)
+        )

@@ -1,0 +1,25 @@
+"""Cloud Functions entry points. Thin by design: wrap the event, call one service, return.
+
+Each function is deployed on its own (``--entry-point``); the services import what they need on
+first use, so a function loads only its own dependencies. Raising means "retry me" to the
+platform: only retryable errors escape the services.
+"""
+
+from typing import Any
+
+import functions_framework
+
+from handlers import dispatch
+from handlers.runtime import default_runtime
+
+
+@functions_framework.cloud_event
+def on_object_finalized(cloud_event: Any) -> None:
+    """Eventarc ``google.cloud.storage.object.v1.finalized``: launch the matching pipelines."""
+    dispatch.handle_object_finalized(cloud_event, default_runtime())
+
+
+@functions_framework.cloud_event
+def on_message(cloud_event: Any) -> None:
+    """Eventarc Pub/Sub ``messagePublished``: messages, storage notifications, completions."""
+    dispatch.handle_message(cloud_event, default_runtime())
