@@ -651,7 +651,7 @@ class FunctionServer(ManagedService):
 # --------------------------------------------------------------------------------------------------
 
 
-def emulator_host(explicit: str | None = None) -> str:
+def resolve_emulator_host(explicit: str | None = None) -> str:
     """``explicit`` or $PUBSUB_EMULATOR_HOST; refuses to fall through to the real Pub/Sub."""
     host = explicit or os.environ.get("PUBSUB_EMULATOR_HOST")
     if not host:
@@ -666,7 +666,7 @@ def _publisher(host: str | None) -> Iterator[Any]:
     from google.pubsub_v1 import PublisherClient
     from google.pubsub_v1.services.publisher.transports import PublisherGrpcTransport
 
-    channel = grpc.insecure_channel(emulator_host(host))
+    channel = grpc.insecure_channel(resolve_emulator_host(host))
     try:
         yield PublisherClient(transport=PublisherGrpcTransport(channel=channel))
     finally:
@@ -680,7 +680,7 @@ def _subscriber(host: str | None) -> Iterator[Any]:
     from google.pubsub_v1 import SubscriberClient
     from google.pubsub_v1.services.subscriber.transports import SubscriberGrpcTransport
 
-    channel = grpc.insecure_channel(emulator_host(host))
+    channel = grpc.insecure_channel(resolve_emulator_host(host))
     try:
         yield SubscriberClient(transport=SubscriberGrpcTransport(channel=channel))
     finally:
