@@ -23,3 +23,15 @@ def on_object_finalized(cloud_event: Any) -> None:
 def on_message(cloud_event: Any) -> None:
     """Eventarc Pub/Sub ``messagePublished``: messages, storage notifications, completions."""
     dispatch.handle_message(cloud_event, default_runtime())
+
+
+@functions_framework.cloud_event
+def on_job_status(cloud_event: Any) -> None:
+    """Eventarc ``google.cloud.dataflow.job.v1beta3.statusChanged``: complete a run at once."""
+    dispatch.handle_job_status(cloud_event, default_runtime())
+
+
+@functions_framework.cloud_event
+def check_runs(cloud_event: Any) -> None:
+    """Cloud Scheduler -> Pub/Sub, every minute: the sweep over active runs."""
+    dispatch.handle_sweep(cloud_event, default_runtime())

@@ -12,10 +12,10 @@ The error policy lives here, once for every entry point:
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from typing import Any
 
-from handlers import events, logs, routing
+from handlers import completion, events, logs, routing
 from handlers.config import Trigger
 from handlers.errors import EventError, EventTooOld, RetryableError
 from handlers.launch import LaunchService, Outcome
@@ -78,16 +78,6 @@ def handle_object_finalized(cloud_event: Any, runtime: Runtime) -> list[Outcome]
     return handle_object(runtime, event)
 
 
-MessageHook = Callable[[Runtime, events.MessageEvent], "list[Outcome] | None"]
-_message_hooks: list[MessageHook] = []
-
-
-def register_message_hook(hook: MessageHook) -> None:
-    """Let another module claim messages first (completion events for chaining)."""
-    if hook not in _message_hooks:
-        _message_hooks.append(hook)
-
-
 def handle_message(cloud_event: Any, runtime: Runtime) -> list[Outcome]:
     """``on_message``: a Pub/Sub message; storage notifications count as finalize events."""
     try:
@@ -111,10 +101,10 @@ def handle_message(cloud_event: Any, runtime: Runtime) -> list[Outcome]:
             return handle_object(runtime, obj_event)
         if _too_old(runtime, message):
             return []
-        for hook in _message_hooks:
-            handled = hook(runtime, message)
-            if handled is not None:
-                return handled
+        if completion.is_completion_message(message):
+            from handlers.chaining import handle_completion
+
+            return handle_completion(runtime, message)
         matches = routing.match_message(runtime.config, message)
         hits = [m.trigger for m in matches if m.matched]
         if not hits:
@@ -125,3 +115,34 @@ def handle_message(cloud_event: Any, runtime: Runtime) -> list[Outcome]:
             )
             return []
         return launch_matches(runtime, message, hits)
+
+
+def handle_job_status(cloud_event: Any, runtime: Runtime) -> str | None:
+    """``on_job_status``: Eventarc's Dataflow ``statusChanged``; completes the run without waiting."""
+    from handlers.tracking import Tracker
+
+    attrs, data = events.cloud_event_parts(cloud_event)
+    job = (data or {}).get("payload") if isinstance(data, dict) else None
+    if not isinstance(job, dict):
+        logs.error("statusChanged event without a Job payload: acknowledged", event_id=attrs.get("id"))
+        return None
+    labels = job.get("labels") or {}
+    trigger, run_hash = labels.get("pipeline-trigger"), labels.get("run-key-hash")
+    if not trigger or not run_hash:
+        logs.info(
+            "job was not launched by this project: ignored", job_id=job.get("id"), job_name=job.get("name")
+        )
+        return None
+    run_key = f"{trigger}-{run_hash}"
+    with logs.bind(event_id=attrs.get("id"), run_key=run_key, job_id=job.get("id")):
+        logs.info("job status changed", backend_state=job.get("currentState"))
+        return Tracker(runtime).check(run_key)
+
+
+def handle_sweep(cloud_event: Any, runtime: Runtime) -> Any:
+    """``check_runs``: the scheduled sweep over active runs."""
+    from handlers.tracking import Tracker
+
+    attrs, _ = events.cloud_event_parts(cloud_event)
+    with logs.bind(event_id=attrs.get("id")):
+        return Tracker(runtime).sweep()
