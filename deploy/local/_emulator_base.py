@@ -1,0 +1,548 @@
+"""Shared plumbing for the local backend emulators (Dataflow, CDAP, Fabric).
+
+Every emulator in ``deploy/local`` is a Flask app plus an :class:`EmulatorState` subclass. This module
+holds what they have in common, so each emulator file only describes its own protocol. The API below
+is small on purpose and meant to stay stable:
+
+``ScaledClock``
+    The emulator clock: ``now()`` is wall time plus the accumulated ``advance(seconds)``, with the
+    time elapsed since start scaled by ``speed`` (``set_speed(f)``). Job state machines read this
+    clock, never ``time.time()``, so tests can move time forward instantly.
+
+``FaultRule`` / ``FaultRules``
+    Fault injection. ``FaultRules.add(body)`` parses the common rule shape
+    ``{"operation", "match", "status", "times", "retry_after", "latency_ms", "after_effect",
+    "message"}``; ``FaultRules.run(operation, attrs, effect, render_error)`` is what a route calls:
+    it finds the first rule whose ``operation`` (or ``*``) and ``match`` fit ``attrs`` (a ``match``
+    value that is a dict must be a subset of the attr dict; anything else compares equal), sleeps the
+    rule's latency, then either calls ``effect()`` normally, or answers ``render_error(rule)``
+    (calling ``effect()`` first when ``after_effect`` is set: the "lost response" case). A
+    ``Retry-After`` header is added when the rule has ``retry_after``.
+
+``RequestLog``
+    Thread-safe list of recorded protocol requests (``record``, ``list``, ``clear``).
+
+``EmulatorState``
+    Base class of an emulator's state: ``lock`` (an RLock guarding all mutable state), ``clock``,
+    ``faults``, ``requests``. Subclasses extend ``reset()`` (forget jobs), ``close()`` (stop
+    background threads) and ``after_clock_change()`` (react at once to a clock move).
+
+``install_control_api(app, state)``
+    Records every request outside ``/_emulator/`` into ``state.requests`` and adds the common
+    control routes: ``POST /_emulator/reset``, ``GET /_emulator/requests``, ``GET|POST|DELETE
+    /_emulator/faults``, ``GET|POST /_emulator/clock`` (``{"advance_seconds": N}``, ``{"speed": F}``).
+    The state is stored in ``app.extensions["emulator_state"]``; ``state_of(app)`` returns it.
+
+``google_error(code, message, status=None, details=None, headers=None)``
+    A Flask response carrying Google's error JSON ``{"error": {"code", "message", "status"}}``;
+    ``GOOGLE_STATUS_BY_CODE`` maps HTTP codes to canonical status names.
+
+``ensure_loopback(host)`` / ``start_server(app, host, port, access_log=False)`` / ``run_cli(...)``
+    ``start_server`` refuses non-loopback hosts, runs a threaded werkzeug server in a daemon thread
+    and returns a :class:`ServerHandle` (``url``, ``host``, ``port``, ``app``, ``app_state``,
+    ``shutdown()``, usable as a context manager). ``run_cli`` implements the standard
+    ``--host/--port [--access-log]`` command line: it prints one JSON line ``{"ready": true, "url":
+    ..., "port": ...}`` once the socket is listening and serves until SIGINT/SIGTERM.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import json
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from flask import Flask, Response, jsonify, request
+from werkzeug.serving import BaseWSGIServer, WSGIRequestHandler, make_server
+
+CONTROL_PREFIX = "/_emulator/"
+STATE_KEY = "emulator_state"
+
+GOOGLE_STATUS_BY_CODE: dict[int, str] = {
+    400: "INVALID_ARGUMENT",
+    401: "UNAUTHENTICATED",
+    403: "PERMISSION_DENIED",
+    404: "NOT_FOUND",
+    409: "ALREADY_EXISTS",
+    412: "FAILED_PRECONDITION",
+    429: "RESOURCE_EXHAUSTED",
+    499: "CANCELLED",
+    500: "INTERNAL",
+    501: "UNIMPLEMENTED",
+    503: "UNAVAILABLE",
+    504: "DEADLINE_EXCEEDED",
+}
+
+
+# --------------------------------------------------------------------------------------------- clock
+
+
+class ScaledClock:
+    """Emulator time in epoch seconds: start + (wall elapsed) * speed + accumulated advances."""
+
+    def __init__(self, speed: float = 1.0) -> None:
+        self._lock = threading.Lock()
+        self._anchor_wall = time.time()
+        self._anchor_emu = self._anchor_wall
+        self._speed = float(speed)
+
+    def now(self) -> float:
+        with self._lock:
+            return self._anchor_emu + (time.time() - self._anchor_wall) * self._speed
+
+    @property
+    def speed(self) -> float:
+        return self._speed
+
+    def advance(self, seconds: float) -> float:
+        """Move the clock forward (never backward) and return the new emulator time."""
+        if seconds < 0:
+            raise ValueError("advance_seconds must be >= 0")
+        with self._lock:
+            self._anchor_emu += float(seconds)
+        return self.now()
+
+    def set_speed(self, speed: float) -> None:
+        if speed < 0:
+            raise ValueError("speed must be >= 0")
+        with self._lock:
+            wall = time.time()
+            self._anchor_emu += (wall - self._anchor_wall) * self._speed
+            self._anchor_wall = wall
+            self._speed = float(speed)
+
+
+def rfc3339(epoch_seconds: float) -> str:
+    """UTC RFC 3339 timestamp with microseconds and a ``Z`` suffix."""
+    whole = int(epoch_seconds)
+    micros = round((epoch_seconds - whole) * 1_000_000)
+    if micros >= 1_000_000:
+        whole, micros = whole + 1, 0
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole)) + f".{micros:06d}Z"
+
+
+# -------------------------------------------------------------------------------------------- faults
+
+
+@dataclass
+class FaultRule:
+    """One fault rule; see the module docstring for the meaning of each field."""
+
+    operation: str
+    match: dict[str, Any] = field(default_factory=dict)
+    status: int | None = None
+    times: int = 1
+    retry_after: float | None = None
+    latency_ms: int = 0
+    after_effect: bool = False
+    message: str | None = None
+    fired: int = 0
+
+    @classmethod
+    def from_json(cls, body: Mapping[str, Any]) -> FaultRule:
+        known = {
+            "operation",
+            "match",
+            "status",
+            "times",
+            "retry_after",
+            "latency_ms",
+            "after_effect",
+            "message",
+        }
+        unknown = sorted(set(body) - known)
+        if unknown:
+            raise ValueError(f"unknown fault rule field(s): {', '.join(unknown)}")
+        operation = body.get("operation")
+        if not isinstance(operation, str) or not operation:
+            raise ValueError("fault rule needs an 'operation' (an operation name or '*')")
+        match = body.get("match") or {}
+        if not isinstance(match, dict):
+            raise ValueError("'match' must be an object")
+        status = body.get("status")
+        if status is not None and (not isinstance(status, int) or not 100 <= status <= 599):
+            raise ValueError("'status' must be an HTTP status code")
+        times = body.get("times", 1)
+        if not isinstance(times, int) or (times < 1 and times != -1):
+            raise ValueError("'times' must be a positive integer or -1 (forever)")
+        retry_after = body.get("retry_after")
+        if retry_after is not None and not isinstance(retry_after, int | float):
+            raise ValueError("'retry_after' must be a number of seconds")
+        latency_ms = body.get("latency_ms", 0) or 0
+        if not isinstance(latency_ms, int | float) or latency_ms < 0:
+            raise ValueError("'latency_ms' must be a non-negative number")
+        if status is None and not latency_ms:
+            raise ValueError("a fault rule needs a 'status', a 'latency_ms', or both")
+        return cls(
+            operation=operation,
+            match=match,
+            status=status,
+            times=times,
+            retry_after=retry_after,
+            latency_ms=int(latency_ms),
+            after_effect=bool(body.get("after_effect", False)),
+            message=body.get("message"),
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "operation": self.operation,
+            "match": self.match,
+            "status": self.status,
+            "times": self.times,
+            "retry_after": self.retry_after,
+            "latency_ms": self.latency_ms,
+            "after_effect": self.after_effect,
+            "message": self.message,
+            "fired": self.fired,
+        }
+
+    def matches(self, operation: str, attrs: Mapping[str, Any]) -> bool:
+        if self.operation not in ("*", operation):
+            return False
+        return _subset_match(self.match, attrs)
+
+
+def _subset_match(expected: Mapping[str, Any], actual: Mapping[str, Any]) -> bool:
+    for key, want in expected.items():
+        if key not in actual:
+            return False
+        got = actual[key]
+        if isinstance(want, dict):
+            if not isinstance(got, Mapping) or not _subset_match(want, got):
+                return False
+        elif want != got:
+            return False
+    return True
+
+
+class FaultRules:
+    """Ordered, thread-safe list of :class:`FaultRule`; the first matching live rule fires."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._rules: list[FaultRule] = []
+
+    def add(self, body: Mapping[str, Any]) -> FaultRule:
+        rule = FaultRule.from_json(body)
+        with self._lock:
+            self._rules.append(rule)
+        return rule
+
+    def clear(self) -> None:
+        with self._lock:
+            self._rules.clear()
+
+    def list(self) -> list[dict[str, Any]]:
+        with self._lock:
+            return [rule.to_json() for rule in self._rules]
+
+    def take(self, operation: str, attrs: Mapping[str, Any]) -> FaultRule | None:
+        """Consume one firing of the first rule matching ``operation``/``attrs``, if any."""
+        with self._lock:
+            for rule in self._rules:
+                if rule.matches(operation, attrs):
+                    rule.fired += 1
+                    if rule.times != -1:
+                        rule.times -= 1
+                        if rule.times == 0:
+                            self._rules.remove(rule)
+                    return rule
+        return None
+
+    def run(
+        self,
+        operation: str,
+        attrs: Mapping[str, Any],
+        effect: Callable[[], Response],
+        render_error: Callable[[FaultRule], Response],
+    ) -> Response:
+        """Answer a protocol request, applying the first matching fault rule around ``effect``."""
+        rule = self.take(operation, attrs)
+        if rule is None:
+            return effect()
+        if rule.latency_ms:
+            time.sleep(rule.latency_ms / 1000.0)
+        if rule.status is None:
+            return effect()
+        if rule.after_effect:
+            effect()
+        response = render_error(rule)
+        if rule.retry_after is not None:
+            retry_after = rule.retry_after
+            response.headers["Retry-After"] = str(
+                int(retry_after) if retry_after == int(retry_after) else retry_after
+            )
+        return response
+
+
+# ------------------------------------------------------------------------------------ request log
+
+
+class RequestLog:
+    """Thread-safe record of protocol requests, oldest first."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._entries: list[dict[str, Any]] = []
+
+    def record(self, entry: dict[str, Any]) -> None:
+        with self._lock:
+            self._entries.append(entry)
+
+    def list(self) -> list[dict[str, Any]]:
+        with self._lock:
+            return list(self._entries)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._entries.clear()
+
+
+# ----------------------------------------------------------------------------------------- state
+
+
+class EmulatorState:
+    """Common mutable state of an emulator. Subclass it and extend the hooks."""
+
+    def __init__(self, *, speed: float = 1.0) -> None:
+        self.lock = threading.RLock()
+        self.clock = ScaledClock(speed)
+        self.faults = FaultRules()
+        self.requests = RequestLog()
+
+    def reset(self) -> None:
+        """Forget faults and recorded requests (subclasses also forget their jobs)."""
+        self.faults.clear()
+        self.requests.clear()
+
+    def close(self) -> None:
+        """Stop background threads; called by :meth:`ServerHandle.shutdown`."""
+
+    def after_clock_change(self) -> None:
+        """Called after ``/_emulator/clock`` moved the clock or changed its speed."""
+
+
+def state_of(app: Flask) -> Any:
+    return app.extensions[STATE_KEY]
+
+
+# ----------------------------------------------------------------------------------- responses
+
+
+def google_error(
+    code: int,
+    message: str,
+    status: str | None = None,
+    details: list[dict[str, Any]] | None = None,
+    headers: Mapping[str, str] | None = None,
+) -> Response:
+    """Google's JSON error body ``{"error": {"code", "message", "status"[, "details"]}}``."""
+    error: dict[str, Any] = {
+        "code": code,
+        "message": message,
+        "status": status or GOOGLE_STATUS_BY_CODE.get(code, "UNKNOWN"),
+    }
+    if details:
+        error["details"] = details
+    response = jsonify({"error": error})
+    response.status_code = code
+    for name, value in (headers or {}).items():
+        response.headers[name] = value
+    return response
+
+
+def control_error(message: str, code: int = 400) -> Response:
+    response = jsonify({"error": message})
+    response.status_code = code
+    return response
+
+
+def json_body() -> Any:
+    """The request body parsed as JSON, ``{}`` when empty; raises ``ValueError`` when malformed."""
+    raw = request.get_data(cache=True)
+    if not raw.strip():
+        return {}
+    try:
+        return json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"request body is not valid JSON: {exc}") from exc
+
+
+# ----------------------------------------------------------------------------------- control API
+
+
+def _recorded_body() -> Any:
+    raw = request.get_data(cache=True)
+    if not raw:
+        return None
+    text = raw.decode("utf-8", errors="replace")
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def install_control_api(app: Flask, state: EmulatorState) -> None:
+    """Attach ``state`` to ``app``, record protocol requests and add the common control routes."""
+    app.extensions[STATE_KEY] = state
+
+    @app.after_request
+    def _record(response: Response) -> Response:
+        if not request.path.startswith(CONTROL_PREFIX):
+            state.requests.record(
+                {
+                    "method": request.method,
+                    "path": request.path,
+                    "query": request.args.to_dict(),
+                    "headers": dict(request.headers.items()),
+                    "body": _recorded_body(),
+                    "status": response.status_code,
+                }
+            )
+        return response
+
+    @app.post("/_emulator/reset")
+    def _reset() -> Response:
+        state.reset()
+        return jsonify({"reset": True})
+
+    @app.get("/_emulator/requests")
+    def _requests() -> Response:
+        return jsonify({"requests": state.requests.list()})
+
+    @app.get("/_emulator/faults")
+    def _faults_list() -> Response:
+        return jsonify({"faults": state.faults.list()})
+
+    @app.post("/_emulator/faults")
+    def _faults_add() -> Response:
+        try:
+            body = json_body()
+            if not isinstance(body, dict):
+                raise ValueError("fault rule must be a JSON object")
+            rule = state.faults.add(body)
+        except ValueError as exc:
+            return control_error(str(exc))
+        return jsonify({"fault": rule.to_json()})
+
+    @app.delete("/_emulator/faults")
+    def _faults_clear() -> Response:
+        state.faults.clear()
+        return jsonify({"faults": []})
+
+    @app.route("/_emulator/clock", methods=["GET", "POST"])
+    def _clock() -> Response:
+        if request.method == "POST":
+            try:
+                _apply_clock_change(state.clock, json_body())
+            except (ValueError, TypeError) as exc:
+                return control_error(str(exc))
+            state.after_clock_change()
+        now = state.clock.now()
+        return jsonify({"now": rfc3339(now), "epoch_seconds": now, "speed": state.clock.speed})
+
+
+def _apply_clock_change(clock: ScaledClock, body: Any) -> None:
+    if not isinstance(body, dict) or not set(body) <= {"advance_seconds", "speed"}:
+        raise ValueError('clock body must be {"advance_seconds": N} and/or {"speed": F}')
+    if "speed" in body:
+        clock.set_speed(float(body["speed"]))
+    if "advance_seconds" in body:
+        clock.advance(float(body["advance_seconds"]))
+
+
+# -------------------------------------------------------------------------------------- serving
+
+
+def ensure_loopback(host: str) -> None:
+    """Raise ``ValueError`` unless ``host`` is a loopback address (or ``localhost``)."""
+    if host == "localhost":
+        return
+    try:
+        if ipaddress.ip_address(host).is_loopback:
+            return
+    except ValueError:
+        pass
+    raise ValueError(f"emulators bind loopback addresses only, not {host!r}")
+
+
+class ServerHandle:
+    """A running emulator: ``url``, ``host``, ``port``, ``app``, ``app_state``, ``shutdown()``."""
+
+    def __init__(self, app: Flask, server: BaseWSGIServer, thread: threading.Thread) -> None:
+        self.app = app
+        self.app_state: Any = state_of(app)
+        self._server = server
+        self._thread = thread
+        self.host: str = server.host
+        self.port: int = server.server_port
+        url_host = f"[{self.host}]" if ":" in self.host else self.host
+        self.url = f"http://{url_host}:{self.port}"
+
+    def shutdown(self) -> None:
+        self.app_state.close()
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(timeout=5)
+
+    def __enter__(self) -> ServerHandle:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.shutdown()
+
+
+class _QuietRequestHandler(WSGIRequestHandler):
+    """Werkzeug handler without the per-request access log line (errors are still logged)."""
+
+    def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
+        return None
+
+
+def start_server(
+    app: Flask, host: str = "127.0.0.1", port: int = 0, *, access_log: bool = False
+) -> ServerHandle:
+    """Serve ``app`` (threaded werkzeug) from a daemon thread; ``port=0`` picks a free port."""
+    ensure_loopback(host)
+    handler = WSGIRequestHandler if access_log else _QuietRequestHandler
+    server = make_server(host, port, app, threaded=True, request_handler=handler)
+    thread = threading.Thread(target=server.serve_forever, name=f"emulator-{app.name}", daemon=True)
+    thread.start()
+    return ServerHandle(app, server, thread)
+
+
+def run_cli(
+    argv: Sequence[str] | None,
+    description: str,
+    build_app: Callable[[argparse.Namespace], Flask],
+    add_arguments: Callable[[argparse.ArgumentParser], None] | None = None,
+) -> int:
+    """Standard ``--host/--port`` entry point; prints the ready JSON line and serves until a signal."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--host", default="127.0.0.1", help="loopback address to bind")
+    parser.add_argument("--port", type=int, default=0, help="port (0 picks a free one)")
+    parser.add_argument("--access-log", action="store_true", help="log every request on stderr")
+    if add_arguments is not None:
+        add_arguments(parser)
+    args = parser.parse_args(argv)
+    try:
+        ensure_loopback(args.host)
+    except ValueError as exc:
+        parser.error(str(exc))
+    handle = start_server(build_app(args), args.host, args.port, access_log=args.access_log)
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    sys.stdout.write(json.dumps({"ready": True, "url": handle.url, "port": handle.port}) + "\n")
+    sys.stdout.flush()
+    while not stop.wait(0.5):
+        pass
+    handle.shutdown()
+    return 0
