@@ -281,6 +281,23 @@ def test_an_active_job_name_conflicts_and_becomes_reusable_once_terminal(emulato
     assert again.json()["job"]["id"] != first
 
 
+def test_concurrent_launches_of_one_name_create_exactly_one_job(emulator, api):
+    # GIVEN a registered template
+    register(emulator)
+    statuses: list[int] = []
+    # WHEN eight clients launch the same job name at the same time
+    threads = [
+        threading.Thread(target=lambda: statuses.append(launch(api, "race").status_code)) for _ in range(8)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    # THEN exactly one launch wins and the others answer 409
+    assert sorted(statuses) == [200] + [409] * 7
+    assert len(requests.get(f"{api}/jobs", params={"name": "race"}, timeout=5).json()["jobs"]) == 1
+
+
 def test_list_jobs_filters_by_state_and_name_and_pages(emulator, api):
     # GIVEN an empty project THEN the list is {}
     assert requests.get(f"{api}/jobs", timeout=5).json() == {}

@@ -51,6 +51,9 @@ class LaunchRequest:
     pipeline: Any  # handlers.config.Pipeline (kept loose to avoid an import cycle)
     parameters: Mapping[str, str]
     labels: Mapping[str, str] = field(default_factory=dict)
+    # When the run was first claimed: backends without a searchable run key (Fabric) look for
+    # job instances started after it when an earlier start attempt's answer was lost.
+    requested_at: dt.datetime | None = None
 
 
 @dataclass(frozen=True)
