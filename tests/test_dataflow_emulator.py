@@ -785,4 +785,7 @@ def test_the_command_line_prints_a_ready_line():
         assert requests.get(f"{ready['url']}/_emulator/templates", timeout=5).json() == {"templates": []}
     finally:
         process.terminate()
-        process.wait(timeout=5)
+        # THEN it also stops cleanly on SIGTERM
+        assert process.wait(timeout=5) == 0
+        if process.stdout is not None:
+            process.stdout.close()
