@@ -38,7 +38,7 @@ from handlers.errors import (
     RetryableError,
     RunInProgress,
 )
-from handlers.ledger import Conflict, Run, from_iso, iso, new_owner
+from handlers.ledger import Conflict, Run, iso, new_owner
 from handlers.params import Rendered, identity_of, render, run_key
 from handlers.runtime import Runtime
 

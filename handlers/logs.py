@@ -64,8 +64,11 @@ def redact(value: Any, key: str = "") -> Any:
     return value
 
 
-def log(severity: str, message: str, **fields: Any) -> None:
-    """Write one structured log line."""
+def log(severity: str, message: str, /, **fields: Any) -> None:
+    """Write one structured log line (a ``message`` field, e.g. from an error context, is kept as
+    ``error_message``)."""
+    if "message" in fields:
+        fields["error_message"] = fields.pop("message")
     ctx = _context()
     merged = {**ctx, **{k: v for k, v in fields.items() if v is not None}}
     labels = {k: str(merged[k]) for k in LABEL_KEYS if k in merged}
@@ -84,17 +87,17 @@ def log(severity: str, message: str, **fields: Any) -> None:
         stream.flush()
 
 
-def debug(message: str, **fields: Any) -> None:
+def debug(message: str, /, **fields: Any) -> None:
     log("DEBUG", message, **fields)
 
 
-def info(message: str, **fields: Any) -> None:
+def info(message: str, /, **fields: Any) -> None:
     log("INFO", message, **fields)
 
 
-def warning(message: str, **fields: Any) -> None:
+def warning(message: str, /, **fields: Any) -> None:
     log("WARNING", message, **fields)
 
 
-def error(message: str, **fields: Any) -> None:
+def error(message: str, /, **fields: Any) -> None:
     log("ERROR", message, **fields)

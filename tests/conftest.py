@@ -90,3 +90,43 @@ def gcs(gcs_server: FakeGcs) -> storage.Client:
 def unique_name() -> str:
     """A short unique lowercase id (letter first, 11 chars): valid as a bucket, topic or subscription name."""
     return "t" + uuid.uuid4().hex[:10]
+
+
+# ---------------------------------------------------------------------------------------------
+# Pipeline backends and the test world (lead's fixtures)
+# ---------------------------------------------------------------------------------------------
+@pytest.fixture(scope="session")
+def dataflow_emulator(gcs_server: FakeGcs) -> Iterator[object]:
+    """The project's Dataflow v1b3 emulator; DATAFLOW_API_ENDPOINT points at it for the session."""
+    from deploy.local.dataflow_emulator import serve
+
+    handle = serve(port=0)
+    with handle, pytest.MonkeyPatch.context() as mp:
+        mp.setenv("DATAFLOW_API_ENDPOINT", handle.url)
+        mp.setenv("PIPELINES_ANONYMOUS_AUTH", "true")
+        yield handle
+
+
+@pytest.fixture
+def dataflow(dataflow_emulator: object) -> Iterator[object]:
+    """A clean Dataflow emulator (jobs, faults and requests forgotten) behind the harness interface."""
+    from tests.support.dataflow_harness import DataflowHarness
+
+    harness = DataflowHarness(dataflow_emulator)
+    harness.reset()
+    yield harness
+    harness.reset()
+
+
+@pytest.fixture
+def world(gcs: storage.Client, pubsub_emulator: PubSubEmulator, unique_name: str, tmp_path: Path,
+          dataflow_emulator: object) -> Iterator[object]:
+    """A fresh ledger bucket and completion topic; builds configs and runtimes against the emulators."""
+    from handlers import clients
+    from handlers.runtime import reset_default
+    from tests.support.world import World
+
+    clients.reset()
+    reset_default()
+    yield World(gcs, pubsub_emulator.host, unique_name, tmp_path)
+    reset_default()
