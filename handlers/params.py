@@ -55,7 +55,7 @@ def job_labels(trigger: str, pipeline: str, key: str) -> dict[str, str]:
     return {
         "pipeline-trigger": label_value(trigger),
         "pipeline": label_value(pipeline),
-        "run-key-hash": label_value(key.rsplit("-", 1)[-1][:16]),
+        "run-key-hash": key.rsplit("-", 1)[-1],
     }
 
 

@@ -66,8 +66,11 @@ class Tracker:
         """The run's normalized state given its backend status and the pipeline's idea of success."""
         state = status.state
         if pipeline is not None and pipeline.mode == "streaming" and state is RunState.RUNNING:
-            since = status.start_time or from_iso(run.launched_at) or self.clock()
-            if (self.clock() - since).total_seconds() >= pipeline.success_after_seconds:
+            if pipeline.success_after_seconds <= 0:
+                return RunState.SUCCEEDED
+            # Running since the first sweep that saw it RUNNING (our clock, not the backend's).
+            since = from_iso(run.started_at) if run.state == RunState.RUNNING else None
+            if since is not None and (self.clock() - since).total_seconds() >= pipeline.success_after_seconds:
                 return RunState.SUCCEEDED
         return state
 
@@ -119,7 +122,7 @@ class Tracker:
         def change(current: Run) -> Run | None:
             if current.terminal or current.completion is not None:
                 return None
-            started = current.started_at or (iso(status.start_time) if state is RunState.RUNNING else None)
+            started = current.started_at or (iso(now) if state is RunState.RUNNING else None)
             if current.state == state:
                 return replace(current, raw_state=status.raw_state, last_seen_at=iso(now), started_at=started)
             return current.with_state(
@@ -164,6 +167,7 @@ class Tracker:
 
         def decide(current: Run) -> Run | None:
             nonlocal won
+            won = False  # mutate() may call this again after losing a compare-and-swap
             if current.completion is not None:
                 return None
             won = True
@@ -210,6 +214,7 @@ class Tracker:
 
         def take(current: Run) -> Run | None:
             nonlocal won
+            won = False
             c = dict(current.completion or {})
             if c.get("published"):
                 return None

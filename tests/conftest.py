@@ -130,3 +130,21 @@ def world(gcs: storage.Client, pubsub_emulator: PubSubEmulator, unique_name: str
     reset_default()
     yield World(gcs, pubsub_emulator.host, unique_name, tmp_path)
     reset_default()
+
+
+@pytest.fixture
+def call(monkeypatch: pytest.MonkeyPatch) -> Callable[..., object]:
+    """Deliver a CloudEvent to an entry point of main.py through functions-framework, in-process."""
+    import functions_framework
+    from cloudevents.conversion import to_structured
+
+    from handlers.runtime import reset_default
+
+    def deliver(target: str, event: object, config_path: Path) -> object:
+        monkeypatch.setenv("PIPELINES_CONFIG", str(config_path))
+        reset_default()
+        app = functions_framework.create_app(target, str(Path(_ROOT) / "main.py"), "cloudevent")
+        headers, body = to_structured(event)
+        return app.test_client().post("/", headers=headers, data=body)
+
+    return deliver

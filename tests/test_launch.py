@@ -12,10 +12,9 @@ import concurrent.futures as cf
 import re
 from pathlib import Path
 
-import functions_framework
 import pytest
 import requests
-from cloudevents.conversion import to_binary, to_structured
+from cloudevents.conversion import to_binary
 
 from deploy.local.services import (
     GCS_NOTIFICATION_TOPIC,
@@ -28,26 +27,11 @@ from deploy.local.services import (
 from handlers.backends.base import RunState
 from handlers.ledger import Run, iso, now
 from handlers.params import run_key
-from handlers.runtime import reset_default
 from tests.support import events as ev
 from tests.support.world import wait_until
 
 ROOT = Path(__file__).resolve().parents[1]
 JOB_NAME_RE = re.compile(r"^[a-z]([-a-z0-9]{0,1022}[a-z0-9])?$")
-
-
-@pytest.fixture
-def call(monkeypatch):
-    """Deliver a CloudEvent to an entry point of main.py through functions-framework, in-process."""
-
-    def deliver(target: str, event, config_path: Path):
-        monkeypatch.setenv("PIPELINES_CONFIG", str(config_path))
-        reset_default()
-        app = functions_framework.create_app(target, str(ROOT / "main.py"), "cloudevent")
-        headers, body = to_structured(event)
-        return app.test_client().post("/", headers=headers, data=body)
-
-    return deliver
 
 
 def wordcount_setup(
