@@ -592,10 +592,10 @@ def _check_placeholders(cfg: Config, problems: _Problems) -> None:
                 if up not in cfg.pipelines:
                     problems.add(f"trigger '{trig.name}'.completion.upstream", f"unknown pipeline '{up}'")
             if trig.completion.join_key is not None:
-                scope = "fanin" if trig.completion.is_fan_in else "completion"
+                # The join key is rendered from each arriving completion on its own.
                 _check_template(
                     trig.completion.join_key,
-                    scope,
+                    "completion",
                     f"trigger '{trig.name}'.completion.join_key",
                     problems,
                     upstreams,
