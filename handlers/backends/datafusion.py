@@ -415,6 +415,8 @@ class DataFusion:
                 raise
             # CDAP records runs asynchronously: a just-started run is not visible yet.
             return JobStatus(state=RunState.PENDING, raw_state="NOT_YET_VISIBLE")
+        if not isinstance(record, Mapping):
+            raise BackendUnavailable(f"cdap runs.get {ref.job_id}: answer is not a run record")
         raw = str(record.get("status") or "UNKNOWN")
         state = normalize_state(raw)
         reason = None
@@ -422,10 +424,8 @@ class DataFusion:
             reason = self.failure_reason(ref) or "CDAP run FAILED"
         elif raw == "REJECTED":
             reason = "CDAP rejected the run (REJECTED)"
-        latest = max(
-            (record.get(k) or 0 for k in ("starting", "start", "suspend", "resume", "stopping", "end")),
-            default=0,
-        )
+        times = [record.get(k) for k in ("starting", "start", "suspend", "resume", "stopping", "end")]
+        latest = max((t for t in times if isinstance(t, int | float) and not isinstance(t, bool)), default=0)
         return JobStatus(
             state=state,
             raw_state=raw,
