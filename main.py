@@ -35,3 +35,11 @@ def on_job_status(cloud_event: Any) -> None:
 def check_runs(cloud_event: Any) -> None:
     """Cloud Scheduler -> Pub/Sub, every minute: the sweep over active runs."""
     dispatch.handle_sweep(cloud_event, default_runtime())
+
+
+@functions_framework.http
+def api(request: Any) -> Any:
+    """The REST trigger API: POST /runs, GET /runs/{key}, POST /runs/{key}:cancel, GET /pipelines."""
+    from handlers import api as rest
+
+    return rest.handle(request, default_runtime())

@@ -491,6 +491,8 @@ def _trigger(name: str, raw: Any, problems: _Problems) -> Trigger | None:
     where = f"trigger '{name}'"
     if not NAME_RE.match(name):
         problems.add(where, "name must match [a-z][a-z0-9_-]{0,62}")
+    if name == "api":
+        problems.add(where, "the name 'api' is reserved for runs started through the REST API")
     spec = _as_map(raw, where, problems)
     _unknown_keys(spec, _TRIGGER_KEYS, where, problems)
     kinds = [k for k in ("storage", "pubsub", "completion") if k in spec]
