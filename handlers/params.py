@@ -140,7 +140,7 @@ def event_lookup(event: Any) -> Callable[[str], Any]:
     lookup = getattr(event, "lookup", None)
     if lookup is None:
         raise TypeError(f"no template lookup for {type(event).__name__}")
-    return lookup  # type: ignore[no-any-return]
+    return lookup
 
 
 @dataclass(frozen=True)

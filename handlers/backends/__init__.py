@@ -15,6 +15,7 @@ from typing import Any
 BACKENDS: dict[str, str] = {
     "dataflow": "handlers.backends.dataflow:ClassicTemplate",
     "dataflow-flex": "handlers.backends.dataflow:FlexTemplate",
+    "fabric": "handlers.backends.fabric:Fabric",
     "datafusion": "handlers.backends.datafusion:DataFusion",
 }
 

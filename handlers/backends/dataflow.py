@@ -276,7 +276,7 @@ def check_against_metadata(
     problems = []
     names = {d.get("name") for d in declared}
     for d in declared:
-        name = d.get("name")
+        name = str(d.get("name"))
         if name not in parameters:
             if not d.get("isOptional"):
                 problems.append(f"{name}: required by the template but not set")

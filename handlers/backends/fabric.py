@@ -26,10 +26,13 @@ not terminal and maps to PENDING.
 Idempotency: Fabric cannot carry our run key (no job name, no labels, no parameters in the
 instance listing), so :meth:`Fabric.find` matches by time: the newest manually invoked instance of
 the item's job type that started at or after the run's first claim time (``requested_at``) minus
-a small clock skew. That is safe because the ledger gives each run key a single owner at a time, so
-only that owner can have started an instance for it since the claim, and because Fabric itself
-dedupes concurrent runs of one item (the second becomes ``Deduped``). Without ``requested_at``
-only still-active instances are considered (never an old finished run).
+a small clock skew (10 s). That is safe because the ledger gives each run key a single owner at a
+time, so only that owner can have started an instance for it since the claim, and because Fabric
+itself dedupes concurrent runs of one item (the second becomes ``Deduped``). Instances this process
+launched for *another* run key are never adopted (a bounded in-memory map), and without
+``requested_at`` only still-active instances are considered (never an old finished run). The
+residual risk: another process starting a run of the same item inside that window, while our
+answer was lost; Fabric then dedupes one of the two.
 
 Auth: a bearer token from :mod:`handlers.entra`. ``auth: delegated`` (default for Execute: the spec
 marks the Dataflow execute endpoints as not supporting service principals) or
@@ -46,6 +49,7 @@ import datetime as dt
 import os
 import re
 import threading
+from collections import OrderedDict
 from collections.abc import Mapping
 from typing import Any
 from urllib.parse import quote, urlparse
@@ -63,8 +67,9 @@ DEFAULT_JOB_TYPE = "Execute"
 EXECUTE_JOB_TYPES = frozenset({"execute", "refresh"})  # "Refresh" is Fabric's alias for a dataflow Execute
 AUTH_MODES = (DELEGATED, SERVICE_PRINCIPAL)
 EXECUTE_OPTIONS = ("SkipApplyChanges", "ApplyChangesIfNeeded")
-FIND_SKEW_SECONDS = 30.0
+FIND_SKEW_SECONDS = 10.0
 MAX_LIST_PAGES = 20
+REMEMBERED_LAUNCHES = 4096
 
 _GUID_RE = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
 _JOB_TYPE_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,63}$")
@@ -216,6 +221,7 @@ class Fabric:
         self.timeout = timeout
         self.find_skew_seconds = find_skew_seconds
         self._lock = threading.Lock()
+        self._launched: OrderedDict[str, str] = OrderedDict()  # instance id -> run key (this process)
 
     # -- clients -------------------------------------------------------------------------------
     @property
@@ -338,7 +344,18 @@ class Fabric:
         if not instance_id or "/jobs/instances/" not in location:
             # Accepted, but we cannot tell which instance: let the launch service find it by time.
             raise BackendUnavailable(f"{what}: HTTP {response.status_code} without a job instance Location")
+        self._remember(instance_id, request.run_key)
         return self._ref(workspace, item, job_type, instance_id, options, request.job_name, location)
+
+    def _remember(self, instance_id: str, run_key: str) -> None:
+        with self._lock:
+            self._launched[instance_id] = run_key
+            while len(self._launched) > REMEMBERED_LAUNCHES:
+                self._launched.popitem(last=False)
+
+    def _owner(self, instance_id: str) -> str | None:
+        with self._lock:
+            return self._launched.get(instance_id)
 
     def find(self, request: LaunchRequest) -> JobRef | None:
         """The instance this run started, matched by time (see the module docstring), or None."""
@@ -352,6 +369,12 @@ class Fabric:
             since = claimed - dt.timedelta(seconds=self.find_skew_seconds)
         best: tuple[dt.datetime, Mapping[str, Any]] | None = None
         for instance in self._list(workspace, item, options, self._ctx(request)):
+            owner = self._owner(str(instance.get("id")))
+            if owner == request.run_key:
+                best = (dt.datetime.max.replace(tzinfo=dt.UTC), instance)  # certainly ours
+                break
+            if owner is not None:
+                continue  # launched here for another run
             if not _same_job_type(str(instance.get("jobType") or job_type), job_type):
                 continue
             if instance.get("invokeType") == "Scheduled":
