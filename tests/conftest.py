@@ -148,3 +148,41 @@ def call(monkeypatch: pytest.MonkeyPatch) -> Callable[..., object]:
         return app.test_client().post("/", headers=headers, data=body)
 
     return deliver
+
+
+@pytest.fixture(scope="session")
+def cdap_emulator() -> Iterator[object]:
+    """The project's Data Fusion / CDAP emulator, started once."""
+    from deploy.local.cdap_emulator import serve
+
+    with serve(port=0) as handle:
+        yield handle
+
+
+@pytest.fixture(scope="session")
+def fabric_emulator() -> Iterator[object]:
+    """The project's Microsoft Fabric + Entra ID emulator, started once."""
+    from deploy.local.fabric_emulator import serve
+
+    with serve(port=0) as handle:
+        yield handle
+
+
+@pytest.fixture(params=["dataflow", "dataflow-flex", "datafusion", "fabric"])
+def harness(request: pytest.FixtureRequest, dataflow_emulator: object) -> Iterator[object]:
+    """Each backend's emulator behind one harness interface (tests/support/*_harness.py)."""
+    if request.param.startswith("dataflow"):
+        from tests.support.dataflow_harness import DataflowHarness
+
+        h: object = DataflowHarness(dataflow_emulator, flex=request.param == "dataflow-flex")
+    elif request.param == "datafusion":
+        from tests.support.datafusion_harness import DataFusionHarness
+
+        h = DataFusionHarness(request.getfixturevalue("cdap_emulator"))
+    else:
+        from tests.support.fabric_harness import FabricHarness
+
+        h = FabricHarness(request.getfixturevalue("fabric_emulator"))
+    h.reset()  # type: ignore[attr-defined]
+    yield h
+    h.reset()  # type: ignore[attr-defined]

@@ -1,0 +1,134 @@
+"""Specification: one contract, four backends.
+
+Every backend (Dataflow classic, Dataflow flex, Data Fusion/CDAP, Fabric) is driven through the same
+launch service, ledger, tracker and completion topic, against its own local emulator. The harnesses
+(tests/support/*_harness.py) only know how to steer each emulator; every assertion is on what the
+emulator received or on the published completion events.
+"""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from handlers.backends.base import JobStatus, LaunchRequest, RunState
+from handlers.launch import LaunchService
+from handlers.ledger import from_iso
+from handlers.tracking import Tracker
+from tests.support import events as ev
+
+
+def setup(world, harness, *, name: str = "contract", mode: str = "batch", timeout: str | None = None):
+    pipeline = {
+        **harness.pipeline_options(name, mode=mode),
+        "mode": mode,
+        "parameters": {"input": "gs://{bucket}/{name}", "day": "{event_time:%Y-%m-%d}"},
+    }
+    if timeout:
+        pipeline["timeout"] = timeout
+    config = world.config({name: pipeline}, {"landing": {"storage": {"bucket": "landing"}, "pipeline": name}})
+    runtime = world.runtime(config, **{harness.name: harness.backend()})
+    return runtime, config.triggers["landing"]
+
+
+def object_event(name: str):
+    from handlers.events import parse_object_finalized
+
+    return parse_object_finalized(ev.storage_finalized("landing", name))
+
+
+def launch(runtime, trigger, name: str = "in/data.csv"):
+    outcome = LaunchService(runtime).start(trigger, object_event(name))
+    return outcome, runtime.ledger.get(outcome.run_key)
+
+
+def test_launch_sends_the_rendered_parameters(world, harness):
+    runtime, trigger = setup(world, harness)
+    outcome, run = launch(runtime, trigger)
+    assert outcome.result == "launched" and run.job["id"]
+    (received,) = [x for x in harness.launches() if x["status"] in (200, 202)]
+    assert received["parameters"]["input"] == "gs://landing/in/data.csv"
+    assert received["parameters"]["day"] == run.parameters["day"]
+    assert harness.runs_started() == 1
+
+
+def test_a_run_goes_to_success_and_is_announced_once(world, harness):
+    runtime, trigger = setup(world, harness)
+    outcome, _ = launch(runtime, trigger)
+    status = runtime.backend(harness.name).status(runtime.ledger.get(outcome.run_key).job_ref)
+    assert isinstance(status, JobStatus) and not status.state.terminal
+    harness.advance(60)
+    assert Tracker(runtime).sweep().finished == {outcome.run_key: "SUCCEEDED"}
+    (c,) = world.completions(expect=1)
+    assert c["attributes"]["backend"] == harness.name and c["event"]["data"]["job"]["id"]
+
+
+def test_a_failure_carries_its_reason(world, harness):
+    runtime, trigger = setup(world, harness)
+    harness.set_outcome("contract", succeed=False, reason="Table sales_raw does not exist")
+    outcome, _ = launch(runtime, trigger)
+    harness.advance(60)
+    assert Tracker(runtime).sweep().finished == {outcome.run_key: "FAILED"}
+    (c,) = world.completions(expect=1)
+    reason = c["event"]["data"]["reason"]
+    assert reason and ("sales_raw" in reason or (harness.name == "datafusion" and "FAILED" in reason))
+
+
+def test_cancel_stops_the_job_and_the_run_ends_cancelled(world, harness):
+    runtime, trigger = setup(world, harness)
+    outcome, run = launch(runtime, trigger)
+    harness.advance(1.5)
+    backend = runtime.backend(harness.name)
+    backend.cancel(run.job_ref)
+    harness.advance(30)
+    assert backend.status(run.job_ref).state is RunState.CANCELLED
+    assert Tracker(runtime).sweep().finished == {outcome.run_key: "CANCELLED"}
+
+
+def test_a_timed_out_run_is_cancelled_through_the_backend(world, harness):
+    import datetime as dt
+
+    runtime, trigger = setup(world, harness, timeout="1m")
+    outcome, run = launch(runtime, trigger)
+    later = dt.datetime.now(dt.UTC) + dt.timedelta(minutes=10)
+    assert Tracker(runtime, clock=lambda: later).sweep().finished == {outcome.run_key: "TIMED_OUT"}
+    harness.advance(30)
+    assert runtime.backend(harness.name).status(run.job_ref).state is RunState.CANCELLED
+
+
+def test_an_uncertain_start_does_not_launch_twice(world, harness):
+    runtime, trigger = setup(world, harness)
+    harness.inject("launch", 503, after_effect=True)  # started, then the answer is lost
+    outcome, run = launch(runtime, trigger)
+    assert outcome.result in ("launched", "adopted") and run.job["id"]
+    assert harness.runs_started() == 1
+
+
+def test_throttling_with_retry_after_is_honoured(world, harness):
+    runtime, trigger = setup(world, harness)
+    harness.inject("launch", 429, times=1, retry_after=1)
+    t0 = time.monotonic()
+    outcome, _ = launch(runtime, trigger)
+    assert outcome.result == "launched" and time.monotonic() - t0 >= 1.0
+    assert [x["status"] for x in harness.launches()][0] == 429
+    assert harness.runs_started() == 1
+
+
+def test_an_expired_token_is_refreshed(world, harness):
+    runtime, trigger = setup(world, harness)
+    outcome, run = launch(runtime, trigger)
+    if not harness.expire_credentials():
+        pytest.skip(f"{harness.name} uses Google credentials, refreshed by google-auth (not emulated)")
+    assert runtime.backend(harness.name).status(run.job_ref).state in (RunState.PENDING, RunState.RUNNING)
+
+
+def test_find_returns_the_job_a_run_started(world, harness):
+    runtime, trigger = setup(world, harness)
+    outcome, run = launch(runtime, trigger)
+    pipeline = runtime.config.pipelines["contract"]
+    request = LaunchRequest(
+        run.run_key, run.job_name, pipeline, run.parameters, requested_at=from_iso(run.created_at)
+    )
+    found = runtime.backend(harness.name).find(request)
+    assert found is not None and found.job_id == run.job["id"]
