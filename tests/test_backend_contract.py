@@ -111,13 +111,13 @@ def test_throttling_with_retry_after_is_honoured(world, harness):
     t0 = time.monotonic()
     outcome, _ = launch(runtime, trigger)
     assert outcome.result == "launched" and time.monotonic() - t0 >= 1.0
-    assert [x["status"] for x in harness.launches()][0] == 429
+    assert next(x["status"] for x in harness.launches()) == 429
     assert harness.runs_started() == 1
 
 
 def test_an_expired_token_is_refreshed(world, harness):
     runtime, trigger = setup(world, harness)
-    outcome, run = launch(runtime, trigger)
+    _outcome, run = launch(runtime, trigger)
     if not harness.expire_credentials():
         pytest.skip(f"{harness.name} uses Google credentials, refreshed by google-auth (not emulated)")
     assert runtime.backend(harness.name).status(run.job_ref).state in (RunState.PENDING, RunState.RUNNING)
@@ -125,7 +125,7 @@ def test_an_expired_token_is_refreshed(world, harness):
 
 def test_find_returns_the_job_a_run_started(world, harness):
     runtime, trigger = setup(world, harness)
-    outcome, run = launch(runtime, trigger)
+    _outcome, run = launch(runtime, trigger)
     pipeline = runtime.config.pipelines["contract"]
     request = LaunchRequest(
         run.run_key, run.job_name, pipeline, run.parameters, requested_at=from_iso(run.created_at)
