@@ -203,11 +203,18 @@ class LaunchService:
             labels=rendered.labels,
         )
         uncertain = taken_over
+        uncertain_since = time.monotonic()
         adopted = False
+        # Some backends list a new run only after a moment (CDAP records runs asynchronously):
+        # after an uncertain start, wait that long before trusting "not found".
+        settle = float(getattr(backend, "settle_seconds", 0.0))
 
         def attempt() -> JobRef:
-            nonlocal uncertain, adopted
+            nonlocal uncertain, adopted, uncertain_since
             if uncertain:
+                wait = settle - (time.monotonic() - uncertain_since)
+                if wait > 0:
+                    self.sleep(wait)
                 found = backend.find(request)
                 if found is not None:
                     adopted = True
@@ -224,6 +231,7 @@ class LaunchService:
                 return found
             except BackendUnavailable:
                 uncertain = True  # the request may have reached the backend: look before relaunching
+                uncertain_since = time.monotonic()
                 raise
 
         try:

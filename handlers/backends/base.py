@@ -108,6 +108,9 @@ class Backend(Protocol):
     """What the launch service and the tracker need from a pipeline system."""
 
     name: str
+    # Optional: seconds a just-started run may stay invisible to find(); the launch service waits
+    # that long after an uncertain start before concluding that nothing started.
+    # settle_seconds: float
 
     def launch(self, request: LaunchRequest) -> JobRef: ...
 

@@ -177,6 +177,9 @@ class DataFusion:
     """Deployed Data Fusion (CDAP) pipelines: batch workflow or streaming Spark program."""
 
     name = "datafusion"
+    # CDAP records a run asynchronously: after a start whose answer was lost, the launch service
+    # waits this long before a runs.list "not found" counts.
+    settle_seconds = 5.0
 
     def __init__(
         self,

@@ -81,7 +81,9 @@ class DataFusionHarness:
     def backend(self) -> DataFusion:
         session = requests.Session()
         session.headers["Authorization"] = FAKE_TOKEN
-        return DataFusion(session=session, endpoint=self.url)
+        backend = DataFusion(session=session, endpoint=self.url)
+        backend.settle_seconds = 0.5  # the emulator lists new runs at once unless told otherwise
+        return backend
 
     def set_outcome(self, pipeline_name: str, *, succeed: bool, reason: str = "") -> None:
         self.register(
