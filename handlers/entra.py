@@ -1,7 +1,7 @@
 """Microsoft Entra ID access tokens for the Fabric REST API (OAuth 2.0 token endpoint, v2.0).
 
-One :class:`TokenProvider` per process hands out bearer tokens for the scope
-``https://api.fabric.microsoft.com/.default`` in two modes::
+A :class:`TokenProvider` (one per Fabric backend, so one per process) hands out bearer tokens for
+the scope ``https://api.fabric.microsoft.com/.default`` in two modes::
 
     delegated          grant_type=refresh_token       a user's refresh token (+ optional client secret)
     service_principal  grant_type=client_credentials  an app registration's client id + secret
@@ -102,7 +102,7 @@ class TokenProvider:
         timeout: Any = http.DEFAULT_TIMEOUT,
     ) -> None:
         self._env = env
-        self.endpoint = (token_endpoint or self.env.get(ENDPOINT_ENV) or DEFAULT_AUTHORITY).rstrip("/")
+        self._endpoint = token_endpoint
         self._session = session
         self.clock = clock
         self.timeout = timeout
@@ -115,6 +115,11 @@ class TokenProvider:
     @property
     def env(self) -> Mapping[str, str]:
         return os.environ if self._env is None else self._env
+
+    @property
+    def endpoint(self) -> str:
+        """The authority base URL: the explicit one, else ``FABRIC_TOKEN_ENDPOINT`` (read now), else Entra."""
+        return (self._endpoint or self.env.get(ENDPOINT_ENV) or DEFAULT_AUTHORITY).rstrip("/")
 
     @property
     def session(self) -> Any:
@@ -249,17 +254,3 @@ class TokenProvider:
             reason=error,
             field=check,
         )
-
-
-_default: TokenProvider | None = None
-_default_lock = threading.Lock()
-
-
-def default_provider() -> TokenProvider:
-    """The process-wide provider (environment credentials, default endpoint), built on first use."""
-    global _default
-    if _default is None:
-        with _default_lock:
-            if _default is None:
-                _default = TokenProvider()
-    return _default

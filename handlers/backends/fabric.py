@@ -6,7 +6,7 @@ Paths (``{api}/v1/workspaces/{ws}/items/{item}`` prefix), from the Fabric REST O
                                                  Retry-After (the older ?jobType= form still works)
     GET  .../jobs/instances/{id}                 ItemJobInstance {id, jobType, invokeType, status,
                                                  startTimeUtc, endTimeUtc, failureReason}
-    GET  .../jobs/instances[?continuationToken=] list, newest first, paginated
+    GET  .../jobs/instances[?continuationToken=] list (paginated; order not relied upon)
     POST .../jobs/instances/{id}/cancel          202
 
 Request bodies per job type::
@@ -205,6 +205,9 @@ class Fabric:
     """Fabric item jobs through the Job Scheduler REST API."""
 
     name = "fabric"
+    # After an uncertain start the launch service waits this long before trusting "not found": a
+    # precaution in case the instance list lags the 202 (a relaunch would only be Deduped anyway).
+    settle_seconds = 1.0
 
     def __init__(
         self,
@@ -237,9 +240,11 @@ class Fabric:
     @property
     def tokens(self) -> Any:
         if self._tokens is None:
-            from handlers import entra
+            with self._lock:
+                if self._tokens is None:
+                    from handlers import entra
 
-            self._tokens = entra.default_provider()
+                    self._tokens = entra.TokenProvider()  # one per backend: the runtime keeps one per process
         return self._tokens
 
     # -- helpers -------------------------------------------------------------------------------
@@ -343,7 +348,9 @@ class Fabric:
         instance_id = urlparse(location).path.rstrip("/").rsplit("/", 1)[-1]
         if not instance_id or "/jobs/instances/" not in location:
             # Accepted, but we cannot tell which instance: let the launch service find it by time.
-            raise BackendUnavailable(f"{what}: HTTP {response.status_code} without a job instance Location")
+            raise BackendUnavailable(
+                f"{what}: HTTP {response.status_code} without a job instance Location", **self._ctx(request)
+            )
         self._remember(instance_id, request.run_key)
         return self._ref(workspace, item, job_type, instance_id, options, request.job_name, location)
 

@@ -1,0 +1,186 @@
+"""The Fabric emulator behind the cross-backend harness interface (see tests/test_backend_contract.py).
+
+Every pipeline is a Dataflow Gen2 item (job type ``Execute``, delegated auth) in one workspace; its
+item id is derived from the pipeline name. Credentials are fake and live in an explicit env mapping
+handed to the :class:`~handlers.entra.TokenProvider`: the process environment is never touched.
+
+Fabric semantics worth knowing in a cross-backend suite: a second run of an item while one is still
+NotStarted/InProgress is ``Deduped`` by Fabric (normalized to CANCELLED). Set ``dedupe = False`` on
+the harness before ``pipeline_options`` to let concurrent runs of one item proceed.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from typing import Any
+
+import requests
+
+from handlers.backends.fabric import Fabric
+from handlers.entra import TokenProvider
+
+_NAMESPACE = uuid.UUID("6f1c3b1e-5a7d-4f57-9a51-5f0d3c2b8e10")
+_RUN_PATH = re.compile(r"/items/[^/]+/jobs/(?:[^/]+/instances|instances)$|/dataflows/[^/]+/jobs/")
+
+
+class FabricHarness:
+    """Drives deploy/local/fabric_emulator.py (Fabric jobs + Entra token endpoint on one server)."""
+
+    name = "fabric"
+    TENANT = "11111111-2222-4333-8444-555555555555"
+    CLIENT_ID = "aaaaaaaa-bbbb-4ccc-8ddd-eeeeeeeeeeee"
+    CLIENT_SECRET = "harness-client-secret-not-real"
+    REFRESH_TOKEN = "harness-refresh-token-not-real"
+
+    def __init__(self, emulator_handle: Any) -> None:
+        self.emulator = emulator_handle
+        self.url: str = emulator_handle.url
+        self.workspace = str(uuid.uuid5(_NAMESPACE, "workspace"))
+        self.dedupe = True
+        self.env: dict[str, str] = {
+            "FABRIC_TENANT_ID": self.TENANT,
+            "FABRIC_CLIENT_ID": self.CLIENT_ID,
+            "FABRIC_CLIENT_SECRET": self.CLIENT_SECRET,
+            "FABRIC_REFRESH_TOKEN": self.REFRESH_TOKEN,
+        }
+        self._register_client()
+        self._settings = self.control("settings", method="GET")  # restored by reset()
+
+    def environment(self) -> dict[str, str]:
+        """Env vars for code that builds its own backend (``backend_class("fabric")()``, main.py):
+        both endpoint overrides and the fake credentials. Set them with monkeypatch if needed."""
+        return {"FABRIC_API_ENDPOINT": self.url, "FABRIC_TOKEN_ENDPOINT": self.url, **self.env}
+
+    # -- emulator control ------------------------------------------------------------------------
+    def control(self, path: str, body: Any = None, method: str = "POST") -> Any:
+        """Call the emulator's control API (``/_emulator/<path>``) and return its JSON answer."""
+        r = requests.request(method, f"{self.url}/_emulator/{path}", json=body, timeout=10)
+        r.raise_for_status()
+        return r.json() if r.content else None
+
+    def _register_client(self) -> None:
+        """Register the fake app once (re-registering would forget refresh tokens Entra rotated)."""
+        listed = self.control("clients", method="GET")["clients"]
+        if any(c["tenant"] == self.TENANT and c["client_id"] == self.CLIENT_ID for c in listed):
+            return
+        self.control(
+            "clients",
+            {
+                "tenant": self.TENANT,
+                "client_id": self.CLIENT_ID,
+                "client_secret": self.CLIENT_SECRET,
+                "refresh_tokens": [self.REFRESH_TOKEN],
+            },
+        )
+
+    def item_id(self, pipeline_name: str) -> str:
+        return str(uuid.uuid5(_NAMESPACE, f"item/{pipeline_name}"))
+
+    def register(
+        self,
+        pipeline_name: str,
+        *,
+        outcome: str = "Completed",
+        reason: str = "",
+        streaming: bool = False,
+        run_seconds: float = 3,
+    ) -> None:
+        behavior: dict[str, Any] = {
+            "not_started_seconds": 1,
+            "run_seconds": 10**9 if streaming else run_seconds,
+            "outcome": outcome,
+            "outcome_param": "simulateOutcome",
+            "dedupe": self.dedupe,
+        }
+        if reason:
+            behavior["failure_reason"] = reason
+        self.control(
+            "items",
+            {
+                "workspace": self.workspace,
+                "item": self.item_id(pipeline_name),
+                "type": "Dataflow",
+                "displayName": pipeline_name,
+                "behavior": behavior,
+            },
+        )
+
+    # -- the harness interface -------------------------------------------------------------------
+    def pipeline_options(self, pipeline_name: str, *, mode: str = "batch") -> dict[str, Any]:
+        self.register(pipeline_name, streaming=mode == "streaming")
+        return {
+            "backend": "fabric",
+            "workspace": self.workspace,
+            "item": self.item_id(pipeline_name),
+            "job_type": "Execute",
+            "auth": "delegated",
+        }
+
+    def backend(self) -> Fabric:
+        tokens = TokenProvider(token_endpoint=self.url, session=requests.Session(), env=self.env)
+        return Fabric(session=requests.Session(), endpoint=self.url, tokens=tokens)
+
+    def set_outcome(self, pipeline_name: str, *, succeed: bool, reason: str = "") -> None:
+        self.register(
+            pipeline_name,
+            outcome="Completed" if succeed else "Failed",
+            reason=reason or "The dataflow failed.",
+        )
+
+    def advance(self, seconds: float) -> None:
+        self.control("clock", {"advance_seconds": seconds})
+
+    def inject(
+        self,
+        operation: str,
+        status: int,
+        *,
+        times: int = 1,
+        retry_after: float | None = None,
+        after_effect: bool = False,
+    ) -> None:
+        ops = {"launch": "jobs.run", "status": "jobs.get", "find": "jobs.list", "cancel": "jobs.cancel"}
+        rule: dict[str, Any] = {
+            "operation": ops[operation],
+            "status": status,
+            "times": times,
+            "after_effect": after_effect,
+        }
+        if retry_after is not None:
+            rule["retry_after"] = retry_after
+        self.control("faults", rule)
+
+    def requests_received(self) -> list[dict[str, Any]]:
+        return list(self.control("requests", method="GET")["requests"])
+
+    def launches(self) -> list[dict[str, Any]]:
+        """Every run request the emulator received: ``{"parameters": {name: value}, "status", "body"}``."""
+        out = []
+        for r in self.requests_received():
+            if r["method"] != "POST" or not _RUN_PATH.search(r["path"]):
+                continue
+            body: dict[str, Any] = r["body"] if isinstance(r.get("body"), dict) else {}
+            raw = (body.get("executionData") or {}).get("parameters")
+            if isinstance(raw, list):
+                params = {p.get("parameterName"): p.get("value") for p in raw if isinstance(p, dict)}
+            else:
+                params = dict(raw or {})
+            out.append({"parameters": params, "status": r["status"], "body": body})
+        return out
+
+    def instances(self) -> list[dict[str, Any]]:
+        return list(self.control("instances", method="GET")["instances"])
+
+    def runs_started(self) -> int:
+        """Job instances Fabric created (a Deduped one counts: it was a second run request accepted)."""
+        return len(self.instances())
+
+    def expire_credentials(self) -> bool:
+        self.control("tokens/expire")
+        return True
+
+    def reset(self) -> None:
+        """Forget instances, faults and recorded requests, restore the settings (items, client, tokens stay)."""
+        self.control("reset")
+        self.control("settings", self._settings)
