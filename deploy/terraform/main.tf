@@ -1,0 +1,710 @@
+# The event pipelines on Google Cloud: the same resources as deploy/deploy.py, from the same YAML.
+# docs/deploy.md explains every account and role.
+
+# ---------------------------------------------------------------------------------------------
+# What the routing config asks for
+# ---------------------------------------------------------------------------------------------
+locals {
+  cfg       = yamldecode(file(var.config_path))
+  settings  = local.cfg.settings
+  pipelines = try(local.cfg.pipelines, {})
+  triggers  = try(local.cfg.triggers, {})
+
+  config_project = try(local.settings.project, var.project)
+  config_region  = try(local.settings.region, var.region)
+  ledger_bucket  = local.settings.ledger.bucket
+  ledger_raw     = try(local.settings.ledger.prefix, "pipeline-ledger/")
+  ledger_prefix  = local.ledger_raw == "" || endswith(local.ledger_raw, "/") ? local.ledger_raw : "${local.ledger_raw}/"
+
+  completion_setting = try(local.settings.completion_topic, null)
+  completion_topic   = local.completion_setting == null ? var.default_completion_topic : element(reverse(split("/", local.completion_setting)), 0)
+
+  storage_buckets = toset([for name, t in local.triggers : t.storage.bucket if can(t.storage.bucket)])
+  pubsub_topics   = toset([for name, t in local.triggers : element(reverse(split("/", t.pubsub.topic)), 0) if can(t.pubsub.topic)])
+  has_completion  = length([for name, t in local.triggers : name if can(t.completion.upstream)]) > 0
+  message_topics  = local.has_completion ? setunion(local.pubsub_topics, [local.completion_topic]) : local.pubsub_topics
+  user_topics     = var.create_trigger_topics ? setsubtract(local.pubsub_topics, [local.completion_topic, var.sweep_topic, var.dead_letter_topic]) : toset([])
+
+  pipeline_list = [for name, p in local.pipelines : {
+    name        = name
+    backend     = p.backend
+    project     = try(p.project, local.config_project)
+    region      = try(p.region, local.config_region)
+    template    = try(p.template, null)
+    worker_sa   = try(p.environment.serviceAccountEmail, null)
+    instance    = try(p.instance, null)
+    namespace   = try(p.namespace, "default")
+    credentials = try(p.credentials, "FABRIC")
+    job_type    = try(p.job_type, "Execute")
+    auth        = try(p.auth, null)
+  }]
+
+  # Dataflow: developer role per project, actAs on each worker account, read on template buckets.
+  dataflow          = [for p in local.pipeline_list : p if contains(["dataflow", "dataflow-flex"], p.backend)]
+  dataflow_projects = toset([for p in local.dataflow : p.project])
+  status_regions    = toset([for p in local.dataflow : p.region if p.project == var.project])
+  default_worker_sa = coalesce(var.dataflow_worker_service_account, "${data.google_project.this.number}-compute@developer.gserviceaccount.com")
+  worker_sa_keys    = distinct([for p in local.dataflow : "${p.project}|${p.worker_sa != null ? p.worker_sa : local.default_worker_sa}"])
+  worker_sas        = { for k in local.worker_sa_keys : k => { project = split("|", k)[0], email = split("|", k)[1] } }
+  template_buckets  = toset([for p in local.dataflow : split("/", trimprefix(p.template, "gs://"))[0] if p.template != null])
+
+  # Data Fusion: roles on each instance (and namespace, with RBAC).
+  datafusion_keys       = distinct([for p in local.pipeline_list : "${p.project}|${p.region}|${p.instance}|${p.namespace}" if p.backend == "datafusion" && p.instance != null])
+  datafusion_namespaces = { for k in local.datafusion_keys : k => { project = split("|", k)[0], region = split("|", k)[1], instance = split("|", k)[2], namespace = split("|", k)[3] } }
+  datafusion_instances  = { for k, v in local.datafusion_namespaces : "${v.project}|${v.region}|${v.instance}" => v... }
+
+  # Fabric: the credential secrets its pipelines read (handlers/entra.py: <PREFIX>_REFRESH_TOKEN for
+  # delegated runs, <PREFIX>_CLIENT_SECRET for service principals), overridable by var.fabric_secrets.
+  fabric = [for p in local.pipeline_list : p if p.backend == "fabric"]
+  fabric_secret_envs = distinct([for p in local.fabric : (
+    coalesce(p.auth, contains(["execute", "refresh"], lower(p.job_type)) ? "delegated" : "service_principal") == "delegated"
+    ? "${p.credentials}_REFRESH_TOKEN" : "${p.credentials}_CLIENT_SECRET"
+  )])
+  fabric_secrets = merge({ for e in local.fabric_secret_envs : e => lower(replace(e, "_", "-")) }, var.fabric_secrets)
+  secret_env = { for env, ref in local.fabric_secrets : env => {
+    project = startswith(ref, "projects/") ? split("/", ref)[1] : var.project
+    secret  = split(":", startswith(ref, "projects/") ? split("/", ref)[3] : ref)[0]
+    version = length(split(":", ref)) > 1 ? element(split(":", ref), length(split(":", ref)) - 1) : "latest"
+  } }
+
+  apis = toset(concat(
+    ["cloudfunctions", "run", "eventarc", "pubsub", "storage", "cloudscheduler", "cloudbuild", "artifactregistry", "iam"],
+    length(local.dataflow) > 0 ? ["dataflow"] : [],
+    length([for p in local.pipeline_list : p if p.backend == "datafusion"]) > 0 ? ["datafusion"] : [],
+    length(local.secret_env) > 0 ? ["secretmanager"] : [],
+  ))
+
+  runtime_member      = "serviceAccount:${google_service_account.runtime.email}"
+  trigger_member      = "serviceAccount:${google_service_account.trigger.email}"
+  pubsub_agent_member = "serviceAccount:service-${data.google_project.this.number}@gcp-sa-pubsub.iam.gserviceaccount.com"
+
+  # Function names: identical to deploy.py's service_name(): base-slug, or a cut slug plus 8 hex
+  # of sha256(key) when the slug changed the key or the name would pass 49 characters.
+  storage_slugs = { for b in local.storage_buckets : b => trim(replace(lower(b), "/[^a-z0-9-]+/", "-"), "-") }
+  storage_fn_names = { for b, s in local.storage_slugs : b => (
+    s == b && length("on-object-finalized-${s}") <= 49 ? "on-object-finalized-${s}"
+    : "${trim(substr("on-object-finalized-${s}", 0, 40), "-")}-${substr(sha256(b), 0, 8)}"
+  ) }
+  message_slugs = { for t in local.message_topics : t => trim(replace(lower(t), "/[^a-z0-9-]+/", "-"), "-") }
+  message_fn_names = { for t, s in local.message_slugs : t => (
+    s == t && length("on-message-${s}") <= 49 ? "on-message-${s}"
+    : "${trim(substr("on-message-${s}", 0, 40), "-")}-${substr(sha256(t), 0, 8)}"
+  ) }
+  status_fn_names = { for r in local.status_regions : r => (
+    r == var.region ? "on-job-status" : (
+      length("on-job-status-${r}") <= 49 ? "on-job-status-${r}" : "${trim(substr("on-job-status-${r}", 0, 40), "-")}-${substr(sha256(r), 0, 8)}"
+    )
+  ) }
+
+  # The functions learn their project from the config; only a config without one needs the env var.
+  function_env = merge(
+    { PIPELINES_CONFIG = "pipelines.yaml" },
+    try(local.settings.project, null) == null ? { GOOGLE_CLOUD_PROJECT = var.project } : {},
+    var.env,
+  )
+
+  # The function source: main.py, requirements.txt, handlers/ and the config as pipelines.yaml.
+  source_files  = var.source_dir == null ? [] : [for f in fileset(var.source_dir, "{main.py,requirements.txt,handlers/**}") : f if !strcontains(f, "__pycache__") && !endswith(f, ".pyc")]
+  source_bucket = var.source_bucket != null ? var.source_bucket : google_storage_bucket.source[0].name
+  source_object = var.source_object != null ? var.source_object : google_storage_bucket_object.source[0].name
+}
+
+data "google_project" "this" {
+  project_id = var.project
+}
+
+# ---------------------------------------------------------------------------------------------
+# APIs
+# ---------------------------------------------------------------------------------------------
+resource "google_project_service" "apis" {
+  for_each           = local.apis
+  project            = var.project
+  service            = "${each.key}.googleapis.com"
+  disable_on_destroy = false
+}
+
+# ---------------------------------------------------------------------------------------------
+# The run ledger
+# ---------------------------------------------------------------------------------------------
+resource "google_storage_bucket" "ledger" {
+  project                     = var.project
+  name                        = local.ledger_bucket
+  location                    = coalesce(var.ledger_location, var.region)
+  uniform_bucket_level_access = true
+  public_access_prevention    = "enforced"
+
+  versioning {
+    enabled = false
+  }
+
+  dynamic "lifecycle_rule" {
+    for_each = var.ledger_retention_days > 0 ? [var.ledger_retention_days] : []
+    content {
+      condition {
+        age            = lifecycle_rule.value
+        matches_prefix = ["${local.ledger_prefix}runs/"]
+      }
+      action {
+        type = "Delete"
+      }
+    }
+  }
+
+  lifecycle {
+    precondition {
+      condition     = local.config_project == var.project
+      error_message = "settings.project of the config differs from var.project: the functions would keep runs and publish completions for the config's project."
+    }
+    precondition {
+      condition     = (var.source_dir == null) != (var.source_object == null)
+      error_message = "Give exactly one of source_dir and source_object."
+    }
+  }
+
+  depends_on = [google_project_service.apis]
+}
+
+# ---------------------------------------------------------------------------------------------
+# Topics
+# ---------------------------------------------------------------------------------------------
+resource "google_pubsub_topic" "completion" {
+  project    = var.project
+  name       = local.completion_topic
+  depends_on = [google_project_service.apis]
+}
+
+resource "google_pubsub_topic" "dead_letter" {
+  project    = var.project
+  name       = var.dead_letter_topic
+  depends_on = [google_project_service.apis]
+}
+
+# A topic without a subscription drops what it receives: keep dead letters 7 days to inspect and replay.
+resource "google_pubsub_subscription" "dead_letter" {
+  project                    = var.project
+  name                       = "${var.dead_letter_topic}-sub"
+  topic                      = google_pubsub_topic.dead_letter.id
+  message_retention_duration = "604800s"
+
+  expiration_policy {
+    ttl = ""
+  }
+}
+
+resource "google_pubsub_topic" "sweep" {
+  project    = var.project
+  name       = var.sweep_topic
+  depends_on = [google_project_service.apis]
+}
+
+resource "google_pubsub_topic" "trigger" {
+  for_each   = local.user_topics
+  project    = var.project
+  name       = each.key
+  depends_on = [google_project_service.apis]
+}
+
+# ---------------------------------------------------------------------------------------------
+# Service accounts
+# ---------------------------------------------------------------------------------------------
+resource "google_service_account" "runtime" {
+  project      = var.project
+  account_id   = var.runtime_service_account_id
+  display_name = "event pipelines: functions runtime"
+  depends_on   = [google_project_service.apis]
+}
+
+resource "google_service_account" "trigger" {
+  project      = var.project
+  account_id   = var.trigger_service_account_id
+  display_name = "event pipelines: Eventarc delivery"
+  depends_on   = [google_project_service.apis]
+}
+
+# ---------------------------------------------------------------------------------------------
+# IAM of the runtime account (what the functions do)
+# ---------------------------------------------------------------------------------------------
+resource "google_storage_bucket_iam_member" "ledger_runtime" {
+  bucket = google_storage_bucket.ledger.name
+  role   = "roles/storage.objectUser"
+  member = local.runtime_member
+}
+
+resource "google_pubsub_topic_iam_member" "completion_runtime" {
+  project = var.project
+  topic   = google_pubsub_topic.completion.name
+  role    = "roles/pubsub.publisher"
+  member  = local.runtime_member
+}
+
+resource "google_project_iam_member" "dataflow_developer" {
+  for_each = local.dataflow_projects
+  project  = each.key
+  role     = "roles/dataflow.developer"
+  member   = local.runtime_member
+}
+
+resource "google_service_account_iam_member" "dataflow_worker_user" {
+  for_each           = local.worker_sas
+  service_account_id = "projects/${each.value.project}/serviceAccounts/${each.value.email}"
+  role               = "roles/iam.serviceAccountUser"
+  member             = local.runtime_member
+}
+
+resource "google_storage_bucket_iam_member" "dataflow_templates" {
+  for_each = local.template_buckets
+  bucket   = each.key
+  role     = "roles/storage.objectViewer"
+  member   = local.runtime_member
+}
+
+resource "google_data_fusion_instance_iam_member" "viewer" {
+  for_each = local.datafusion_instances
+  project  = each.value[0].project
+  region   = each.value[0].region
+  name     = each.value[0].instance
+  role     = "roles/datafusion.viewer"
+  member   = local.runtime_member
+}
+
+resource "google_data_fusion_instance_iam_member" "accessor" {
+  for_each = { for k, v in local.datafusion_instances : k => v if var.datafusion_rbac }
+  project  = each.value[0].project
+  region   = each.value[0].region
+  name     = each.value[0].instance
+  role     = "roles/datafusion.accessor"
+  member   = local.runtime_member
+}
+
+# Namespace-level RBAC grants have no provider resource: gcloud does it (idempotent).
+resource "terraform_data" "datafusion_namespace_operator" {
+  for_each         = { for k, v in local.datafusion_namespaces : k => v if var.datafusion_rbac }
+  triggers_replace = [each.key, local.runtime_member]
+
+  provisioner "local-exec" {
+    command = "gcloud beta data-fusion add-iam-policy-binding \"$INSTANCE\" --location=\"$LOCATION\" --project=\"$PROJECT\" --namespace=\"$NAMESPACE\" --member=\"$MEMBER\" --role=roles/datafusion.operator"
+    environment = {
+      INSTANCE  = each.value.instance
+      LOCATION  = each.value.region
+      PROJECT   = each.value.project
+      NAMESPACE = each.value.namespace
+      MEMBER    = local.runtime_member
+    }
+  }
+}
+
+resource "google_secret_manager_secret_iam_member" "fabric" {
+  for_each  = local.secret_env
+  project   = each.value.project
+  secret_id = each.value.secret
+  role      = "roles/secretmanager.secretAccessor"
+  member    = local.runtime_member
+}
+
+# ---------------------------------------------------------------------------------------------
+# IAM of event delivery
+# ---------------------------------------------------------------------------------------------
+resource "google_project_iam_member" "trigger_event_receiver" {
+  count   = length(local.storage_buckets) + length(local.status_regions) > 0 ? 1 : 0
+  project = var.project
+  role    = "roles/eventarc.eventReceiver"
+  member  = local.trigger_member
+}
+
+data "google_storage_project_service_account" "gcs" {
+  project = var.project
+}
+
+resource "google_project_iam_member" "gcs_pubsub_publisher" {
+  count   = length(local.storage_buckets) > 0 ? 1 : 0
+  project = var.project
+  role    = "roles/pubsub.publisher"
+  member  = "serviceAccount:${data.google_storage_project_service_account.gcs.email_address}"
+}
+
+resource "google_pubsub_topic_iam_member" "dead_letter_publisher" {
+  project = var.project
+  topic   = google_pubsub_topic.dead_letter.name
+  role    = "roles/pubsub.publisher"
+  member  = local.pubsub_agent_member
+}
+
+resource "google_service_account_iam_member" "pubsub_token_creator" {
+  count              = var.pubsub_token_creator ? 1 : 0
+  service_account_id = google_service_account.trigger.name
+  role               = "roles/iam.serviceAccountTokenCreator"
+  member             = local.pubsub_agent_member
+}
+
+# ---------------------------------------------------------------------------------------------
+# Function source
+# ---------------------------------------------------------------------------------------------
+resource "google_storage_bucket" "source" {
+  count                       = var.source_bucket == null ? 1 : 0
+  project                     = var.project
+  name                        = "${var.project}-pipelines-source"
+  location                    = var.region
+  uniform_bucket_level_access = true
+  public_access_prevention    = "enforced"
+  depends_on                  = [google_project_service.apis]
+}
+
+data "archive_file" "source" {
+  count       = var.source_dir == null ? 0 : 1
+  type        = "zip"
+  output_path = "${path.root}/.terraform/event-pipelines-source.zip"
+
+  dynamic "source" {
+    for_each = local.source_files
+    content {
+      content  = file("${var.source_dir}/${source.value}")
+      filename = source.value
+    }
+  }
+
+  source {
+    content  = file(var.config_path)
+    filename = "pipelines.yaml"
+  }
+}
+
+resource "google_storage_bucket_object" "source" {
+  count  = var.source_dir == null ? 0 : 1
+  bucket = local.source_bucket
+  name   = "event-pipelines/${data.archive_file.source[0].output_md5}.zip"
+  source = data.archive_file.source[0].output_path
+}
+
+# ---------------------------------------------------------------------------------------------
+# Functions: one on_object_finalized per bucket, one on_message per topic, on_job_status per
+# Dataflow region, check_runs, api. Every event function retries (RETRY_POLICY_RETRY).
+# ---------------------------------------------------------------------------------------------
+data "google_storage_bucket" "trigger" {
+  for_each = setsubtract(local.storage_buckets, keys(var.bucket_locations))
+  name     = each.key
+}
+
+resource "google_cloudfunctions2_function" "on_object_finalized" {
+  for_each = local.storage_fn_names
+  project  = var.project
+  location = var.region
+  name     = each.value
+
+  build_config {
+    runtime     = "python311"
+    entry_point = "on_object_finalized"
+    source {
+      storage_source {
+        bucket = local.source_bucket
+        object = local.source_object
+      }
+    }
+  }
+
+  service_config {
+    service_account_email = google_service_account.runtime.email
+    available_memory      = var.function_memory
+    timeout_seconds       = var.function_timeout_seconds
+    max_instance_count    = var.max_instances
+    environment_variables = local.function_env
+
+    dynamic "secret_environment_variables" {
+      for_each = local.secret_env
+      content {
+        key        = secret_environment_variables.key
+        project_id = secret_environment_variables.value.project
+        secret     = secret_environment_variables.value.secret
+        version    = secret_environment_variables.value.version
+      }
+    }
+  }
+
+  event_trigger {
+    trigger_region        = try(var.bucket_locations[each.key], lower(data.google_storage_bucket.trigger[each.key].location))
+    event_type            = "google.cloud.storage.object.v1.finalized"
+    retry_policy          = "RETRY_POLICY_RETRY"
+    service_account_email = google_service_account.trigger.email
+
+    event_filters {
+      attribute = "bucket"
+      value     = each.key
+    }
+  }
+
+  depends_on = [
+    google_project_iam_member.trigger_event_receiver,
+    google_project_iam_member.gcs_pubsub_publisher,
+    google_storage_bucket_iam_member.ledger_runtime,
+    google_secret_manager_secret_iam_member.fabric,
+  ]
+}
+
+resource "google_cloudfunctions2_function" "on_message" {
+  for_each = local.message_fn_names
+  project  = var.project
+  location = var.region
+  name     = each.value
+
+  build_config {
+    runtime     = "python311"
+    entry_point = "on_message"
+    source {
+      storage_source {
+        bucket = local.source_bucket
+        object = local.source_object
+      }
+    }
+  }
+
+  service_config {
+    service_account_email = google_service_account.runtime.email
+    available_memory      = var.function_memory
+    timeout_seconds       = var.function_timeout_seconds
+    max_instance_count    = var.max_instances
+    environment_variables = local.function_env
+
+    dynamic "secret_environment_variables" {
+      for_each = local.secret_env
+      content {
+        key        = secret_environment_variables.key
+        project_id = secret_environment_variables.value.project
+        secret     = secret_environment_variables.value.secret
+        version    = secret_environment_variables.value.version
+      }
+    }
+  }
+
+  event_trigger {
+    trigger_region        = var.region
+    event_type            = "google.cloud.pubsub.topic.v1.messagePublished"
+    pubsub_topic          = "projects/${var.project}/topics/${each.key}"
+    retry_policy          = "RETRY_POLICY_RETRY"
+    service_account_email = google_service_account.trigger.email
+  }
+
+  depends_on = [
+    google_pubsub_topic.trigger,
+    google_pubsub_topic.completion,
+    google_storage_bucket_iam_member.ledger_runtime,
+    google_secret_manager_secret_iam_member.fabric,
+  ]
+}
+
+resource "google_cloudfunctions2_function" "on_job_status" {
+  for_each = local.status_fn_names
+  project  = var.project
+  location = var.region
+  name     = each.value
+
+  build_config {
+    runtime     = "python311"
+    entry_point = "on_job_status"
+    source {
+      storage_source {
+        bucket = local.source_bucket
+        object = local.source_object
+      }
+    }
+  }
+
+  service_config {
+    service_account_email = google_service_account.runtime.email
+    available_memory      = var.function_memory
+    timeout_seconds       = var.function_timeout_seconds
+    max_instance_count    = var.max_instances
+    environment_variables = local.function_env
+
+    dynamic "secret_environment_variables" {
+      for_each = local.secret_env
+      content {
+        key        = secret_environment_variables.key
+        project_id = secret_environment_variables.value.project
+        secret     = secret_environment_variables.value.secret
+        version    = secret_environment_variables.value.version
+      }
+    }
+  }
+
+  event_trigger {
+    trigger_region        = each.key
+    event_type            = "google.cloud.dataflow.job.v1beta3.statusChanged"
+    retry_policy          = "RETRY_POLICY_RETRY"
+    service_account_email = google_service_account.trigger.email
+  }
+
+  depends_on = [
+    google_project_iam_member.trigger_event_receiver,
+    google_project_iam_member.dataflow_developer,
+    google_storage_bucket_iam_member.ledger_runtime,
+  ]
+}
+
+resource "google_cloudfunctions2_function" "check_runs" {
+  project  = var.project
+  location = var.region
+  name     = "check-runs"
+
+  build_config {
+    runtime     = "python311"
+    entry_point = "check_runs"
+    source {
+      storage_source {
+        bucket = local.source_bucket
+        object = local.source_object
+      }
+    }
+  }
+
+  service_config {
+    service_account_email = google_service_account.runtime.email
+    available_memory      = var.function_memory
+    timeout_seconds       = var.function_timeout_seconds
+    max_instance_count    = var.max_instances
+    environment_variables = local.function_env
+
+    dynamic "secret_environment_variables" {
+      for_each = local.secret_env
+      content {
+        key        = secret_environment_variables.key
+        project_id = secret_environment_variables.value.project
+        secret     = secret_environment_variables.value.secret
+        version    = secret_environment_variables.value.version
+      }
+    }
+  }
+
+  event_trigger {
+    trigger_region        = var.region
+    event_type            = "google.cloud.pubsub.topic.v1.messagePublished"
+    pubsub_topic          = google_pubsub_topic.sweep.id
+    retry_policy          = "RETRY_POLICY_RETRY"
+    service_account_email = google_service_account.trigger.email
+  }
+
+  depends_on = [
+    google_storage_bucket_iam_member.ledger_runtime,
+    google_secret_manager_secret_iam_member.fabric,
+  ]
+}
+
+# HTTP, authenticated only: no allUsers binding is ever made; invokers are var.api_invokers.
+resource "google_cloudfunctions2_function" "api" {
+  count    = var.deploy_api ? 1 : 0
+  project  = var.project
+  location = var.region
+  name     = "api"
+
+  build_config {
+    runtime     = "python311"
+    entry_point = "api"
+    source {
+      storage_source {
+        bucket = local.source_bucket
+        object = local.source_object
+      }
+    }
+  }
+
+  service_config {
+    service_account_email = google_service_account.runtime.email
+    available_memory      = var.function_memory
+    timeout_seconds       = var.function_timeout_seconds
+    max_instance_count    = var.max_instances
+    environment_variables = local.function_env
+
+    dynamic "secret_environment_variables" {
+      for_each = local.secret_env
+      content {
+        key        = secret_environment_variables.key
+        project_id = secret_environment_variables.value.project
+        secret     = secret_environment_variables.value.secret
+        version    = secret_environment_variables.value.version
+      }
+    }
+  }
+
+  depends_on = [
+    google_storage_bucket_iam_member.ledger_runtime,
+    google_secret_manager_secret_iam_member.fabric,
+  ]
+}
+
+# ---------------------------------------------------------------------------------------------
+# Invokers: the trigger account on each event function, the configured principals on the api
+# ---------------------------------------------------------------------------------------------
+locals {
+  event_functions = merge(
+    { for b, n in local.storage_fn_names : n => google_cloudfunctions2_function.on_object_finalized[b] },
+    { for t, n in local.message_fn_names : n => google_cloudfunctions2_function.on_message[t] },
+    { for r, n in local.status_fn_names : n => google_cloudfunctions2_function.on_job_status[r] },
+    { "check-runs" = google_cloudfunctions2_function.check_runs },
+  )
+}
+
+resource "google_cloud_run_v2_service_iam_member" "trigger_invoker" {
+  for_each = local.event_functions
+  project  = var.project
+  location = var.region
+  name     = each.value.service_config[0].service
+  role     = "roles/run.invoker"
+  member   = local.trigger_member
+}
+
+resource "google_cloud_run_v2_service_iam_member" "api_invoker" {
+  for_each = var.deploy_api ? toset(var.api_invokers) : toset([])
+  project  = var.project
+  location = var.region
+  name     = google_cloudfunctions2_function.api[0].service_config[0].service
+  role     = "roles/run.invoker"
+  member   = each.key
+}
+
+# ---------------------------------------------------------------------------------------------
+# The sweep: Cloud Scheduler publishes to the sweep topic every minute (as its own service agent)
+# ---------------------------------------------------------------------------------------------
+resource "google_cloud_scheduler_job" "sweep" {
+  project   = var.project
+  region    = var.region
+  name      = var.scheduler_job_name
+  schedule  = var.sweep_schedule
+  time_zone = "Etc/UTC"
+
+  pubsub_target {
+    topic_name = google_pubsub_topic.sweep.id
+    data       = base64encode("{}")
+  }
+
+  depends_on = [google_cloudfunctions2_function.check_runs]
+}
+
+# ---------------------------------------------------------------------------------------------
+# Dead letters. Eventarc creates and owns each function's Pub/Sub subscription, so no provider
+# resource can hold its dead-letter policy: gcloud sets it (idempotent), again whenever the
+# function's trigger changes (a new trigger means a new subscription).
+# ---------------------------------------------------------------------------------------------
+resource "terraform_data" "dead_letter_policy" {
+  for_each = { for name, f in local.event_functions : name => f if var.configure_dead_letters }
+  triggers_replace = [
+    each.value.event_trigger[0].trigger,
+    google_pubsub_topic.dead_letter.id,
+    var.max_delivery_attempts,
+  ]
+
+  provisioner "local-exec" {
+    interpreter = ["bash", "-c"]
+    command     = <<-EOT
+      set -euo pipefail
+      sub=$(gcloud eventarc triggers describe "$TRIGGER" --format='value(transport.pubsub.subscription)')
+      gcloud pubsub subscriptions update "$sub" --dead-letter-topic="$DEAD_LETTER_TOPIC" --max-delivery-attempts="$ATTEMPTS"
+      gcloud pubsub subscriptions add-iam-policy-binding "$sub" --member="$PUBSUB_AGENT" --role=roles/pubsub.subscriber
+    EOT
+    environment = {
+      TRIGGER           = each.value.event_trigger[0].trigger
+      DEAD_LETTER_TOPIC = google_pubsub_topic.dead_letter.id
+      ATTEMPTS          = tostring(var.max_delivery_attempts)
+      PUBSUB_AGENT      = local.pubsub_agent_member
+    }
+  }
+
+  depends_on = [google_pubsub_topic_iam_member.dead_letter_publisher]
+}
