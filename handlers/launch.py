@@ -38,7 +38,7 @@ from handlers.errors import (
     RetryableError,
     RunInProgress,
 )
-from handlers.ledger import Conflict, Run, iso, new_owner
+from handlers.ledger import Conflict, Run, from_iso, iso, new_owner
 from handlers.params import Rendered, identity_of, render, run_key
 from handlers.runtime import Runtime
 
@@ -201,6 +201,7 @@ class LaunchService:
             pipeline=pipeline,
             parameters=rendered.parameters,
             labels=rendered.labels,
+            requested_at=from_iso(run.created_at),
         )
         uncertain = taken_over
         uncertain_since = time.monotonic()

@@ -132,3 +132,48 @@ def test_find_returns_the_job_a_run_started(world, harness):
     )
     found = runtime.backend(harness.name).find(request)
     assert found is not None and found.job_id == run.job["id"]
+
+
+def test_a_crashed_launch_whose_job_already_finished_is_adopted_not_relaunched(world, harness):
+    from handlers.ledger import Run, iso, now
+    from handlers.params import job_name, run_key
+
+    runtime, trigger = setup(world, harness)
+    event = object_event("in/crash.csv")
+    key = run_key(trigger.name, event.identity)
+    pipeline = runtime.config.pipelines["contract"]
+    # GIVEN an invocation that claimed the run, started the job, and crashed before recording it
+    stale = runtime.ledger.create(
+        Run(
+            key,
+            trigger.name,
+            "contract",
+            harness.name,
+            RunState.CLAIMED,
+            job_name("contract", key),
+            owner="crashed",
+            lease_until=iso(now()),
+            attempts=1,
+        )
+    )
+    runtime.backend(harness.name).launch(
+        LaunchRequest(
+            key,
+            stale.job_name,
+            pipeline,
+            {"input": "gs://landing/in/crash.csv", "day": "2026-11-22"},
+            labels={
+                "pipeline-trigger": trigger.name,
+                "pipeline": "contract",
+                "run-key-hash": key.rsplit("-", 1)[1],
+            },
+            requested_at=from_iso(stale.created_at),
+        )
+    )
+    harness.advance(600)  # ... and the job has finished since
+    # WHEN the platform redelivers the event
+    outcome = LaunchService(runtime).start(trigger, event)
+    # THEN the finished job is found in any state and recorded; nothing new starts
+    assert outcome.result == "adopted"
+    assert harness.runs_started() == 1
+    assert runtime.ledger.get(key).job["id"] == outcome.job_id
