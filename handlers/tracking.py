@@ -30,7 +30,7 @@ from handlers import completion, logs
 from handlers.backends.base import JobStatus, RunState
 from handlers.config import Pipeline
 from handlers.errors import NotFound, PipelineError, RetryableError
-from handlers.ledger import Run, from_iso, iso
+from handlers.ledger import Run, from_iso, iso, new_owner
 from handlers.runtime import Runtime
 
 PUBLISH_LEASE_SECONDS = 60.0
@@ -163,12 +163,16 @@ class Tracker:
         """Decide the terminal state once (CAS), publish the completion, mark it published."""
         now = self.clock()
         event_id = completion.completion_id(run.run_key, str(state))
+        token = new_owner()
         won = False
 
         def decide(current: Run) -> Run | None:
             nonlocal won
-            won = False  # mutate() may call this again after losing a compare-and-swap
+            # mutate() may call this again after losing a compare-and-swap, or after the storage
+            # client retried our own write whose answer was lost (the decision then carries our token).
+            won = False
             if current.completion is not None:
+                won = current.completion.get("decided_by") == token
                 return None
             won = True
             error = current.error
@@ -189,6 +193,7 @@ class Tracker:
                     "event_id": event_id,
                     "state": str(state),
                     "decided_at": iso(now),
+                    "decided_by": token,
                     "publish_lease_until": iso(now + dt.timedelta(seconds=PUBLISH_LEASE_SECONDS)),
                     "published": False,
                 },
@@ -196,7 +201,7 @@ class Tracker:
 
         decided = self.rt.ledger.mutate(run.run_key, decide)
         assert decided is not None
-        if not won:
+        if not won or decided.completion is None or decided.completion.get("published"):
             return self._resume_publish(decided)
         logs.info(f"run finished: {state}", state=str(state), reason=(decided.error or {}).get("message"))
         return self._publish(decided)

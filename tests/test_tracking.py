@@ -318,3 +318,28 @@ def test_status_events_of_foreign_jobs_are_ignored(world, dataflow, call, labels
         {"payload": {"id": "j", "name": "n", "currentState": "JOB_STATE_DONE", "labels": labels}},
     )
     assert call("on_job_status", event, config_path).status_code == 200
+
+
+def test_a_lost_answer_to_the_deciding_write_still_publishes_at_once(world, dataflow):
+    """fake-gcs-server cannot lose an answer, so the fault is injected at the storage client boundary:
+    the write reaches the (real) bucket, then the client reports the 412 its own retry would get."""
+    runtime, (key,) = setup_runs(world, dataflow)
+    dataflow.advance(30)
+    store = runtime.ledger.store
+    real_replace = store.replace
+    lost = {"done": False}
+
+    def replace_then_lose_the_answer(name, data, generation):
+        new_generation = real_replace(name, data, generation)
+        if not lost["done"] and b'"decided_by"' in data:
+            lost["done"] = True
+            from handlers.ledger import Conflict
+
+            raise Conflict(name)
+        return new_generation
+
+    store.replace = replace_then_lose_the_answer
+    assert Tracker(runtime).sweep().finished == {key: "SUCCEEDED"}
+    assert lost["done"]
+    (c,) = events_of(world, 1)
+    assert c["event"]["id"] == completion_id(key, "SUCCEEDED")
