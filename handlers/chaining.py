@@ -130,30 +130,32 @@ def handle_completion(
     return outcomes
 
 
+def join_key_for(trigger: Trigger, comp: completion.Completion) -> str:
+    """The fan-in join key ``comp`` brings to ``trigger`` (rendered from that one completion)."""
+    assert trigger.completion is not None and trigger.completion.join_key is not None
+    common = {
+        "event_id": comp.event_id,
+        "event_time": comp.event_time,
+        "trigger": trigger.name,
+        "pipeline": trigger.pipeline,
+    }
+    upstream = comp.lookup
+
+    def lookup(path: str) -> Any:
+        return common[path] if path in common else upstream(path)
+
+    return trigger.completion.join_key.render(lookup, name="join_key")
+
+
 class FanIn:
     def __init__(self, runtime: Runtime, service: LaunchService) -> None:
         self.rt = runtime
         self.service = service
 
-    def _join_key(self, trigger: Trigger, comp: completion.Completion) -> str:
-        assert trigger.completion is not None and trigger.completion.join_key is not None
-        common = {
-            "event_id": comp.event_id,
-            "event_time": comp.event_time,
-            "trigger": trigger.name,
-            "pipeline": trigger.pipeline,
-        }
-        upstream = comp.lookup
-
-        def lookup(path: str) -> Any:
-            return common[path] if path in common else upstream(path)
-
-        return trigger.completion.join_key.render(lookup, name="join_key")
-
     def arrive(self, trigger: Trigger, comp: completion.Completion) -> list[Outcome]:
         assert trigger.completion is not None
         try:
-            join_key = self._join_key(trigger, comp)
+            join_key = join_key_for(trigger, comp)
         except ParameterError as exc:
             logs.error(
                 "fan-in join key could not be rendered: acknowledged", trigger=trigger.name, **exc.context()

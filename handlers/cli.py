@@ -478,13 +478,10 @@ def explain_message(config: Config, event: MessageEvent, *, now: dt.datetime | N
 
 
 def _join_key(trigger: Trigger, comp: completion.Completion) -> str:
-    """The fan-in join key exactly as :class:`handlers.chaining.FanIn` renders it (no I/O: the
-    rendering does not touch the runtime)."""
-    from handlers.chaining import FanIn
-    from handlers.launch import LaunchService
-    from handlers.runtime import Runtime
+    """The fan-in join key exactly as the chaining service renders it (no I/O)."""
+    from handlers.chaining import join_key_for
 
-    return FanIn(cast(Runtime, None), cast(LaunchService, None))._join_key(trigger, comp)
+    return join_key_for(trigger, comp)
 
 
 def _explain_fan_in(

@@ -66,7 +66,10 @@ def identity_of(trigger: Trigger, event: Any) -> str:
     if isinstance(event, MessageEvent):
         dedupe = trigger.pubsub.dedupe_by if trigger.pubsub else None
         if dedupe:
-            value = _message_lookup(event)(dedupe)
+            try:
+                value = _message_lookup(event)(dedupe)
+            except KeyError:
+                value = None
             if value in (None, ""):
                 raise ParameterError(
                     f"dedupe_by {dedupe}: the message has no value there", trigger=trigger.name, field=dedupe

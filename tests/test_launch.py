@@ -466,3 +466,13 @@ def test_an_uploaded_object_reaches_on_message_through_its_notification_and_laun
     (launch,) = [launch for launch in dataflow.launches() if launch["status"] == 200]
     assert launch["parameters"]["inputFile"] == f"gs://{bucket}/drop/hello world.txt", log
     assert len(dataflow.jobs()) == 1
+
+
+def test_a_message_without_its_dedupe_field_is_acknowledged_without_a_run(world, dataflow, call):
+    opts = dataflow.pipeline_options("orders")
+    config = world.write_config(
+        {"orders": {**opts, "parameters": {"orderId": "{data.order.id}"}}},
+        {"new-orders": {"pubsub": {"topic": "orders", "dedupe_by": "data.order.id"}, "pipeline": "orders"}})
+    response = call("on_message", ev.pubsub_message("orders", {"no_order": True}), config)
+    assert response.status_code == 200  # acknowledged: a redelivery could not cure it
+    assert dataflow.launches() == []
