@@ -1,0 +1,229 @@
+"""The local stack (``deploy/local/stack.py``): ``make demo`` and ``make up`` end to end.
+
+The demo runs as a subprocess exactly as ``make demo`` runs it: it must exit 0, print the chain's
+timeline and the word counts of the sample, and leave no process behind (every pid of the Pub/Sub
+emulator's JVM, fake-gcs-server and the functions-framework processes it reported must be gone).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+from deploy.local.services import live_processes_in_group
+from deploy.local.stack import DEMO_SAMPLE, Timeline, emulator_available
+from deploy.local.wordcount import count_words, format_counts
+
+ROOT = Path(__file__).resolve().parents[1]
+# What the test session exports must not steer the stack: it brings its own services.
+_FOREIGN = (
+    "PUBSUB_EMULATOR_HOST",
+    "STORAGE_EMULATOR_HOST",
+    "DATAFLOW_API_ENDPOINT",
+    "DATAFUSION_API_ENDPOINT",
+    "FABRIC_API_ENDPOINT",
+    "FABRIC_TOKEN_ENDPOINT",
+    "PIPELINES_CONFIG",
+    "PIPELINES_ANONYMOUS_AUTH",
+)
+
+
+def _env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in _FOREIGN}
+    env.update(PYTHONUNBUFFERED="1", **extra)
+    return env
+
+
+def _stack(*args: str) -> list[str]:
+    return [sys.executable, "-m", "deploy.local.stack", *args]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat[stat.rfind(")") + 2 :].split()[0] != "Z"
+
+
+def _assert_nothing_left(pids_file: Path) -> list[dict]:
+    groups = json.loads(pids_file.read_text())["groups"]
+    names = {g["name"] for g in groups}
+    assert {"pubsub-emulator", "fake-gcs-server", "on_message", "on_job_status", "check_runs"} <= names
+    deadline = time.monotonic() + 5  # orphans are reaped asynchronously; they are dead already
+    while True:
+        left = {
+            g["name"]: [p for p in g["pids"] if _alive(p)] + live_processes_in_group(g["pgid"])
+            for g in groups
+        }
+        left = {name: pids for name, pids in left.items() if pids}
+        if not left or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    assert not left, f"processes left behind: {left}"
+    return groups
+
+
+def _in_order(text: str, needles: list[str]) -> None:
+    at = 0
+    for needle in needles:
+        found = text.find(needle, at)
+        assert found >= 0, f"{needle!r} missing (or out of order) in:\n{text}"
+        at = found + len(needle)
+
+
+def _timeline_lines(stdout: str) -> list[str]:
+    lines = stdout.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("Timeline"))
+    return [line for line in lines[start + 1 :] if line.strip() and line.strip()[0].isdigit()]
+
+
+def test_demo_runs_the_chain_to_its_end_and_leaves_no_process_behind(tmp_path: Path) -> None:
+    pids = tmp_path / "pids.json"
+    started = time.monotonic()
+    proc = subprocess.run(
+        _stack("demo", "--timeout", "60", "--pids-file", str(pids)),
+        cwd=ROOT,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=110,
+    )
+    took = time.monotonic() - started
+    assert proc.returncode == 0, f"exit {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
+    out = proc.stdout
+    chained = "Data Fusion" if emulator_available("datafusion") else "Dataflow"
+    assert f"chain: wordcount (Dataflow) -> publish-counts ({chained})" in out
+
+    timeline = "\n".join(_timeline_lines(out))
+    _in_order(
+        timeline,
+        [
+            "file uploaded          gs://demo-landing/incoming/sample.txt",
+            "storage notification   OBJECT_FINALIZE gs://demo-landing/incoming/sample.txt",
+            "run claimed            wordcount  run landing-text-",
+            "job launched           wordcount  Dataflow job ",
+            "completion published   wordcount SUCCEEDED",
+            "chained launch         publish-counts  after wordcount SUCCEEDED, with counts=gs://demo-output/",
+            f"job launched           publish-counts  {'Data Fusion run' if chained == 'Data Fusion' else 'Dataflow job'} ",
+            "completion published   publish-counts SUCCEEDED",
+            "done                   wordcount -> publish-counts completed in ",
+        ],
+    )
+    # every timeline line starts with its elapsed seconds, in order
+    seconds = [float(line.split("s", 1)[0]) for line in _timeline_lines(out)]
+    assert seconds == sorted(seconds)
+    assert "error" not in timeline and "warning" not in timeline
+
+    # the output object: the real word counts of the sample, written by the wordcount template
+    expected = format_counts(count_words(DEMO_SAMPLE.read_text())).splitlines()
+    assert "Output of wordcount: gs://demo-output/wordcount/sample/" in out
+    _in_order(out, [f"    {line}\n" for line in expected[:12]])
+
+    assert "Stopped every service in" in out
+    _assert_nothing_left(pids)
+    assert took < 90, f"the demo took {took:.0f}s"
+
+
+def test_up_streams_the_timeline_and_stops_cleanly_on_sigint(tmp_path: Path) -> None:
+    pids = tmp_path / "pids.json"
+    proc = subprocess.Popen(
+        _stack("up", "--pids-file", str(pids)),
+        cwd=ROOT,
+        env=_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    lines: list[str] = []
+    ready = threading.Event()
+
+    def read() -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            lines.append(line)
+            if line.startswith("Timeline"):
+                ready.set()
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    try:
+        assert ready.wait(60), "up never became ready:\n" + "".join(lines)
+        out = "".join(lines)
+        for needle in (
+            "export STORAGE_EMULATOR_HOST=http://127.0.0.1:",
+            "export PUBSUB_EMULATOR_HOST=127.0.0.1:",
+            "export DATAFLOW_API_ENDPOINT=http://127.0.0.1:",
+            "upload_from_string",
+            "publish(",
+        ):
+            assert needle in out
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=20) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    reader.join(timeout=5)
+    assert "Stopped every service in" in "".join(lines)
+    assert proc.stderr is not None and "Traceback" not in proc.stderr.read()
+    _assert_nothing_left(pids)
+
+
+def test_a_missing_pubsub_emulator_is_a_clear_message_and_starts_nothing(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        _stack("demo", "--pids-file", str(tmp_path / "pids.json")),
+        cwd=ROOT,
+        env=_env(PUBSUB_EMULATOR_BIN=str(tmp_path / "no-such-emulator")),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 1
+    assert "Traceback" not in proc.stderr
+    assert "is not an executable file" in proc.stderr and "pubsub-emulator" in proc.stderr
+    assert not (tmp_path / "pids.json").exists()  # nothing was started
+
+
+def test_the_timeline_prints_in_time_order_once_per_key() -> None:
+    out = io.StringIO()
+    timeline = Timeline(out, origin=1000.0, window=0.0)
+    timeline.add(1004.5, "completion published", "a SUCCEEDED", key="c1")
+    timeline.add(1000.25, "run claimed", "a  run t-1", source="on_message")
+    timeline.add(1004.5, "completion published", "a SUCCEEDED", key="c1")  # redelivered
+    timeline.flush(everything=True)
+    assert out.getvalue().splitlines() == [
+        "   0.25s  run claimed            a  run t-1  (on_message)",
+        "   4.50s  completion published   a SUCCEEDED",
+    ]
+
+
+def test_every_chain_variant_of_the_demo_is_a_valid_config_with_its_registrations(tmp_path: Path) -> None:
+    from deploy.local import stack
+
+    for backend in ("dataflow", "datafusion", "fabric"):
+        if not emulator_available(backend):
+            continue
+        work = tmp_path / backend
+        work.mkdir()
+        plan = stack.make_plan(stack.DEMO_CONFIG, work, demo_variants=True, chain_backend=backend)
+        assert plan.chain() == ["wordcount", "publish-counts"]
+        assert plan.config.pipelines["publish-counts"].backend == backend
+        assert set(plan.buckets) == {"demo-landing", "demo-ledger", "demo-output"}
+        files = stack.DEMO_REGISTRATIONS
+        templates = {t["gcsPath"] for t in stack.dataflow_templates(plan, files["dataflow"])}
+        assert "gs://demo-templates/wordcount" in templates
+        if backend == "datafusion":
+            (app,) = stack.cdap_apps(plan, files["datafusion"])
+            assert app["app"] == plan.config.pipelines["publish-counts"].options["app"]
+        if backend == "fabric":
+            items, clients, env = stack.fabric_registrations(plan, files["fabric"])
+            assert [i["item"] for i in items] == [plan.config.pipelines["publish-counts"].options["item"]]
+            assert env["FABRIC_CLIENT_ID"] == clients[0]["client_id"]
