@@ -123,6 +123,12 @@ RICH_FLAGS = [
     "--api-invoker=group:data-eng@acme.example",
     "--datafusion-rbac",
 ]
+# The example config has a Fabric pipeline (delegated auth): its ids and refresh-token secret.
+EXAMPLE_FLAGS = [
+    "--env=FABRIC_TENANT_ID=tenant-1",
+    "--env=FABRIC_CLIENT_ID=client-1",
+    "--fabric-secret=FABRIC_REFRESH_TOKEN=fabric-refresh-token",
+]
 EVENT_ENTRY_POINTS = ("on_object_finalized", "on_message", "on_job_status", "check_runs")
 # Roles a project-level binding may carry, and why nothing narrower exists (docs/deploy.md).
 PROJECT_LEVEL_ALLOWED = {
@@ -235,6 +241,16 @@ def options(config: Path, tmp_path: Path, **kw: object) -> d.DeployOptions:
     return d.DeployOptions(**base)  # type: ignore[arg-type]
 
 
+def example_options(tmp_path: Path, **kw: object) -> d.DeployOptions:
+    return options(
+        EXAMPLE,
+        tmp_path,
+        env={"FABRIC_TENANT_ID": "tenant-1", "FABRIC_CLIENT_ID": "client-1"},
+        fabric_secrets={"FABRIC_REFRESH_TOKEN": "fabric-refresh-token"},
+        **kw,
+    )
+
+
 def rich_options(config: Path, tmp_path: Path, **kw: object) -> d.DeployOptions:
     return options(
         config,
@@ -310,7 +326,7 @@ def creates(calls: Sequence[Sequence[str]]) -> list[list[str]]:
 # ---------------------------------------------------------------------------------------------
 def test_dry_run_of_the_example_prints_a_complete_runnable_plan(tmp_path):
     # GIVEN the repository's example config WHEN the module prints its plan
-    script = dry_run(EXAMPLE, tmp_path)
+    script = dry_run(EXAMPLE, tmp_path, *EXAMPLE_FLAGS)
     # THEN it is a bash script bash can parse, with a comment before every command
     assert script.startswith("#!/usr/bin/env bash\n")
     assert subprocess.run(["bash", "-n"], input=script, text=True, check=False).returncode == 0
@@ -323,9 +339,9 @@ def test_dry_run_of_the_example_prints_a_complete_runnable_plan(tmp_path):
     storage = fns["on-object-finalized-demo-landing"]
     assert "--trigger-event-filters=type=google.cloud.storage.object.v1.finalized" in storage
     assert "--trigger-event-filters=bucket=demo-landing" in storage
-    # on_message on the orders topic; no completion trigger, so no function on the completion topic
+    # on_message on the orders topic, and on the completion topic (the example chains pipelines)
     assert flag(fns["on-message-orders"], "trigger-topic") == ["orders"]
-    assert not any(flag(a, "trigger-topic") == ["pipeline-completions"] for a in fns.values())
+    assert any(flag(a, "trigger-topic") == ["pipeline-completions"] for a in fns.values())
     # Dataflow is used: the statusChanged trigger exists
     assert (
         "--trigger-event-filters=type=google.cloud.dataflow.job.v1beta3.statusChanged" in fns["on-job-status"]
@@ -340,7 +356,10 @@ def test_dry_run_of_the_example_prints_a_complete_runnable_plan(tmp_path):
     # every event function retries, runs as the runtime account and is delivered as the trigger account
     for name, argv in fns.items():
         ep = flag(argv, "entry-point")[0]
-        assert flag(argv, "set-env-vars") == ["PIPELINES_CONFIG=pipelines.yaml"]
+        assert flag(argv, "set-env-vars") == [
+            "PIPELINES_CONFIG=pipelines.yaml,FABRIC_TENANT_ID=tenant-1,FABRIC_CLIENT_ID=client-1"
+        ]
+        assert flag(argv, "set-secrets") == ["FABRIC_REFRESH_TOKEN=fabric-refresh-token:latest"]
         assert flag(argv, "service-account") == ["pipelines-runtime@demo-project.iam.gserviceaccount.com"]
         assert flag(argv, "runtime") == ["python311"] and "--gen2" in argv
         if ep in EVENT_ENTRY_POINTS:
@@ -351,7 +370,7 @@ def test_dry_run_of_the_example_prints_a_complete_runnable_plan(tmp_path):
 
 
 def test_dry_run_of_the_example_creates_only_what_is_missing_and_grants_no_broad_role(tmp_path):
-    script = dry_run(EXAMPLE, tmp_path)
+    script = dry_run(EXAMPLE, tmp_path, *EXAMPLE_FLAGS)
     for line in script.splitlines():
         if " create " in f" {line} " and not line.startswith("#"):
             # every create is guarded by a describe of the same resource
@@ -557,7 +576,7 @@ def test_running_the_plan_twice_creates_nothing_the_second_time(tmp_path, rich_c
 
 
 def test_a_create_that_loses_a_race_is_tolerated(tmp_path, backends_registered):
-    plan = d.build_plan(load_config(EXAMPLE), options(EXAMPLE, tmp_path))
+    plan = d.build_plan(load_config(EXAMPLE), example_options(tmp_path))
     cloud = FakeCloud()
     d.run_plan(plan, cloud, echo=lambda _: None, sleep=lambda _: None)
     # WHEN describes fail although everything exists (another deploy just created it)
@@ -571,7 +590,7 @@ def test_a_create_that_loses_a_race_is_tolerated(tmp_path, backends_registered):
 
 def test_the_first_real_failure_stops_the_deploy_with_a_clear_message(tmp_path, capsys):
     cloud = FakeCloud(fail_on=["gcloud", "functions", "deploy", "on-message-orders"])
-    args = ["--config", str(EXAMPLE), "--build-dir", str(tmp_path / "build")]
+    args = ["--config", str(EXAMPLE), "--build-dir", str(tmp_path / "build"), *EXAMPLE_FLAGS]
     code = d.main(args, executor=cloud)
     err = capsys.readouterr().err
     assert code == 1
@@ -583,7 +602,7 @@ def test_the_first_real_failure_stops_the_deploy_with_a_clear_message(tmp_path, 
 
 
 def test_iam_bindings_are_retried_while_a_new_account_propagates(tmp_path):
-    plan = d.build_plan(load_config(EXAMPLE), options(EXAMPLE, tmp_path))
+    plan = d.build_plan(load_config(EXAMPLE), example_options(tmp_path))
 
     class Flaky(FakeCloud):
         failures = 2
@@ -637,7 +656,7 @@ def test_options_that_do_not_fit_the_config_exit_2_listing_every_problem(tmp_pat
             "--ledger-retention-days=1",
             "--max-delivery-attempts=3",
             "--api-invoker=allUsers",
-            "--fabric-secret=FABRIC_CLIENT_SECRET=x",
+            "--env=FABRIC_REFRESH_TOKEN=x",
         ]
     )
     err = capsys.readouterr().err
@@ -649,7 +668,8 @@ def test_options_that_do_not_fit_the_config_exit_2_listing_every_problem(tmp_pat
         "--ledger-retention-days 1",
         "between 5 and 100",
         "'allUsers'",
-        "no Fabric pipeline",
+        "FABRIC_TENANT_ID",
+        "goes through Secret Manager only",
     ):
         assert needle in err
 
