@@ -1,7 +1,7 @@
 """The local stack: the whole product on loopback, with no cloud account.
 
     python -m deploy.local.stack demo [--timeout 90] [--keep-going] [--chain-backend auto]
-    python -m deploy.local.stack up   [--config FILE] [--templates FILE]
+    python -m deploy.local.stack up   [--config FILE] [--templates FILE] [--apps FILE] [--items FILE]
 
 ``demo`` starts every service, drops ``examples/demo/sample.txt`` in the landing bucket and prints
 a live timeline of what really happens: the storage notification, the run claimed in the ledger,
@@ -44,6 +44,7 @@ import importlib
 import json
 import os
 import re
+import shlex
 import shutil
 import signal
 import socket
@@ -78,7 +79,7 @@ from deploy.local.services import (
     storage_client,
 )
 from handlers.clients import ENDPOINT_ENVS
-from handlers.config import Config, build_config
+from handlers.config import Config, Trigger, build_config
 from handlers.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -340,6 +341,8 @@ class Observer:
 
     # -- lifecycle ---------------------------------------------------------------------------------
     def start(self) -> None:
+        """Poll from a thread until :meth:`stop`; a stopped observer may start again where it was."""
+        self._stop.clear()
         self._thread = threading.Thread(target=self._loop, name="stack-observer", daemon=True)
         self._thread.start()
 
@@ -872,7 +875,6 @@ class Stack:
     work_dir: Path
     registrations: Mapping[str, Sequence[Path]] = field(default_factory=dict)
     sweep_every: float = 2.0
-    out: TextIO = sys.stdout
     services: list[ManagedService] = field(default_factory=list)
     functions: dict[str, FunctionServer] = field(default_factory=dict)
     emulators: dict[str, Any] = field(default_factory=dict)
@@ -1155,33 +1157,80 @@ def print_client_env(stack: Stack, out: TextIO) -> None:
             print(f"  export {key}={stack.client_env[key]}", file=out)
     for name, server in stack.functions.items():
         print(f"  export FUNCTION_{name.upper()}_URL={server.url}", file=out)
-    py = sys.executable
+    q = json.dumps  # a JSON string is a Python string literal in double quotes
     trigger = next(iter(plan.config.triggers_of("storage")), None)
     if trigger and trigger.storage:
-        bucket = trigger.storage.bucket
         name = _example_object(trigger.storage.glob or trigger.storage.prefix or "")
+        code = (
+            "from google.cloud import storage; from google.auth.credentials import AnonymousCredentials; "
+            f"storage.Client({q(plan.project)}, AnonymousCredentials()).bucket({q(trigger.storage.bucket)})"
+            f'.blob({q(name)}).upload_from_string("hello local stack")'
+        )
         print(
             "\nUpload a file; google-cloud-storage finds the emulator through STORAGE_EMULATOR_HOST:",
             file=out,
         )
-        print(
-            f'  {py} -c "from google.cloud import storage; from google.auth.credentials import '
-            f"AnonymousCredentials as A; storage.Client('{plan.project}', A()).bucket('{bucket}')"
-            f".blob('{name}').upload_from_string('hello local stack')\"",
-            file=out,
-        )
-    topic = plan.trigger_topics[0] if plan.trigger_topics else SWEEP_TOPIC
-    what = f"a message on {topic}" if plan.trigger_topics else "to the sweep topic (check active runs now)"
-    print(f"\nPublish {what}; google-cloud-pubsub finds the emulator through PUBSUB_EMULATOR_HOST:", file=out)
-    print(
-        f'  {py} -c "from google.cloud import pubsub_v1; p = pubsub_v1.PublisherClient(); '
-        f"print(p.publish('projects/{plan.project}/topics/{topic}', b'{{}}').result())\"",
-        file=out,
+        print(f"  {_python_command(code)}", file=out)
+    ptrigger = next(iter(plan.config.triggers_of("pubsub")), None)
+    topic = SWEEP_TOPIC
+    body: dict[str, Any] = {}
+    attrs: dict[str, str] = {}
+    what = "to the sweep topic (check active runs now)"
+    if ptrigger is not None and ptrigger.pubsub is not None:
+        topic, what = ptrigger.pubsub.topic, f"a message for trigger {ptrigger.name}"
+        body, attrs = example_message(plan.config, ptrigger)
+    extra = f", **{q(attrs)}" if attrs else ""
+    code = (
+        "from google.cloud import pubsub_v1; "
+        f"print(pubsub_v1.PublisherClient().publish({q(f'projects/{plan.project}/topics/{topic}')}, "
+        f"{q(q(body))}.encode(){extra}).result())"
     )
+    print(f"\nPublish {what}; google-cloud-pubsub finds the emulator through PUBSUB_EMULATOR_HOST:", file=out)
+    print(f"  {_python_command(code)}", file=out)
     if "api" in stack.functions:
         print("\nThe REST API (pipelines, runs by key):", file=out)
         print(f"  curl -s {stack.functions['api'].url}/pipelines", file=out)
     print(file=out, flush=True)
+
+
+def _python_command(code: str) -> str:
+    """``<this python> -c '<code>'``, quoted for a POSIX shell."""
+    return f"{shlex.quote(sys.executable)} -c {shlex.quote(code)}"
+
+
+def example_message(config: Config, trigger: Trigger) -> tuple[dict[str, Any], dict[str, str]]:
+    """A JSON body and attributes that ``trigger`` accepts and its parameters can render from:
+    its ``equals``/``in`` conditions, and ``"example"`` for other ``data.*``/``attributes.*`` fields."""
+    assert trigger.pubsub is not None
+    body: dict[str, Any] = {}
+    attributes: dict[str, str] = {}
+
+    def put(path: str, value: str) -> None:
+        head, _, rest = path.partition(".")
+        if head == "attributes" and rest:
+            attributes.setdefault(rest, value)
+        elif head == "data" and rest:
+            node = body
+            *parents, leaf = rest.split(".")
+            for part in parents:
+                child = node.setdefault(part, {})
+                if not isinstance(child, dict):
+                    return
+                node = child
+            node.setdefault(leaf, value)
+
+    for section, conditions in (("attributes", trigger.pubsub.attributes), ("data", trigger.pubsub.data)):
+        for cond in conditions:
+            value = cond.equals if cond.equals is not None else (cond.one_of or [None])[0]
+            value = value if value is not None else (cond.prefix or "") + "example" + (cond.suffix or "")
+            put(cond.path if cond.path.startswith(section + ".") else f"{section}.{cond.path}", value)
+    for template in config.templates_for(trigger).values():
+        for fld in template.fields:
+            if fld.default is None:
+                put(fld.path, "example")
+    if trigger.pubsub.dedupe_by:
+        put(trigger.pubsub.dedupe_by, "example-1")
+    return body, attributes
 
 
 def _example_object(pattern: str) -> str:
@@ -1212,7 +1261,7 @@ def session(
         plan = plan_for(work_dir)
         introduce(plan)
         print("Starting the local stack...", file=out, flush=True)
-        stack = Stack(plan, work_dir, registrations=registrations, sweep_every=args.sweep_every, out=out)
+        stack = Stack(plan, work_dir, registrations=registrations, sweep_every=args.sweep_every)
         stack.start()
         _write_pids(args.pids_file, stack)
         print_services(stack, out)
@@ -1277,7 +1326,8 @@ def run_demo(args: argparse.Namespace, out: TextIO) -> int:
         if args.keep_going:
             print("\n--keep-going: the stack stays up.\n", file=out)
             print_client_env(stack, out)
-            follow(stack, out)
+            with contextlib.suppress(Interrupted):  # the demo succeeded: Ctrl-C is the normal end
+                follow(stack, out, observer)
     return 0
 
 
@@ -1358,11 +1408,17 @@ def show_output(result: DemoResult, client: Any, out: TextIO, lines: int = 12) -
     out.flush()
 
 
-def follow(stack: Stack, out: TextIO) -> None:
-    """Stream the timeline until a signal arrives (which raises :class:`Interrupted`)."""
-    timeline = Timeline(out)
-    observer = Observer.for_stack(stack, timeline)
-    print("Timeline (seconds since now; Ctrl-C stops everything):", file=out, flush=True)
+def follow(stack: Stack, out: TextIO, observer: Observer | None = None) -> None:
+    """Stream the timeline until a signal arrives (which raises :class:`Interrupted`).
+
+    ``observer``: carry on with one that already ran (same clock, nothing printed twice).
+    """
+    if observer is None:
+        observer = Observer.for_stack(stack, Timeline(out))
+        print("Timeline (seconds since now; Ctrl-C stops everything):", file=out, flush=True)
+    else:
+        print("Timeline, continued (Ctrl-C stops everything):", file=out, flush=True)
+    timeline = observer.timeline
     observer.start()
     try:
         while True:
@@ -1412,11 +1468,9 @@ def _shutdown(stack: Stack | None, out: TextIO, keep_dir: bool, work_dir: Path) 
         try:
             if stack is not None and stack.services:
                 stack.close()
+                startup = f" (start-up took {stack.times.startup:.1f}s)" if stack.times.startup else ""
                 print(
-                    f"\nStopped every service in {stack.times.shutdown:.1f}s "
-                    f"(start-up took {stack.times.startup:.1f}s).",
-                    file=out,
-                    flush=True,
+                    f"\nStopped every service in {stack.times.shutdown:.1f}s{startup}.", file=out, flush=True
                 )
         finally:
             if keep_dir:
