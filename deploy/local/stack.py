@@ -476,6 +476,11 @@ class Observer:
             detail += f", with {params}" if params else ""
             self.timeline.add(at, "chained launch", detail, key=f"claim:{view.run_key}")
             return
+        if kind == "fanin":
+            ups = ", ".join(sorted(event.get("upstream_run_keys") or {}))
+            detail = f"{view.pipeline}  after {ups} (join key {event.get('join_key')})"
+            self.timeline.add(at, "fan-in launch", detail, key=f"claim:{view.run_key}")
+            return
         if kind == "storage":
             what = f"gs://{event.get('bucket')}/{event.get('name')}"
         elif kind == "pubsub":
@@ -526,6 +531,12 @@ class Observer:
         elif message.startswith("run finished: "):
             reason = f": {entry['reason']}" if entry.get("reason") else ""
             add("run finished", f"{pipeline} {entry.get('state')}{reason}")
+        elif message == "fan-in: upstream arrived":
+            waiting = ", ".join(entry.get("waiting_for") or []) or "nothing"
+            add(
+                "fan-in arrival",
+                f"{entry.get('upstream_pipeline')} for {entry.get('trigger')}, waiting for {waiting}",
+            )
         elif message == CHAIN_END_LOG:
             add("chain end", f"nothing waits for {entry.get('upstream_pipeline')}")
         elif message == "no trigger matches this object":
