@@ -119,8 +119,13 @@ def dataflow(dataflow_emulator: object) -> Iterator[object]:
 
 
 @pytest.fixture
-def world(gcs: storage.Client, pubsub_emulator: PubSubEmulator, unique_name: str, tmp_path: Path,
-          dataflow_emulator: object) -> Iterator[object]:
+def world(
+    gcs: storage.Client,
+    pubsub_emulator: PubSubEmulator,
+    unique_name: str,
+    tmp_path: Path,
+    dataflow_emulator: object,
+) -> Iterator[object]:
     """A fresh ledger bucket and completion topic; builds configs and runtimes against the emulators."""
     from handlers import clients
     from handlers.runtime import reset_default

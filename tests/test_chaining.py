@@ -21,32 +21,55 @@ def _object_event(name: str, generation: int = 1):
 
 def as_delivery(world, completion: dict):
     """The completion message as on_message receives it from an Eventarc Pub/Sub trigger."""
-    return ev.pubsub_message(world.completion_topic, json.dumps(completion["event"]).encode(),
-                             attributes=completion["attributes"], message_id=completion["message_id"])
+    return ev.pubsub_message(
+        world.completion_topic,
+        json.dumps(completion["event"]).encode(),
+        attributes=completion["attributes"],
+        message_id=completion["message_id"],
+    )
 
 
 def chain_config(world, dataflow, *, fan_in: bool = False):
     pipelines = {
-        "ingest": {**dataflow.pipeline_options("ingest"), "parameters": {"input": "gs://{bucket}/{name}",
-                                                                          "day": "{event_time:%Y-%m-%d}"},
-                   "outputs": {"table": "raw.{stem}"}},
-        "enrich": {**dataflow.pipeline_options("enrich"), "parameters": {"source": "{upstream.outputs.table}",
-                                                                          "day": "{upstream.parameters.day}",
-                                                                          "upstream": "{upstream.run_key}"}},
+        "ingest": {
+            **dataflow.pipeline_options("ingest"),
+            "parameters": {"input": "gs://{bucket}/{name}", "day": "{event_time:%Y-%m-%d}"},
+            "outputs": {"table": "raw.{stem}"},
+        },
+        "enrich": {
+            **dataflow.pipeline_options("enrich"),
+            "parameters": {
+                "source": "{upstream.outputs.table}",
+                "day": "{upstream.parameters.day}",
+                "upstream": "{upstream.run_key}",
+            },
+        },
     }
     triggers = {
         "landing": {"storage": {"bucket": "landing", "prefix": "in/"}, "pipeline": "ingest"},
         "after-ingest": {"completion": {"upstream": "ingest"}, "pipeline": "enrich"},
     }
     if fan_in:
-        pipelines["audit"] = {**dataflow.pipeline_options("audit"), "parameters": {"day": "{event_time:%Y-%m-%d}"}}
-        pipelines["report"] = {**dataflow.pipeline_options("report"),
-                               "parameters": {"key": "{join_key}", "a": "{upstreams.enrich.parameters.source}",
-                                              "b": "{upstreams.audit.run_key}"}}
-        triggers["audit-landing"] = {"storage": {"bucket": "landing", "prefix": "audit/"}, "pipeline": "audit"}
-        triggers["report-when-both"] = {"completion": {"upstream": ["enrich", "audit"],
-                                                       "join_key": "{upstream.parameters.day}"},
-                                        "pipeline": "report"}
+        pipelines["audit"] = {
+            **dataflow.pipeline_options("audit"),
+            "parameters": {"day": "{event_time:%Y-%m-%d}"},
+        }
+        pipelines["report"] = {
+            **dataflow.pipeline_options("report"),
+            "parameters": {
+                "key": "{join_key}",
+                "a": "{upstreams.enrich.parameters.source}",
+                "b": "{upstreams.audit.run_key}",
+            },
+        }
+        triggers["audit-landing"] = {
+            "storage": {"bucket": "landing", "prefix": "audit/"},
+            "pipeline": "audit",
+        }
+        triggers["report-when-both"] = {
+            "completion": {"upstream": ["enrich", "audit"], "join_key": "{upstream.parameters.day}"},
+            "pipeline": "report",
+        }
     path = world.write_config(pipelines, triggers)
     runtime = world.runtime(world.config(pipelines, triggers))
     return path, runtime
@@ -71,7 +94,11 @@ def test_a_completion_delivered_five_times_launches_the_next_pipeline_once(world
         assert call("on_message", as_delivery(world, done), path).status_code == 200
     (job,) = jobs_of(dataflow, "enrich")
     day = done["event"]["data"]["parameters"]["day"]
-    assert job["parameters"] == {"source": "raw.orders", "day": day, "upstream": done["attributes"]["run_key"]}
+    assert job["parameters"] == {
+        "source": "raw.orders",
+        "day": day,
+        "upstream": done["attributes"]["run_key"],
+    }
     # and the chained run's own completion names its trigger
     completions = finish_all(world, dataflow, runtime, expect=2)
     assert [c["attributes"]["pipeline"] for c in completions] == ["ingest", "enrich"]
@@ -120,8 +147,11 @@ def test_fan_in_never_launches_for_a_key_where_an_upstream_failed_and_says_so(wo
     assert first["audit"]["attributes"]["state"] == "FAILED"
     call("on_message", as_delivery(world, first["audit"]), path)
     call("on_message", as_delivery(world, first["ingest"]), path)
-    enrich = next(c for c in finish_all(world, dataflow, runtime, expect=4)
-                  if c["attributes"].get("pipeline") == "enrich")
+    enrich = next(
+        c
+        for c in finish_all(world, dataflow, runtime, expect=4)
+        if c["attributes"].get("pipeline") == "enrich"
+    )
     for _ in range(2):
         call("on_message", as_delivery(world, enrich), path)
         call("on_message", as_delivery(world, first["audit"]), path)

@@ -77,7 +77,9 @@ def df(name: str, **extra: Any) -> dict[str, Any]:
 def test_validate_a_good_config_prints_a_one_line_summary(capsys):
     code, out, err = run(capsys, "validate", str(EXAMPLE))
     assert code == 0 and err == ""
-    assert out.splitlines() == [f"{EXAMPLE}: OK: 4 pipelines, 4 triggers (1 completion, 1 fan-in, 1 pubsub, 1 storage)"]
+    assert out.splitlines() == [
+        f"{EXAMPLE}: OK: 4 pipelines, 4 triggers (1 completion, 1 fan-in, 1 pubsub, 1 storage)"
+    ]
     code, doc = run_json(capsys, "validate", str(EXAMPLE))
     assert code == 0 and doc["valid"] is True
     assert doc["triggers_by_kind"] == {"completion": 1, "fan-in": 1, "pubsub": 1, "storage": 1}
@@ -142,7 +144,10 @@ def test_the_module_entry_point_runs_validate_in_a_subprocess(tmp_path):
         timeout=60,
     )
     assert ok.returncode == 0, ok.stderr
-    assert ok.stdout == "examples/pipelines.yaml: OK: 4 pipelines, 4 triggers (1 completion, 1 fan-in, 1 pubsub, 1 storage)\n"
+    assert (
+        ok.stdout
+        == "examples/pipelines.yaml: OK: 4 pipelines, 4 triggers (1 completion, 1 fan-in, 1 pubsub, 1 storage)\n"
+    )
     bad = write(tmp_path, {"settings": settings(), "pipelines": {"p": {"backend": "nope"}}})
     failed = subprocess.run(
         [sys.executable, "-m", "handlers", "validate", str(bad)], cwd=ROOT, capture_output=True, text=True

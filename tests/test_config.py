@@ -15,7 +15,13 @@ ROOT = Path(__file__).resolve().parents[1]
 
 BASE = {
     "settings": {"project": "p", "region": "europe-west1", "ledger": {"bucket": "ledger"}},
-    "pipelines": {"wc": {"backend": "dataflow", "template": "gs://t/wc", "parameters": {"input": "gs://{bucket}/{name}"}}},
+    "pipelines": {
+        "wc": {
+            "backend": "dataflow",
+            "template": "gs://t/wc",
+            "parameters": {"input": "gs://{bucket}/{name}"},
+        }
+    },
     "triggers": {"landing": {"storage": {"bucket": "in"}, "pipeline": "wc"}},
 }
 
@@ -32,7 +38,8 @@ def test_the_example_config_in_the_repository_is_valid():
 
 
 def test_a_config_with_several_mistakes_reports_all_of_them_in_one_error():
-    doc = yaml.safe_load(textwrap.dedent("""
+    doc = yaml.safe_load(
+        textwrap.dedent("""
         settings: {project: p, region: r, ledger: {bucket: b, lease: 10 minutes}}
         pipelines:
           wc:
@@ -45,18 +52,19 @@ def test_a_config_with_several_mistakes_reports_all_of_them_in_one_error():
           t1: {storage: {bucket: in, regex: "(["}, pipeline: wc}
           t2: {pubsub: {topic: orders}, pipeline: wcc}
           t3: {pipeline: wc, storage: {bucket: x}, pubsub: {topic: y}}
-    """))
+    """)
+    )
     problems = problems_of(doc)
     text = "\n".join(problems)
     expected = [
-        "settings.ledger.lease",                         # bad duration
-        "pipeline 'wc': template",                       # not gs://
-        "environment.maxWorkerz",                        # unknown runtime environment field
-        "{nmae}",                                        # unknown placeholder named
-        "pipeline 'other'.backend",                      # unknown backend
-        "trigger 't1'.storage.regex",                    # bad regex
-        "unknown pipeline 'wcc' (did you mean 'wc'?)",   # dangling reference with a hint
-        "trigger 't3': needs exactly one of",            # two kinds
+        "settings.ledger.lease",  # bad duration
+        "pipeline 'wc': template",  # not gs://
+        "environment.maxWorkerz",  # unknown runtime environment field
+        "{nmae}",  # unknown placeholder named
+        "pipeline 'other'.backend",  # unknown backend
+        "trigger 't1'.storage.regex",  # bad regex
+        "unknown pipeline 'wcc' (did you mean 'wc'?)",  # dangling reference with a hint
+        "trigger 't3': needs exactly one of",  # two kinds
     ]
     for fragment in expected:
         assert fragment in text, f"missing problem {fragment!r} in:\n{text}"
@@ -76,40 +84,66 @@ def test_unknown_fields_are_reported_with_a_suggestion():
 
 
 def test_completion_loops_are_rejected():
-    doc = {**BASE, "pipelines": {"a": {"backend": "dataflow", "template": "gs://t/a"},
-                                 "b": {"backend": "dataflow", "template": "gs://t/b"}},
-           "triggers": {"a-to-b": {"completion": {"upstream": "a"}, "pipeline": "b"},
-                        "b-to-a": {"completion": {"upstream": "b"}, "pipeline": "a"}}}
+    doc = {
+        **BASE,
+        "pipelines": {
+            "a": {"backend": "dataflow", "template": "gs://t/a"},
+            "b": {"backend": "dataflow", "template": "gs://t/b"},
+        },
+        "triggers": {
+            "a-to-b": {"completion": {"upstream": "a"}, "pipeline": "b"},
+            "b-to-a": {"completion": {"upstream": "b"}, "pipeline": "a"},
+        },
+    }
     assert any("loop" in p for p in problems_of(doc))
 
 
 def test_fan_in_needs_a_join_key_and_its_templates_use_upstreams():
-    doc = {**BASE, "pipelines": {**BASE["pipelines"],
-                                 "c": {"backend": "dataflow", "template": "gs://t/c",
-                                       "parameters": {"a": "{upstreams.wc.outputs.x}", "k": "{join_key}",
-                                                      "bad": "{upstreams.zz.run_key}"}}},
-           "triggers": {**BASE["triggers"], "join": {"completion": {"upstream": ["wc", "wc2"]}, "pipeline": "c"}}}
+    doc = {
+        **BASE,
+        "pipelines": {
+            **BASE["pipelines"],
+            "c": {
+                "backend": "dataflow",
+                "template": "gs://t/c",
+                "parameters": {
+                    "a": "{upstreams.wc.outputs.x}",
+                    "k": "{join_key}",
+                    "bad": "{upstreams.zz.run_key}",
+                },
+            },
+        },
+        "triggers": {
+            **BASE["triggers"],
+            "join": {"completion": {"upstream": ["wc", "wc2"]}, "pipeline": "c"},
+        },
+    }
     text = "\n".join(problems_of(doc))
     assert "join_key: is required" in text
     assert "'zz' is not an upstream" in text
     assert "unknown pipeline 'wc2'" in text
 
 
-@pytest.mark.parametrize("text,seconds", [(90, 90.0), ("90s", 90.0), ("10m", 600.0), ("2h", 7200.0),
-                                          ("1d", 86400.0), ("250ms", 0.25)])
+@pytest.mark.parametrize(
+    "text,seconds",
+    [(90, 90.0), ("90s", 90.0), ("10m", 600.0), ("2h", 7200.0), ("1d", 86400.0), ("250ms", 0.25)],
+)
 def test_durations(text, seconds):
     assert parse_duration(text) == seconds
 
 
-@pytest.mark.parametrize("pattern,name,matches", [
-    ("incoming/*.csv", "incoming/a.csv", True),
-    ("incoming/*.csv", "incoming/sub/a.csv", False),
-    ("incoming/**/*.csv", "incoming/a.csv", True),
-    ("incoming/**/*.csv", "incoming/x/y/a.csv", True),
-    ("**", "anything/at all\nwith newline", True),
-    ("data-?.json", "data-1.json", True),
-    ("data-[0-9].json", "data-x.json", False),
-])
+@pytest.mark.parametrize(
+    "pattern,name,matches",
+    [
+        ("incoming/*.csv", "incoming/a.csv", True),
+        ("incoming/*.csv", "incoming/sub/a.csv", False),
+        ("incoming/**/*.csv", "incoming/a.csv", True),
+        ("incoming/**/*.csv", "incoming/x/y/a.csv", True),
+        ("**", "anything/at all\nwith newline", True),
+        ("data-?.json", "data-1.json", True),
+        ("data-[0-9].json", "data-x.json", False),
+    ],
+)
 def test_glob_semantics(pattern, name, matches):
     assert bool(glob_to_regex(pattern).match(name)) is matches
 

@@ -28,10 +28,18 @@ def as_cloud_event(raw: dict) -> CloudEvent:
 def test_storage_finalize_event_exposes_object_fields_with_string_numbers_converted():
     ev = events.parse_object_finalized(as_cloud_event(fixture("storage_finalized.json")))
     o = ev.object
-    assert (o.bucket, o.name, o.generation, o.size) == ("demo-landing", "incoming/2026/11/sales report.txt",
-                                                        1700000000123456, 2048)
-    assert (o.dirname, o.basename, o.stem, o.extension) == ("incoming/2026/11", "sales report.txt",
-                                                            "sales report", "txt")
+    assert (o.bucket, o.name, o.generation, o.size) == (
+        "demo-landing",
+        "incoming/2026/11/sales report.txt",
+        1700000000123456,
+        2048,
+    )
+    assert (o.dirname, o.basename, o.stem, o.extension) == (
+        "incoming/2026/11",
+        "sales report.txt",
+        "sales report",
+        "txt",
+    )
     assert o.metadata == {"owner": "finance", "batch": "42"}
     assert ev.identity == "demo-landing/incoming/2026/11/sales report.txt#1700000000123456"
     assert ev.event_time == dt.datetime(2026, 11, 22, 10, 15, 30, 123456, tzinfo=dt.UTC)

@@ -472,7 +472,8 @@ def test_a_message_without_its_dedupe_field_is_acknowledged_without_a_run(world,
     opts = dataflow.pipeline_options("orders")
     config = world.write_config(
         {"orders": {**opts, "parameters": {"orderId": "{data.order.id}"}}},
-        {"new-orders": {"pubsub": {"topic": "orders", "dedupe_by": "data.order.id"}, "pipeline": "orders"}})
+        {"new-orders": {"pubsub": {"topic": "orders", "dedupe_by": "data.order.id"}, "pipeline": "orders"}},
+    )
     response = call("on_message", ev.pubsub_message("orders", {"no_order": True}), config)
     assert response.status_code == 200  # acknowledged: a redelivery could not cure it
     assert dataflow.launches() == []
