@@ -24,6 +24,7 @@ test: $(STAMP) prereqs
 
 lint: $(STAMP)
 	$(PY) -m ruff check handlers main.py deploy tests bench
+	$(PY) -m ruff format --check handlers main.py deploy tests bench
 	$(PY) -m mypy
 
 demo: $(STAMP) prereqs
