@@ -343,3 +343,25 @@ def test_a_lost_answer_to_the_deciding_write_still_publishes_at_once(world, data
     assert lost["done"]
     (c,) = events_of(world, 1)
     assert c["event"]["id"] == completion_id(key, "SUCCEEDED")
+
+
+def test_a_run_whose_backend_cannot_be_asked_for_long_is_reported_as_stalled(world, dataflow):
+    import io
+
+    from handlers import logs
+
+    runtime, (key,) = setup_runs(world, dataflow)
+    dataflow.inject("status", 503, times=-1)
+    captured = io.StringIO()
+    logs.set_stream(captured)
+    try:
+        Tracker(runtime).sweep()  # just launched: unreachable, but not stalled yet
+        assert "run stalled" not in captured.getvalue()
+        much_later = dt.datetime.now(dt.UTC) + dt.timedelta(hours=2)
+        Tracker(runtime, clock=lambda: much_later).sweep()
+    finally:
+        logs.set_stream(None)
+        requests.delete(f"{dataflow.url}/_emulator/faults", timeout=5)
+    stalled = [line for line in captured.getvalue().splitlines() if "run stalled" in line]
+    assert len(stalled) == 1 and key in stalled[0] and '"severity": "WARNING"' in stalled[0]
+    assert runtime.ledger.active_keys() == [key]  # still tracked: nothing is lost
