@@ -52,20 +52,24 @@ def launch_matches(
     return outcomes
 
 
+def _launch_hits(runtime: Runtime, event: Any, matches: list[routing.Match], what: str) -> list[Outcome]:
+    """Launch the matched triggers; log the near misses when nothing matched."""
+    hits = [m.trigger for m in matches if m.matched]
+    if not hits:
+        logs.info(
+            f"no trigger matches this {what}",
+            event=event.summary(),
+            near_misses={m.trigger.name: list(m.reasons) for m in matches},
+        )
+        return []
+    return launch_matches(runtime, event, hits)
+
+
 def handle_object(runtime: Runtime, event: events.ObjectEvent) -> list[Outcome]:
     with logs.bind(event_id=event.event_id):
         if _too_old(runtime, event):
             return []
-        matches = routing.match_object(runtime.config, event)
-        hits = [m.trigger for m in matches if m.matched]
-        if not hits:
-            logs.info(
-                "no trigger matches this object",
-                event=event.summary(),
-                near_misses={m.trigger.name: list(m.reasons) for m in matches},
-            )
-            return []
-        return launch_matches(runtime, event, hits)
+        return _launch_hits(runtime, event, routing.match_object(runtime.config, event), "object")
 
 
 def handle_object_finalized(cloud_event: Any, runtime: Runtime) -> list[Outcome]:
@@ -105,16 +109,7 @@ def handle_message(cloud_event: Any, runtime: Runtime) -> list[Outcome]:
             from handlers.chaining import handle_completion
 
             return handle_completion(runtime, message)
-        matches = routing.match_message(runtime.config, message)
-        hits = [m.trigger for m in matches if m.matched]
-        if not hits:
-            logs.info(
-                "no trigger matches this message",
-                event=message.summary(),
-                near_misses={m.trigger.name: list(m.reasons) for m in matches},
-            )
-            return []
-        return launch_matches(runtime, message, hits)
+        return _launch_hits(runtime, message, routing.match_message(runtime.config, message), "message")
 
 
 def handle_job_status(cloud_event: Any, runtime: Runtime) -> str | None:
