@@ -17,7 +17,6 @@ A fan-in that can never complete publishes ``io.eventpipelines.join.abandoned.v1
 
 from __future__ import annotations
 
-import base64
 import datetime as dt
 import hashlib
 import json
@@ -209,8 +208,3 @@ def parse_completion(message: MessageEvent) -> Completion | None:
             raise EventError(f"completion event has no {required}", field=f"data.{required}")
     when = parse_time(body.get("time")) or message.event_time
     return Completion(event_id=str(body.get("id") or message.message_id), event_time=when, data=data)
-
-
-def decode_pubsub_data(message: Mapping[str, Any]) -> Any:
-    """Decode a pulled/pushed message's base64 data as JSON (helper for tools and tests)."""
-    return json.loads(base64.b64decode(message["data"]))

@@ -96,8 +96,10 @@ def send(
         raise BackendUnavailable(f"{what}: connection failed ({exc.__class__.__name__})", **context) from exc
     except PipelineError:
         raise
-    except Exception as exc:  # google.auth refresh errors, TransportError and the like
-        if exc.__class__.__name__ in ("RefreshError", "TransportError"):
+    except Exception as exc:
+        from google.auth import exceptions as auth_errors  # loaded already by any Google session
+
+        if isinstance(exc, auth_errors.RefreshError | auth_errors.TransportError):
             raise BackendUnavailable(f"{what}: credentials: {exc}", **context) from exc
         raise
     raise_for_status(response, what=what, **context)
