@@ -518,19 +518,30 @@ def start_server(
     return ServerHandle(app, server, thread)
 
 
+def serve_app(
+    create_app: Callable[..., Flask], host: str = "127.0.0.1", port: int = 0, **kwargs: Any
+) -> ServerHandle:
+    """The body of every emulator's ``serve()``: refuse a non-loopback ``host`` before building
+    ``create_app(**kwargs)``, then :func:`start_server` it (no access log)."""
+    ensure_loopback(host)
+    return start_server(create_app(**kwargs), host, port)
+
+
 def run_cli(
     argv: Sequence[str] | None,
     description: str,
     build_app: Callable[[argparse.Namespace], Flask],
     add_arguments: Callable[[argparse.ArgumentParser], None] | None = None,
 ) -> int:
-    """Standard ``--host/--port`` entry point; prints the ready JSON line and serves until a signal."""
+    """Standard ``--host/--port [--access-log] ... --speed`` entry point (``add_arguments`` adds the
+    emulator's own options before ``--speed``); prints the ready JSON line and serves until a signal."""
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--host", default="127.0.0.1", help="loopback address to bind")
     parser.add_argument("--port", type=int, default=0, help="port (0 picks a free one)")
     parser.add_argument("--access-log", action="store_true", help="log every request on stderr")
     if add_arguments is not None:
         add_arguments(parser)
+    parser.add_argument("--speed", type=float, default=1.0, help="emulator clock speed factor")
     args = parser.parse_args(argv)
     try:
         ensure_loopback(args.host)

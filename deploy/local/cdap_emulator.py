@@ -80,13 +80,12 @@ from deploy.local._emulator_base import (
     FaultRule,
     ServerHandle,
     control_error,
-    ensure_loopback,
     google_error,
     install_control_api,
     json_body,
     rfc3339,
     run_cli,
-    start_server,
+    serve_app,
     state_of,
 )
 
@@ -1080,8 +1079,7 @@ def create_app(
 
 def serve(host: str = "127.0.0.1", port: int = 0, **kwargs: Any) -> ServerHandle:
     """Start the emulator in a daemon thread (``port=0``: a free port); ``kwargs`` go to create_app."""
-    ensure_loopback(host)
-    return start_server(create_app(**kwargs), host, port)
+    return serve_app(create_app, host, port, **kwargs)
 
 
 def _add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -1100,7 +1098,6 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="accept calls without an Authorization header (clients with anonymous credentials)",
     )
-    parser.add_argument("--speed", type=float, default=1.0, help="emulator clock speed factor")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -87,13 +87,12 @@ from deploy.local._emulator_base import (
     FaultRule,
     ServerHandle,
     control_error,
-    ensure_loopback,
     google_error,
     install_control_api,
     json_body,
     rfc3339,
     run_cli,
-    start_server,
+    serve_app,
     state_of,
 )
 
@@ -1478,14 +1477,12 @@ def create_app(
 
 def serve(host: str = "127.0.0.1", port: int = 0, **kwargs: Any) -> ServerHandle:
     """Start the emulator in a daemon thread (``port=0``: a free port); ``kwargs`` go to create_app."""
-    ensure_loopback(host)
-    return start_server(create_app(**kwargs), host, port)
+    return serve_app(create_app, host, port, **kwargs)
 
 
 def _add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--templates", help="YAML or JSON file of templates to register at start")
     parser.add_argument("--notify-url", help="URL receiving statusChanged CloudEvents")
-    parser.add_argument("--speed", type=float, default=1.0, help="emulator clock speed factor")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -79,11 +79,10 @@ from deploy.local._emulator_base import (
     FaultRule,
     ServerHandle,
     control_error,
-    ensure_loopback,
     install_control_api,
     json_body,
     run_cli,
-    start_server,
+    serve_app,
     state_of,
 )
 
@@ -1128,8 +1127,7 @@ def create_app(
 
 def serve(host: str = "127.0.0.1", port: int = 0, **kwargs: Any) -> ServerHandle:
     """Start the emulator in a daemon thread (``port=0``: a free port); ``kwargs`` go to create_app."""
-    ensure_loopback(host)
-    return start_server(create_app(**kwargs), host, port)
+    return serve_app(create_app, host, port, **kwargs)
 
 
 def _add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -1137,7 +1135,6 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--clients", help="JSON or YAML file of app registrations (clients) to register")
     parser.add_argument("--token-lifetime", type=float, default=3600.0, help="token lifetime in seconds")
     parser.add_argument("--no-dedupe", action="store_true", help="let runs of a busy item run concurrently")
-    parser.add_argument("--speed", type=float, default=1.0, help="emulator clock speed factor")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
