@@ -358,6 +358,19 @@ def google_error(
     return response
 
 
+def google_route_error(code: int) -> Response:
+    """Google's JSON answer to a path no route serves (404) or a method its route refuses (405)."""
+    if code == 404:
+        return google_error(404, f"The requested URL {request.path} was not found on this server.")
+    return google_error(405, f"Method {request.method} is not allowed for {request.path}.", "UNIMPLEMENTED")
+
+
+def install_route_errors(app: Flask, render: Callable[[int], Response]) -> None:
+    """Answer an unknown path (404) and a method its route does not take (405) with ``render(code)``."""
+    app.register_error_handler(404, lambda _: render(404))
+    app.register_error_handler(405, lambda _: render(405))
+
+
 def control_error(message: str, code: int = 400) -> Response:
     response = jsonify({"error": message})
     response.status_code = code

@@ -81,7 +81,9 @@ from deploy.local._emulator_base import (
     ServerHandle,
     control_error,
     google_error,
+    google_route_error,
     install_control_api,
+    install_route_errors,
     json_body,
     rfc3339,
     run_cli,
@@ -968,19 +970,16 @@ def _register_protocol_routes(app: Flask) -> None:
         attrs = _run_attrs(namespace, app, category, program, run_id)
         return _cdap("runs.classify", attrs, lambda: _classify_run(namespace, app, category, program, run_id))
 
-    @app.errorhandler(404)
-    def not_found(_: Exception) -> Response:
-        if request.path.startswith("/api/"):
-            return text_response(404, f"Problem accessing: {request.path}. Reason: Not Found")
-        return google_error(404, f"The requested URL {request.path} was not found on this server.")
+    install_route_errors(app, _route_error)
 
-    @app.errorhandler(405)
-    def not_allowed(_: Exception) -> Response:
-        if request.path.startswith("/api/"):
-            return text_response(405, f"Method {request.method} is not allowed for {request.path}.")
-        return google_error(
-            405, f"Method {request.method} is not allowed for {request.path}.", "UNIMPLEMENTED"
-        )
+
+def _route_error(code: int) -> Response:
+    """404/405 outside any route: plain text under ``/api/`` (CDAP), Google JSON elsewhere (Data Fusion)."""
+    if not request.path.startswith("/api/"):
+        return google_route_error(code)
+    if code == 404:
+        return text_response(404, f"Problem accessing: {request.path}. Reason: Not Found")
+    return text_response(405, f"Method {request.method} is not allowed for {request.path}.")
 
 
 def _register_control_routes(app: Flask, state: CdapState) -> None:

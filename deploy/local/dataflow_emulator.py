@@ -88,7 +88,9 @@ from deploy.local._emulator_base import (
     ServerHandle,
     control_error,
     google_error,
+    google_route_error,
     install_control_api,
+    install_route_errors,
     json_body,
     rfc3339,
     run_cli,
@@ -1398,15 +1400,7 @@ def _register_protocol_routes(app: Flask) -> None:
         attrs = _job_attrs(project, location, job_id)
         return _run("jobs.messages.list", attrs, lambda: _list_messages(project, location, job_id))
 
-    @app.errorhandler(404)
-    def not_found(_: Exception) -> Response:
-        return google_error(404, f"The requested URL {request.path} was not found on this server.")
-
-    @app.errorhandler(405)
-    def not_allowed(_: Exception) -> Response:
-        return google_error(
-            405, f"Method {request.method} is not allowed for {request.path}.", "UNIMPLEMENTED"
-        )
+    install_route_errors(app, google_route_error)
 
 
 def _register_control_routes(app: Flask, state: DataflowState) -> None:

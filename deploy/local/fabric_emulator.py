@@ -80,6 +80,7 @@ from deploy.local._emulator_base import (
     ServerHandle,
     control_error,
     install_control_api,
+    install_route_errors,
     json_body,
     run_cli,
     serve_app,
@@ -1017,17 +1018,18 @@ def _register_protocol_routes(app: Flask) -> None:
         attrs = {"tenant": tenant, "client_id": form.get("client_id"), "grant_type": form.get("grant_type")}
         return _run("token", attrs, lambda: _issue_token(tenant))
 
-    @app.errorhandler(404)
-    def not_found(_: Exception) -> Response:
+    install_route_errors(app, _route_error)
+
+
+def _route_error(code: int) -> Response:
+    """404/405 outside any route, as Fabric's ErrorResponse."""
+    if code == 404:
         return FabricError(
             404, "EntityNotFound", f"The requested URL {request.path} was not found."
         ).response()
-
-    @app.errorhandler(405)
-    def not_allowed(_: Exception) -> Response:
-        return FabricError(
-            405, "MethodNotAllowed", f"Method {request.method} is not allowed for {request.path}."
-        ).response()
+    return FabricError(
+        405, "MethodNotAllowed", f"Method {request.method} is not allowed for {request.path}."
+    ).response()
 
 
 def _register_control_routes(app: Flask, state: FabricState) -> None:
