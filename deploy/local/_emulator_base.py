@@ -54,9 +54,9 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 from flask import Flask, Response, jsonify, request
 from werkzeug.serving import BaseWSGIServer, WSGIRequestHandler, make_server
@@ -460,6 +460,55 @@ def install_control_api(app: Flask, state: EmulatorState) -> None:
             state.after_clock_change()
         now = state.clock.now()
         return jsonify({"now": rfc3339(now), "epoch_seconds": now, "speed": state.clock.speed})
+
+
+class Registrable(Protocol):
+    """What a control route registers (a template, an app, an item...): it lists itself as JSON."""
+
+    def to_json(self) -> dict[str, Any]: ...
+
+
+R = TypeVar("R", bound=Registrable)
+
+
+def install_registry_routes(
+    app: Flask,
+    state: EmulatorState,
+    name: str,
+    *,
+    load: Callable[[Any], Sequence[R]],
+    store: Callable[[R], None],
+    registered: Callable[[], Iterable[R]],
+    body_noun: str | None = None,
+    errors: tuple[type[Exception], ...] = (ValueError, TypeError),
+) -> None:
+    """Add ``GET /_emulator/<name>`` (list ``registered()``) and ``POST /_emulator/<name>`` (register).
+
+    Both answer ``{name: [entry.to_json(), ...]}``; ``registered()`` and every ``store(entry)`` run
+    under ``state.lock``. A POST body ``load`` refuses with one of ``errors`` answers 400. With
+    ``body_noun``, a body that is neither an object nor a list is refused first ("<body_noun> body
+    must be an object or a list"), for loaders that would read a string as a file path.
+    """
+
+    def listed() -> Response:
+        with state.lock:
+            return jsonify({name: [entry.to_json() for entry in registered()]})
+
+    def register() -> Response:
+        try:
+            body = json_body()
+            if body_noun is not None and not isinstance(body, dict | list):
+                raise ValueError(f"{body_noun} body must be an object or a list")
+            loaded = load(body)
+        except errors as exc:
+            return control_error(str(exc))
+        with state.lock:
+            for entry in loaded:
+                store(entry)
+        return jsonify({name: [entry.to_json() for entry in loaded]})
+
+    app.add_url_rule(f"{CONTROL_PREFIX}{name}", f"{name}_list", listed, methods=["GET"])
+    app.add_url_rule(f"{CONTROL_PREFIX}{name}", f"{name}_register", register, methods=["POST"])
 
 
 def _apply_clock_change(clock: ScaledClock, body: Any) -> None:

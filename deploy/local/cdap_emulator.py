@@ -83,6 +83,7 @@ from deploy.local._emulator_base import (
     google_error,
     google_route_error,
     install_control_api,
+    install_registry_routes,
     install_route_errors,
     json_body,
     rfc3339,
@@ -501,6 +502,10 @@ class CdapState(EmulatorState):
         with self.lock:
             self.apps[(app.namespace, app.app)] = app
             self.namespaces.add(app.namespace)
+
+    def register_instance(self, instance: Instance) -> None:
+        with self.lock:
+            self.instances[instance.name] = instance
 
     # -- lookups (raise CdapError) ------------------------------------------------------------------
     def find_app(self, namespace: str, app_name: str) -> App:
@@ -983,39 +988,23 @@ def _route_error(code: int) -> Response:
 
 
 def _register_control_routes(app: Flask, state: CdapState) -> None:
-    @app.get("/_emulator/apps")
-    def apps_list() -> Response:
-        with state.lock:
-            return jsonify({"apps": [a.to_json() for a in state.apps.values()]})
-
-    @app.post("/_emulator/apps")
-    def apps_register() -> Response:
-        try:
-            body = json_body()
-            if not isinstance(body, dict | list):
-                raise ValueError("app body must be an object or a list")
-            apps = load_apps(body)
-        except (ValueError, TypeError) as exc:
-            return control_error(str(exc))
-        for item in apps:
-            state.register_app(item)
-        return jsonify({"apps": [a.to_json() for a in apps]})
-
-    @app.get("/_emulator/instances")
-    def instances_list() -> Response:
-        with state.lock:
-            return jsonify({"instances": [i.to_json() for i in state.instances.values()]})
-
-    @app.post("/_emulator/instances")
-    def instances_register() -> Response:
-        try:
-            instances = load_instances(json_body())
-        except (ValueError, TypeError) as exc:
-            return control_error(str(exc))
-        with state.lock:
-            for instance in instances:
-                state.instances[instance.name] = instance
-        return jsonify({"instances": [i.to_json() for i in instances]})
+    install_registry_routes(
+        app,
+        state,
+        "apps",
+        load=load_apps,
+        store=state.register_app,
+        registered=state.apps.values,
+        body_noun="app",
+    )
+    install_registry_routes(
+        app,
+        state,
+        "instances",
+        load=load_instances,
+        store=state.register_instance,
+        registered=state.instances.values,
+    )
 
     @app.route("/_emulator/settings", methods=["GET", "POST"])
     def settings() -> Response:

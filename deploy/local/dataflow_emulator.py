@@ -90,6 +90,7 @@ from deploy.local._emulator_base import (
     google_error,
     google_route_error,
     install_control_api,
+    install_registry_routes,
     install_route_errors,
     json_body,
     rfc3339,
@@ -803,6 +804,11 @@ class DataflowState(EmulatorState):
             self.jobs.clear()
             self.notifier.clear()
 
+    def register_template(self, template: Template) -> None:
+        """Register ``template``, replacing the one with the same ``gcs_path``."""
+        with self.lock:
+            self.templates[template.gcs_path] = template
+
     def close(self) -> None:
         self._stop.set()
         self.notifier.close()
@@ -1404,24 +1410,16 @@ def _register_protocol_routes(app: Flask) -> None:
 
 
 def _register_control_routes(app: Flask, state: DataflowState) -> None:
-    @app.get("/_emulator/templates")
-    def templates_list() -> Response:
-        with state.lock:
-            return jsonify({"templates": [t.to_json() for t in state.templates.values()]})
-
-    @app.post("/_emulator/templates")
-    def templates_register() -> Response:
-        try:
-            body = json_body()
-            if not isinstance(body, dict | list):
-                raise ValueError("template body must be an object or a list")
-            templates = load_templates(body)
-        except (ValueError, TypeError, KeyError) as exc:
-            return control_error(str(exc))
-        with state.lock:
-            for template in templates:
-                state.templates[template.gcs_path] = template
-        return jsonify({"templates": [t.to_json() for t in templates]})
+    install_registry_routes(
+        app,
+        state,
+        "templates",
+        load=load_templates,
+        store=state.register_template,
+        registered=state.templates.values,
+        body_noun="template",
+        errors=(ValueError, TypeError, KeyError),
+    )
 
     @app.post("/_emulator/notify")
     def notify_set() -> Response:

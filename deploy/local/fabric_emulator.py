@@ -80,6 +80,7 @@ from deploy.local._emulator_base import (
     ServerHandle,
     control_error,
     install_control_api,
+    install_registry_routes,
     install_route_errors,
     json_body,
     run_cli,
@@ -511,6 +512,15 @@ class FabricState(EmulatorState):
             raise ValueError("dedupe must be true or false")
         with self.lock:
             self.token_lifetime_seconds, self.page_size, self.dedupe = float(lifetime), page_size, dedupe
+
+    # -- registrations -------------------------------------------------------------------------
+    def register_item(self, item: Item) -> None:
+        with self.lock:
+            self.items[(item.workspace, item.item)] = item
+
+    def register_client(self, client: Client) -> None:
+        with self.lock:
+            self.clients[(client.tenant, client.client_id)] = client
 
     # -- tokens --------------------------------------------------------------------------------
     def issue_token(self, client: Client, *, app_only: bool) -> Token:
@@ -1033,33 +1043,12 @@ def _route_error(code: int) -> Response:
 
 
 def _register_control_routes(app: Flask, state: FabricState) -> None:
-    @app.route("/_emulator/items", methods=["GET", "POST"])
-    def items() -> Response:
-        if request.method == "POST":
-            try:
-                loaded = load_items(json_body())
-            except (ValueError, TypeError) as exc:
-                return control_error(str(exc))
-            with state.lock:
-                for item in loaded:
-                    state.items[(item.workspace, item.item)] = item
-            return jsonify({"items": [i.to_json() for i in loaded]})
-        with state.lock:
-            return jsonify({"items": [i.to_json() for i in state.items.values()]})
-
-    @app.route("/_emulator/clients", methods=["GET", "POST"])
-    def clients() -> Response:
-        if request.method == "POST":
-            try:
-                loaded = load_clients(json_body())
-            except (ValueError, TypeError) as exc:
-                return control_error(str(exc))
-            with state.lock:
-                for client in loaded:
-                    state.clients[(client.tenant, client.client_id)] = client
-            return jsonify({"clients": [c.to_json() for c in loaded]})
-        with state.lock:
-            return jsonify({"clients": [c.to_json() for c in state.clients.values()]})
+    install_registry_routes(
+        app, state, "items", load=load_items, store=state.register_item, registered=state.items.values
+    )
+    install_registry_routes(
+        app, state, "clients", load=load_clients, store=state.register_client, registered=state.clients.values
+    )
 
     @app.post("/_emulator/tokens/expire")
     def tokens_expire() -> Response:
