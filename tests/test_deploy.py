@@ -8,6 +8,7 @@ python-hcl2.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shlex
@@ -761,6 +762,16 @@ def _resources(parsed: dict[str, dict], block: str = "resource") -> dict[tuple[s
     return found
 
 
+def _moved_from(parsed: dict[str, dict]) -> dict[tuple[str, str], str]:
+    """(type, name) of each moved block's "from" => its whole "to" address."""
+    moves = {}
+    for doc in parsed.values():
+        for block in doc.get("moved", []):
+            rtype, rname = block["from"].removeprefix("${").removesuffix("}").split(".")[:2]
+            moves[(rtype, rname)] = block["to"].removeprefix("${").removesuffix("}")
+    return moves
+
+
 def _code_without_comments(text: str) -> str:
     return "\n".join(line for line in text.splitlines() if not line.lstrip().startswith("#"))
 
@@ -788,10 +799,7 @@ def test_every_terraform_file_parses_and_declares_the_key_resources():
         ("google_project_iam_member", "trigger_event_receiver"),
         ("google_project_iam_member", "gcs_pubsub_publisher"),
         ("google_pubsub_topic_iam_member", "dead_letter_publisher"),
-        ("google_cloudfunctions2_function", "on_object_finalized"),
-        ("google_cloudfunctions2_function", "on_message"),
-        ("google_cloudfunctions2_function", "on_job_status"),
-        ("google_cloudfunctions2_function", "check_runs"),
+        ("google_cloudfunctions2_function", "event"),
         ("google_cloudfunctions2_function", "api"),
         ("google_cloud_run_v2_service_iam_member", "trigger_invoker"),
         ("google_cloud_run_v2_service_iam_member", "api_invoker"),
@@ -799,16 +807,25 @@ def test_every_terraform_file_parses_and_declares_the_key_resources():
         ("terraform_data", "dead_letter_policy"),
     ]:
         assert key in resources, key
-    # every event function retries and is delivered as the trigger account; the api has no trigger
-    for fn in ("on_object_finalized", "on_message", "on_job_status", "check_runs"):
-        trig = resources[("google_cloudfunctions2_function", fn)]["event_trigger"][0]
-        assert _unquote(trig["retry_policy"]) == "RETRY_POLICY_RETRY", fn
-        assert "google_service_account.trigger.email" in trig["service_account_email"]
+    # every event function (one resource over local.event_functions) retries and is delivered as
+    # the trigger account; the api has no trigger
+    event = resources[("google_cloudfunctions2_function", "event")]
+    assert event["for_each"] == "${local.event_functions}"
+    trig = event["event_trigger"][0]
+    assert _unquote(trig["retry_policy"]) == "RETRY_POLICY_RETRY"
+    assert "google_service_account.trigger.email" in trig["service_account_email"]
+    assert trig["event_type"] == "${each.value.event_type}"
+    assert event["build_config"][0]["entry_point"] == "${each.value.entry_point}"
     assert "event_trigger" not in resources[("google_cloudfunctions2_function", "api")]
-    status = resources[("google_cloudfunctions2_function", "on_job_status")]["event_trigger"][0]
-    assert _unquote(status["event_type"]) == d.DATAFLOW_STATUS_CHANGED
-    storage = resources[("google_cloudfunctions2_function", "on_object_finalized")]["event_trigger"][0]
-    assert _unquote(storage["event_type"]) == d.STORAGE_FINALIZED
+    specs = next(e["event_functions"] for e in parsed["main.tf"]["locals"] if "event_functions" in e)
+    event_types = dict(re.findall(r'entry_point = "(\w+)", event_type = "([^"]+)"', specs))
+    assert event_types == {
+        "on_object_finalized": d.STORAGE_FINALIZED,
+        "on_message": "google.cloud.pubsub.topic.v1.messagePublished",
+        "on_job_status": d.DATAFLOW_STATUS_CHANGED,
+        "check_runs": "google.cloud.pubsub.topic.v1.messagePublished",
+    }
+    assert '{attribute = "bucket", value = b}' in specs  # storage triggers filter on their bucket
     job = resources[("google_cloud_scheduler_job", "sweep")]
     assert _unquote(job["schedule"]) == "${var.sweep_schedule}"
     versions = parsed["versions.tf"]["terraform"][0]["required_providers"][0]["google"]
@@ -832,7 +849,8 @@ def test_terraform_uses_only_declared_variables_and_defined_locals():
     used_locals = set(re.findall(r"\blocal\.([A-Za-z_][A-Za-z0-9_]*)", code))
     assert used_locals - defined == set(), "undefined locals"
     # every resource or data source referenced exists
-    resources = set(_resources(parsed))
+    # (except the old addresses that moved blocks name as "from")
+    resources = set(_resources(parsed)) | set(_moved_from(parsed))
     data = set(_resources(parsed, "data"))
     for rtype, rname in re.findall(r"(?<![.\w])(google_[a-z0-9_]+|terraform_data)\.([a-z0-9_]+)", code):
         assert (rtype, rname) in resources, (rtype, rname)
@@ -859,3 +877,41 @@ def test_terraform_grants_no_broad_role_and_matches_the_script():
     for base in ("on-object-finalized", "on-message", "on-job-status", '"check-runs"', '"api"'):
         assert base in code
     assert d.MAX_SERVICE_NAME == 49 and "<= 49" in code and "substr(sha256(" in code
+
+
+def test_every_old_function_address_has_a_moved_block():
+    # Before google_cloudfunctions2_function.event, each kind had its own resource. check_runs had
+    # no key: the module moves it. The others were keyed by bucket, topic or region (values of the
+    # config, which a moved block cannot name): README.md prints their moved blocks from the state.
+    parsed = _parsed()
+    moved = _moved_from(parsed)
+    fn = "google_cloudfunctions2_function"
+    assert moved == {(fn, "check_runs"): f'{fn}.event["check-runs"]'}
+    readme = (TERRAFORM / "README.md").read_text(encoding="utf-8")
+    printer = re.search(r"```bash\n(terraform show -json \| python3 -c .*?)```", readme, re.S).group(1)
+    old = {
+        "on_object_finalized": ("my.bucket", "on-object-finalized-my-bucket-1a2b3c4d"),
+        "on_message": ("orders", "on-message-orders"),
+        "on_job_status": ("europe-west1", "on-job-status"),
+        "check_runs": (None, "check-runs"),
+    }
+    resources = []
+    for rname, (key, name) in old.items():
+        address = f"module.pipelines.{fn}.{rname}" + (f'["{key}"]' if key else "")
+        resources.append({"address": address, "type": fn, "name": rname, "values": {"name": name}})
+    state = {
+        "values": {
+            "root_module": {"child_modules": [{"address": "module.pipelines", "resources": resources}]}
+        }
+    }
+    script = printer.removeprefix("terraform show -json | ").replace("python3", shlex.quote(sys.executable))
+    out = subprocess.run(
+        ["bash", "-c", script], input=json.dumps(state), capture_output=True, text=True, check=True
+    ).stdout
+    hcl2 = pytest.importorskip("hcl2")
+    printed = {b["from"]: b["to"] for b in hcl2.loads(out)["moved"]}
+    assert printed == {
+        f'${{module.pipelines.{fn}.{rname}["{key}"]}}': f'${{module.pipelines.{fn}.event["{name}"]}}'
+        for rname, (key, name) in old.items()
+        if key
+    }

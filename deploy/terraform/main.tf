@@ -377,22 +377,53 @@ resource "google_storage_bucket_object" "source" {
 
 # ---------------------------------------------------------------------------------------------
 # Functions: one on_object_finalized per bucket, one on_message per topic, on_job_status per
-# Dataflow region, check_runs, api. Every event function retries (RETRY_POLICY_RETRY).
+# Dataflow region and check_runs, all in google_cloudfunctions2_function.event keyed by their name
+# in GCP; the HTTP api apart. Every event function retries (RETRY_POLICY_RETRY) and is delivered
+# as the trigger account.
 # ---------------------------------------------------------------------------------------------
 data "google_storage_bucket" "trigger" {
   for_each = setsubtract(local.storage_buckets, keys(var.bucket_locations))
   name     = each.key
 }
 
-resource "google_cloudfunctions2_function" "on_object_finalized" {
-  for_each = local.storage_fn_names
+locals {
+  # Function name => entry point and trigger (pubsub_topic and event_filters only where set).
+  event_functions = merge(
+    { for b, name in local.storage_fn_names : name => {
+      entry_point    = "on_object_finalized"
+      event_type     = "google.cloud.storage.object.v1.finalized"
+      trigger_region = try(var.bucket_locations[b], lower(data.google_storage_bucket.trigger[b].location))
+      event_filters  = [{ attribute = "bucket", value = b }]
+    } },
+    { for t, name in local.message_fn_names : name => {
+      entry_point    = "on_message"
+      event_type     = "google.cloud.pubsub.topic.v1.messagePublished"
+      trigger_region = var.region
+      pubsub_topic   = "projects/${var.project}/topics/${t}"
+    } },
+    { for r, name in local.status_fn_names : name => {
+      entry_point    = "on_job_status"
+      event_type     = "google.cloud.dataflow.job.v1beta3.statusChanged"
+      trigger_region = r
+    } },
+    { "check-runs" = {
+      entry_point    = "check_runs"
+      event_type     = "google.cloud.pubsub.topic.v1.messagePublished"
+      trigger_region = var.region
+      pubsub_topic   = google_pubsub_topic.sweep.id
+    } },
+  )
+}
+
+resource "google_cloudfunctions2_function" "event" {
+  for_each = local.event_functions
   project  = var.project
   location = var.region
-  name     = each.value
+  name     = each.key
 
   build_config {
     runtime     = "python311"
-    entry_point = "on_object_finalized"
+    entry_point = each.value.entry_point
     source {
       storage_source {
         bucket = local.source_bucket
@@ -420,69 +451,28 @@ resource "google_cloudfunctions2_function" "on_object_finalized" {
   }
 
   event_trigger {
-    trigger_region        = try(var.bucket_locations[each.key], lower(data.google_storage_bucket.trigger[each.key].location))
-    event_type            = "google.cloud.storage.object.v1.finalized"
+    trigger_region        = each.value.trigger_region
+    event_type            = each.value.event_type
+    pubsub_topic          = try(each.value.pubsub_topic, null)
     retry_policy          = "RETRY_POLICY_RETRY"
     service_account_email = google_service_account.trigger.email
 
-    event_filters {
-      attribute = "bucket"
-      value     = each.key
+    dynamic "event_filters" {
+      for_each = try(each.value.event_filters, [])
+      content {
+        attribute = event_filters.value.attribute
+        value     = event_filters.value.value
+      }
     }
   }
 
+  # The union of what each kind waits for (depends_on cannot differ per instance): storage
+  # triggers need the event receiver and GCS publisher grants, message triggers their topics,
+  # status triggers the Dataflow role; all need the ledger and the secrets.
   depends_on = [
     google_project_iam_member.trigger_event_receiver,
     google_project_iam_member.gcs_pubsub_publisher,
-    google_storage_bucket_iam_member.ledger_runtime,
-    google_secret_manager_secret_iam_member.fabric,
-  ]
-}
-
-resource "google_cloudfunctions2_function" "on_message" {
-  for_each = local.message_fn_names
-  project  = var.project
-  location = var.region
-  name     = each.value
-
-  build_config {
-    runtime     = "python311"
-    entry_point = "on_message"
-    source {
-      storage_source {
-        bucket = local.source_bucket
-        object = local.source_object
-      }
-    }
-  }
-
-  service_config {
-    service_account_email = google_service_account.runtime.email
-    available_memory      = var.function_memory
-    timeout_seconds       = var.function_timeout_seconds
-    max_instance_count    = var.max_instances
-    environment_variables = local.function_env
-
-    dynamic "secret_environment_variables" {
-      for_each = local.secret_env
-      content {
-        key        = secret_environment_variables.key
-        project_id = secret_environment_variables.value.project
-        secret     = secret_environment_variables.value.secret
-        version    = secret_environment_variables.value.version
-      }
-    }
-  }
-
-  event_trigger {
-    trigger_region        = var.region
-    event_type            = "google.cloud.pubsub.topic.v1.messagePublished"
-    pubsub_topic          = "projects/${var.project}/topics/${each.key}"
-    retry_policy          = "RETRY_POLICY_RETRY"
-    service_account_email = google_service_account.trigger.email
-  }
-
-  depends_on = [
+    google_project_iam_member.dataflow_developer,
     google_pubsub_topic.trigger,
     google_pubsub_topic.completion,
     google_storage_bucket_iam_member.ledger_runtime,
@@ -490,101 +480,12 @@ resource "google_cloudfunctions2_function" "on_message" {
   ]
 }
 
-resource "google_cloudfunctions2_function" "on_job_status" {
-  for_each = local.status_fn_names
-  project  = var.project
-  location = var.region
-  name     = each.value
-
-  build_config {
-    runtime     = "python311"
-    entry_point = "on_job_status"
-    source {
-      storage_source {
-        bucket = local.source_bucket
-        object = local.source_object
-      }
-    }
-  }
-
-  service_config {
-    service_account_email = google_service_account.runtime.email
-    available_memory      = var.function_memory
-    timeout_seconds       = var.function_timeout_seconds
-    max_instance_count    = var.max_instances
-    environment_variables = local.function_env
-
-    dynamic "secret_environment_variables" {
-      for_each = local.secret_env
-      content {
-        key        = secret_environment_variables.key
-        project_id = secret_environment_variables.value.project
-        secret     = secret_environment_variables.value.secret
-        version    = secret_environment_variables.value.version
-      }
-    }
-  }
-
-  event_trigger {
-    trigger_region        = each.key
-    event_type            = "google.cloud.dataflow.job.v1beta3.statusChanged"
-    retry_policy          = "RETRY_POLICY_RETRY"
-    service_account_email = google_service_account.trigger.email
-  }
-
-  depends_on = [
-    google_project_iam_member.trigger_event_receiver,
-    google_project_iam_member.dataflow_developer,
-    google_storage_bucket_iam_member.ledger_runtime,
-  ]
-}
-
-resource "google_cloudfunctions2_function" "check_runs" {
-  project  = var.project
-  location = var.region
-  name     = "check-runs"
-
-  build_config {
-    runtime     = "python311"
-    entry_point = "check_runs"
-    source {
-      storage_source {
-        bucket = local.source_bucket
-        object = local.source_object
-      }
-    }
-  }
-
-  service_config {
-    service_account_email = google_service_account.runtime.email
-    available_memory      = var.function_memory
-    timeout_seconds       = var.function_timeout_seconds
-    max_instance_count    = var.max_instances
-    environment_variables = local.function_env
-
-    dynamic "secret_environment_variables" {
-      for_each = local.secret_env
-      content {
-        key        = secret_environment_variables.key
-        project_id = secret_environment_variables.value.project
-        secret     = secret_environment_variables.value.secret
-        version    = secret_environment_variables.value.version
-      }
-    }
-  }
-
-  event_trigger {
-    trigger_region        = var.region
-    event_type            = "google.cloud.pubsub.topic.v1.messagePublished"
-    pubsub_topic          = google_pubsub_topic.sweep.id
-    retry_policy          = "RETRY_POLICY_RETRY"
-    service_account_email = google_service_account.trigger.email
-  }
-
-  depends_on = [
-    google_storage_bucket_iam_member.ledger_runtime,
-    google_secret_manager_secret_iam_member.fabric,
-  ]
+# Before this resource, each kind had its own. check_runs had no instance key, so it moves here.
+# The others were keyed by bucket, topic or region, which come from the config, and a moved block
+# takes only literal addresses: README.md ("Upgrading") prints their moved blocks for the caller.
+moved {
+  from = google_cloudfunctions2_function.check_runs
+  to   = google_cloudfunctions2_function.event["check-runs"]
 }
 
 # HTTP, authenticated only: no allUsers binding is ever made; invokers are var.api_invokers.
@@ -632,17 +533,8 @@ resource "google_cloudfunctions2_function" "api" {
 # ---------------------------------------------------------------------------------------------
 # Invokers: the trigger account on each event function, the configured principals on the api
 # ---------------------------------------------------------------------------------------------
-locals {
-  event_functions = merge(
-    { for b, n in local.storage_fn_names : n => google_cloudfunctions2_function.on_object_finalized[b] },
-    { for t, n in local.message_fn_names : n => google_cloudfunctions2_function.on_message[t] },
-    { for r, n in local.status_fn_names : n => google_cloudfunctions2_function.on_job_status[r] },
-    { "check-runs" = google_cloudfunctions2_function.check_runs },
-  )
-}
-
 resource "google_cloud_run_v2_service_iam_member" "trigger_invoker" {
-  for_each = local.event_functions
+  for_each = google_cloudfunctions2_function.event
   project  = var.project
   location = var.region
   name     = each.value.service_config[0].service
@@ -674,7 +566,7 @@ resource "google_cloud_scheduler_job" "sweep" {
     data       = base64encode("{}")
   }
 
-  depends_on = [google_cloudfunctions2_function.check_runs]
+  depends_on = [google_cloudfunctions2_function.event]
 }
 
 # ---------------------------------------------------------------------------------------------
@@ -683,7 +575,7 @@ resource "google_cloud_scheduler_job" "sweep" {
 # function's trigger changes (a new trigger means a new subscription).
 # ---------------------------------------------------------------------------------------------
 resource "terraform_data" "dead_letter_policy" {
-  for_each = { for name, f in local.event_functions : name => f if var.configure_dead_letters }
+  for_each = { for name, f in google_cloudfunctions2_function.event : name => f if var.configure_dead_letters }
   triggers_replace = [
     each.value.event_trigger[0].trigger,
     google_pubsub_topic.dead_letter.id,
