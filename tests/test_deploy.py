@@ -8,7 +8,6 @@ python-hcl2.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import shlex
@@ -762,16 +761,6 @@ def _resources(parsed: dict[str, dict], block: str = "resource") -> dict[tuple[s
     return found
 
 
-def _moved_from(parsed: dict[str, dict]) -> dict[tuple[str, str], str]:
-    """(type, name) of each moved block's "from" => its whole "to" address."""
-    moves = {}
-    for doc in parsed.values():
-        for block in doc.get("moved", []):
-            rtype, rname = block["from"].removeprefix("${").removesuffix("}").split(".")[:2]
-            moves[(rtype, rname)] = block["to"].removeprefix("${").removesuffix("}")
-    return moves
-
-
 def _code_without_comments(text: str) -> str:
     return "\n".join(line for line in text.splitlines() if not line.lstrip().startswith("#"))
 
@@ -849,8 +838,7 @@ def test_terraform_uses_only_declared_variables_and_defined_locals():
     used_locals = set(re.findall(r"\blocal\.([A-Za-z_][A-Za-z0-9_]*)", code))
     assert used_locals - defined == set(), "undefined locals"
     # every resource or data source referenced exists
-    # (except the old addresses that moved blocks name as "from")
-    resources = set(_resources(parsed)) | set(_moved_from(parsed))
+    resources = set(_resources(parsed))
     data = set(_resources(parsed, "data"))
     for rtype, rname in re.findall(r"(?<![.\w])(google_[a-z0-9_]+|terraform_data)\.([a-z0-9_]+)", code):
         assert (rtype, rname) in resources, (rtype, rname)
@@ -877,41 +865,3 @@ def test_terraform_grants_no_broad_role_and_matches_the_script():
     for base in ("on-object-finalized", "on-message", "on-job-status", '"check-runs"', '"api"'):
         assert base in code
     assert d.MAX_SERVICE_NAME == 49 and "<= 49" in code and "substr(sha256(" in code
-
-
-def test_every_old_function_address_has_a_moved_block():
-    # Before google_cloudfunctions2_function.event, each kind had its own resource. check_runs had
-    # no key: the module moves it. The others were keyed by bucket, topic or region (values of the
-    # config, which a moved block cannot name): README.md prints their moved blocks from the state.
-    parsed = _parsed()
-    moved = _moved_from(parsed)
-    fn = "google_cloudfunctions2_function"
-    assert moved == {(fn, "check_runs"): f'{fn}.event["check-runs"]'}
-    readme = (TERRAFORM / "README.md").read_text(encoding="utf-8")
-    printer = re.search(r"```bash\n(terraform show -json \| python3 -c .*?)```", readme, re.S).group(1)
-    old = {
-        "on_object_finalized": ("my.bucket", "on-object-finalized-my-bucket-1a2b3c4d"),
-        "on_message": ("orders", "on-message-orders"),
-        "on_job_status": ("europe-west1", "on-job-status"),
-        "check_runs": (None, "check-runs"),
-    }
-    resources = []
-    for rname, (key, name) in old.items():
-        address = f"module.pipelines.{fn}.{rname}" + (f'["{key}"]' if key else "")
-        resources.append({"address": address, "type": fn, "name": rname, "values": {"name": name}})
-    state = {
-        "values": {
-            "root_module": {"child_modules": [{"address": "module.pipelines", "resources": resources}]}
-        }
-    }
-    script = printer.removeprefix("terraform show -json | ").replace("python3", shlex.quote(sys.executable))
-    out = subprocess.run(
-        ["bash", "-c", script], input=json.dumps(state), capture_output=True, text=True, check=True
-    ).stdout
-    hcl2 = pytest.importorskip("hcl2")
-    printed = {b["from"]: b["to"] for b in hcl2.loads(out)["moved"]}
-    assert printed == {
-        f'${{module.pipelines.{fn}.{rname}["{key}"]}}': f'${{module.pipelines.{fn}.event["{name}"]}}'
-        for rname, (key, name) in old.items()
-        if key
-    }

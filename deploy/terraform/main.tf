@@ -480,14 +480,6 @@ resource "google_cloudfunctions2_function" "event" {
   ]
 }
 
-# Before this resource, each kind had its own. check_runs had no instance key, so it moves here.
-# The others were keyed by bucket, topic or region, which come from the config, and a moved block
-# takes only literal addresses: README.md ("Upgrading") prints their moved blocks for the caller.
-moved {
-  from = google_cloudfunctions2_function.check_runs
-  to   = google_cloudfunctions2_function.event["check-runs"]
-}
-
 # HTTP, authenticated only: no allUsers binding is ever made; invokers are var.api_invokers.
 resource "google_cloudfunctions2_function" "api" {
   count    = var.deploy_api ? 1 : 0
