@@ -48,6 +48,7 @@ is small on purpose and meant to stay stable:
 from __future__ import annotations
 
 import argparse
+import base64
 import ipaddress
 import json
 import signal
@@ -388,6 +389,48 @@ def json_body() -> Any:
         raise ValueError(f"request body is not valid JSON: {exc}") from exc
 
 
+def peek_json_body() -> Mapping[str, Any]:
+    """The request body when it is a JSON object, else ``{}``; never raises (for fault ``match`` attrs)."""
+    try:
+        body = json_body()
+    except ValueError:
+        return {}
+    return body if isinstance(body, dict) else {}
+
+
+class ProtocolError(Exception):
+    """An error a protocol route answers in its protocol's own shape (Google JSON, CDAP text...)."""
+
+    def response(self) -> Response:
+        raise NotImplementedError
+
+
+def guarded(action: Callable[[], Any]) -> Response:
+    """Run a protocol route's ``action``: a Response passes through, another result is answered as
+    JSON, a :class:`ProtocolError` answers its own ``response()``."""
+    try:
+        result = action()
+    except ProtocolError as exc:
+        return exc.response()
+    return result if isinstance(result, Response) else jsonify(result)
+
+
+def encode_page_token(position: int) -> str:
+    """The emulators' opaque page token for ``position`` (an offset or a sequence number)."""
+    return base64.urlsafe_b64encode(f"emu:{position}".encode()).decode().rstrip("=")
+
+
+def decode_page_token(token: str) -> int | None:
+    """The position an :func:`encode_page_token` token carries; None when ``token`` is not one."""
+    try:
+        text = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)).decode()
+        if text.startswith("emu:"):
+            return int(text[4:])
+    except (ValueError, UnicodeDecodeError):
+        pass
+    return None
+
+
 # ----------------------------------------------------------------------------------- control API
 
 
@@ -460,6 +503,24 @@ def install_control_api(app: Flask, state: EmulatorState) -> None:
             state.after_clock_change()
         now = state.clock.now()
         return jsonify({"now": rfc3339(now), "epoch_seconds": now, "speed": state.clock.speed})
+
+
+S = TypeVar("S", bound=EmulatorState)
+
+
+def emulator_app(
+    import_name: str,
+    state: S,
+    protocol_routes: Callable[[Flask], None],
+    control_routes: Callable[[Flask, S], None],
+) -> Flask:
+    """What every ``create_app`` assembles: a Flask app carrying ``state`` with the common control API
+    (:func:`install_control_api`), then the emulator's protocol routes and its own control routes."""
+    app = Flask(import_name)
+    install_control_api(app, state)
+    protocol_routes(app)
+    control_routes(app, state)
+    return app
 
 
 class Registrable(Protocol):

@@ -78,11 +78,13 @@ from flask import Flask, Response, current_app, jsonify, request
 from deploy.local._emulator_base import (
     EmulatorState,
     FaultRule,
+    ProtocolError,
     ServerHandle,
     control_error,
+    emulator_app,
     google_error,
     google_route_error,
-    install_control_api,
+    guarded,
     install_registry_routes,
     install_route_errors,
     json_body,
@@ -158,7 +160,7 @@ FAULT_TEXT = {
 }
 
 
-class CdapError(Exception):
+class CdapError(ProtocolError):
     """An error CDAP answers with a plain-text body."""
 
     def __init__(self, code: int, message: str) -> None:
@@ -609,20 +611,12 @@ def _cdap_fault(rule: FaultRule) -> Response:
     return text_response(status, rule.message or FAULT_TEXT.get(status, "Injected fault."))
 
 
-def _guarded(action: Callable[[], Any]) -> Response:
-    try:
-        result = action()
-    except CdapError as exc:
-        return exc.response()
-    return result if isinstance(result, Response) else jsonify(result)
-
-
 def _cdap(operation: str, attrs: Mapping[str, Any], action: Callable[[], Any]) -> Response:
     """Answer one CDAP call: credentials first (as the Data Fusion proxy does), then faults, then ``action``."""
     state = _state()
     if state.require_auth and not _has_bearer():
         return text_response(401, "Unauthorized: an 'Authorization: Bearer <token>' header is required.")
-    return state.faults.run(operation, attrs, lambda: _guarded(action), _cdap_fault)
+    return state.faults.run(operation, attrs, lambda: guarded(action), _cdap_fault)
 
 
 def _program_type(category: str) -> str:
@@ -1050,7 +1044,6 @@ def create_app(
     speed: float = 1.0,
 ) -> Flask:
     """Build the emulator app; its :class:`CdapState` is ``app.extensions["emulator_state"]``."""
-    app = Flask("cdap_emulator")
     state = CdapState(
         apps=load_apps(apps) if apps is not None else (),
         instances=load_instances(instances) if instances is not None else (),
@@ -1059,10 +1052,7 @@ def create_app(
         require_auth=require_auth,
         speed=speed,
     )
-    install_control_api(app, state)
-    _register_protocol_routes(app)
-    _register_control_routes(app, state)
-    return app
+    return emulator_app("cdap_emulator", state, _register_protocol_routes, _register_control_routes)
 
 
 def serve(host: str = "127.0.0.1", port: int = 0, **kwargs: Any) -> ServerHandle:

@@ -64,7 +64,6 @@ Fault operations: ``templates.launch``, ``templates.get``, ``flexTemplates.launc
 from __future__ import annotations
 
 import argparse
-import base64
 import json
 import os
 import queue
@@ -85,14 +84,19 @@ from flask import Flask, Response, current_app, jsonify, request
 from deploy.local._emulator_base import (
     EmulatorState,
     FaultRule,
+    ProtocolError,
     ServerHandle,
     control_error,
+    decode_page_token,
+    emulator_app,
+    encode_page_token,
     google_error,
     google_route_error,
-    install_control_api,
+    guarded,
     install_registry_routes,
     install_route_errors,
     json_body,
+    peek_json_body,
     rfc3339,
     run_cli,
     serve_app,
@@ -130,7 +134,7 @@ FAULT_MESSAGES = {
 }
 
 
-class ApiError(Exception):
+class ApiError(ProtocolError):
     """An error answered with Google's JSON error body."""
 
     def __init__(self, code: int, message: str, status: str | None = None, field_path: str | None = None):
@@ -1150,18 +1154,11 @@ def _query_page_size(default: int) -> int:
     return default if size <= 0 else min(size, MAX_PAGE_SIZE)
 
 
-def _encode_token(value: int) -> str:
-    return base64.urlsafe_b64encode(f"emu:{value}".encode()).decode().rstrip("=")
-
-
 def _decode_token(token: str) -> int:
-    try:
-        text = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)).decode()
-        if text.startswith("emu:"):
-            return int(text[4:])
-    except (ValueError, UnicodeDecodeError):
-        pass
-    raise invalid_argument(f"Invalid page token: {token!r}.", "page_token")
+    position = decode_page_token(token)
+    if position is None:
+        raise invalid_argument(f"Invalid page token: {token!r}.", "page_token")
+    return position
 
 
 def _parse_body() -> Any:
@@ -1171,25 +1168,9 @@ def _parse_body() -> Any:
         raise invalid_argument(f"Invalid JSON payload received. {exc}") from exc
 
 
-def _peek_body() -> Mapping[str, Any]:
-    try:
-        body = json_body()
-    except ValueError:
-        return {}
-    return body if isinstance(body, dict) else {}
-
-
 def _fault_response(rule: FaultRule) -> Response:
     status = rule.status or 500
     return google_error(status, rule.message or FAULT_MESSAGES.get(status, "Injected fault."))
-
-
-def _guarded(action: Callable[[], Any]) -> Response:
-    try:
-        result = action()
-    except ApiError as exc:
-        return exc.response()
-    return result if isinstance(result, Response) else jsonify(result)
 
 
 def _state() -> DataflowState:
@@ -1198,7 +1179,7 @@ def _state() -> DataflowState:
 
 
 def _run(operation: str, attrs: Mapping[str, Any], action: Callable[[], Any]) -> Response:
-    return _state().faults.run(operation, attrs, lambda: _guarded(action), _fault_response)
+    return _state().faults.run(operation, attrs, lambda: guarded(action), _fault_response)
 
 
 def _launch_attrs(
@@ -1319,7 +1300,7 @@ def _list_jobs(project: str, location: str) -> dict[str, Any]:
         now = state.clock.now()
         result: dict[str, Any] = {"jobs": [job_json(job, now) for job in page]}
     if rest:
-        result["nextPageToken"] = _encode_token(page[-1].seq)
+        result["nextPageToken"] = encode_page_token(page[-1].seq)
     return result
 
 
@@ -1363,14 +1344,14 @@ def _list_messages(project: str, location: str, job_id: str) -> dict[str, Any]:
         ]
     }
     if offset + size < len(messages):
-        result["nextPageToken"] = _encode_token(offset + size)
+        result["nextPageToken"] = encode_page_token(offset + size)
     return result
 
 
 def _register_protocol_routes(app: Flask) -> None:
     @app.post(f"{API_PREFIX}/templates:launch")
     def templates_launch(project: str, location: str) -> Response:
-        attrs = _launch_attrs(project, location, _peek_body(), request.args.get("gcsPath"))
+        attrs = _launch_attrs(project, location, peek_json_body(), request.args.get("gcsPath"))
         return _run("templates.launch", attrs, lambda: _launch_classic(project, location))
 
     @app.get(f"{API_PREFIX}/templates:get")
@@ -1380,7 +1361,7 @@ def _register_protocol_routes(app: Flask) -> None:
 
     @app.post(f"{API_PREFIX}/flexTemplates:launch")
     def flex_templates_launch(project: str, location: str) -> Response:
-        param = _peek_body().get("launchParameter")
+        param = peek_json_body().get("launchParameter")
         param = param if isinstance(param, dict) else {}
         attrs = _launch_attrs(project, location, param, param.get("containerSpecGcsPath"))
         return _run("flexTemplates.launch", attrs, lambda: _launch_flex(project, location))
@@ -1454,17 +1435,13 @@ def create_app(
 ) -> Flask:
     """Build the emulator app; its :class:`DataflowState` is ``app.extensions["emulator_state"]``."""
     discovery_validator()  # fail fast if the discovery document is missing
-    app = Flask("dataflow_emulator")
     state = DataflowState(
         templates=load_templates(templates) if templates is not None else (),
         notify_url=notify_url,
         speed=speed,
         tick_interval=tick_interval,
     )
-    install_control_api(app, state)
-    _register_protocol_routes(app)
-    _register_control_routes(app, state)
-    return app
+    return emulator_app("dataflow_emulator", state, _register_protocol_routes, _register_control_routes)
 
 
 def serve(host: str = "127.0.0.1", port: int = 0, **kwargs: Any) -> ServerHandle:

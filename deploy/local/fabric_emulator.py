@@ -58,7 +58,6 @@ or ``*``; ``match`` keys: ``workspace``, ``item``, ``jobType``, ``instanceId``, 
 from __future__ import annotations
 
 import argparse
-import base64
 import json
 import re
 import secrets
@@ -77,12 +76,17 @@ from flask import Flask, Response, current_app, jsonify, request
 from deploy.local._emulator_base import (
     EmulatorState,
     FaultRule,
+    ProtocolError,
     ServerHandle,
     control_error,
-    install_control_api,
+    decode_page_token,
+    emulator_app,
+    encode_page_token,
+    guarded,
     install_registry_routes,
     install_route_errors,
     json_body,
+    peek_json_body,
     run_cli,
     serve_app,
     state_of,
@@ -127,7 +131,7 @@ ENTRA_FAULTS = {
 # ============================================================================================ errors
 
 
-class FabricError(Exception):
+class FabricError(ProtocolError):
     """An error answered with Fabric's ErrorResponse JSON."""
 
     def __init__(
@@ -167,7 +171,7 @@ class FabricError(Exception):
         return response
 
 
-class EntraError(Exception):
+class EntraError(ProtocolError):
     """An error answered with Entra ID's OAuth error JSON."""
 
     def __init__(self, status: int, error: str, description: str) -> None:
@@ -618,14 +622,6 @@ def _state() -> FabricState:
     return state
 
 
-def _guarded(action: Callable[[], Any]) -> Response:
-    try:
-        result = action()
-    except (FabricError, EntraError) as exc:
-        return exc.response()
-    return result if isinstance(result, Response) else jsonify(result)
-
-
 def _fabric_fault(operation: str) -> Callable[[FaultRule], Response]:
     def render(rule: FaultRule) -> Response:
         status = rule.status or 500
@@ -645,7 +641,7 @@ def _entra_fault(rule: FaultRule) -> Response:
 
 def _run(operation: str, attrs: Mapping[str, Any], action: Callable[[], Any]) -> Response:
     render = _entra_fault if operation == "token" else _fabric_fault(operation)
-    return _state().faults.run(operation, attrs, lambda: _guarded(action), render)
+    return _state().faults.run(operation, attrs, lambda: guarded(action), render)
 
 
 def _authenticate(state: FabricState) -> Token:
@@ -686,14 +682,6 @@ def _parse_body() -> Any:
         return json_body()
     except ValueError as exc:
         raise _invalid(f"The request body is not valid JSON: {exc}") from exc
-
-
-def _peek_body() -> Mapping[str, Any]:
-    try:
-        body = json_body()
-    except ValueError:
-        return {}
-    return body if isinstance(body, dict) else {}
 
 
 def run_parameters(job_type: str, body: Mapping[str, Any]) -> dict[str, Any]:
@@ -802,18 +790,11 @@ def _get_instance(workspace: str, item_id: str, instance_id: str) -> Response:
     return response
 
 
-def _encode_token(seq: int) -> str:
-    return base64.urlsafe_b64encode(f"emu:{seq}".encode()).decode().rstrip("=")
-
-
 def _decode_token(token: str) -> int:
-    try:
-        text = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)).decode()
-        if text.startswith("emu:"):
-            return int(text[4:])
-    except (ValueError, UnicodeDecodeError):
-        pass
-    raise _invalid("The continuationToken is not valid.")
+    position = decode_page_token(token)
+    if position is None:
+        raise _invalid("The continuationToken is not valid.")
+    return position
 
 
 def _list_instances(workspace: str, item_id: str) -> dict[str, Any]:
@@ -834,7 +815,7 @@ def _list_instances(workspace: str, item_id: str) -> dict[str, Any]:
         page, rest = mine[: state.page_size], mine[state.page_size :]
         result: dict[str, Any] = {"value": [i.to_json(now) for i in page]}
     if rest:
-        next_token = _encode_token(page[-1].seq)
+        next_token = encode_page_token(page[-1].seq)
         result["continuationToken"] = next_token
         result["continuationUri"] = (
             f"{request.host_url}v1/workspaces/{item.workspace}/items/{item.item}/jobs/instances"
@@ -964,7 +945,7 @@ def _issue_token(tenant: str) -> Response:
 
 def _register_protocol_routes(app: Flask) -> None:
     def run_attrs(workspace: str, item: str, job_type: str | None) -> dict[str, Any]:
-        parameters = run_parameters(_canonical_job_type(job_type or ""), _peek_body())
+        parameters = run_parameters(_canonical_job_type(job_type or ""), peek_json_body())
         return {"workspace": workspace, "item": item, "jobType": job_type, "parameters": parameters}
 
     def instance_attrs(workspace: str, item: str, instance_id: str) -> dict[str, Any]:
@@ -1101,7 +1082,6 @@ def create_app(
 ) -> Flask:
     """Build the emulator app; its :class:`FabricState` is ``app.extensions["emulator_state"]``."""
     schema_book()  # fail fast if the bundled schemas are missing or broken
-    app = Flask("fabric_emulator")
     state = FabricState(
         items=load_items(items) if items is not None else (),
         clients=load_clients(clients) if clients is not None else (),
@@ -1110,10 +1090,7 @@ def create_app(
         page_size=page_size,
         speed=speed,
     )
-    install_control_api(app, state)
-    _register_protocol_routes(app)
-    _register_control_routes(app, state)
-    return app
+    return emulator_app("fabric_emulator", state, _register_protocol_routes, _register_control_routes)
 
 
 def serve(host: str = "127.0.0.1", port: int = 0, **kwargs: Any) -> ServerHandle:
