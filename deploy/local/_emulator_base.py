@@ -51,12 +51,14 @@ import argparse
 import base64
 import ipaddress
 import json
+import os
 import signal
 import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
 from flask import Flask, Response, jsonify, request
@@ -128,6 +130,33 @@ def rfc3339(epoch_seconds: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole)) + f".{micros:06d}Z"
 
 
+# ------------------------------------------------------------------------------------------- loading
+
+BodiesSource = str | os.PathLike[str] | Sequence[Mapping[str, Any]] | Mapping[str, Any]
+
+
+def load_bodies(source: BodiesSource, key: str) -> list[Any]:
+    """The registration bodies in ``source``: a YAML/JSON file path, a list of bodies, one body, or
+    ``{key: [...]}``; ``key`` is the plural noun (``"templates"``, ``"apps"``)."""
+    loaded: Any = source
+    if isinstance(source, str | os.PathLike):
+        import yaml  # lazy: only needed for registration files
+
+        loaded = yaml.safe_load(Path(source).read_text(encoding="utf-8")) or []
+    if isinstance(loaded, Mapping):
+        loaded = loaded.get(key, [loaded])
+    if not isinstance(loaded, list | tuple):
+        raise ValueError(f"{key} must be a list of {key[:-1]} objects")
+    return list(loaded)
+
+
+def reject_unknown_fields(body: Iterable[str], known: Iterable[str], what: str) -> None:
+    """Raise ``ValueError("unknown <what> field(s): a, b")`` when ``body`` has keys outside ``known``."""
+    unknown = sorted(set(body) - set(known))
+    if unknown:
+        raise ValueError(f"unknown {what} field(s): {', '.join(unknown)}")
+
+
 # -------------------------------------------------------------------------------------------- faults
 
 
@@ -157,9 +186,7 @@ class FaultRule:
             "after_effect",
             "message",
         }
-        unknown = sorted(set(body) - known)
-        if unknown:
-            raise ValueError(f"unknown fault rule field(s): {', '.join(unknown)}")
+        reject_unknown_fields(body, known, "fault rule")
         operation = body.get("operation")
         if not isinstance(operation, str) or not operation:
             raise ValueError("fault rule needs an 'operation' (an operation name or '*')")

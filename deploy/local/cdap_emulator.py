@@ -64,18 +64,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import random
 import re
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from flask import Flask, Response, current_app, jsonify, request
 
 from deploy.local._emulator_base import (
+    BodiesSource,
     EmulatorState,
     FaultRule,
     ProtocolError,
@@ -88,6 +87,8 @@ from deploy.local._emulator_base import (
     install_registry_routes,
     install_route_errors,
     json_body,
+    load_bodies,
+    reject_unknown_fields,
     rfc3339,
     run_cli,
     serve_app,
@@ -195,9 +196,7 @@ class Behavior:
     @classmethod
     def from_json(cls, body: Mapping[str, Any] | None) -> Behavior:
         body = dict(body or {})
-        unknown = sorted(set(body) - set(cls.__dataclass_fields__))
-        if unknown:
-            raise ValueError(f"unknown behavior field(s): {', '.join(unknown)}")
+        reject_unknown_fields(body, cls.__dataclass_fields__, "behavior")
         for name in ("pending_seconds", "starting_seconds", "run_seconds", "stop_seconds"):
             value = body.get(name, 0)
             if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
@@ -237,9 +236,7 @@ class App:
 
     @classmethod
     def from_json(cls, body: Mapping[str, Any]) -> App:
-        unknown = sorted(set(body) - {"namespace", "app", "mode", "behavior"})
-        if unknown:
-            raise ValueError(f"unknown app field(s): {', '.join(unknown)}")
+        reject_unknown_fields(body, {"namespace", "app", "mode", "behavior"}, "app")
         namespace = body.get("namespace", "default")
         app = body.get("app")
         if not isinstance(namespace, str) or not NAMESPACE_RE.fullmatch(namespace):
@@ -263,21 +260,12 @@ class App:
         }
 
 
-AppsSource = str | os.PathLike[str] | Sequence[Mapping[str, Any]] | Mapping[str, Any]
+AppsSource = BodiesSource
 
 
 def load_apps(source: AppsSource) -> list[App]:
     """Apps from a YAML/JSON file path, a list of app bodies, one body, or ``{"apps": [...]}``."""
-    loaded: Any = source
-    if isinstance(source, str | os.PathLike):
-        import yaml  # lazy: only needed for app files
-
-        loaded = yaml.safe_load(Path(source).read_text(encoding="utf-8")) or []
-    if isinstance(loaded, Mapping):
-        loaded = loaded.get("apps", [loaded])
-    if not isinstance(loaded, list | tuple):
-        raise ValueError("apps must be a list of app objects")
-    return [App.from_json(item) for item in loaded]
+    return [App.from_json(item) for item in load_bodies(source, "apps")]
 
 
 @dataclass(frozen=True)
@@ -294,9 +282,7 @@ class Instance:
     @classmethod
     def from_json(cls, body: Mapping[str, Any]) -> Instance:
         known = {"instance", "project", "location", "state", "version", "type"}
-        unknown = sorted(set(body) - known)
-        if unknown:
-            raise ValueError(f"unknown instance field(s): {', '.join(unknown)}")
+        reject_unknown_fields(body, known, "instance")
         name = body.get("instance")
         if not isinstance(name, str) or not name or "/" in name:
             raise ValueError("instance needs an 'instance' name")

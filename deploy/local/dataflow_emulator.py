@@ -65,7 +65,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import queue
 import random
 import re
@@ -76,12 +75,12 @@ import urllib.request
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from flask import Flask, Response, current_app, jsonify, request
 
 from deploy.local._emulator_base import (
+    BodiesSource,
     EmulatorState,
     FaultRule,
     ProtocolError,
@@ -96,7 +95,9 @@ from deploy.local._emulator_base import (
     install_registry_routes,
     install_route_errors,
     json_body,
+    load_bodies,
     peek_json_body,
+    reject_unknown_fields,
     rfc3339,
     run_cli,
     serve_app,
@@ -361,7 +362,7 @@ def discovery_validator() -> DiscoveryValidator:
 # ============================================================================= templates
 
 
-TemplatesSource = str | os.PathLike[str] | Sequence[Mapping[str, Any]] | Mapping[str, Any]
+TemplatesSource = BodiesSource
 
 
 @dataclass(frozen=True)
@@ -381,9 +382,7 @@ class Behavior:
     @classmethod
     def from_json(cls, body: Mapping[str, Any] | None) -> Behavior:
         body = dict(body or {})
-        unknown = sorted(set(body) - set(cls.__dataclass_fields__))
-        if unknown:
-            raise ValueError(f"unknown behavior field(s): {', '.join(unknown)}")
+        reject_unknown_fields(body, cls.__dataclass_fields__, "behavior")
         for name in ("pending_seconds", "run_seconds", "cancel_seconds", "drain_seconds"):
             if name in body and (isinstance(body[name], bool) or not isinstance(body[name], int | float)):
                 raise ValueError(f"behavior.{name} must be a number of seconds")
@@ -424,9 +423,7 @@ class Template:
     @classmethod
     def from_json(cls, body: Mapping[str, Any]) -> Template:
         known = {"gcsPath", "kind", "name", "description", "parameters", "behavior"}
-        unknown = sorted(set(body) - known)
-        if unknown:
-            raise ValueError(f"unknown template field(s): {', '.join(unknown)}")
+        reject_unknown_fields(body, known, "template")
         gcs_path = body.get("gcsPath")
         if not isinstance(gcs_path, str) or not gcs_path.startswith("gs://"):
             raise ValueError("template 'gcsPath' must be a gs:// path")
@@ -472,16 +469,7 @@ class Template:
 
 def load_templates(source: TemplatesSource) -> list[Template]:
     """Templates from a YAML/JSON file path, a list of template bodies, or ``{"templates": [...]}``."""
-    loaded: Any = source
-    if isinstance(source, str | os.PathLike):
-        import yaml  # lazy: only needed for template files
-
-        loaded = yaml.safe_load(Path(source).read_text(encoding="utf-8")) or []
-    if isinstance(loaded, Mapping):
-        loaded = loaded.get("templates", [loaded])
-    if not isinstance(loaded, list | tuple):
-        raise ValueError("templates must be a list of template objects")
-    return [Template.from_json(item) for item in loaded]
+    return [Template.from_json(item) for item in load_bodies(source, "templates")]
 
 
 # ============================================================================= implementations

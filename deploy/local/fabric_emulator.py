@@ -87,6 +87,7 @@ from deploy.local._emulator_base import (
     install_route_errors,
     json_body,
     peek_json_body,
+    reject_unknown_fields,
     run_cli,
     serve_app,
     state_of,
@@ -271,9 +272,7 @@ class Behavior:
     def from_json(cls, raw: Mapping[str, Any] | None) -> Behavior:
         raw = dict(raw or {})
         known = {f.name for f in fields(cls)}
-        unknown = sorted(set(raw) - known)
-        if unknown:
-            raise ValueError(f"unknown behavior field(s): {', '.join(unknown)}")
+        reject_unknown_fields(raw, known, "behavior")
         behavior = cls(**raw)
         if behavior.outcome not in OUTCOMES:
             raise ValueError(f"behavior.outcome must be one of {', '.join(OUTCOMES)}")
@@ -299,9 +298,7 @@ class Item:
 
     @classmethod
     def from_json(cls, raw: Mapping[str, Any]) -> Item:
-        unknown = sorted(set(raw) - {"workspace", "item", "type", "displayName", "behavior"})
-        if unknown:
-            raise ValueError(f"unknown item field(s): {', '.join(unknown)}")
+        reject_unknown_fields(raw, {"workspace", "item", "type", "displayName", "behavior"}, "item")
         workspace, item = raw.get("workspace"), raw.get("item")
         for name, value in (("workspace", workspace), ("item", item)):
             if not isinstance(value, str) or not GUID_RE.match(value):
@@ -346,9 +343,7 @@ class Client:
             "service_principal_allowed_for_dataflows",
             "revoke_used_refresh_tokens",
         }
-        unknown = sorted(set(raw) - known)
-        if unknown:
-            raise ValueError(f"unknown client field(s): {', '.join(unknown)}")
+        reject_unknown_fields(raw, known, "client")
         for name in ("tenant", "client_id", "client_secret"):
             if not isinstance(raw.get(name), str) or not raw[name]:
                 raise ValueError(f"client '{name}' is required")
