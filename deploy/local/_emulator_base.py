@@ -49,6 +49,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import functools
 import ipaddress
 import json
 import os
@@ -81,6 +82,25 @@ GOOGLE_STATUS_BY_CODE: dict[int, str] = {
     503: "UNAVAILABLE",
     504: "DEADLINE_EXCEEDED",
 }
+
+
+T = TypeVar("T")
+
+
+def built_once(build: Callable[[], T]) -> Callable[[], T]:
+    """Decorator: ``build()`` runs on the first call only (thread-safely, retried if it raised); every
+    call returns that value. For costly shared resources such as bundled schemas."""
+    lock = threading.Lock()
+    built: list[T] = []
+
+    @functools.wraps(build)
+    def get() -> T:
+        with lock:
+            if not built:
+                built.append(build())
+            return built[0]
+
+    return get
 
 
 # --------------------------------------------------------------------------------------------- clock

@@ -85,6 +85,7 @@ from deploy.local._emulator_base import (
     FaultRule,
     ProtocolError,
     ServerHandle,
+    built_once,
     control_error,
     decode_page_token,
     emulator_app,
@@ -341,22 +342,15 @@ def _int_in_range(value: Any, fmt: str) -> bool:
     return low <= value <= high
 
 
-_VALIDATOR: DiscoveryValidator | None = None
-_VALIDATOR_LOCK = threading.Lock()
-
-
+@built_once
 def discovery_validator() -> DiscoveryValidator:
     """The validator over the bundled official ``dataflow v1b3`` discovery document (loaded once)."""
-    global _VALIDATOR
-    with _VALIDATOR_LOCK:
-        if _VALIDATOR is None:
-            from googleapiclient.discovery_cache import get_static_doc
+    from googleapiclient.discovery_cache import get_static_doc
 
-            doc = get_static_doc("dataflow", "v1b3")
-            if doc is None:
-                raise RuntimeError("google-api-python-client does not bundle the dataflow v1b3 document")
-            _VALIDATOR = DiscoveryValidator(json.loads(doc))
-        return _VALIDATOR
+    doc = get_static_doc("dataflow", "v1b3")
+    if doc is None:
+        raise RuntimeError("google-api-python-client does not bundle the dataflow v1b3 document")
+    return DiscoveryValidator(json.loads(doc))
 
 
 # ============================================================================= templates

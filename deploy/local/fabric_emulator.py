@@ -78,6 +78,7 @@ from deploy.local._emulator_base import (
     FaultRule,
     ProtocolError,
     ServerHandle,
+    built_once,
     control_error,
     decode_page_token,
     emulator_app,
@@ -238,16 +239,9 @@ def _path(parts: Any) -> str:
     return out
 
 
-_BOOK: SchemaBook | None = None
-_BOOK_LOCK = threading.Lock()
-
-
+@built_once
 def schema_book() -> SchemaBook:
-    global _BOOK
-    with _BOOK_LOCK:
-        if _BOOK is None:
-            _BOOK = SchemaBook()
-        return _BOOK
+    return SchemaBook()
 
 
 # ============================================================================================ model
