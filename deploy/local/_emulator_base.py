@@ -27,22 +27,46 @@ is small on purpose and meant to stay stable:
     ``faults``, ``requests``. Subclasses extend ``reset()`` (forget jobs), ``close()`` (stop
     background threads) and ``after_clock_change()`` (react at once to a clock move).
 
-``install_control_api(app, state)``
-    Records every request outside ``/_emulator/`` into ``state.requests`` and adds the common
-    control routes: ``POST /_emulator/reset``, ``GET /_emulator/requests``, ``GET|POST|DELETE
-    /_emulator/faults``, ``GET|POST /_emulator/clock`` (``{"advance_seconds": N}``, ``{"speed": F}``).
-    The state is stored in ``app.extensions["emulator_state"]``; ``state_of(app)`` returns it.
+``install_control_api(app, state)`` / ``emulator_app(name, state, protocol_routes, control_routes)``
+    ``install_control_api`` records every request outside ``/_emulator/`` into ``state.requests``
+    and adds the common control routes: ``POST /_emulator/reset``, ``GET /_emulator/requests``,
+    ``GET|POST|DELETE /_emulator/faults``, ``GET|POST /_emulator/clock`` (``{"advance_seconds": N}``,
+    ``{"speed": F}``). The state is stored in ``app.extensions["emulator_state"]``; ``state_of(app)``
+    returns it. ``emulator_app`` is what every ``create_app`` returns: a Flask app with the control
+    API, then ``protocol_routes(app)`` and ``control_routes(app, state)``.
+
+``install_registry_routes(app, state, name, load=, store=, registered=, ...)``
+    ``GET|POST /_emulator/<name>`` for what an emulator lets tests register (templates, apps,
+    instances, items, clients): GET lists ``registered()``, POST stores each entry of ``load(body)``;
+    both answer ``{name: [entry.to_json(), ...]}``, a refused body answers 400.
+    ``load_bodies(source, key)`` reads such entries from a YAML/JSON file, a list, one object or
+    ``{key: [...]}``; ``reject_unknown_fields(body, known, what)`` refuses unknown keys.
+
+``install_route_errors(app, render)`` / ``google_route_error(code)``
+    Unknown paths (404) and refused methods (405) are answered by ``render(code)``;
+    ``google_route_error`` is Google's JSON for both.
 
 ``google_error(code, message, status=None, details=None, headers=None)``
     A Flask response carrying Google's error JSON ``{"error": {"code", "message", "status"}}``;
     ``GOOGLE_STATUS_BY_CODE`` maps HTTP codes to canonical status names.
 
-``ensure_loopback(host)`` / ``start_server(app, host, port, access_log=False)`` / ``run_cli(...)``
+``ProtocolError`` / ``guarded(action)`` / ``peek_json_body()`` / ``encode_page_token`` / ``decode_page_token``
+    A protocol route raises a ``ProtocolError`` subclass whose ``response()`` is the protocol's own
+    error; ``guarded`` runs a route's action, answering such an error, passing a Response through
+    and answering anything else as JSON. ``peek_json_body`` is the body as a dict for fault
+    ``match`` attributes (``{}`` when it is not one); the page tokens are opaque ``emu:<n>`` tokens.
+
+``ensure_loopback(host)`` / ``start_server(app, host, port, access_log=False)`` / ``serve_app(...)`` / ``run_cli(...)``
     ``start_server`` refuses non-loopback hosts, runs a threaded werkzeug server in a daemon thread
     and returns a :class:`ServerHandle` (``url``, ``host``, ``port``, ``app``, ``app_state``,
-    ``shutdown()``, usable as a context manager). ``run_cli`` implements the standard
-    ``--host/--port [--access-log]`` command line: it prints one JSON line ``{"ready": true, "url":
-    ..., "port": ...}`` once the socket is listening and serves until SIGINT/SIGTERM.
+    ``shutdown()``, usable as a context manager). ``serve_app(create_app, host, port, **kwargs)`` is
+    the body of every emulator's ``serve()``. ``run_cli`` implements the standard
+    ``--host/--port [--access-log] ... --speed F`` command line: it prints one JSON line
+    ``{"ready": true, "url": ..., "port": ...}`` once the socket is listening and serves until
+    SIGINT/SIGTERM.
+
+``built_once(build)``
+    Decorator for a costly shared resource (bundled schemas): built on first use, under a lock.
 """
 
 from __future__ import annotations
