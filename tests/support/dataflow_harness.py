@@ -7,22 +7,23 @@ from typing import Any
 import requests
 
 from handlers.backends.dataflow import ClassicTemplate, FlexTemplate
+from tests.support.emulator_client import EmulatorHarness
 
 
-class DataflowHarness:
+class DataflowHarness(EmulatorHarness):
     """Drives deploy/local/dataflow_emulator.py for classic (``flex=False``) or flex templates."""
 
     def __init__(self, emulator: Any, *, flex: bool = False) -> None:
-        self.emulator = emulator
-        self.url = emulator.url
+        super().__init__(emulator)
         self.flex = flex
         self.name = "dataflow-flex" if flex else "dataflow"
         self._paths: dict[str, str] = {}
-
-    def _control(self, method: str, path: str, body: Any = None) -> Any:
-        r = requests.request(method, f"{self.url}/_emulator/{path}", json=body, timeout=10)
-        r.raise_for_status()
-        return r.json() if r.content else None
+        self.fault_operations = {
+            "launch": "flexTemplates.launch" if flex else "templates.launch",
+            "status": "jobs.get",
+            "find": "jobs.list",
+            "cancel": "jobs.update",
+        }
 
     def template_path(self, pipeline_name: str) -> str:
         return self._paths.setdefault(pipeline_name, f"gs://templates/{self.name}/{pipeline_name}")
@@ -98,41 +99,13 @@ class DataflowHarness:
             pipeline_name, outcome="DONE" if succeed else "FAILED", error_message=reason or "failed"
         )
 
-    def advance(self, seconds: float) -> None:
-        self._control("POST", "clock", {"advance_seconds": seconds})
-
-    def inject(
-        self,
-        operation: str,
-        status: int,
-        *,
-        times: int = 1,
-        retry_after: float | None = None,
-        after_effect: bool = False,
-    ) -> None:
-        ops = {
-            "launch": "flexTemplates.launch" if self.flex else "templates.launch",
-            "status": "jobs.get",
-            "find": "jobs.list",
-            "cancel": "jobs.update",
-        }
-        rule: dict[str, Any] = {
-            "operation": ops[operation],
-            "status": status,
-            "times": times,
-            "after_effect": after_effect,
-        }
-        if retry_after is not None:
-            rule["retry_after"] = retry_after
-        self._control("POST", "faults", rule)
-
     def requests_for(self, operation: str) -> list[dict[str, Any]]:
         suffix = (
             "flexTemplates:launch"
             if operation == "launch" and self.flex
             else ("templates:launch" if operation == "launch" else operation)
         )
-        return [r for r in self._control("GET", "requests")["requests"] if r["path"].endswith(suffix)]
+        return [r for r in self.requests_received() if r["path"].endswith(suffix)]
 
     def launches(self) -> list[dict[str, Any]]:
         out = []
@@ -153,9 +126,3 @@ class DataflowHarness:
 
     def runs_started(self) -> int:
         return len(self.jobs())
-
-    def expire_credentials(self) -> bool:
-        return False
-
-    def reset(self) -> None:
-        self._control("POST", "reset")

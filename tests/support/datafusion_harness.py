@@ -14,6 +14,7 @@ from typing import Any
 import requests
 
 from handlers.backends.datafusion import RUN_KEY_ARG, DataFusion
+from tests.support.emulator_client import EmulatorHarness
 
 INSTANCE = "events-local"
 NAMESPACE = "default"
@@ -23,20 +24,15 @@ FAKE_TOKEN = "Bearer local-fake-token"
 OPERATIONS = {"launch": "start", "status": "runs.get", "find": "runs.list", "cancel": "runs.stop"}
 
 
-class DataFusionHarness:
+class DataFusionHarness(EmulatorHarness):
     """Drives deploy/local/cdap_emulator.py for the backend contract suite."""
 
     name = "datafusion"
+    fault_operations = OPERATIONS
 
     def __init__(self, emulator_handle: Any) -> None:
-        self.emulator = emulator_handle
-        self.url: str = emulator_handle.url
+        super().__init__(emulator_handle)
         self._modes: dict[str, str] = {}
-
-    def _control(self, method: str, path: str, body: Any = None) -> Any:
-        r = requests.request(method, f"{self.url}/_emulator/{path}", json=body, timeout=10)
-        r.raise_for_status()
-        return r.json() if r.content else None
 
     def register(
         self,
@@ -92,28 +88,6 @@ class DataFusionHarness:
             failure_message=reason or "The pipeline failed.",
         )
 
-    def advance(self, seconds: float) -> None:
-        self._control("POST", "clock", {"advance_seconds": seconds})
-
-    def inject(
-        self,
-        operation: str,
-        status: int,
-        *,
-        times: int = 1,
-        retry_after: float | None = None,
-        after_effect: bool = False,
-    ) -> None:
-        rule: dict[str, Any] = {
-            "operation": OPERATIONS[operation],
-            "status": status,
-            "times": times,
-            "after_effect": after_effect,
-        }
-        if retry_after is not None:
-            rule["retry_after"] = retry_after
-        self._control("POST", "faults", rule)
-
     def launches(self) -> list[dict[str, Any]]:
         """One entry per start item received: its parameters (without ``eventpipelines.*``) and status."""
         out = []
@@ -135,9 +109,3 @@ class DataFusionHarness:
 
     def runs_started(self) -> int:
         return len(self.runs())
-
-    def expire_credentials(self) -> bool:
-        return False  # Google access tokens are not emulated: nothing to expire
-
-    def reset(self) -> None:
-        self._control("POST", "reset")

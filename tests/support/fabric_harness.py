@@ -19,23 +19,29 @@ import requests
 
 from handlers.backends.fabric import Fabric
 from handlers.entra import TokenProvider
+from tests.support.emulator_client import EmulatorHarness
 
 _NAMESPACE = uuid.UUID("6f1c3b1e-5a7d-4f57-9a51-5f0d3c2b8e10")
 _RUN_PATH = re.compile(r"/items/[^/]+/jobs/(?:[^/]+/instances|instances)$|/dataflows/[^/]+/jobs/")
 
 
-class FabricHarness:
+class FabricHarness(EmulatorHarness):
     """Drives deploy/local/fabric_emulator.py (Fabric jobs + Entra token endpoint on one server)."""
 
     name = "fabric"
+    fault_operations = {
+        "launch": "jobs.run",
+        "status": "jobs.get",
+        "find": "jobs.list",
+        "cancel": "jobs.cancel",
+    }
     TENANT = "11111111-2222-4333-8444-555555555555"
     CLIENT_ID = "aaaaaaaa-bbbb-4ccc-8ddd-eeeeeeeeeeee"
     CLIENT_SECRET = "harness-client-secret-not-real"
     REFRESH_TOKEN = "harness-refresh-token-not-real"
 
     def __init__(self, emulator_handle: Any) -> None:
-        self.emulator = emulator_handle
-        self.url: str = emulator_handle.url
+        super().__init__(emulator_handle)
         self.workspace = str(uuid.uuid5(_NAMESPACE, "workspace"))
         self.dedupe = True
         self.env: dict[str, str] = {
@@ -55,9 +61,7 @@ class FabricHarness:
     # -- emulator control ------------------------------------------------------------------------
     def control(self, path: str, body: Any = None, method: str = "POST") -> Any:
         """Call the emulator's control API (``/_emulator/<path>``) and return its JSON answer."""
-        r = requests.request(method, f"{self.url}/_emulator/{path}", json=body, timeout=10)
-        r.raise_for_status()
-        return r.json() if r.content else None
+        return self._control(method, path, body)
 
     def _register_client(self) -> None:
         """Register the fake app once (re-registering would forget refresh tokens Entra rotated)."""
@@ -127,32 +131,6 @@ class FabricHarness:
             outcome="Completed" if succeed else "Failed",
             reason=reason or "The dataflow failed.",
         )
-
-    def advance(self, seconds: float) -> None:
-        self.control("clock", {"advance_seconds": seconds})
-
-    def inject(
-        self,
-        operation: str,
-        status: int,
-        *,
-        times: int = 1,
-        retry_after: float | None = None,
-        after_effect: bool = False,
-    ) -> None:
-        ops = {"launch": "jobs.run", "status": "jobs.get", "find": "jobs.list", "cancel": "jobs.cancel"}
-        rule: dict[str, Any] = {
-            "operation": ops[operation],
-            "status": status,
-            "times": times,
-            "after_effect": after_effect,
-        }
-        if retry_after is not None:
-            rule["retry_after"] = retry_after
-        self.control("faults", rule)
-
-    def requests_received(self) -> list[dict[str, Any]]:
-        return list(self.control("requests", method="GET")["requests"])
 
     def launches(self) -> list[dict[str, Any]]:
         """Every run request the emulator received: ``{"parameters": {name: value}, "status", "body"}``."""
