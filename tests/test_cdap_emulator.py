@@ -13,7 +13,6 @@ import signal
 import subprocess
 import sys
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +21,7 @@ import requests
 
 from deploy.local._emulator_base import ServerHandle
 from deploy.local.cdap_emulator import serve
+from tests.support.emulator_client import advance, control, emulator_fixture, reset_emulator
 
 ROOT = Path(__file__).resolve().parent.parent
 BEARER = {"Authorization": "Bearer test-token"}
@@ -32,22 +32,12 @@ STREAMING = "spark/DataStreamsSparkStreaming"
 # ------------------------------------------------------------------------------------------ fixtures
 
 
-@pytest.fixture(scope="module")
-def emulator() -> Iterator[ServerHandle]:
-    handle = serve(port=0)
-    yield handle
-    handle.shutdown()
+emulator = emulator_fixture(serve)
 
 
 @pytest.fixture(autouse=True)
 def _fresh(emulator: ServerHandle) -> None:
-    control(emulator, "POST", "reset")
-    control(
-        emulator,
-        "POST",
-        "settings",
-        {"visible_after_seconds": 0, "auto_instances": True, "require_auth": True},
-    )
+    reset_emulator(emulator, {"visible_after_seconds": 0, "auto_instances": True, "require_auth": True})
 
 
 @pytest.fixture
@@ -57,19 +47,9 @@ def cdap(emulator: ServerHandle) -> requests.Session:
     return session
 
 
-def control(emulator: ServerHandle, method: str, path: str, body: Any = None) -> Any:
-    r = requests.request(method, f"{emulator.url}/_emulator/{path}", json=body, timeout=5)
-    r.raise_for_status()
-    return r.json()
-
-
 def register(emulator: ServerHandle, app: str = "ingest", mode: str = "batch", **behavior: Any) -> None:
     body = {"namespace": "default", "app": app, "mode": mode, "behavior": behavior}
     control(emulator, "POST", "apps", body)
-
-
-def advance(emulator: ServerHandle, seconds: float) -> None:
-    control(emulator, "POST", "clock", {"advance_seconds": seconds})
 
 
 def ns_url(emulator: ServerHandle, namespace: str = "default") -> str:

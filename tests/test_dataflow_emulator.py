@@ -27,6 +27,7 @@ from werkzeug.wrappers import Request, Response
 from deploy.local import wordcount
 from deploy.local._emulator_base import ServerHandle
 from deploy.local.dataflow_emulator import serve
+from tests.support.emulator_client import advance, emulator_fixture
 
 PROJECT = "demo-project"
 LOCATION = "europe-west1"
@@ -44,11 +45,7 @@ INGEST_PARAMETERS = [
 # ------------------------------------------------------------------------------------------ fixtures
 
 
-@pytest.fixture(scope="module")
-def emulator() -> Iterator[ServerHandle]:
-    handle = serve(port=0)
-    yield handle
-    handle.shutdown()
+emulator = emulator_fixture(serve)
 
 
 @pytest.fixture(autouse=True)
@@ -71,12 +68,6 @@ def register(emulator: ServerHandle, gcs_path: str = CLASSIC, kind: str = "class
     }
     body["behavior"] = {"pending_seconds": 1, "run_seconds": 3, **behavior}
     requests.post(f"{emulator.url}/_emulator/templates", json=body, timeout=5).raise_for_status()
-
-
-def advance(emulator: ServerHandle, seconds: float) -> None:
-    requests.post(
-        f"{emulator.url}/_emulator/clock", json={"advance_seconds": seconds}, timeout=5
-    ).raise_for_status()
 
 
 def launch(api: str, name: str = "ingest-1", gcs_path: str = CLASSIC, **body: Any) -> requests.Response:

@@ -13,7 +13,6 @@ import json
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +27,13 @@ from handlers.backends.datafusion import RUN_KEY_ARG, DataFusion, check_options
 from handlers.config import Pipeline, build_config
 from handlers.errors import AlreadyExists, BackendRejected, BackendUnavailable, ConfigError, NotFound
 from tests.support.datafusion_harness import DataFusionHarness
+from tests.support.emulator_client import (
+    advance,
+    control,
+    emulator_fixture,
+    recorded_requests,
+    reset_emulator,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 PROJECT = "demo-project"
@@ -38,22 +44,12 @@ INSTANCE = "etl"
 # ------------------------------------------------------------------------------------------ fixtures
 
 
-@pytest.fixture(scope="module")
-def emulator() -> Iterator[ServerHandle]:
-    handle = serve(port=0)
-    yield handle
-    handle.shutdown()
+emulator = emulator_fixture(serve)
 
 
 @pytest.fixture(autouse=True)
 def _fresh(emulator: ServerHandle) -> None:
-    control(emulator, "POST", "reset")
-    control(
-        emulator,
-        "POST",
-        "settings",
-        {"visible_after_seconds": 0, "auto_instances": True, "require_auth": True},
-    )
+    reset_emulator(emulator, {"visible_after_seconds": 0, "auto_instances": True, "require_auth": True})
 
 
 @pytest.fixture
@@ -67,12 +63,6 @@ def bearer_session() -> requests.Session:
     return session
 
 
-def control(emulator: ServerHandle, method: str, path: str, body: Any = None) -> Any:
-    r = requests.request(method, f"{emulator.url}/_emulator/{path}", json=body, timeout=5)
-    r.raise_for_status()
-    return r.json()
-
-
 def register(emulator: ServerHandle, app: str = "ingest", mode: str = "batch", **behavior: Any) -> None:
     behavior = {"pending_seconds": 1, "starting_seconds": 1, "run_seconds": 3, **behavior}
     control(emulator, "POST", "apps", {"app": app, "mode": mode, "behavior": behavior})
@@ -82,14 +72,10 @@ def fault(emulator: ServerHandle, **rule: Any) -> None:
     control(emulator, "POST", "faults", rule)
 
 
-def advance(emulator: ServerHandle, seconds: float) -> None:
-    control(emulator, "POST", "clock", {"advance_seconds": seconds})
-
-
 def requests_to(emulator: ServerHandle, suffix: str, method: str | None = None) -> list[dict[str, Any]]:
     return [
         r
-        for r in control(emulator, "GET", "requests")["requests"]
+        for r in recorded_requests(emulator)
         if r["path"].endswith(suffix) and (method is None or r["method"] == method)
     ]
 

@@ -9,18 +9,19 @@ from __future__ import annotations
 
 import io
 import threading
-from collections.abc import Iterator
 from typing import Any
 from urllib.parse import parse_qs
 
 import pytest
-import requests
 
 from deploy.local._emulator_base import ServerHandle
 from deploy.local.fabric_emulator import serve
 from handlers import logs
 from handlers.entra import CredentialsError, EntraRejected, TokenProvider, refresh_margin
 from handlers.errors import BackendUnavailable, ConfigError, PermanentError
+from tests.support import emulator_client
+from tests.support.emulator_client import emulator_fixture, recorded_requests, reset_emulator
+from tests.support.fabric_harness import entra_clients
 
 TENANT = "3c3c3c3c-0000-4000-8000-00000000000a"
 USER_APP = "entra-user-app"
@@ -29,31 +30,17 @@ SECRET = "entra-test-client-secret-123"
 REFRESH = "entra-test-refresh-token-456"
 
 
-@pytest.fixture(scope="module")
-def emulator() -> Iterator[ServerHandle]:
-    handle = serve(port=0)
-    yield handle
-    handle.shutdown()
+emulator = emulator_fixture(serve)
 
 
 @pytest.fixture(autouse=True)
 def _fresh(emulator: ServerHandle) -> None:
-    control(emulator, "reset")
-    control(emulator, "settings", {"token_lifetime_seconds": 3600})
-    control(
-        emulator,
-        "clients",
-        [
-            {"tenant": TENANT, "client_id": USER_APP, "client_secret": SECRET, "refresh_tokens": [REFRESH]},
-            {"tenant": TENANT, "client_id": SP_APP, "client_secret": SECRET},
-        ],
-    )
+    reset_emulator(emulator, {"token_lifetime_seconds": 3600})
+    control(emulator, "clients", entra_clients(TENANT, USER_APP, SP_APP, SECRET, REFRESH))
 
 
 def control(emulator: ServerHandle, path: str, body: Any = None, method: str = "POST") -> Any:
-    r = requests.request(method, f"{emulator.url}/_emulator/{path}", json=body, timeout=5)
-    r.raise_for_status()
-    return r.json()
+    return emulator_client.control(emulator, method, path, body)
 
 
 def env(prefix: str = "FABRIC", **overrides: str) -> dict[str, str]:
@@ -63,7 +50,7 @@ def env(prefix: str = "FABRIC", **overrides: str) -> dict[str, str]:
 
 def token_requests(emulator: ServerHandle) -> list[dict[str, list[str]]]:
     """The forms POSTed to the token endpoint, oldest first."""
-    recorded = control(emulator, "requests", method="GET")["requests"]
+    recorded = recorded_requests(emulator)
     return [parse_qs(r["body"]) for r in recorded if r["path"].endswith("/oauth2/v2.0/token")]
 
 

@@ -27,17 +27,14 @@ from handlers.backends.fabric import DEDUPED_REASON, Fabric, check_options, fabr
 from handlers.config import Pipeline, build_config
 from handlers.entra import EntraRejected, TokenProvider
 from handlers.errors import AlreadyExists, BackendRejected, BackendUnavailable, ConfigError, NotFound
+from tests.support.emulator_client import emulator_fixture
 from tests.support.fabric_harness import FabricHarness
 
 WS = "0f1e2d3c-4b5a-4697-8877-665544332211"
 ITEM = "d0d0d0d0-1111-4222-8333-444444444444"
 
 
-@pytest.fixture(scope="module")
-def emulator() -> Iterator[ServerHandle]:
-    handle = serve(port=0)
-    yield handle
-    handle.shutdown()
+emulator = emulator_fixture(serve)
 
 
 @pytest.fixture

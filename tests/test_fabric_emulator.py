@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +19,9 @@ import requests
 
 from deploy.local._emulator_base import ServerHandle
 from deploy.local.fabric_emulator import schema_book, serve
+from tests.support import emulator_client
+from tests.support.emulator_client import advance, emulator_fixture, reset_emulator
+from tests.support.fabric_harness import entra_clients
 
 ROOT = Path(__file__).resolve().parent.parent
 WS = "0f1e2d3c-4b5a-4697-8877-665544332211"
@@ -36,43 +38,25 @@ REFRESH = "emulator-test-refresh-token"
 # ------------------------------------------------------------------------------------------ fixtures
 
 
-@pytest.fixture(scope="module")
-def emulator() -> Iterator[ServerHandle]:
-    handle = serve(port=0)
-    yield handle
-    handle.shutdown()
+emulator = emulator_fixture(serve)
 
 
 @pytest.fixture(autouse=True)
 def _fresh(emulator: ServerHandle) -> None:
-    control(emulator, "reset")
-    control(emulator, "settings", {"token_lifetime_seconds": 3600, "dedupe": True, "page_size": 50})
-    control(
-        emulator,
-        "clients",
-        [
-            {"tenant": TENANT, "client_id": USER_APP, "client_secret": SECRET, "refresh_tokens": [REFRESH]},
-            {"tenant": TENANT, "client_id": SP_APP, "client_secret": SECRET},
-        ],
-    )
+    reset_emulator(emulator, {"token_lifetime_seconds": 3600, "dedupe": True, "page_size": 50})
+    control(emulator, "clients", entra_clients(TENANT, USER_APP, SP_APP, SECRET, REFRESH))
     register(emulator, DATAFLOW, "Dataflow")
     register(emulator, PIPELINE, "DataPipeline")
     register(emulator, NOTEBOOK, "Notebook")
 
 
 def control(emulator: ServerHandle, path: str, body: Any = None, method: str = "POST") -> Any:
-    r = requests.request(method, f"{emulator.url}/_emulator/{path}", json=body, timeout=5)
-    r.raise_for_status()
-    return r.json()
+    return emulator_client.control(emulator, method, path, body)
 
 
 def register(emulator: ServerHandle, item: str, kind: str, **behavior: Any) -> None:
     behavior = {"not_started_seconds": 1, "run_seconds": 3, **behavior}
     control(emulator, "items", {"workspace": WS, "item": item, "type": kind, "behavior": behavior})
-
-
-def advance(emulator: ServerHandle, seconds: float) -> None:
-    control(emulator, "clock", {"advance_seconds": seconds})
 
 
 def token(emulator: ServerHandle, *, app_only: bool = False, client: str | None = None) -> str:

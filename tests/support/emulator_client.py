@@ -5,6 +5,7 @@ Every local emulator (``deploy/local/*_emulator.py``) has the same control API u
 
 - ``control(emulator, method, path, body=None)``: one control call, its JSON answer;
 - ``recorded_requests(emulator)``: the protocol requests the emulator recorded, oldest first;
+- ``advance(emulator, seconds)`` / ``reset_emulator(emulator, settings=None)``: clock and reset;
 - ``emulator_fixture(serve)``: a module-scoped ``emulator`` fixture (``emulator = emulator_fixture(serve)``);
 - ``EmulatorHarness``: the base of the cross-backend harnesses (tests/support/*_harness.py): control
   calls, clock, fault injection, request log and reset.
@@ -40,6 +41,19 @@ def recorded_requests(emulator: HasUrl, *, timeout: float = 5) -> list[dict[str,
     return list(control(emulator, "GET", "requests", timeout=timeout)["requests"])
 
 
+def advance(emulator: HasUrl, seconds: float, *, timeout: float = 5) -> None:
+    """Move the emulator clock forward (``POST /_emulator/clock {"advance_seconds": N}``)."""
+    control(emulator, "POST", "clock", {"advance_seconds": seconds}, timeout=timeout)
+
+
+def reset_emulator(emulator: HasUrl, settings: Any = None, *, timeout: float = 5) -> None:
+    """``POST /_emulator/reset`` (jobs, faults and recorded requests forgotten), then, given
+    ``settings``, ``POST /_emulator/settings`` with them."""
+    control(emulator, "POST", "reset", timeout=timeout)
+    if settings is not None:
+        control(emulator, "POST", "settings", settings, timeout=timeout)
+
+
 def emulator_fixture(serve: Callable[..., ServerHandle]) -> Any:
     """A module-scoped pytest fixture running ``serve(port=0)`` for the module's tests, shut down
     after them. Assign it to the fixture's name: ``emulator = emulator_fixture(serve)``."""
@@ -70,7 +84,7 @@ class EmulatorHarness:
         return control(self, method, path, body, timeout=10)
 
     def advance(self, seconds: float) -> None:
-        self._control("POST", "clock", {"advance_seconds": seconds})
+        advance(self, seconds, timeout=10)
 
     def inject(
         self,
@@ -98,4 +112,4 @@ class EmulatorHarness:
         return False  # Google access tokens are not emulated: nothing to expire
 
     def reset(self) -> None:
-        self._control("POST", "reset")
+        reset_emulator(self, timeout=10)

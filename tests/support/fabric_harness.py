@@ -19,7 +19,7 @@ import requests
 
 from handlers.backends.fabric import Fabric
 from handlers.entra import TokenProvider
-from tests.support.emulator_client import EmulatorHarness
+from tests.support.emulator_client import EmulatorHarness, reset_emulator
 
 _NAMESPACE = uuid.UUID("6f1c3b1e-5a7d-4f57-9a51-5f0d3c2b8e10")
 _RUN_PATH = re.compile(r"/items/[^/]+/jobs/(?:[^/]+/instances|instances)$|/dataflows/[^/]+/jobs/")
@@ -160,5 +160,13 @@ class FabricHarness(EmulatorHarness):
 
     def reset(self) -> None:
         """Forget instances, faults and recorded requests, restore the settings (items, client, tokens stay)."""
-        self.control("reset")
-        self.control("settings", self._settings)
+        reset_emulator(self, self._settings, timeout=10)
+
+
+def entra_clients(tenant: str, user_app: str, sp_app: str, secret: str, refresh: str) -> list[dict[str, Any]]:
+    """Two app registrations of one tenant for ``POST /_emulator/clients``: ``user_app`` (secret and
+    refresh token: delegated tokens) and ``sp_app`` (secret only: app-only tokens)."""
+    return [
+        {"tenant": tenant, "client_id": user_app, "client_secret": secret, "refresh_tokens": [refresh]},
+        {"tenant": tenant, "client_id": sp_app, "client_secret": secret},
+    ]
