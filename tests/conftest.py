@@ -188,6 +188,8 @@ def harness(request: pytest.FixtureRequest, dataflow_emulator: object) -> Iterat
         from tests.support.fabric_harness import FabricHarness
 
         h = FabricHarness(request.getfixturevalue("fabric_emulator"))
+    if request.param != "fabric":
+        h.google_auth = True  # type: ignore[attr-defined]  # real google-auth token refresh on 401
     h.reset()  # type: ignore[attr-defined]
     yield h
     h.reset()  # type: ignore[attr-defined]

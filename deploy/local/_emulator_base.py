@@ -380,6 +380,60 @@ class RequestLog:
 # ----------------------------------------------------------------------------------------- state
 
 
+class GoogleTokens:
+    """Google OAuth 2.0 access tokens, as the Google-fronted emulators (Dataflow, Data Fusion) see them.
+
+    Off by default (every caller is accepted, as tests with anonymous credentials need). Once
+    enforced, protocol calls must carry ``Authorization: Bearer <token>`` with a token this emulator
+    issued from ``POST /oauth2/token`` (the refresh-token grant google-auth's user credentials use)
+    and that has not expired on the emulator clock; others answer 401, which makes google-auth's
+    ``AuthorizedSession`` refresh the token and retry: the path an expired token takes in production.
+    """
+
+    REFRESH_TOKEN = "local-refresh-token"
+
+    def __init__(self, clock: ScaledClock) -> None:
+        self.clock = clock
+        self.enforced = False
+        self.lifetime_seconds = 3600.0
+        self._tokens: dict[str, float] = {}
+        self._issued = 0
+        self._lock = threading.Lock()
+
+    def issue(self) -> tuple[str, float]:
+        with self._lock:
+            self._issued += 1
+            token = f"ya29.local-{self._issued}"
+            self._tokens[token] = self.clock.now() + self.lifetime_seconds
+            return token, self.lifetime_seconds
+
+    def accepts(self, authorization: str | None) -> bool:
+        if not self.enforced:
+            return True
+        token = (authorization or "").removeprefix("Bearer ").strip()
+        with self._lock:
+            expiry = self._tokens.get(token)
+        return expiry is not None and self.clock.now() < expiry
+
+    def expire_all(self) -> None:
+        with self._lock:
+            self._tokens = dict.fromkeys(self._tokens, 0.0)
+
+    def reset(self) -> None:
+        with self._lock:
+            self.enforced = False
+            self.lifetime_seconds = 3600.0
+            self._tokens.clear()
+
+    def to_json(self) -> dict[str, Any]:
+        with self._lock:
+            return {
+                "enforce": self.enforced,
+                "lifetime_seconds": self.lifetime_seconds,
+                "issued": self._issued,
+            }
+
+
 class EmulatorState:
     """Common mutable state of an emulator. Subclass it and extend the hooks."""
 
@@ -388,11 +442,13 @@ class EmulatorState:
         self.clock = ScaledClock(speed)
         self.faults = FaultRules()
         self.requests = RequestLog()
+        self.google_tokens = GoogleTokens(self.clock)
 
     def reset(self) -> None:
-        """Forget faults and recorded requests (subclasses also forget their jobs)."""
+        """Forget faults, recorded requests and issued tokens (subclasses also forget their jobs)."""
         self.faults.clear()
         self.requests.clear()
+        self.google_tokens.reset()
 
     def close(self) -> None:
         """Stop background threads; called by :meth:`ServerHandle.shutdown`."""
@@ -574,6 +630,59 @@ def install_control_api(app: Flask, state: EmulatorState) -> None:
             state.after_clock_change()
         now = state.clock.now()
         return jsonify({"now": rfc3339(now), "epoch_seconds": now, "speed": state.clock.speed})
+
+
+def install_google_tokens(app: Flask, state: EmulatorState, unauthenticated: Callable[[], Response]) -> None:
+    """Serve ``POST /oauth2/token`` and, while enforced, refuse protocol calls without a live token.
+
+    Control: ``POST /_emulator/google-tokens`` ``{"enforce": bool, "lifetime_seconds": N, "expire": true}``
+    (``expire`` ends every token issued so far). ``unauthenticated()`` renders the emulator's 401.
+    """
+    tokens = state.google_tokens
+
+    @app.before_request
+    def _check_token() -> Response | None:
+        if request.path.startswith(CONTROL_PREFIX) or request.path == "/oauth2/token":
+            return None
+        return None if tokens.accepts(request.headers.get("Authorization")) else unauthenticated()
+
+    @app.post("/oauth2/token")
+    def _token() -> Response:
+        form = request.form
+        if (
+            form.get("grant_type") != "refresh_token"
+            or form.get("refresh_token") != GoogleTokens.REFRESH_TOKEN
+        ):
+            response = jsonify({"error": "invalid_grant", "error_description": "Bad Request"})
+            response.status_code = 400
+            return response
+        token, lifetime = tokens.issue()
+        return jsonify(
+            {
+                "access_token": token,
+                "expires_in": int(lifetime),
+                "token_type": "Bearer",
+                "scope": "https://www.googleapis.com/auth/cloud-platform",
+            }
+        )
+
+    @app.route("/_emulator/google-tokens", methods=["GET", "POST"])
+    def _google_tokens() -> Response:
+        if request.method == "POST":
+            try:
+                body = json_body()
+                if not isinstance(body, dict):
+                    raise ValueError("body must be a JSON object")
+                reject_unknown_fields(body, ("enforce", "lifetime_seconds", "expire"), "google-tokens")
+                if "enforce" in body:
+                    tokens.enforced = bool(body["enforce"])
+                if "lifetime_seconds" in body:
+                    tokens.lifetime_seconds = float(body["lifetime_seconds"])
+                if body.get("expire"):
+                    tokens.expire_all()
+            except (ValueError, TypeError) as exc:
+                return control_error(str(exc))
+        return jsonify(tokens.to_json())
 
 
 S = TypeVar("S", bound=EmulatorState)

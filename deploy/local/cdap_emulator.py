@@ -84,6 +84,7 @@ from deploy.local._emulator_base import (
     google_error,
     google_route_error,
     guarded,
+    install_google_tokens,
     install_registry_routes,
     install_route_errors,
     json_body,
@@ -1038,7 +1039,11 @@ def create_app(
         require_auth=require_auth,
         speed=speed,
     )
-    return emulator_app("cdap_emulator", state, _register_protocol_routes, _register_control_routes)
+    app = emulator_app("cdap_emulator", state, _register_protocol_routes, _register_control_routes)
+    install_google_tokens(
+        app, state, lambda: text_response(401, "Unauthorized: the access token is invalid or expired.")
+    )
+    return app
 
 
 def serve(host: str = "127.0.0.1", port: int = 0, **kwargs: Any) -> ServerHandle:

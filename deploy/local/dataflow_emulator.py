@@ -93,6 +93,7 @@ from deploy.local._emulator_base import (
     google_error,
     google_route_error,
     guarded,
+    install_google_tokens,
     install_registry_routes,
     install_route_errors,
     json_body,
@@ -1423,7 +1424,18 @@ def create_app(
         speed=speed,
         tick_interval=tick_interval,
     )
-    return emulator_app("dataflow_emulator", state, _register_protocol_routes, _register_control_routes)
+    app = emulator_app("dataflow_emulator", state, _register_protocol_routes, _register_control_routes)
+    install_google_tokens(
+        app,
+        state,
+        lambda: google_error(
+            401,
+            "Request had invalid authentication credentials. Expected OAuth 2 access token, login cookie or "
+            "other valid authentication credential.",
+            "UNAUTHENTICATED",
+        ),
+    )
+    return app
 
 
 def serve(host: str = "127.0.0.1", port: int = 0, **kwargs: Any) -> ServerHandle:

@@ -90,7 +90,7 @@ class DataflowHarness(EmulatorHarness):
         }
 
     def backend(self) -> Any:
-        session = requests.Session()
+        session = self.google_session() if self.google_auth else requests.Session()
         cls = FlexTemplate if self.flex else ClassicTemplate
         return cls(session=session, endpoint=self.url)
 

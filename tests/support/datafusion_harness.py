@@ -75,8 +75,11 @@ class DataFusionHarness(EmulatorHarness):
         }
 
     def backend(self) -> DataFusion:
-        session = requests.Session()
-        session.headers["Authorization"] = FAKE_TOKEN
+        if self.google_auth:
+            session = self.google_session()
+        else:
+            session = requests.Session()
+            session.headers["Authorization"] = FAKE_TOKEN
         backend = DataFusion(session=session, endpoint=self.url)
         backend.settle_seconds = 0.5  # the emulator lists new runs at once unless told otherwise
         return backend

@@ -108,8 +108,34 @@ class EmulatorHarness:
     def requests_received(self) -> list[dict[str, Any]]:
         return recorded_requests(self, timeout=10)
 
+    # True: backend() authenticates with google-auth against the emulator's own OAuth token endpoint
+    # (deploy/local/_emulator_base.GoogleTokens), which then refuses missing or expired tokens.
+    google_auth = False
+
+    def google_session(self) -> Any:
+        """An ``AuthorizedSession`` whose user credentials refresh at the emulator's ``/oauth2/token``;
+        turns the emulator's token check on."""
+        from google.auth.transport.requests import AuthorizedSession
+        from google.oauth2.credentials import Credentials
+
+        from deploy.local._emulator_base import GoogleTokens
+
+        self._control("POST", "google-tokens", {"enforce": True})
+        credentials = Credentials(
+            token=None,
+            refresh_token=GoogleTokens.REFRESH_TOKEN,
+            token_uri=f"{self.url}/oauth2/token",
+            client_id="local-client",
+            client_secret="local-secret",
+        )
+        return AuthorizedSession(credentials)
+
     def expire_credentials(self) -> bool:
-        return False  # Google access tokens are not emulated: nothing to expire
+        """End every access token the emulator issued (only with ``google_auth``)."""
+        if not self.google_auth:
+            return False
+        self._control("POST", "google-tokens", {"expire": True})
+        return True
 
     def reset(self) -> None:
         reset_emulator(self, timeout=10)
