@@ -832,7 +832,7 @@ def storage_client(url: str | None = None, project: str = LOCAL_PROJECT) -> stor
         raise ServiceError("no fake-gcs-server URL: pass one or set STORAGE_EMULATOR_HOST")
     return storage.Client(
         project=project,
-        credentials=AnonymousCredentials(),  # type: ignore[no-untyped-call]
+        credentials=AnonymousCredentials(),
         client_options={"api_endpoint": endpoint},
     )
 
