@@ -4,6 +4,10 @@ Every emulator in ``deploy/local`` is a Flask app plus an :class:`EmulatorState`
 holds what they have in common, so each emulator file only describes its own protocol. The API below
 is small on purpose and meant to stay stable:
 
+``utc_timestamp`` / ``rfc3339`` / ``entry_at``
+    Timestamps with any number of fraction digits; the entry of a time-ordered job timeline
+    reached at a given emulator time (every emulator's job state machine reads it).
+
 ``ScaledClock``
     The emulator clock: ``now()`` is wall time plus the accumulated ``advance(seconds)``, with the
     time elapsed since start scaled by ``speed`` (``set_speed(f)``). Job state machines read this
@@ -165,13 +169,37 @@ class ScaledClock:
             self._speed = float(speed)
 
 
+def utc_timestamp(epoch_seconds: float, *, digits: int = 6, suffix: str = "Z") -> str:
+    """UTC ``YYYY-MM-DDTHH:MM:SS.<digits fraction digits><suffix>``."""
+    scale = 10**digits
+    whole = int(epoch_seconds)
+    fraction = round((epoch_seconds - whole) * scale)
+    if fraction >= scale:
+        whole, fraction = whole + 1, 0
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole)) + f".{fraction:0{digits}d}{suffix}"
+
+
 def rfc3339(epoch_seconds: float) -> str:
     """UTC RFC 3339 timestamp with microseconds and a ``Z`` suffix."""
-    whole = int(epoch_seconds)
-    micros = round((epoch_seconds - whole) * 1_000_000)
-    if micros >= 1_000_000:
-        whole, micros = whole + 1, 0
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole)) + f".{micros:06d}Z"
+    return utc_timestamp(epoch_seconds)
+
+
+class Timed(Protocol):
+    """A timeline entry: something that takes effect at emulator time ``at``."""
+
+    at: float
+
+
+E = TypeVar("E", bound=Timed)
+
+
+def entry_at(timeline: Sequence[E], now: float) -> E:
+    """The last entry of a time-ordered ``timeline`` already reached at ``now`` (else the first)."""
+    current = timeline[0]
+    for entry in timeline:
+        if entry.at <= now:
+            current = entry
+    return current
 
 
 # ------------------------------------------------------------------------------------------- loading

@@ -81,6 +81,7 @@ from deploy.local._emulator_base import (
     ServerHandle,
     control_error,
     emulator_app,
+    entry_at,
     google_error,
     google_route_error,
     guarded,
@@ -380,11 +381,7 @@ class Run:
     stopping_at: float | None = None
 
     def entry_at(self, now: float) -> Entry:
-        current = self.timeline[0]
-        for entry in self.timeline:
-            if entry.at <= now:
-                current = entry
-        return current
+        return entry_at(self.timeline, now)
 
     def status_at(self, now: float) -> str:
         return self.entry_at(now).status

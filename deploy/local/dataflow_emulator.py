@@ -90,6 +90,7 @@ from deploy.local._emulator_base import (
     decode_page_token,
     emulator_app,
     encode_page_token,
+    entry_at,
     google_error,
     google_route_error,
     guarded,
@@ -538,11 +539,7 @@ class Job:
         return self.spec.behavior.streaming
 
     def entry_at(self, now: float) -> StateEntry:
-        current = self.timeline[0]
-        for entry in self.timeline:
-            if entry.at <= now:
-                current = entry
-        return current
+        return entry_at(self.timeline, now)
 
     def state_at(self, now: float) -> str:
         return self.entry_at(now).state

@@ -92,6 +92,7 @@ from deploy.local._emulator_base import (
     run_cli,
     serve_app,
     state_of,
+    utc_timestamp,
 )
 
 SCHEMAS_PATH = Path(__file__).with_name("fabric_schemas.json")
@@ -446,11 +447,7 @@ class Instance:
 
 def fabric_time(epoch_seconds: float) -> str:
     """Fabric's UTC timestamp form: ``2026-03-13T10:00:00.1234567`` (100 ns digits, no offset)."""
-    whole = int(epoch_seconds)
-    ticks = round((epoch_seconds - whole) * 10_000_000)
-    if ticks >= 10_000_000:
-        whole, ticks = whole + 1, 0
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole)) + f".{ticks:07d}"
+    return utc_timestamp(epoch_seconds, digits=7, suffix="")
 
 
 # ============================================================================================ state
