@@ -51,6 +51,16 @@ def run_json(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, Any]:
     return code, json.loads(out)
 
 
+def explain(capsys: pytest.CaptureFixture[str], config: Path, *argv: str) -> tuple[int, str, str]:
+    """``explain --config CONFIG ARGV...``: (exit code, stdout, stderr)."""
+    return run(capsys, "explain", "--config", str(config), *argv)
+
+
+def explain_json(capsys: pytest.CaptureFixture[str], config: Path, *argv: str) -> tuple[int, Any]:
+    """``explain --config CONFIG ARGV... --json``: (exit code, parsed JSON)."""
+    return run_json(capsys, "explain", "--config", str(config), *argv)
+
+
 def write(tmp_path: Path, doc: dict[str, Any], name: str = "pipelines.yaml") -> Path:
     path = tmp_path / name
     path.write_text(yaml.safe_dump(doc, sort_keys=False))
@@ -258,11 +268,9 @@ def test_explain_agrees_with_the_function_path_for_the_same_event(capsys, tmp_pa
     )
     event: ObjectEvent = parse_object_finalized(cloud_event)
     config = load_config(path)
-    code, doc = run_json(
+    code, doc = explain_json(
         capsys,
-        "explain",
-        "--config",
-        str(path),
+        path,
         "--bucket",
         "landing",
         "--name",
@@ -287,19 +295,19 @@ def test_explain_makes_hostile_object_names_harmless_on_the_terminal(capsys, tmp
     hostile = "in/we ird\n\x1b[31mred\u202e#%?.csv"
     long_name = "in/" + "é" * 500 + ".csv"  # 1007 bytes of UTF-8
     for name in (hostile, long_name):
-        code, out, _ = run(capsys, "explain", "--config", str(path), "--bucket", "landing", "--name", name)
+        code, out, _ = explain(capsys, path, "--bucket", "landing", "--name", name)
         assert code == 0
         assert "\x1b" not in out and "\u202e" not in out  # nothing reaches the terminal raw
         header = out.splitlines()[0]
         assert header.startswith("storage event  gs://landing/in/")
-        code, doc = run_json(capsys, "explain", "--config", str(path), "--bucket", "landing", "--name", name)
+        code, doc = explain_json(capsys, path, "--bucket", "landing", "--name", name)
         match = next(t for t in doc["triggers"] if t["trigger"] == "csv-landing")
         assert doc["event"]["name"] == name  # JSON keeps the exact name
         assert match["parameters"]["input"] == f"gs://landing/{name}"
         assert JOB_NAME_RE.match(match["job_name"])
     assert (
         "we ird\\n\\x1b[31mred\\u202e#%?.csv"
-        in run(capsys, "explain", "--config", str(path), "--bucket", "landing", "--name", hostile)[1]
+        in explain(capsys, path, "--bucket", "landing", "--name", hostile)[1]
     )
 
 
@@ -364,11 +372,9 @@ def test_explain_message_checks_data_and_attribute_conditions(capsys, tmp_path):
     assert new["run_key"] == run_key("new-orders", "data.order.id=A-17")  # dedupe_by, not the message id
     assert doc["event"]["data"]["order"]["id"] == "A-17" and doc["event"]["topic"] == "orders"
     # data conditions that fail are near misses with their reasons
-    code, doc = run_json(
+    code, doc = explain_json(
         capsys,
-        "explain",
-        "--config",
-        str(path),
+        path,
         "--topic",
         "orders",
         "--attribute",
@@ -382,11 +388,9 @@ def test_explain_message_checks_data_and_attribute_conditions(capsys, tmp_path):
         "data.order.channel is 'fax', wants one of ['web', 'shop']",
     ]
     # a message without the dedupe_by field is acknowledged without a run
-    code, doc = run_json(
+    code, doc = explain_json(
         capsys,
-        "explain",
-        "--config",
-        str(path),
+        path,
         "--topic",
         "orders",
         "--attribute",
@@ -477,7 +481,7 @@ def completion_event(pipeline: str, state: str = "SUCCEEDED", **fields: Any) -> 
 def test_explain_completion_for_a_chain(capsys, tmp_path):
     path = write(tmp_path, chain_doc())
     event = completion_event("ingest")
-    code, out, _ = run(capsys, "explain", "--config", str(path), "--completion", json.dumps(event))
+    code, out, _ = explain(capsys, path, "--completion", json.dumps(event))
     assert code == 0
     assert out.startswith("completion  ingest SUCCEEDED  run landing-0123456789abcdef0123")
     assert "MATCH  after-ingest  (completion) -> enrich [dataflow]" in out
@@ -485,9 +489,7 @@ def test_explain_completion_for_a_chain(capsys, tmp_path):
     assert "- upstream pipeline is 'ingest', trigger waits for ['enrich', 'audit']" in out
     # from a file, as JSON
     (tmp_path / "done.json").write_text(json.dumps(event))
-    code, doc = run_json(
-        capsys, "explain", "--config", str(path), "--completion", str(tmp_path / "done.json")
-    )
+    code, doc = explain_json(capsys, path, "--completion", str(tmp_path / "done.json"))
     (after,) = [t for t in doc["triggers"] if t["matched"]]
     assert after["run_key"] == run_key("after-ingest", f"completion:{event['id']}")
     assert after["parameters"] == {
@@ -497,19 +499,19 @@ def test_explain_completion_for_a_chain(capsys, tmp_path):
     }
     # a failed upstream does not launch a success-only chain
     failed = completion_event("ingest", "FAILED")
-    code, doc = run_json(capsys, "explain", "--config", str(path), "--completion", json.dumps(failed))
+    code, doc = explain_json(capsys, path, "--completion", json.dumps(failed))
     assert code == 1 and doc["would_act"] == []
     after = next(t for t in doc["triggers"] if t["trigger"] == "after-ingest")
     assert after["reasons"] == ["upstream state is 'FAILED', trigger wants one of ['SUCCEEDED']"]
     # the bare data object of a completion is accepted too
-    code, doc = run_json(capsys, "explain", "--config", str(path), "--completion", json.dumps(event["data"]))
+    code, doc = explain_json(capsys, path, "--completion", json.dumps(event["data"]))
     assert code == 0 and doc["event"]["event_id"] == event["id"]
 
 
 def test_explain_completion_for_a_fan_in_shows_the_join_key_and_who_it_waits_for(capsys, tmp_path):
     path = write(tmp_path, chain_doc())
     audit = completion_event("audit", trigger="audit-landing", parameters={"day": "2026-05-01"}, outputs={})
-    code, out, _ = run(capsys, "explain", "--config", str(path), "--completion", json.dumps(audit))
+    code, out, _ = explain(capsys, path, "--completion", json.dumps(audit))
     assert code == 0
     assert "MATCH  report-when-both  (fan-in) -> report [dataflow]" in out
     assert "join key   2026-05-01" in out
@@ -518,7 +520,7 @@ def test_explain_completion_for_a_fan_in_shows_the_join_key_and_who_it_waits_for
         "parameters pending: parameter 'a': the event has no value for {upstreams.enrich.parameters.source}"
         in out
     )
-    code, doc = run_json(capsys, "explain", "--config", str(path), "--completion", json.dumps(audit))
+    code, doc = explain_json(capsys, path, "--completion", json.dumps(audit))
     (fan,) = [t for t in doc["triggers"] if t["matched"]]
     assert fan["action"] == "wait"
     assert fan["join"] == {
@@ -531,7 +533,7 @@ def test_explain_completion_for_a_fan_in_shows_the_join_key_and_who_it_waits_for
     assert fan["run_key"] == run_key("report-when-both", "join:2026-05-01")
     # a failed upstream abandons the join for that key
     broken = completion_event("audit", "FAILED", trigger="audit-landing", parameters={"day": "2026-05-01"})
-    code, doc = run_json(capsys, "explain", "--config", str(path), "--completion", json.dumps(broken))
+    code, doc = explain_json(capsys, path, "--completion", json.dumps(broken))
     fan = next(t for t in doc["triggers"] if t["trigger"] == "report-when-both")
     assert (
         fan["action"] == "abandon"
@@ -542,11 +544,9 @@ def test_explain_completion_for_a_fan_in_shows_the_join_key_and_who_it_waits_for
 
 def test_explain_completion_rejects_what_is_not_a_completion(capsys, tmp_path):
     path = write(tmp_path, chain_doc())
-    code, doc = run_json(
-        capsys, "explain", "--config", str(path), "--completion", '{"type": "other", "data": {}}'
-    )
+    code, doc = explain_json(capsys, path, "--completion", '{"type": "other", "data": {}}')
     assert code == 2 and "unknown completion event type" in doc["error"]["message"]
-    code, _, err = run(capsys, "explain", "--config", str(path), "--completion", str(tmp_path / "nope.json"))
+    code, _, err = explain(capsys, path, "--completion", str(tmp_path / "nope.json"))
     assert code == 2 and "cannot read" in err
 
 
