@@ -56,6 +56,7 @@ from handlers.events import (
     MessageEvent,
     ObjectEvent,
     StorageObject,
+    age_seconds,
     iso,
     object_event_from_notification,
     parse_time,
@@ -412,10 +413,6 @@ def _base(config: Config, trigger: Trigger, matched: bool, reasons: Iterable[str
     )
 
 
-def _age_of(event_time: dt.datetime, now: dt.datetime | None) -> float:
-    return ((now or dt.datetime.now(dt.UTC)) - event_time).total_seconds()
-
-
 def explain_object(config: Config, event: ObjectEvent, *, now: dt.datetime | None = None) -> Explanation:
     """Every storage trigger against ``event`` (pure: reads nothing but ``config``)."""
     results = []
@@ -433,7 +430,7 @@ def explain_object(config: Config, event: ObjectEvent, *, now: dt.datetime | Non
         "via": event.via,
     }
     return Explanation(
-        "storage", info, results, config.settings.max_event_age_seconds, _age_of(event.event_time, now)
+        "storage", info, results, config.settings.max_event_age_seconds, age_seconds(event.event_time, now)
     )
 
 
@@ -441,7 +438,7 @@ def explain_message(config: Config, event: MessageEvent, *, now: dt.datetime | N
     """A Pub/Sub message as ``on_message`` routes it: a storage notification is explained as the
     object it announces, a completion CloudEvent as a completion, anything else against every
     pubsub trigger."""
-    age = _age_of(event.event_time, now)
+    age = age_seconds(event.event_time, now)
     if event.is_storage_notification():
         obj_event = object_event_from_notification(event)
         if obj_event is None:
@@ -554,7 +551,7 @@ def explain_completion(
     info = {**comp.summary(), "upstream_parameters": dict(comp.data.get("parameters") or {})}
     info["upstream_outputs"] = dict(comp.data.get("outputs") or {})
     info["delivered_at"] = iso(delivered_at or comp.event_time)
-    age = _age_of(delivered_at or comp.event_time, now)
+    age = age_seconds(delivered_at or comp.event_time, now)
     return Explanation("completion", info, results, config.settings.max_event_age_seconds, age)
 
 

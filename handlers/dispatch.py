@@ -23,7 +23,7 @@ from handlers.runtime import Runtime
 
 
 def _too_old(runtime: Runtime, event: Any, now: dt.datetime | None = None) -> bool:
-    age = ((now or dt.datetime.now(dt.UTC)) - event.event_time).total_seconds()
+    age = events.age_seconds(event.event_time, now)
     limit = runtime.config.settings.max_event_age_seconds
     if age > limit:
         err = EventTooOld(f"event is {age:.0f}s old, older than max_event_age {limit:.0f}s: dropped")

@@ -253,6 +253,11 @@ def iso(value: dt.datetime | None) -> str | None:
     return value.astimezone(dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
+def age_seconds(event_time: dt.datetime, now: dt.datetime | None = None) -> float:
+    """How old an event is (``now`` defaults to the current time)."""
+    return ((now or dt.datetime.now(dt.UTC)) - event_time).total_seconds()
+
+
 def _event_time(attrs: Mapping[str, Any], *candidates: Any) -> dt.datetime:
     for value in (attrs.get("time"), *candidates):
         parsed = parse_time(value)

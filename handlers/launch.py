@@ -38,7 +38,7 @@ from handlers.errors import (
     RetryableError,
     RunInProgress,
 )
-from handlers.ledger import Conflict, Run, from_iso, iso, new_owner
+from handlers.ledger import Conflict, Run, from_iso, iso, new_owner, now
 from handlers.params import Rendered, identity_of, render, run_key
 from handlers.runtime import Runtime
 
@@ -55,16 +55,12 @@ class Outcome:
     reason: str | None = None
 
 
-def _now() -> dt.datetime:
-    return dt.datetime.now(dt.UTC)
-
-
 class LaunchService:
     def __init__(
         self,
         runtime: Runtime,
         *,
-        clock: Callable[[], dt.datetime] = _now,
+        clock: Callable[[], dt.datetime] = now,
         sleep: Callable[[float], Any] = time.sleep,
         wait_for_owner_seconds: float = 8.0,
     ) -> None:

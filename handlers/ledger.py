@@ -28,6 +28,7 @@ from typing import Any, Protocol
 
 from handlers.backends.base import JobRef, RunState
 from handlers.errors import LedgerUnavailable, NotFound
+from handlers.events import iso
 
 SCHEMA = 1
 HISTORY_LIMIT = 50
@@ -136,14 +137,6 @@ class GcsStore:
 
 def now() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
-
-
-def iso(value: dt.datetime | None) -> str | None:
-    return (
-        None
-        if value is None
-        else value.astimezone(dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-    )
 
 
 def from_iso(value: str | None) -> dt.datetime | None:

@@ -30,14 +30,10 @@ from handlers import completion, logs
 from handlers.backends.base import JobStatus, RunState
 from handlers.config import Pipeline
 from handlers.errors import NotFound, PipelineError, RetryableError
-from handlers.ledger import Run, from_iso, iso, new_owner
+from handlers.ledger import Run, from_iso, iso, new_owner, now
 from handlers.runtime import Runtime
 
 PUBLISH_LEASE_SECONDS = 60.0
-
-
-def _now() -> dt.datetime:
-    return dt.datetime.now(dt.UTC)
 
 
 @dataclass
@@ -54,7 +50,7 @@ class Tracker:
         self,
         runtime: Runtime,
         *,
-        clock: Callable[[], dt.datetime] = _now,
+        clock: Callable[[], dt.datetime] = now,
         before_publish: Callable[[Run], None] | None = None,
     ) -> None:
         self.rt = runtime
