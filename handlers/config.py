@@ -148,6 +148,7 @@ class Settings:
     max_event_age_seconds: float = 3600.0
     launch_budget_seconds: float = 60.0
     stall_after_seconds: float = 1800.0
+    publish_lease_seconds: float = 60.0
 
     @property
     def completion_topic_path(self) -> str | None:
@@ -520,7 +521,16 @@ def _settings(raw: Any, problems: _Problems) -> Settings:
     spec = _as_map(raw, where, problems)
     _unknown_keys(
         spec,
-        {"project", "region", "ledger", "completion_topic", "max_event_age", "launch_budget", "stall_after"},
+        {
+            "project",
+            "region",
+            "ledger",
+            "completion_topic",
+            "max_event_age",
+            "launch_budget",
+            "stall_after",
+            "publish_lease",
+        },
         where,
         problems,
     )
@@ -548,6 +558,7 @@ def _settings(raw: Any, problems: _Problems) -> Settings:
         max_event_age_seconds=_duration(spec, "max_event_age", where, problems, 3600.0),
         launch_budget_seconds=_duration(spec, "launch_budget", where, problems, 60.0),
         stall_after_seconds=_duration(spec, "stall_after", where, problems, 1800.0),
+        publish_lease_seconds=_duration(spec, "publish_lease", where, problems, 60.0),
     )
 
 

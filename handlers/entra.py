@@ -99,13 +99,13 @@ class TokenProvider:
         clock: Callable[[], float] = time.time,
         *,
         env: Mapping[str, str] | None = None,
-        timeout: Any = http.DEFAULT_TIMEOUT,
+        timeout: Any = None,
     ) -> None:
         self._env = env
         self._endpoint = token_endpoint
         self._session = session
         self.clock = clock
-        self.timeout = timeout
+        self.timeout = timeout or http.default_timeout()
         self._lock = threading.Lock()
         self._key_locks: dict[tuple[str, str], threading.Lock] = {}
         self._cache: dict[tuple[str, str], _Cached] = {}

@@ -13,12 +13,36 @@ from __future__ import annotations
 
 import datetime as dt
 import email.utils
+import os
 from collections.abc import Mapping
 from typing import Any
 
 from handlers.errors import AlreadyExists, BackendRejected, BackendUnavailable, NotFound, PipelineError
 
 DEFAULT_TIMEOUT = (5.0, 30.0)  # (connect, read) seconds
+TIMEOUT_ENV = "PIPELINES_HTTP_TIMEOUT"
+
+
+def default_timeout() -> tuple[float, float]:
+    """(connect, read) seconds for every backend, token and ledger call.
+
+    ``PIPELINES_HTTP_TIMEOUT`` overrides the default: ``"30"`` (both) or ``"5,30"`` (connect, read).
+    A timed-out call is retryable: a slow answer never holds a function past its own deadline.
+    """
+    raw = os.environ.get(TIMEOUT_ENV, "").strip()
+    if not raw:
+        return DEFAULT_TIMEOUT
+    try:
+        parts = [float(x) for x in raw.split(",")]
+    except ValueError:
+        raise ValueError(f"{TIMEOUT_ENV}={raw!r}: expected seconds, or 'connect,read' seconds") from None
+    if len(parts) == 1:
+        parts *= 2
+    if len(parts) != 2 or min(parts) <= 0:
+        raise ValueError(f"{TIMEOUT_ENV}={raw!r}: expected one or two positive numbers")
+    return parts[0], parts[1]
+
+
 RETRYABLE_STATUS = frozenset({408, 429, 500, 502, 503, 504})
 
 
@@ -80,7 +104,7 @@ def send(
     url: str,
     *,
     what: str,
-    timeout: Any = DEFAULT_TIMEOUT,
+    timeout: Any = None,
     ctx: Mapping[str, Any] | None = None,
     **kwargs: Any,
 ) -> Any:
@@ -89,7 +113,7 @@ def send(
 
     context = dict(ctx or {})
     try:
-        response = session.request(method, url, timeout=timeout, **kwargs)
+        response = session.request(method, url, timeout=timeout or default_timeout(), **kwargs)
     except requests.Timeout as exc:
         raise BackendUnavailable(f"{what}: timed out ({exc.__class__.__name__})", **context) from exc
     except requests.ConnectionError as exc:

@@ -55,10 +55,13 @@ class Store(Protocol):
 class GcsStore:
     """:class:`Store` over a Cloud Storage bucket (google-cloud-storage)."""
 
-    def __init__(self, bucket: str, client: Any = None) -> None:
+    def __init__(self, bucket: str, client: Any = None, timeout: Any = None) -> None:
+        from handlers import http
+
         self.bucket_name = bucket
         self._client = client
         self._bucket: Any = None
+        self.timeout = timeout or http.default_timeout()
 
     @property
     def bucket(self) -> Any:
@@ -91,7 +94,7 @@ class GcsStore:
 
         blob = self.bucket.blob(name)
         try:
-            data = self._call(f"read {name}", blob.download_as_bytes)
+            data = self._call(f"read {name}", lambda: blob.download_as_bytes(timeout=self.timeout))
         except gexc.NotFound:
             return None
         return data, int(blob.generation)
@@ -104,7 +107,10 @@ class GcsStore:
             self._call(
                 f"write {name}",
                 lambda: blob.upload_from_string(
-                    data, content_type="application/json", if_generation_match=generation
+                    data,
+                    content_type="application/json",
+                    if_generation_match=generation,
+                    timeout=self.timeout,
                 ),
             )
         except gexc.NotFound as exc:
@@ -123,13 +129,14 @@ class GcsStore:
         from google.api_core import exceptions as gexc
 
         try:
-            self._call(f"delete {name}", self.bucket.blob(name).delete)
+            self._call(f"delete {name}", lambda: self.bucket.blob(name).delete(timeout=self.timeout))
         except gexc.NotFound:
             pass
 
     def list(self, prefix: str) -> Iterator[str]:
         blobs = self._call(
-            f"list {prefix}", lambda: list(self.bucket.client.list_blobs(self.bucket, prefix=prefix))
+            f"list {prefix}",
+            lambda: list(self.bucket.client.list_blobs(self.bucket, prefix=prefix, timeout=self.timeout)),
         )
         for blob in blobs:
             yield blob.name

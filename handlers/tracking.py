@@ -33,8 +33,6 @@ from handlers.errors import NotFound, PipelineError, RetryableError
 from handlers.ledger import Run, from_iso, iso, new_owner, now
 from handlers.runtime import Runtime
 
-PUBLISH_LEASE_SECONDS = 60.0
-
 
 @dataclass
 class SweepReport:
@@ -190,7 +188,9 @@ class Tracker:
                     "state": str(state),
                     "decided_at": iso(now),
                     "decided_by": token,
-                    "publish_lease_until": iso(now + dt.timedelta(seconds=PUBLISH_LEASE_SECONDS)),
+                    "publish_lease_until": iso(
+                        now + dt.timedelta(seconds=self.rt.config.settings.publish_lease_seconds)
+                    ),
                     "published": False,
                 },
             )
@@ -223,7 +223,9 @@ class Tracker:
             if lease is not None and now < lease:
                 return None
             won = True
-            c["publish_lease_until"] = iso(now + dt.timedelta(seconds=PUBLISH_LEASE_SECONDS))
+            c["publish_lease_until"] = iso(
+                now + dt.timedelta(seconds=self.rt.config.settings.publish_lease_seconds)
+            )
             c["republish_attempts"] = int(c.get("republish_attempts", 0)) + 1
             return replace(current, completion=c)
 

@@ -126,10 +126,10 @@ class _Dataflow:
     name = "dataflow"
     flex = False
 
-    def __init__(self, session: Any = None, endpoint: str | None = None, timeout: Any = http.DEFAULT_TIMEOUT):
+    def __init__(self, session: Any = None, endpoint: str | None = None, timeout: Any = None):
         self._session = session
         self.endpoint = (endpoint or os.environ.get("DATAFLOW_API_ENDPOINT") or DEFAULT_ENDPOINT).rstrip("/")
-        self.timeout = timeout
+        self.timeout = timeout or http.default_timeout()
         self._metadata: dict[tuple[str, str, str], Any] = {}
         self._metadata_lock = threading.Lock()
 

@@ -185,7 +185,7 @@ class DataFusion:
         self,
         session: Any = None,
         endpoint: str | None = None,
-        timeout: Any = http.DEFAULT_TIMEOUT,
+        timeout: Any = None,
         *,
         clock: Callable[[], float] = time.time,
         not_visible_grace_seconds: float = NOT_VISIBLE_GRACE_SECONDS,
@@ -193,7 +193,7 @@ class DataFusion:
         self._session = session
         chosen = endpoint or os.environ.get("DATAFUSION_API_ENDPOINT") or DEFAULT_ENDPOINT
         self.endpoint = chosen.rstrip("/")
-        self.timeout = timeout
+        self.timeout = timeout or http.default_timeout()
         self.clock = clock
         self.not_visible_grace_seconds = not_visible_grace_seconds
         self._instances: dict[tuple[str, str, str], InstanceEndpoints] = {}

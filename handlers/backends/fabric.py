@@ -214,14 +214,14 @@ class Fabric:
         session: Any = None,
         endpoint: str | None = None,
         tokens: Any = None,
-        timeout: Any = http.DEFAULT_TIMEOUT,
+        timeout: Any = None,
         *,
         find_skew_seconds: float = FIND_SKEW_SECONDS,
     ) -> None:
         self._session = session
         self.endpoint = (endpoint or os.environ.get(ENDPOINT_ENV) or DEFAULT_ENDPOINT).rstrip("/")
         self._tokens = tokens
-        self.timeout = timeout
+        self.timeout = timeout or http.default_timeout()
         self.find_skew_seconds = find_skew_seconds
         self._lock = threading.Lock()
         self._launched: OrderedDict[str, str] = OrderedDict()  # instance id -> run key (this process)
