@@ -5,7 +5,7 @@ goes through the ledger::
 
     render parameters ──(missing value)──────────────────────────────> LAUNCH_FAILED, ack
     claim: create runs/<key>.json, ifGenerationMatch=0
-      ├─ won ─────────────> launch ──ok / 409 ALREADY_EXISTS (find it)──> record job (CAS) -> PENDING
+      ├─ won ─────────────> launch ──ok / 409 ALREADY_EXISTS (find it)──> active marker carrying the job
       │                        ├─ permanent (400/403/404, bad params) ─> LAUNCH_FAILED + reason, ack
       │                        └─ transient, budget spent ─────────────> release lease, raise (redelivery)
       └─ lost: read the record
@@ -16,6 +16,10 @@ goes through the ledger::
 
 Job names are derived from pipeline and run key, so a relaunch of an active job answers 409, and a
 launch whose answer was lost is found again by name before any second attempt.
+
+A launch costs three API calls: the claim, the launch request, and the active marker that carries
+the job (the record still says CLAIMED until the first check writes the job into it; the ledger
+folds the marker in for every reader until then, see :mod:`handlers.ledger`).
 """
 
 from __future__ import annotations
@@ -38,7 +42,7 @@ from handlers.errors import (
     RetryableError,
     RunInProgress,
 )
-from handlers.ledger import Conflict, Run, from_iso, iso, new_owner, now
+from handlers.ledger import Conflict, Marker, Run, from_iso, iso, launched, new_owner, now
 from handlers.params import Rendered, identity_of, render, run_key
 from handlers.runtime import Runtime
 
@@ -120,9 +124,7 @@ class LaunchService:
         ledger = self.rt.ledger
         for _ in range(10):
             try:
-                run = ledger.create(fresh)
-                ledger.mark_active(run.run_key)
-                return run, False, None
+                return ledger.create(fresh), False, None
             except Conflict:
                 pass
             existing = ledger.get(fresh.run_key)
@@ -149,7 +151,6 @@ class LaunchService:
                 run = ledger.update(taken)
             except Conflict:
                 continue
-            ledger.mark_active(run.run_key)
             logs.warning("took over an expired claim", previous_attempts=existing.attempts)
             return run, True, None
         raise RunInProgress(f"run {fresh.run_key}: claim contention", run_key=fresh.run_key)
@@ -246,7 +247,11 @@ class LaunchService:
         except RetryableError:
             self._release(run)
             raise
-        recorded = self._record_job(run, ref, pipeline)
+        try:
+            recorded = self._record_job(run, ref, pipeline)
+        except RetryableError:
+            self._release(run)  # the redelivery takes over at once and finds the job by name
+            raise
         logs.info(
             "job adopted (already launched)" if adopted else "job launched",
             job_id=ref.job_id,
@@ -261,29 +266,14 @@ class LaunchService:
         )
 
     def _record_job(self, run: Run, ref: JobRef, pipeline: Pipeline) -> Run:
-        launched = self.clock()
+        """One write: the active marker carrying the job (the sweep and every reader find it there)."""
+        stamp = self.clock()
         deadline = (
-            iso(launched + dt.timedelta(seconds=pipeline.timeout_seconds))
-            if pipeline.timeout_seconds
-            else None
+            iso(stamp + dt.timedelta(seconds=pipeline.timeout_seconds)) if pipeline.timeout_seconds else None
         )
-
-        def change(current: Run) -> Run | None:
-            if current.job is not None or current.terminal:
-                return None
-            return current.with_state(
-                RunState.PENDING,
-                f"job {ref.job_id} launched",
-                job=ref.to_json(),
-                launched_at=iso(launched),
-                lease_until=None,
-                deadline_at=deadline,
-                last_seen_at=iso(launched),
-            )
-
-        result = self.rt.ledger.mutate(run.run_key, change)
-        assert result is not None
-        return result
+        recorded = replace(launched(run, ref.to_json(), iso(stamp), deadline), unrecorded_job=True)
+        self.rt.ledger.mark_active(run.run_key, Marker.of(recorded, recorded=False))
+        return recorded
 
     def _mark_failed(self, run: Run, exc: PipelineError) -> Run | None:
         logs.error("launch failed permanently: recorded and acknowledged", **exc.context())
@@ -299,7 +289,9 @@ class LaunchService:
                 ended_at=iso(self.clock()),
             )
 
-        return self.rt.ledger.mutate(run.run_key, change)
+        failed = self.rt.ledger.mutate(run.run_key, change)
+        self.rt.ledger.mark_active(run.run_key)  # so the sweep publishes its completion once
+        return failed
 
     def _release(self, run: Run) -> None:
         """Let the next delivery take over at once after we gave up on transient errors."""

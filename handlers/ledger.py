@@ -3,8 +3,11 @@
 Layout under the configured prefix::
 
     runs/<run_key>.json      the run record (state, job, parameters, history, completion)
-    active/<run_key>         an empty marker while the run is not finished: the sweep lists only these,
-                             so its cost grows with the number of active runs, never with history
+    active/<run_key>         an empty marker while the run is not finished, whose custom metadata
+                             ``run`` carries what the sweep needs (backend, job, state, deadline): the
+                             sweep lists only these, so its cost grows with the number of active runs,
+                             never with history, and a run whose state did not change costs no ledger
+                             call at all
 
 Correctness rests on two conditional writes of small objects only (the ones fake-gcs-server and
 GCS both enforce):
@@ -13,14 +16,19 @@ GCS both enforce):
 - **update**: compare-and-swap, ``ifGenerationMatch=<generation read>``: a writer that read a stale
   record loses and must re-read (see :meth:`Ledger.mutate`).
 
-Markers are plain creates and deletes: losing or repeating one is harmless because the run record
-decides.
+A launch costs three calls: the claim, the backend's launch request, and the marker, written once
+the job exists and carrying it. The record itself still says CLAIMED until the first check writes
+the job into it; until then :meth:`Ledger.get` reads the marker too and folds the job in, so every
+reader (duplicate deliveries, takeovers, the CLI, the API) sees the launched run. Markers are plain
+unconditional writes and deletes: a lost, stale or repeated marker is harmless because the record
+decides and the next check rewrites the marker.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import json
+import os
 import uuid
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field, replace
@@ -31,6 +39,7 @@ from handlers.errors import LedgerUnavailable, NotFound
 from handlers.events import iso
 
 SCHEMA = 1
+GCS_BUCKET_METADATA_ENV = "DISABLE_GCS_PYTHON_CLIENT_OTEL_BUCKET_METADATA"
 HISTORY_LIMIT = 50
 
 
@@ -51,6 +60,12 @@ class Store(Protocol):
 
     def list(self, prefix: str) -> Iterator[str]: ...
 
+    def put_meta(self, name: str, metadata: Mapping[str, str]) -> None: ...
+
+    def read_meta(self, name: str) -> Mapping[str, str] | None: ...
+
+    def list_meta(self, prefix: str) -> Iterator[tuple[str, Mapping[str, str]]]: ...
+
 
 class GcsStore:
     """:class:`Store` over a Cloud Storage bucket (google-cloud-storage)."""
@@ -58,6 +73,10 @@ class GcsStore:
     def __init__(self, bucket: str, client: Any = None, timeout: Any = None) -> None:
         from handlers import http
 
+        # google-cloud-storage >= 3.x fetches each bucket's metadata once per process, in a background
+        # thread, only to decorate OpenTelemetry spans: an extra storage.buckets.get call (which a
+        # least-privilege ledger role may not even grant) on every cold start. The ledger needs none.
+        os.environ.setdefault(GCS_BUCKET_METADATA_ENV, "true")
         self.bucket_name = bucket
         self._client = client
         self._bucket: Any = None
@@ -134,12 +153,29 @@ class GcsStore:
             pass
 
     def list(self, prefix: str) -> Iterator[str]:
+        for name, _ in self.list_meta(prefix):
+            yield name
+
+    def put_meta(self, name: str, metadata: Mapping[str, str]) -> None:
+        """An empty object carrying ``metadata``, written unconditionally (markers only)."""
+        blob = self.bucket.blob(name)
+        blob.metadata = dict(metadata)
+        self._call(
+            f"write {name}",
+            lambda: blob.upload_from_string(b"", content_type="text/plain", timeout=self.timeout),
+        )
+
+    def read_meta(self, name: str) -> Mapping[str, str] | None:
+        blob = self._call(f"read {name}", lambda: self.bucket.get_blob(name, timeout=self.timeout))
+        return None if blob is None else dict(blob.metadata or {})
+
+    def list_meta(self, prefix: str) -> Iterator[tuple[str, Mapping[str, str]]]:
         blobs = self._call(
             f"list {prefix}",
             lambda: list(self.bucket.client.list_blobs(self.bucket, prefix=prefix, timeout=self.timeout)),
         )
         for blob in blobs:
-            yield blob.name
+            yield blob.name, dict(blob.metadata or {})
 
 
 def now() -> dt.datetime:
@@ -181,6 +217,7 @@ class Run:
     completion: Mapping[str, Any] | None = None
     history: tuple[Mapping[str, Any], ...] = ()
     generation: int = 0  # not stored: the object generation this copy was read at
+    unrecorded_job: bool = False  # not stored: the job came from the active marker, not the record
 
     @property
     def run_state(self) -> RunState:
@@ -210,16 +247,86 @@ class Run:
     def to_json(self) -> dict[str, Any]:
         doc = asdict(self)
         doc.pop("generation")
+        doc.pop("unrecorded_job")
         doc["history"] = list(self.history)
         doc["schema"] = SCHEMA
         return doc
 
     @classmethod
     def from_json(cls, doc: Mapping[str, Any], generation: int = 0) -> Run:
-        known = {f for f in cls.__dataclass_fields__ if f != "generation"}
+        known = {f for f in cls.__dataclass_fields__ if f not in ("generation", "unrecorded_job")}
         values = {k: v for k, v in doc.items() if k in known}
         values["history"] = tuple(values.get("history") or ())
         return cls(**values, generation=generation)
+
+
+def launched(run: Run, job: Mapping[str, Any], launched_at: str | None, deadline_at: str | None) -> Run:
+    """``run`` once its job exists: PENDING, no lease, the job and its deadline recorded."""
+    return run.with_state(
+        RunState.PENDING,
+        f"job {job.get('id')} launched",
+        job=dict(job),
+        launched_at=launched_at,
+        lease_until=None,
+        deadline_at=deadline_at,
+        last_seen_at=launched_at,
+    )
+
+
+@dataclass(frozen=True)
+class Marker:
+    """What an active marker carries (custom metadata ``run``, compact JSON): enough for the sweep to
+    ask the backend and notice a change without reading the record."""
+
+    run_key: str
+    backend: str | None = None
+    pipeline: str | None = None
+    job: Mapping[str, Any] | None = None
+    state: str | None = None
+    raw_state: str | None = None
+    launched_at: str | None = None
+    deadline_at: str | None = None
+    started_at: str | None = None
+    seen_at: str | None = None
+    recorded: bool = True  # False: the record does not hold the job yet (see Ledger.get)
+
+    @classmethod
+    def of(cls, run: Run, *, recorded: bool = True, seen_at: str | None = None) -> Marker:
+        return cls(
+            run_key=run.run_key,
+            backend=run.backend,
+            pipeline=run.pipeline,
+            job=dict(run.job) if run.job else None,
+            state=run.state,
+            raw_state=run.raw_state,
+            launched_at=run.launched_at,
+            deadline_at=run.deadline_at,
+            started_at=run.started_at,
+            seen_at=seen_at or run.last_seen_at,
+            recorded=recorded,
+        )
+
+    def to_meta(self) -> dict[str, str]:
+        doc = {k: v for k, v in asdict(self).items() if k != "run_key" and v is not None}
+        return {"run": json.dumps(doc, sort_keys=True, ensure_ascii=False, separators=(",", ":"))}
+
+    @classmethod
+    def from_meta(cls, run_key: str, meta: Mapping[str, str] | None) -> Marker | None:
+        """``None`` for a bare marker (a run that failed to launch) or one that cannot be read."""
+        try:
+            doc = json.loads((meta or {})["run"])
+        except (KeyError, TypeError, ValueError):
+            return None
+        if not isinstance(doc, dict) or not isinstance(doc.get("job"), dict):
+            return None
+        known = {f for f in cls.__dataclass_fields__ if f != "run_key"}
+        return cls(run_key=run_key, **{k: v for k, v in doc.items() if k in known})
+
+    def fold_into(self, run: Run) -> Run:
+        """A CLAIMED record whose job is only on the marker, seen as launched."""
+        assert self.job is not None
+        folded = launched(run, self.job, self.launched_at or run.updated_at, self.deadline_at)
+        return replace(folded, unrecorded_job=True)
 
 
 def new_owner() -> str:
@@ -245,11 +352,17 @@ class Ledger:
         return json.dumps(run.to_json(), sort_keys=True, ensure_ascii=False, separators=(",", ":")).encode()
 
     def get(self, run_key: str) -> Run | None:
+        """The run; a CLAIMED record whose job so far lives on its marker comes back with it folded in."""
         found = self.store.read(self._run_name(run_key))
         if found is None:
             return None
         data, generation = found
-        return Run.from_json(json.loads(data), generation)
+        run = Run.from_json(json.loads(data), generation)
+        if run.state == RunState.CLAIMED and run.job is None:
+            marker = Marker.from_meta(run_key, self.store.read_meta(self._active_name(run_key)))
+            if marker is not None and marker.job is not None:
+                return marker.fold_into(run)
+        return run
 
     def require(self, run_key: str) -> Run:
         run = self.get(run_key)
@@ -267,7 +380,7 @@ class Ledger:
     def update(self, run: Run) -> Run:
         """Compare-and-swap on ``run.generation``; raises :class:`Conflict` when it changed."""
         generation = self.store.replace(self._run_name(run.run_key), self._encode(run), run.generation)
-        return replace(run, generation=generation)
+        return replace(run, generation=generation, unrecorded_job=False)
 
     def mutate(self, run_key: str, change: Callable[[Run], Run | None], attempts: int = 10) -> Run | None:
         """Read, apply ``change`` (``None`` = nothing to do), write by CAS; re-read on conflict."""
@@ -282,18 +395,23 @@ class Ledger:
                 continue
         raise LedgerUnavailable(f"run {run_key}: too much contention updating the ledger", run_key=run_key)
 
-    def mark_active(self, run_key: str) -> None:
-        try:
-            self.store.create(self._active_name(run_key), b"")
-        except Conflict:
-            pass
+    def mark_active(self, run_key: str, marker: Marker | None = None) -> None:
+        """Put the run in the active index (the sweep checks it), with what the sweep needs."""
+        self.store.put_meta(self._active_name(run_key), marker.to_meta() if marker else {})
 
     def clear_active(self, run_key: str) -> None:
         self.store.delete(self._active_name(run_key))
 
-    def active_keys(self) -> list[str]:
+    def active(self) -> list[tuple[str, Marker | None]]:
+        """Every active run with its marker (``None``: a bare marker; the sweep reads the record)."""
         prefix = f"{self.prefix}active/"
-        return [name[len(prefix) :] for name in self.store.list(prefix)]
+        return [
+            (name[len(prefix) :], Marker.from_meta(name[len(prefix) :], meta))
+            for name, meta in self.store.list_meta(prefix)
+        ]
+
+    def active_keys(self) -> list[str]:
+        return [key for key, _ in self.active()]
 
     def all_keys(self) -> list[str]:
         prefix = f"{self.prefix}runs/"

@@ -5,7 +5,8 @@ Two paths find out that a run ended, and they may race:
 - the **sweep** (``check_runs``, every minute from Cloud Scheduler) lists ``active/`` markers only,
   asks each run's backend for its state concurrently (bounded pool, per-call timeouts) and stops
   starting new checks when its time budget is spent: what it did not reach stays active for the next
-  sweep;
+  sweep. Each marker carries the job and the last state seen, so a run whose state did not change
+  costs one backend call and no ledger call; a change reads the record and writes it by CAS;
 - the **push path** (``on_job_status``, Eventarc's Dataflow ``statusChanged``) checks one run at once.
 
 Either way :meth:`Tracker.finish` decides who announces the end with a compare-and-swap on the run
@@ -27,11 +28,18 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
 from handlers import completion, logs
-from handlers.backends.base import JobStatus, RunState
+from handlers.backends.base import JobRef, JobStatus, RunState
 from handlers.config import Pipeline
 from handlers.errors import NotFound, PipelineError, RetryableError
-from handlers.ledger import Run, from_iso, iso, new_owner, now
+from handlers.ledger import Marker, Run, from_iso, iso, new_owner, now
 from handlers.runtime import Runtime
+
+SWEEP_WORKERS = 32  # concurrent checks: each is mostly waiting on one backend call
+SEEN_REFRESH_SECONDS = 300.0  # a quiet run's "last seen" is refreshed this often (stall detection)
+
+
+def _last_seen(run: Run) -> str | None:
+    return run.last_seen_at or run.updated_at or run.created_at
 
 
 @dataclass
@@ -56,21 +64,56 @@ class Tracker:
         self._before_publish = before_publish  # a test seam to simulate a crash before publishing
 
     # -- evaluation ------------------------------------------------------------------------------
-    def evaluate(self, run: Run, pipeline: Pipeline | None, status: JobStatus) -> RunState:
-        """The run's normalized state given its backend status and the pipeline's idea of success."""
+    def evaluate(
+        self, current: str | None, started_at: str | None, pipeline: Pipeline | None, status: JobStatus
+    ) -> RunState:
+        """The run's normalized state given its backend status and the pipeline's idea of success
+        (``current``/``started_at``: the run's recorded state and when it was first seen RUNNING)."""
         state = status.state
         if pipeline is not None and pipeline.mode == "streaming" and state is RunState.RUNNING:
             if pipeline.success_after_seconds <= 0:
                 return RunState.SUCCEEDED
             # Running since the first sweep that saw it RUNNING (our clock, not the backend's).
-            since = from_iso(run.started_at) if run.state == RunState.RUNNING else None
+            since = from_iso(started_at) if current == RunState.RUNNING else None
             if since is not None and (self.clock() - since).total_seconds() >= pipeline.success_after_seconds:
                 return RunState.SUCCEEDED
         return state
 
     # -- one run -----------------------------------------------------------------------------------
-    def check(self, run_key: str, status: JobStatus | None = None) -> str | None:
-        """Bring one active run up to date; returns its terminal state once finished."""
+    def check_marker(self, run_key: str, marker: Marker | None) -> str | None:
+        """The sweep's check: ask the backend about the job on the marker; read and write the ledger
+        only when something changed (state, backend state, deadline) or the record lacks the job."""
+        if marker is None or marker.job is None or not marker.backend or not marker.recorded:
+            return self.check(run_key, marker=marker)
+        pipeline = self.rt.config.pipelines.get(marker.pipeline or "")
+        try:
+            status = self.rt.backend(marker.backend).status(JobRef.from_json(marker.job))
+        except NotFound:
+            return self.check(run_key, marker=marker)
+        except RetryableError as exc:
+            with logs.bind(run_key=run_key, pipeline=marker.pipeline, job_id=marker.job.get("id")):
+                self._warn_if_stalled(marker.seen_at, f"backend unreachable: {exc.message}")
+            raise
+        state = self.evaluate(marker.state, marker.started_at, pipeline, status)
+        deadline = from_iso(marker.deadline_at)
+        now = self.clock()
+        if (
+            state.terminal
+            or state != marker.state
+            or status.raw_state != marker.raw_state
+            or (deadline is not None and now >= deadline)
+        ):
+            return self.check(run_key, status=status, marker=marker)
+        seen = from_iso(marker.seen_at)
+        if seen is None or (now - seen).total_seconds() > SEEN_REFRESH_SECONDS:
+            self.rt.ledger.mark_active(run_key, replace(marker, seen_at=iso(now)))
+        return None
+
+    def check(
+        self, run_key: str, status: JobStatus | None = None, marker: Marker | None = None
+    ) -> str | None:
+        """Bring one active run up to date from its record; returns its terminal state once finished.
+        ``marker``: the active marker the sweep listed (rewritten when it no longer matches)."""
         ledger = self.rt.ledger
         run = ledger.get(run_key)
         if run is None:
@@ -85,7 +128,7 @@ class Tracker:
                 return self.finish(run, RunState.LAUNCH_FAILED)
             ref = run.job_ref
             if ref is None:
-                self._warn_if_stalled(run, "claimed but no job recorded")
+                self._warn_if_stalled(_last_seen(run), "claimed but no job recorded")
                 return None
             pipeline = self.rt.config.pipelines.get(run.pipeline)
             if status is None:
@@ -94,23 +137,25 @@ class Tracker:
                 except NotFound as exc:
                     return self.finish(run, RunState.FAILED, reason=f"job no longer exists: {exc.message}")
                 except RetryableError as exc:
-                    self._warn_if_stalled(run, f"backend unreachable: {exc.message}")
+                    self._warn_if_stalled(_last_seen(run), f"backend unreachable: {exc.message}")
                     raise
-            state = self.evaluate(run, pipeline, status)
+            state = self.evaluate(run.state, run.started_at, pipeline, status)
             if state.terminal:
                 return self.finish(run, state, status=status)
             deadline = from_iso(run.deadline_at)
             if deadline is not None and self.clock() >= deadline:
                 return self._time_out(run, pipeline)
-            self._note_progress(run, state, status)
+            self._note_progress(run, state, status, marker)
             return None
 
-    def _note_progress(self, run: Run, state: RunState, status: JobStatus) -> None:
-        """Write only when something changed, so quiet sweeps cost reads only."""
+    def _note_progress(self, run: Run, state: RunState, status: JobStatus, marker: Marker | None) -> None:
+        """Write the record only when something changed (or it lacks the job), then the marker."""
         now = self.clock()
         last_seen = from_iso(run.last_seen_at)
-        stale = last_seen is None or (now - last_seen).total_seconds() > 300
-        if run.state == state and run.raw_state == status.raw_state and not stale:
+        stale = last_seen is None or (now - last_seen).total_seconds() > SEEN_REFRESH_SECONDS
+        if run.state == state and run.raw_state == status.raw_state and not stale and not run.unrecorded_job:
+            if marker is not None and marker != Marker.of(run, seen_at=marker.seen_at):
+                self.rt.ledger.mark_active(run.run_key, Marker.of(run))
             return
 
         def change(current: Run) -> Run | None:
@@ -123,12 +168,14 @@ class Tracker:
                 state, status.raw_state, raw_state=status.raw_state, last_seen_at=iso(now), started_at=started
             )
 
-        self.rt.ledger.mutate(run.run_key, change)
+        updated = self.rt.ledger.mutate(run.run_key, change)
+        if updated is not None and not updated.terminal and updated.completion is None:
+            self.rt.ledger.mark_active(run.run_key, Marker.of(updated))
         if run.state != state:
             logs.info(f"run is {state}", state=str(state), backend_state=status.raw_state)
 
-    def _warn_if_stalled(self, run: Run, why: str) -> None:
-        seen = from_iso(run.last_seen_at or run.updated_at or run.created_at)
+    def _warn_if_stalled(self, last_seen: str | None, why: str) -> None:
+        seen = from_iso(last_seen)
         if seen and (self.clock() - seen).total_seconds() > self.rt.config.settings.stall_after_seconds:
             logs.warning(f"run stalled: {why}", stalled_seconds=round((self.clock() - seen).total_seconds()))
 
@@ -267,10 +314,12 @@ class Tracker:
         return run.state
 
     # -- the sweep ---------------------------------------------------------------------------------
-    def sweep(self, *, budget_seconds: float = 45.0, workers: int = 8) -> SweepReport:
+    def sweep(self, *, budget_seconds: float = 45.0, workers: int = SWEEP_WORKERS) -> SweepReport:
         """Check every active run concurrently within ``budget_seconds``; the rest waits for the next sweep."""
         report = SweepReport()
-        keys = self.rt.ledger.active_keys()
+        active = self.rt.ledger.active()
+        keys = [key for key, _ in active]
+        markers = dict(active)
         deadline = time.monotonic() + budget_seconds
         with cf.ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="sweep") as pool:
             futures: dict[cf.Future[str | None], str] = {}
@@ -278,7 +327,7 @@ class Tracker:
                 if time.monotonic() >= deadline:
                     report.left_for_next += 1
                     continue
-                futures[pool.submit(self._check_quietly, key, deadline)] = key
+                futures[pool.submit(self._check_quietly, key, markers[key], deadline)] = key
             for fut in cf.as_completed(futures):
                 key = futures[fut]
                 report.checked += 1
@@ -299,11 +348,11 @@ class Tracker:
         )
         return report
 
-    def _check_quietly(self, key: str, deadline: float) -> str | None:
+    def _check_quietly(self, key: str, marker: Marker | None, deadline: float) -> str | None:
         if time.monotonic() >= deadline:
             return None
         try:
-            return self.check(key)
+            return self.check_marker(key, marker)
         except PipelineError as exc:
             logs.warning("could not check run; the next sweep will try again", run_key=key, **exc.context())
             raise
