@@ -1443,13 +1443,24 @@ def serve(host: str = "127.0.0.1", port: int = 0, **kwargs: Any) -> ServerHandle
 def _add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--templates", help="YAML or JSON file of templates to register at start")
     parser.add_argument("--notify-url", help="URL receiving statusChanged CloudEvents")
+    parser.add_argument(
+        "--tick-interval",
+        type=float,
+        default=0.1,
+        help="seconds between job-state announcements (raise it when holding many thousands of jobs)",
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     return run_cli(
         argv,
         "Local emulator of the Cloud Dataflow REST API v1b3.",
-        lambda args: create_app(templates=args.templates, notify_url=args.notify_url, speed=args.speed),
+        lambda args: create_app(
+            templates=args.templates,
+            notify_url=args.notify_url,
+            speed=args.speed,
+            tick_interval=args.tick_interval,
+        ),
         _add_arguments,
     )
 
