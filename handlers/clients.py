@@ -57,6 +57,19 @@ def anonymous_auth() -> bool:
     return True
 
 
+POOL_SIZE = 64  # connections kept per host: the sweep's concurrent checks (tracking.SWEEP_WORKERS)
+
+
+def _pooled(session: Any) -> Any:
+    """Keep as many connections per host as threads use them (requests keeps 10: the rest would be
+    opened and thrown away on every call under a concurrent sweep)."""
+    from requests.adapters import HTTPAdapter
+
+    for prefix in ("https://", "http://"):
+        session.mount(prefix, HTTPAdapter(pool_connections=4, pool_maxsize=POOL_SIZE))
+    return session
+
+
 def google_session() -> Any:
     """An ``AuthorizedSession`` with default credentials (cloud-platform scope)."""
 
@@ -67,9 +80,9 @@ def google_session() -> Any:
         if anonymous_auth():
             from google.auth.credentials import AnonymousCredentials
 
-            return AuthorizedSession(AnonymousCredentials())
+            return _pooled(AuthorizedSession(AnonymousCredentials()))
         credentials, _ = google.auth.default(scopes=["https://www.googleapis.com/auth/cloud-platform"])
-        return AuthorizedSession(credentials)
+        return _pooled(AuthorizedSession(credentials))
 
     return _once("google_session", build)
 
@@ -140,7 +153,7 @@ def publisher() -> Any:
         if emulator:
             import requests
 
-            return RestPublisher(requests.Session(), f"http://{emulator}")
+            return RestPublisher(_pooled(requests.Session()), f"http://{emulator}")
         return RestPublisher(google_session(), "https://pubsub.googleapis.com")
 
     return _once("publisher", build)

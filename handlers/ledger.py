@@ -351,15 +351,17 @@ class Ledger:
     def _encode(run: Run) -> bytes:
         return json.dumps(run.to_json(), sort_keys=True, ensure_ascii=False, separators=(",", ":")).encode()
 
-    def get(self, run_key: str) -> Run | None:
-        """The run; a CLAIMED record whose job so far lives on its marker comes back with it folded in."""
+    def get(self, run_key: str, marker: Marker | None = None) -> Run | None:
+        """The run; a CLAIMED record whose job so far lives on its marker comes back with it folded in
+        (``marker``: the one the caller already listed, which saves reading it again)."""
         found = self.store.read(self._run_name(run_key))
         if found is None:
             return None
         data, generation = found
         run = Run.from_json(json.loads(data), generation)
         if run.state == RunState.CLAIMED and run.job is None:
-            marker = Marker.from_meta(run_key, self.store.read_meta(self._active_name(run_key)))
+            if marker is None or marker.job is None:
+                marker = Marker.from_meta(run_key, self.store.read_meta(self._active_name(run_key)))
             if marker is not None and marker.job is not None:
                 return marker.fold_into(run)
         return run
@@ -382,16 +384,24 @@ class Ledger:
         generation = self.store.replace(self._run_name(run.run_key), self._encode(run), run.generation)
         return replace(run, generation=generation, unrecorded_job=False)
 
-    def mutate(self, run_key: str, change: Callable[[Run], Run | None], attempts: int = 10) -> Run | None:
-        """Read, apply ``change`` (``None`` = nothing to do), write by CAS; re-read on conflict."""
+    def mutate(
+        self,
+        run_key: str,
+        change: Callable[[Run], Run | None],
+        attempts: int = 10,
+        current: Run | None = None,
+    ) -> Run | None:
+        """Read, apply ``change`` (``None`` = nothing to do), write by CAS; re-read on conflict.
+        ``current``: a copy the caller just read, tried first (the CAS rejects it if it is stale)."""
         for _ in range(attempts):
-            current = self.require(run_key)
+            current = current or self.require(run_key)
             updated = change(current)
             if updated is None:
                 return current
             try:
                 return self.update(updated)
             except Conflict:
+                current = None
                 continue
         raise LedgerUnavailable(f"run {run_key}: too much contention updating the ledger", run_key=run_key)
 

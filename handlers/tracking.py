@@ -34,7 +34,7 @@ from handlers.errors import NotFound, PipelineError, RetryableError
 from handlers.ledger import Marker, Run, from_iso, iso, new_owner, now
 from handlers.runtime import Runtime
 
-SWEEP_WORKERS = 32  # concurrent checks: each is mostly waiting on one backend call
+SWEEP_WORKERS = 64  # concurrent checks: each is mostly waiting on one backend call
 SEEN_REFRESH_SECONDS = 300.0  # a quiet run's "last seen" is refreshed this often (stall detection)
 
 
@@ -115,7 +115,7 @@ class Tracker:
         """Bring one active run up to date from its record; returns its terminal state once finished.
         ``marker``: the active marker the sweep listed (rewritten when it no longer matches)."""
         ledger = self.rt.ledger
-        run = ledger.get(run_key)
+        run = ledger.get(run_key, marker=marker)
         if run is None:
             ledger.clear_active(run_key)
             return None
@@ -168,7 +168,7 @@ class Tracker:
                 state, status.raw_state, raw_state=status.raw_state, last_seen_at=iso(now), started_at=started
             )
 
-        updated = self.rt.ledger.mutate(run.run_key, change)
+        updated = self.rt.ledger.mutate(run.run_key, change, current=run)
         if updated is not None and not updated.terminal and updated.completion is None:
             self.rt.ledger.mark_active(run.run_key, Marker.of(updated))
         if run.state != state:
@@ -242,7 +242,7 @@ class Tracker:
                 },
             )
 
-        decided = self.rt.ledger.mutate(run.run_key, decide)
+        decided = self.rt.ledger.mutate(run.run_key, decide, current=run)
         assert decided is not None
         if not won or decided.completion is None or decided.completion.get("published"):
             return self._resume_publish(decided)
@@ -276,7 +276,7 @@ class Tracker:
             c["republish_attempts"] = int(c.get("republish_attempts", 0)) + 1
             return replace(current, completion=c)
 
-        taken = self.rt.ledger.mutate(run.run_key, take)
+        taken = self.rt.ledger.mutate(run.run_key, take, current=run)
         if not won or taken is None:
             return None
         logs.warning(
@@ -309,7 +309,7 @@ class Tracker:
             c.update(published=True, published_at=iso(self.clock()))
             return replace(current, completion=c)
 
-        self.rt.ledger.mutate(run.run_key, mark)
+        self.rt.ledger.mutate(run.run_key, mark, current=run)
         self.rt.ledger.clear_active(run.run_key)
         return run.state
 
