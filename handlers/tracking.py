@@ -35,7 +35,14 @@ from handlers.ledger import Marker, Run, from_iso, iso, new_owner, now
 from handlers.runtime import Runtime
 
 SWEEP_WORKERS = 64  # concurrent checks: each is mostly waiting on one backend call
-SEEN_REFRESH_SECONDS = 300.0  # a quiet run's "last seen" is refreshed this often (stall detection)
+SEEN_REFRESH_MIN_SECONDS = 300.0  # a quiet run's "last seen" is refreshed no more often than this
+
+
+def _seen_refresh_seconds(stall_after: float) -> float:
+    """How stale a quiet run's "last seen" may get before the sweep rewrites its record and marker:
+    half the stall threshold (so a stall is still noticed in time), never under 5 minutes (at 10,000
+    active runs and the default 30 min threshold: 11 record rewrites a second, spread over sweeps)."""
+    return max(SEEN_REFRESH_MIN_SECONDS, stall_after / 2)
 
 
 def _last_seen(run: Run) -> str | None:
@@ -62,6 +69,7 @@ class Tracker:
         self.rt = runtime
         self.clock = clock
         self._before_publish = before_publish  # a test seam to simulate a crash before publishing
+        self._seen_refresh = _seen_refresh_seconds(runtime.config.settings.stall_after_seconds)
 
     # -- evaluation ------------------------------------------------------------------------------
     def evaluate(
@@ -97,16 +105,18 @@ class Tracker:
         state = self.evaluate(marker.state, marker.started_at, pipeline, status)
         deadline = from_iso(marker.deadline_at)
         now = self.clock()
+        seen = from_iso(marker.seen_at)
         if (
             state.terminal
             or state != marker.state
             or status.raw_state != marker.raw_state
             or (deadline is not None and now >= deadline)
+            # refresh "last seen" in the record and the marker now and then: stall detection reads
+            # it, and the ledger's lifecycle rule only ages out records nobody rewrites
+            or seen is None
+            or (now - seen).total_seconds() > self._seen_refresh
         ):
             return self.check(run_key, status=status, marker=marker)
-        seen = from_iso(marker.seen_at)
-        if seen is None or (now - seen).total_seconds() > SEEN_REFRESH_SECONDS:
-            self.rt.ledger.mark_active(run_key, replace(marker, seen_at=iso(now)))
         return None
 
     def check(
@@ -152,7 +162,7 @@ class Tracker:
         """Write the record only when something changed (or it lacks the job), then the marker."""
         now = self.clock()
         last_seen = from_iso(run.last_seen_at)
-        stale = last_seen is None or (now - last_seen).total_seconds() > SEEN_REFRESH_SECONDS
+        stale = last_seen is None or (now - last_seen).total_seconds() > self._seen_refresh
         if run.state == state and run.raw_state == status.raw_state and not stale and not run.unrecorded_job:
             if marker is not None and marker != Marker.of(run, seen_at=marker.seen_at):
                 self.rt.ledger.mark_active(run.run_key, Marker.of(run))

@@ -135,3 +135,28 @@ def test_a_state_change_seen_by_the_sweep_is_written_to_the_record_and_the_marke
     assert runtime.ledger.active_keys() == []
     run = runtime.ledger.get(key)
     assert run.state == "SUCCEEDED" and run.completion["published"] is True
+
+
+def test_a_quiet_run_is_rewritten_every_half_stall_after_so_the_lifecycle_rule_never_ages_it_out(
+    counted, dataflow
+):
+    import datetime as dt
+
+    from handlers.ledger import now
+
+    runtime, session = counted
+    deliver(runtime, "long.csv")
+    Tracker(runtime).sweep()
+    (key,) = runtime.ledger.all_keys()
+    before = runtime.ledger.get(key)
+    session.take()
+    # WHEN 16 minutes pass quietly (stall_after defaults to 30 min)
+    later = now() + dt.timedelta(minutes=16)
+    Tracker(runtime, clock=lambda: later).sweep()
+    # THEN the record was rewritten (a new generation, last_seen moved) and its marker too
+    after = runtime.ledger.get(key)
+    assert after.generation != before.generation and after.last_seen_at > before.last_seen_at
+    ((_, marker),) = runtime.ledger.active()
+    assert marker is not None and marker.seen_at == after.last_seen_at
+    writes = [c for c in session.take() if c[0] == "POST"]
+    assert len(writes) == 2  # the record (CAS) and the marker
