@@ -1,18 +1,28 @@
-"""Benchmarks, each reported as a ratio against a baseline measured in the same run.
+"""Benchmarks, each reported beside a baseline measured in the same run; results go to
+``results/performance.json`` and ``results/performance.md``.
 
-    python -m bench            # all benchmarks, full size
-    python -m bench --quick    # a small smoke slice (CI runs this)
-    python -m bench --only cold_start,routing
+    python -m bench            # every benchmark, full size (about 10 minutes on 2 cores)
+    python -m bench --quick    # a small smoke slice (CI runs this through tests/test_bench_smoke.py)
+    python -m bench --only cold_start,warm
 
-1. cold_start: importing ``main`` (what a cold Cloud Function pays) vs importing functions_framework
-   alone; fresh processes, median time and peak RSS. Entry points must not pull in the backends,
-   the Pub/Sub client or jsonschema at import.
-2. routing: route + render one storage event against a 50-trigger config vs ``json.loads`` of the
-   same event (a floor for "touching the event at all").
-3. ledger_claim: a run claim (create-only JSON write + active marker) on fake-gcs-server vs one plain
-   upload of the same bytes.
-4. sweep_scaling: a sweep over N active runs with 0 vs 10xN finished runs in the ledger; the ratio
-   should stay near 1 (the sweep reads the active index only).
+End to end, against the local services (bench/stack.py):
+
+1. cold_start: each function in a fresh process (import main, load config, first event) vs Google's
+   sample shape (bench/google_sample.py); each side in a venv of its own deployed requirements.
+   Goals: <= 0.75x the sample's wall time, <= 0.85x its peak RSS.
+2. warm: per-event latency (p50/p99, minus the emulator's own launch time) and throughput through
+   functions-framework vs the sample served the same way; API calls per launch (goal <= 3).
+3. sweep_scale: a sweep over 10,000 active runs with 50 ms of backend latency (goal <= 20 s) vs the
+   floor (the same backend calls alone, same pool); API calls and peak RSS.
+4. burst: 1,000 objects dropped at once -> notifications -> Pub/Sub push -> on_message -> launches;
+   time until all launched, jobs per object; the sample over the same transport as baseline.
+
+In process:
+
+5. routing: route + render one storage event against 50 triggers vs ``json.loads`` of the event.
+6. ledger_writes: a launch's two ledger writes (claim + marker) vs one plain upload.
+7. sweep_history: ledger calls of a quiet sweep with 0 vs 10xN finished runs (ratio 1: history is
+   never read).
 """
 
 from __future__ import annotations
@@ -21,10 +31,10 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -40,55 +50,32 @@ def _median_time(fn: Callable[[], Any], repeat: int) -> float:
     return statistics.median(samples)
 
 
-def _import_cost(statement: str, repeat: int) -> tuple[float, float]:
-    code = (
-        "import resource, time; t=time.perf_counter(); "
-        + statement
-        + "; d=time.perf_counter()-t; print(d, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)"
-    )
-    times, rss = [], []
-    for _ in range(repeat):
-        out = subprocess.run(
-            [sys.executable, "-c", code],
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            check=True,
-            env={**os.environ, "PYTHONDONTWRITEBYTECODE": "0"},
-        )
-        d, r = out.stdout.split()
-        times.append(float(d))
-        rss.append(float(r) / 1024)
-    return statistics.median(times), statistics.median(rss)
-
-
 def bench_cold_start(quick: bool) -> dict[str, Any]:
-    repeat = 3 if quick else 9
-    _import_cost("import main", 1)  # warm the .pyc files
-    base_t, base_rss = _import_cost("import functions_framework", repeat)
-    main_t, main_rss = _import_cost("import main", repeat)
-    heavy = subprocess.run(
-        [
-            sys.executable,
-            "-c",
-            "import sys, main; print(sorted(m for m in ('google.cloud.pubsub_v1',"
-            "'jsonschema','handlers.backends.dataflow','handlers.tracking','yaml') if m in sys.modules))",
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.strip()
-    return {
-        "baseline": "import functions_framework",
-        "baseline_ms": round(base_t * 1000, 1),
-        "import_main_ms": round(main_t * 1000, 1),
-        "time_ratio": round(main_t / base_t, 2),
-        "baseline_rss_mb": round(base_rss, 1),
-        "main_rss_mb": round(main_rss, 1),
-        "rss_ratio": round(main_rss / base_rss, 2),
-        "heavy_modules_loaded_at_import": heavy,
-    }
+    from bench import cold_start
+
+    return cold_start.measure(1 if quick else 7, isolated=not quick, progress=_progress)
+
+
+def bench_warm(quick: bool) -> dict[str, Any]:
+    from bench import warm
+
+    return warm.measure(30 if quick else 400, progress=_progress)
+
+
+def bench_sweep_scale(quick: bool) -> dict[str, Any]:
+    from bench import sweep_scale
+
+    return sweep_scale.measure(200 if quick else 10_000, progress=_progress)
+
+
+def bench_burst(quick: bool) -> dict[str, Any]:
+    from bench import burst
+
+    return burst.measure(50 if quick else 1000, progress=_progress)
+
+
+def _progress(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
 
 
 def _big_config(n: int) -> Any:
@@ -175,22 +162,23 @@ def _with_services(fn: Callable[[Any, str], dict[str, Any]]) -> dict[str, Any]:
         return fn(client, "bench-ledger")
 
 
-def bench_ledger_claim(quick: bool) -> dict[str, Any]:
+def bench_ledger_writes(quick: bool) -> dict[str, Any]:
     def run(client: Any, bucket: str) -> dict[str, Any]:
-        from handlers.ledger import GcsStore, Ledger, Run
+        from handlers.ledger import GcsStore, Ledger, Marker, Run
 
         ledger = Ledger(GcsStore(bucket, client), "bench/")
         n = 20 if quick else 200
         payload = Ledger._encode(Run("t-0", "t", "p", "dataflow", "CLAIMED", "p-0"))
         counter = iter(range(10**9))
+        job = {"backend": "dataflow", "id": "j", "name": "n", "project": "p", "region": "r", "url": ""}
 
         def plain() -> None:
             client.bucket(bucket).blob(f"plain/{next(counter)}").upload_from_string(payload)
 
-        def claim() -> None:
+        def launch_writes() -> None:
             key = f"t-{next(counter)}"
-            ledger.create(Run(key, "t", "p", "dataflow", "CLAIMED", "p-0"))
-            ledger.mark_active(key)
+            run = ledger.create(Run(key, "t", "p", "dataflow", "CLAIMED", "p-0"))
+            ledger.mark_active(key, Marker.of(replace(run, job=job, state="PENDING"), recorded=False))
 
         def repeat(step: Callable[[], None]) -> Callable[[], None]:
             def run_all() -> None:
@@ -200,22 +188,22 @@ def bench_ledger_claim(quick: bool) -> dict[str, Any]:
             return run_all
 
         b = _median_time(repeat(plain), 3) / n
-        c = _median_time(repeat(claim), 3) / n
+        c = _median_time(repeat(launch_writes), 3) / n
         return {
             "baseline": "one plain upload",
             "baseline_ms": round(b * 1000, 2),
-            "claim_ms": round(c * 1000, 2),
+            "launch_ledger_writes_ms": round(c * 1000, 2),
             "ratio": round(c / b, 2),
         }
 
     return _with_services(run)
 
 
-def bench_sweep_scaling(quick: bool) -> dict[str, Any]:
+def bench_sweep_history(quick: bool) -> dict[str, Any]:
     def run(client: Any, bucket: str) -> dict[str, Any]:
         from handlers.backends.base import JobStatus, RunState
         from handlers.config import build_config
-        from handlers.ledger import Run
+        from handlers.ledger import Marker, Run
         from handlers.runtime import make_runtime
         from handlers.tracking import Tracker
 
@@ -242,7 +230,7 @@ def bench_sweep_scaling(quick: bool) -> dict[str, Any]:
             rt = make_runtime(config, storage_client=client, backends={"dataflow": StillRunning()})  # type: ignore[dict-item]
             job = {"backend": "dataflow", "id": "j", "name": "n", "project": "p", "region": "r", "url": ""}
             for i in range(active):
-                rt.ledger.create(
+                run = rt.ledger.create(
                     Run(
                         f"a-{i}",
                         "a",
@@ -251,37 +239,37 @@ def bench_sweep_scaling(quick: bool) -> dict[str, Any]:
                         "RUNNING",
                         "n",
                         job=job,
+                        raw_state="JOB_STATE_RUNNING",
                         last_seen_at="2999-01-01T00:00:00Z",
                     )
                 )
-                rt.ledger.mark_active(f"a-{i}")
+                rt.ledger.mark_active(f"a-{i}", Marker.of(run))
             for i in range(finished):
                 rt.ledger.create(Run(f"f-{i}", "f", "p", "dataflow", "SUCCEEDED", "n", job=job))
             store = rt.ledger.store
-            calls = {"read": 0, "list": 0}
-            real_read, real_list = store.read, store.list
+            calls = {"n": 0}
 
-            def read(name: str) -> Any:
-                calls["read"] += 1
-                return real_read(name)
+            def counted(method: Callable[..., Any]) -> Callable[..., Any]:
+                def call(*args: Any, **kwargs: Any) -> Any:
+                    calls["n"] += 1
+                    return method(*args, **kwargs)
 
-            def listing(prefix: str) -> Any:
-                calls["list"] += 1
-                return real_list(prefix)
+                return call
 
-            store.read, store.list = read, listing  # type: ignore[method-assign]
+            for name in ("read", "read_meta", "list_meta", "create", "replace", "put_meta", "delete"):
+                setattr(store, name, counted(getattr(store, name)))
             tracker = Tracker(rt)
             seconds = _median_time(lambda: tracker.sweep(), 3)
-            return seconds, calls["read"] / 3
+            return seconds, calls["n"] / 3
 
-        base, base_reads = measure("scale0/", 0)
-        loaded, loaded_reads = measure("scale10/", active * 10)
+        base, base_calls = measure("scale0/", 0)
+        loaded, loaded_calls = measure("scale10/", active * 10)
         return {
             "active_runs": active,
-            "baseline": "sweep with no finished runs",
-            "baseline_reads": base_reads,
-            f"with_{active * 10}_finished_reads": loaded_reads,
-            "reads_ratio": round(loaded_reads / base_reads, 2),
+            "baseline": "quiet sweep with no finished runs",
+            "baseline_ledger_calls": base_calls,
+            f"with_{active * 10}_finished_ledger_calls": loaded_calls,
+            "calls_ratio": round(loaded_calls / base_calls, 2),
             "baseline_ms": round(base * 1000, 1),
             f"with_{active * 10}_finished_ms": round(loaded * 1000, 1),
             "time_ratio": round(loaded / base, 2),
@@ -293,9 +281,12 @@ def bench_sweep_scaling(quick: bool) -> dict[str, Any]:
 
 BENCHES: dict[str, Callable[[bool], dict[str, Any]]] = {
     "cold_start": bench_cold_start,
+    "warm": bench_warm,
+    "sweep_scale": bench_sweep_scale,
+    "burst": bench_burst,
     "routing": bench_routing,
-    "ledger_claim": bench_ledger_claim,
-    "sweep_scaling": bench_sweep_scaling,
+    "ledger_writes": bench_ledger_writes,
+    "sweep_history": bench_sweep_history,
 }
 
 
@@ -305,14 +296,135 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--quick", action="store_true", help="small sizes (the CI smoke slice)")
     parser.add_argument("--only", default="", help="comma-separated benchmark names")
+    parser.add_argument("--out", default="", help="results folder (default: results/)")
     args = parser.parse_args(argv)
     names = [n for n in args.only.split(",") if n] or list(BENCHES)
+    unknown = sorted(set(names) - set(BENCHES))
+    if unknown:
+        parser.error(f"unknown benchmark(s): {', '.join(unknown)} (known: {', '.join(BENCHES)})")
     os.environ.setdefault("GOOGLE_CLOUD_PROJECT", "local-project")
     results = {}
     for name in names:
+        _progress(f"== {name}")
         results[name] = BENCHES[name](args.quick)
         print(json.dumps({name: results[name]}), flush=True)
+    from bench import report
+
+    command = (
+        "python -m bench" + (" --quick" if args.quick else "") + (f" --only {args.only}" if args.only else "")
+    )
+    report.write(
+        "performance-quick" if args.quick else "performance",
+        results,
+        command=command,
+        table=summary_rows(results),
+        title="Performance" + (" (quick smoke slice: sizes too small for the goals)" if args.quick else ""),
+        out_dir=Path(args.out) if args.out else None,
+    )
     return 0
+
+
+def summary_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """One row per figure that has a goal or a baseline."""
+    rows: list[dict[str, Any]] = []
+    cold = results.get("cold_start")
+    if cold:
+        for f in cold["functions"]:
+            rows.append(
+                {
+                    "figure": f"cold start {f['function']}",
+                    "measured": f"{f['wall_ms']:.0f} ms, {f['peak_rss_mb']:.1f} MB",
+                    "baseline": f"{cold['baseline_wall_ms']:.0f} ms, {cold['baseline_peak_rss_mb']:.1f} MB",
+                    "ratio": f"{f['time_ratio']} time, {f['rss_ratio']} RSS",
+                    "goal": f"<= {f['time_goal']} time, <= {f['rss_goal']} RSS",
+                    "met": "yes" if f["meets_goals"] else "no",
+                }
+            )
+    warm = results.get("warm")
+    if warm:
+        o, b = warm["ours"], warm["sample"]
+        rows.append(
+            {
+                "figure": "warm latency p50 / p99 (emulator time subtracted)",
+                "measured": f"{o['p50_minus_emulator_ms']} / {o['p99_minus_emulator_ms']} ms",
+                "baseline": f"{b['p50_minus_emulator_ms']} / {b['p99_minus_emulator_ms']} ms",
+                "ratio": warm["p50_ratio_net"],
+                "goal": "",
+                "met": "",
+            }
+        )
+        rows.append(
+            {
+                "figure": "warm throughput, 8 in flight",
+                "measured": f"{o['events_per_s_8_in_flight']} events/s",
+                "baseline": f"{b['events_per_s_8_in_flight']} events/s",
+                "ratio": warm["throughput_ratio"],
+                "goal": "",
+                "met": "",
+            }
+        )
+        c = warm["api_calls_per_launch"]
+        rows.append(
+            {
+                "figure": "API calls per launch",
+                "measured": f"{c['total']:.2f} ({c['ledger']:.2f} ledger + {c['backend']:.2f} backend)",
+                "baseline": "",
+                "ratio": "",
+                "goal": f"<= {warm['calls_goal']}",
+                "met": "yes" if warm["meets_calls_goal"] else "no",
+            }
+        )
+    sweep = results.get("sweep_scale")
+    if sweep:
+        st = sweep["steady_sweep"]
+        rows.append(
+            {
+                "figure": f"sweep of {sweep['active_runs']} active runs, {sweep['backend_latency_ms']} ms backend latency",
+                "measured": f"{st['wall_s']} s, {st['peak_rss_mb']} MB, calls {st['calls']}",
+                "baseline": f"floor {sweep['floor']['wall_s']} s",
+                "ratio": sweep["steady_vs_floor"],
+                "goal": f"<= {sweep['wall_goal_s']:.0f} s",
+                "met": "yes" if sweep["meets_goal"] else "no",
+            }
+        )
+        fs = sweep["first_sweep"]
+        rows.append(
+            {
+                "figure": "first sweep after the launches (records gain their job)",
+                "measured": f"{fs['wall_s']} s, {fs['peak_rss_mb']} MB, calls {fs['calls']}",
+                "baseline": "",
+                "ratio": "",
+                "goal": "",
+                "met": "",
+            }
+        )
+    burst = results.get("burst")
+    if burst:
+        o, b = burst["ours"], burst["sample"]
+        rows.append(
+            {
+                "figure": f"burst of {o['objects']} objects: all launched",
+                "measured": f"{o['all_launched_s']} s, duplicate jobs {o['duplicate_jobs']}",
+                "baseline": f"{b['all_launched_s']} s, duplicate jobs {b['duplicate_jobs']}",
+                "ratio": burst["time_ratio"],
+                "goal": "exactly once",
+                "met": "yes" if o["duplicate_jobs"] == 0 and o["launched"] == o["objects"] else "no",
+            }
+        )
+    for name, key in (("routing", "ratio"), ("ledger_writes", "ratio"), ("sweep_history", "calls_ratio")):
+        r = results.get(name)
+        if r:
+            rows.append(
+                {
+                    "figure": name,
+                    "measured": {k: v for k, v in r.items() if k not in ("baseline", key, "note")},
+                    "baseline": r.get("baseline", ""),
+                    "ratio": r.get(key, ""),
+                    "goal": "",
+                    "met": "",
+                }
+            )
+    return rows
 
 
 if __name__ == "__main__":

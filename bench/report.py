@@ -80,7 +80,7 @@ def write(
     folder = out_dir or Path(os.environ.get("EVIDENCE_RESULTS_DIR") or RESULTS)
     folder.mkdir(parents=True, exist_ok=True)
     stamp = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-    doc = {
+    doc: dict[str, Any] = {
         "suite": suite,
         "measured_at": stamp,
         "command": command,
@@ -104,5 +104,8 @@ def write(
         md += ["", notes.strip(), ""]
     md_path = folder / f"{suite}.md"
     md_path.write_text("\n".join(md))
-    print(f"wrote {json_path.relative_to(ROOT) if json_path.is_relative_to(ROOT) else json_path}", file=sys.stderr)
+    print(
+        f"wrote {json_path.relative_to(ROOT) if json_path.is_relative_to(ROOT) else json_path}",
+        file=sys.stderr,
+    )
     return json_path, md_path

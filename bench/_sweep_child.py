@@ -1,0 +1,95 @@
+"""One sweep in a fresh process, as ``check_runs`` runs it; prints wall time, peak RSS and the API
+calls it made, counted at the two HTTP sessions (ledger and backend).
+
+    python -m bench._sweep_child CONFIG [--floor N]
+
+``--floor N``: instead of sweeping, issue the sweep's own backend calls (``jobs.get`` of the first N
+active runs) through the same pool size and nothing else: the floor any sweep pays.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import concurrent.futures as cf
+import json
+import threading
+import time
+from typing import Any
+
+from bench._cold_child import peak_rss_mb
+
+
+class Counter:
+    def __init__(self) -> None:
+        self.calls: collections.Counter[str] = collections.Counter()
+        self._lock = threading.Lock()
+
+    def hook(self, kind: str) -> Any:
+        def count(response: Any, *args: Any, **kwargs: Any) -> Any:
+            with self._lock:
+                self.calls[f"{kind} {response.request.method}"] += 1
+            return response
+
+        return count
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("config")
+    parser.add_argument("--floor", action="store_true")
+    args = parser.parse_args()
+
+    import requests
+    from google.auth.credentials import AnonymousCredentials
+    from google.cloud import storage
+
+    from handlers import clients
+    from handlers.config import load_config
+    from handlers.runtime import make_runtime
+    from handlers.tracking import SWEEP_WORKERS, Tracker
+
+    counter = Counter()
+    ledger_http = requests.Session()
+    ledger_http.hooks["response"].append(counter.hook("ledger"))
+    import os
+
+    client = storage.Client(
+        project=os.environ.get("GOOGLE_CLOUD_PROJECT", "local-project"),
+        credentials=AnonymousCredentials(),
+        client_options={"api_endpoint": os.environ["STORAGE_EMULATOR_HOST"]},
+        _http=ledger_http,
+    )
+    backend_http = clients.google_session()
+    backend_http.hooks["response"].append(counter.hook("backend"))
+    runtime = make_runtime(load_config(args.config), storage_client=client)
+    started = time.perf_counter()
+    if args.floor:
+        active = runtime.ledger.active()
+        backend = runtime.backend("dataflow")
+        from handlers.backends.base import JobRef
+
+        refs = [JobRef.from_json(m.job) for _, m in active if m is not None and m.job]
+        listed = time.perf_counter()
+        with cf.ThreadPoolExecutor(SWEEP_WORKERS) as pool:
+            list(pool.map(backend.status, refs))
+        result: dict[str, Any] = {"runs": len(refs), "list_s": round(listed - started, 2)}
+    else:
+        report = Tracker(runtime).sweep(budget_seconds=600)
+        result = {
+            "runs": report.checked,
+            "finished": len(report.finished),
+            "errors": len(report.errors),
+            "left_for_next": report.left_for_next,
+        }
+    result.update(
+        wall_s=round(time.perf_counter() - started, 2),
+        peak_rss_mb=peak_rss_mb(),
+        calls=dict(counter.calls),
+        workers=SWEEP_WORKERS,
+    )
+    print(json.dumps(result), flush=True)
+
+
+if __name__ == "__main__":
+    main()
