@@ -164,9 +164,10 @@ def _with_services(fn: Callable[[Any, str], dict[str, Any]]) -> dict[str, Any]:
 
 def bench_ledger_writes(quick: bool) -> dict[str, Any]:
     def run(client: Any, bucket: str) -> dict[str, Any]:
-        from handlers.ledger import GcsStore, Ledger, Marker, Run
+        from handlers.gcs import GcsStore
+        from handlers.ledger import Ledger, Marker, Run
 
-        ledger = Ledger(GcsStore(bucket, client), "bench/")
+        ledger = Ledger(GcsStore(bucket), "bench/")
         n = 20 if quick else 200
         payload = Ledger._encode(Run("t-0", "t", "p", "dataflow", "CLAIMED", "p-0"))
         counter = iter(range(10**9))
@@ -227,7 +228,7 @@ def bench_sweep_history(quick: bool) -> dict[str, Any]:
                     "triggers": {},
                 }
             )
-            rt = make_runtime(config, storage_client=client, backends={"dataflow": StillRunning()})  # type: ignore[dict-item]
+            rt = make_runtime(config, backends={"dataflow": StillRunning()})  # type: ignore[dict-item]
             job = {"backend": "dataflow", "id": "j", "name": "n", "project": "p", "region": "r", "url": ""}
             for i in range(active):
                 run = rt.ledger.create(

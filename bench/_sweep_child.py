@@ -41,8 +41,6 @@ def main() -> None:
     args = parser.parse_args()
 
     import requests
-    from google.auth.credentials import AnonymousCredentials
-    from google.cloud import storage
 
     from handlers import clients
     from handlers.config import load_config
@@ -52,17 +50,9 @@ def main() -> None:
     counter = Counter()
     ledger_http = requests.Session()
     ledger_http.hooks["response"].append(counter.hook("ledger"))
-    import os
-
-    client = storage.Client(
-        project=os.environ.get("GOOGLE_CLOUD_PROJECT", "local-project"),
-        credentials=AnonymousCredentials(),
-        client_options={"api_endpoint": os.environ["STORAGE_EMULATOR_HOST"]},
-        _http=ledger_http,
-    )
     backend_http = clients.google_session()
     backend_http.hooks["response"].append(counter.hook("backend"))
-    runtime = make_runtime(load_config(args.config), storage_client=client)
+    runtime = make_runtime(load_config(args.config), ledger_session=ledger_http)
     started = time.perf_counter()
     if args.floor:
         active = runtime.ledger.active()

@@ -41,7 +41,7 @@ def _launch_one(services: Services, config_path: Path, name: str) -> None:
     from tests.support import events as ev
 
     clients.reset()
-    runtime = make_runtime(load_config(config_path), storage_client=services.gcs)
+    runtime = make_runtime(load_config(config_path))
     dispatch.handle_object_finalized(ev.storage_finalized("landing", name, generation=1), runtime)
     services.dataflow_control("POST", "clock", {"advance_seconds": 7200})
 

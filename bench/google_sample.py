@@ -9,6 +9,7 @@ path: ``google.auth.default()`` against the local metadata server (deploy/local/
 
 import json
 import os
+import uuid
 
 import functions_framework
 from google.cloud import pubsub_v1
@@ -29,7 +30,7 @@ def launch_template(cloud_event):
         cache_discovery=False,
         client_options={"api_endpoint": os.environ["DATAFLOW_API_ENDPOINT"]},
     )
-    job_name = "sample-" + data["generation"]
+    job_name = f"sample-{data['generation']}-{uuid.uuid4().hex[:8]}"  # the samples use a timestamp
     response = (
         dataflow.projects()
         .locations()

@@ -81,9 +81,6 @@ def _drive(url: str, prefix: str, n: int, concurrency: int) -> tuple[list[float]
 
 def calls_per_launch(services: Services, config: Path, n: int) -> dict[str, float]:
     """Launch ``n`` events in-process and count what reached fake-gcs-server and the emulator."""
-    from google.auth.credentials import AnonymousCredentials
-    from google.cloud import storage
-
     from handlers import clients, dispatch
     from handlers.config import load_config
     from handlers.runtime import make_runtime
@@ -100,14 +97,8 @@ def calls_per_launch(services: Services, config: Path, n: int) -> dict[str, floa
 
     ledger_http = requests.Session()
     ledger_http.hooks["response"].append(hook("ledger"))
-    client = storage.Client(
-        project=services.project,
-        credentials=AnonymousCredentials(),
-        client_options={"api_endpoint": services.gcs_url},
-        _http=ledger_http,
-    )
     clients.reset()
-    runtime = make_runtime(load_config(config), storage_client=client)
+    runtime = make_runtime(load_config(config), ledger_session=ledger_http)
     clients.google_session().hooks["response"].append(hook("backend"))
     for _i in range(n):
         dispatch.handle_object_finalized(

@@ -1,7 +1,8 @@
 """Google clients, built lazily and once per process (thread-safe).
 
-A cold start imports only what the function needs: the storage client for the ledger, the
-publisher (Pub/Sub REST) only where completions are published, the authorized HTTP session only for backends.
+A cold start imports only what the function needs: one authorized HTTP session (``requests`` +
+google-auth) shared by the ledger (Cloud Storage JSON API), the publisher (Pub/Sub REST) and the
+backends; no Google client library with its gRPC/protobuf stack.
 Tests and the local stack point them at emulators through the standard environment variables
 (``STORAGE_EMULATOR_HOST``, ``PUBSUB_EMULATOR_HOST``) and the backend endpoint overrides.
 
@@ -22,7 +23,7 @@ ENDPOINT_ENVS = (
     "FABRIC_API_ENDPOINT",
     "FABRIC_TOKEN_ENDPOINT",
 )
-_lock = threading.Lock()
+_lock = threading.RLock()  # re-entrant: one client may be built from another (publisher -> session)
 _cache: dict[str, Any] = {}
 
 
@@ -87,20 +88,15 @@ def google_session() -> Any:
     return _once("google_session", build)
 
 
-def storage_client() -> Any:
+def plain_session() -> Any:
+    """A pooled ``requests`` session without credentials (the local emulators)."""
+
     def build() -> Any:
-        from google.cloud import storage
+        import requests
 
-        if os.environ.get("STORAGE_EMULATOR_HOST"):
-            from google.auth.credentials import AnonymousCredentials
+        return _pooled(requests.Session())
 
-            return storage.Client(
-                project=os.environ.get("GOOGLE_CLOUD_PROJECT", "local-project"),
-                credentials=AnonymousCredentials(),
-            )
-        return storage.Client()
-
-    return _once("storage", build)
+    return _once("plain_session", build)
 
 
 class _Published:
@@ -151,9 +147,7 @@ def publisher() -> Any:
     def build() -> Any:
         emulator = os.environ.get("PUBSUB_EMULATOR_HOST")
         if emulator:
-            import requests
-
-            return RestPublisher(_pooled(requests.Session()), f"http://{emulator}")
+            return RestPublisher(plain_session(), f"http://{emulator}")
         return RestPublisher(google_session(), "https://pubsub.googleapis.com")
 
     return _once("publisher", build)

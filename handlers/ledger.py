@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import os
 import uuid
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field, replace
@@ -37,14 +36,10 @@ from typing import Any, Protocol
 from handlers.backends.base import JobRef, RunState
 from handlers.errors import LedgerUnavailable, NotFound
 from handlers.events import iso
+from handlers.gcs import Conflict as Conflict  # re-exported: callers catch ledger.Conflict
 
 SCHEMA = 1
-GCS_BUCKET_METADATA_ENV = "DISABLE_GCS_PYTHON_CLIENT_OTEL_BUCKET_METADATA"
 HISTORY_LIMIT = 50
-
-
-class Conflict(Exception):
-    """A conditional write lost: the object exists (create) or changed since it was read (update)."""
 
 
 class Store(Protocol):
@@ -65,117 +60,6 @@ class Store(Protocol):
     def read_meta(self, name: str) -> Mapping[str, str] | None: ...
 
     def list_meta(self, prefix: str) -> Iterator[tuple[str, Mapping[str, str]]]: ...
-
-
-class GcsStore:
-    """:class:`Store` over a Cloud Storage bucket (google-cloud-storage)."""
-
-    def __init__(self, bucket: str, client: Any = None, timeout: Any = None) -> None:
-        from handlers import http
-
-        # google-cloud-storage >= 3.x fetches each bucket's metadata once per process, in a background
-        # thread, only to decorate OpenTelemetry spans: an extra storage.buckets.get call (which a
-        # least-privilege ledger role may not even grant) on every cold start. The ledger needs none.
-        os.environ.setdefault(GCS_BUCKET_METADATA_ENV, "true")
-        self.bucket_name = bucket
-        self._client = client
-        self._bucket: Any = None
-        self.timeout = timeout or http.default_timeout()
-
-    @property
-    def bucket(self) -> Any:
-        if self._bucket is None:
-            if self._client is None:
-                from handlers import clients
-
-                self._client = clients.storage_client()
-            self._bucket = self._client.bucket(self.bucket_name)
-        return self._bucket
-
-    def _call(self, what: str, fn: Callable[[], Any]) -> Any:
-        from google.api_core import exceptions as gexc
-
-        try:
-            return fn()
-        except gexc.PreconditionFailed as exc:
-            raise Conflict(what) from exc
-        except gexc.NotFound:
-            raise
-        except (gexc.GoogleAPIError, OSError) as exc:
-            raise LedgerUnavailable(f"ledger {what}: {exc.__class__.__name__}: {exc}") from exc
-        except Exception as exc:
-            if exc.__class__.__module__.startswith(("requests", "urllib3", "google.auth")):
-                raise LedgerUnavailable(f"ledger {what}: {exc.__class__.__name__}: {exc}") from exc
-            raise
-
-    def read(self, name: str) -> tuple[bytes, int] | None:
-        from google.api_core import exceptions as gexc
-
-        blob = self.bucket.blob(name)
-        try:
-            data = self._call(f"read {name}", lambda: blob.download_as_bytes(timeout=self.timeout))
-        except gexc.NotFound:
-            return None
-        return data, int(blob.generation)
-
-    def _upload(self, name: str, data: bytes, generation: int) -> int:
-        from google.api_core import exceptions as gexc
-
-        blob = self.bucket.blob(name)
-        try:
-            self._call(
-                f"write {name}",
-                lambda: blob.upload_from_string(
-                    data,
-                    content_type="application/json",
-                    if_generation_match=generation,
-                    timeout=self.timeout,
-                ),
-            )
-        except gexc.NotFound as exc:
-            if generation == 0:
-                raise LedgerUnavailable(f"ledger bucket {self.bucket_name!r} not found") from exc
-            raise Conflict(name) from exc
-        return int(blob.generation)
-
-    def create(self, name: str, data: bytes) -> int:
-        return self._upload(name, data, 0)
-
-    def replace(self, name: str, data: bytes, generation: int) -> int:
-        return self._upload(name, data, generation)
-
-    def delete(self, name: str) -> None:
-        from google.api_core import exceptions as gexc
-
-        try:
-            self._call(f"delete {name}", lambda: self.bucket.blob(name).delete(timeout=self.timeout))
-        except gexc.NotFound:
-            pass
-
-    def list(self, prefix: str) -> Iterator[str]:
-        for name, _ in self.list_meta(prefix):
-            yield name
-
-    def put_meta(self, name: str, metadata: Mapping[str, str]) -> None:
-        """An empty object carrying ``metadata``, written unconditionally (markers only)."""
-        blob = self.bucket.blob(name)
-        blob.metadata = dict(metadata)
-        self._call(
-            f"write {name}",
-            lambda: blob.upload_from_string(b"", content_type="text/plain", timeout=self.timeout),
-        )
-
-    def read_meta(self, name: str) -> Mapping[str, str] | None:
-        blob = self._call(f"read {name}", lambda: self.bucket.get_blob(name, timeout=self.timeout))
-        return None if blob is None else dict(blob.metadata or {})
-
-    def list_meta(self, prefix: str) -> Iterator[tuple[str, Mapping[str, str]]]:
-        blobs = self._call(
-            f"list {prefix}",
-            lambda: list(self.bucket.client.list_blobs(self.bucket, prefix=prefix, timeout=self.timeout)),
-        )
-        for blob in blobs:
-            yield blob.name, dict(blob.metadata or {})
 
 
 def now() -> dt.datetime:

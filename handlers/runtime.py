@@ -14,7 +14,8 @@ from typing import Any
 from handlers.backends import backend_class
 from handlers.backends.base import Backend
 from handlers.config import Config, cached_config
-from handlers.ledger import GcsStore, Ledger
+from handlers.gcs import GcsStore
+from handlers.ledger import Ledger
 
 
 @dataclass
@@ -46,11 +47,13 @@ class Runtime:
 def make_runtime(
     config: Config,
     *,
-    storage_client: Any = None,
+    ledger_session: Any = None,
     publisher: Any = None,
     backends: dict[str, Backend] | None = None,
 ) -> Runtime:
-    store = GcsStore(config.settings.ledger_bucket, client=storage_client)
+    """``ledger_session``: the HTTP session the ledger talks to Cloud Storage through (default: the
+    process's own, pointed at ``STORAGE_EMULATOR_HOST`` when set)."""
+    store = GcsStore(config.settings.ledger_bucket, session=ledger_session)
     return Runtime(
         config=config,
         ledger=Ledger(store, config.settings.ledger_prefix),

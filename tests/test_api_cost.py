@@ -1,7 +1,7 @@
 """Specification: what a launch and a sweep cost in API calls, counted where they arrive.
 
-Ledger calls are counted by the HTTP session the storage client sends through (every request that
-reaches fake-gcs-server); backend calls by the Dataflow emulator's own request log. The launch path is
+Ledger calls are counted by the HTTP session the ledger sends through (every request that reaches
+fake-gcs-server); backend calls by the Dataflow emulator's own request log. The launch path is
 claim -> launch request -> active marker carrying the job: three calls, ledger included. A sweep over
 runs whose state did not change asks each backend once and touches the ledger only to list markers.
 """
@@ -13,10 +13,7 @@ from typing import Any
 
 import pytest
 import requests
-from google.auth.credentials import AnonymousCredentials
-from google.cloud import storage
 
-from deploy.local.services import LOCAL_PROJECT
 from handlers import dispatch
 from handlers.tracking import Tracker
 from tests.support import events as ev
@@ -44,12 +41,6 @@ class CountingSession(requests.Session):
 @pytest.fixture
 def counted(world, dataflow, gcs_server):
     session = CountingSession()
-    client = storage.Client(
-        project=LOCAL_PROJECT,
-        credentials=AnonymousCredentials(),
-        client_options={"api_endpoint": gcs_server.url},
-        _http=session,
-    )
     pipelines = {
         "wordcount": {
             **dataflow.pipeline_options("wordcount"),
@@ -60,7 +51,7 @@ def counted(world, dataflow, gcs_server):
     config = world.config(pipelines, triggers)
     from handlers.runtime import make_runtime
 
-    runtime = make_runtime(config, storage_client=client)
+    runtime = make_runtime(config, ledger_session=session)
     return runtime, session
 
 

@@ -83,7 +83,7 @@ class World:
         return path
 
     def runtime(self, config: Config, **backends: Any) -> Runtime:
-        return make_runtime(config, storage_client=self.gcs, backends=dict(backends))
+        return make_runtime(config, backends=dict(backends))
 
     # -- observing -------------------------------------------------------------------------------
     def runs(self, runtime: Runtime) -> list[Run]:
