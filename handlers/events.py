@@ -14,7 +14,9 @@ Shapes (Google's ``google-cloudevents`` schemas):
 
 The wrappers tolerate what real deliveries do: numbers sent as strings, camelCase and snake_case
 copies of the same field, empty or non-JSON message data. Anything that cannot be understood is an
-:class:`~handlers.errors.EventError` naming the field.
+:class:`~handlers.errors.EventError` naming the field: a text field (bucket, name, content type,
+hashes, metadata and attribute values) of another type, and text that is not valid Unicode (a lone
+surrogate a JSON escape can carry), which no log line, ledger record or job parameter could hold.
 """
 
 from __future__ import annotations
@@ -45,6 +47,50 @@ def _first(d: Mapping[str, Any], *names: str) -> Any:
         if v not in (None, ""):
             return v
     return None
+
+
+def _text(value: Any, field_name: str) -> str | None:
+    """A text field: ``None`` when absent or empty; a value of another type is malformed (its
+    ``str()`` would render into parameters as ``None``, ``['a']``...)."""
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str):
+        raise EventError(f"{field_name} must be a string, got {type(value).__name__}", field=field_name)
+    return value
+
+
+def invalid_text_path(value: Any, path: str = "") -> str | None:
+    """Where ``value`` holds a string (or key) that is not valid Unicode (a lone surrogate, which a
+    JSON ``\\ud800`` escape can carry but UTF-8 cannot), or ``None`` when it holds none."""
+    stack: list[tuple[Any, str]] = [(value, path)]
+    while stack:
+        node, where = stack.pop()
+        if isinstance(node, str):
+            if not _encodable(node):
+                return where or "value"
+        elif isinstance(node, Mapping):
+            for key, child in node.items():
+                here = f"{where}.{key}" if where else str(key)
+                if isinstance(key, str) and not _encodable(key):
+                    return here
+                stack.append((child, here))
+        elif isinstance(node, list | tuple):
+            stack.extend((child, f"{where}.{i}" if where else str(i)) for i, child in enumerate(node))
+    return None
+
+
+def _encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _require_unicode(value: Any, what: str) -> None:
+    where = invalid_text_path(value)
+    if where is not None:
+        raise EventError(f"{what} carries text that is not valid Unicode at {where!r}", field=where)
 
 
 def to_int(value: Any, field_name: str) -> int | None:
@@ -144,8 +190,8 @@ class StorageObject:
     ) -> StorageObject:
         """Build from an object resource (JSON API v1), tolerant of string numbers and snake_case."""
         fb = fallback or {}
-        bucket = _first(data, "bucket") or fb.get("bucket")
-        name = _first(data, "name") or fb.get("name")
+        bucket = _text(_first(data, "bucket"), "bucket") or fb.get("bucket")
+        name = _text(_first(data, "name"), "name") or fb.get("name")
         generation = to_int(_first(data, "generation") or fb.get("generation"), "generation")
         if not bucket:
             raise EventError("storage event has no bucket", field="bucket")
@@ -156,16 +202,21 @@ class StorageObject:
         metadata = _first(data, "metadata") or {}
         if not isinstance(metadata, Mapping):
             raise EventError("metadata must be an object", field="metadata")
+        for key, value in metadata.items():
+            if not isinstance(value, str):
+                raise EventError(
+                    f"metadata.{key} must be a string, got {type(value).__name__}", field=f"metadata.{key}"
+                )
         return cls(
             bucket=str(bucket),
             name=str(name),
             generation=generation,
             size=to_int(_first(data, "size"), "size"),
-            content_type=_first(data, "contentType", "content_type"),
+            content_type=_text(_first(data, "contentType", "content_type"), "contentType"),
             metageneration=to_int(_first(data, "metageneration"), "metageneration"),
-            metadata={str(k): str(v) for k, v in metadata.items()},
-            md5_hash=_first(data, "md5Hash", "md5_hash"),
-            crc32c=_first(data, "crc32c"),
+            metadata={str(k): v for k, v in metadata.items()},
+            md5_hash=_text(_first(data, "md5Hash", "md5_hash"), "md5Hash"),
+            crc32c=_text(_first(data, "crc32c"), "crc32c"),
             time_created=parse_time(_first(data, "timeCreated", "time_created"), "timeCreated"),
         )
 
@@ -272,6 +323,8 @@ def parse_object_finalized(cloud_event: Any) -> ObjectEvent:
     if attrs.get("type") not in (None, STORAGE_FINALIZED):
         raise EventError(f"expected {STORAGE_FINALIZED}, got {attrs.get('type')!r}", field="type")
     data = _json_object(data, "data")
+    _require_unicode(attrs, "the CloudEvent")
+    _require_unicode(data, "the storage event")
     fallback: dict[str, Any] = {}
     source, subject = str(attrs.get("source") or ""), str(attrs.get("subject") or "")
     if "/buckets/" in source:
@@ -292,6 +345,8 @@ def parse_message(cloud_event: Any) -> MessageEvent:
     if attrs.get("type") not in (None, PUBSUB_PUBLISHED):
         raise EventError(f"expected {PUBSUB_PUBLISHED}, got {attrs.get('type')!r}", field="type")
     body = _json_object(data, "data")
+    _require_unicode(attrs, "the CloudEvent")
+    _require_unicode(body, "the Pub/Sub event")
     message = body.get("message")
     if not isinstance(message, Mapping):
         raise EventError("Pub/Sub event has no message object", field="message")
@@ -306,6 +361,12 @@ def parse_message(cloud_event: Any) -> MessageEvent:
     attributes = message.get("attributes") or {}
     if not isinstance(attributes, Mapping):
         raise EventError("message.attributes must be an object", field="message.attributes")
+    for key, value in attributes.items():
+        if not isinstance(value, str):
+            raise EventError(
+                f"message.attributes.{key} must be a string, got {type(value).__name__}",
+                field=f"message.attributes.{key}",
+            )
     project, topic = split_topic(str(attrs.get("source") or ""))
     publish_time = parse_time(_first(message, "publishTime", "publish_time"), "message.publishTime")
     return MessageEvent(
@@ -315,9 +376,9 @@ def parse_message(cloud_event: Any) -> MessageEvent:
         topic=topic,
         message_id=str(message_id),
         data=payload,
-        attributes={str(k): str(v) for k, v in attributes.items()},
+        attributes={str(k): v for k, v in attributes.items()},
         publish_time=publish_time,
-        ordering_key=_first(message, "orderingKey", "ordering_key"),
+        ordering_key=_text(_first(message, "orderingKey", "ordering_key"), "message.orderingKey"),
         subscription=body.get("subscription"),
     )
 

@@ -11,10 +11,18 @@ Two parts:
 
 from __future__ import annotations
 
+import base64
 import io
 import json
+from pathlib import Path
+
+import pytest
 
 from handlers import logs
+from handlers.ledger import now
+from reliability import badinput_corpus as corpus
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def capture_logs() -> tuple[io.TextIOWrapper, io.BytesIO]:
@@ -41,3 +49,112 @@ def test_a_log_line_with_a_lone_surrogate_is_written_as_json_escapes():
     assert entry["message"] == "malformed storage event: acknowledged"
     assert entry["name"] == "incoming/\udfff.txt" and entry["owner"] == "café"
     assert entry["logging.googleapis.com/labels"]["event_id"] == "evt-\ud800"
+
+
+@pytest.fixture
+def pipelines(world, dataflow, monkeypatch):
+    """A landing trigger and an orders trigger on the Dataflow emulator; ``deliver`` sends a raw
+    structured CloudEvent to main.py and returns ``(status, log entries)``."""
+    import functions_framework
+
+    from handlers.runtime import reset_default
+
+    opts = dataflow.pipeline_options("ingest")
+    config = world.write_config(
+        {
+            "ingest": {
+                **opts,
+                "parameters": {
+                    "inputFile": "gs://{bucket}/{name}",
+                    "owner": "{metadata.owner|nobody}",
+                    "stem": "{stem}",
+                },
+            },
+            "orders": {
+                **dataflow.pipeline_options("orders"),
+                "parameters": {"orderId": "{data.order.id}", "region": "{attributes.region|none}"},
+            },
+        },
+        {
+            "landing": {"storage": {"bucket": "landing", "prefix": "incoming/"}, "pipeline": "ingest"},
+            "orders": {"pubsub": {"topic": "orders"}, "pipeline": "orders"},
+        },
+    )
+    monkeypatch.setenv("PIPELINES_CONFIG", str(config))
+    reset_default()
+    apps: dict[str, object] = {}
+
+    def deliver(target: str, attrs: dict, data: object) -> tuple[int, list[dict]]:
+        if target not in apps:
+            apps[target] = functions_framework.create_app(
+                target, str(ROOT / "main.py"), "cloudevent"
+            ).test_client()
+        headers, body = corpus.structured({"id": "bi-1", "time": corpus._rfc3339(now(), 0), **attrs}, data)
+        stream, raw = capture_logs()
+        logs.set_stream(stream)
+        try:
+            status = apps[target].post("/", data=body, headers=headers).status_code
+        finally:
+            logs.set_stream(None)
+        return status, [json.loads(line) for line in raw.getvalue().decode().splitlines()]
+
+    return deliver
+
+
+def storage_event(name: object = "incoming/a.txt", **fields: object) -> tuple[dict, dict]:
+    attrs = {
+        "type": corpus.STORAGE_FINALIZED,
+        "source": "//storage.googleapis.com/projects/_/buckets/landing",
+        "subject": "objects/incoming/a.txt",
+    }
+    data = {"bucket": "landing", "name": name, "generation": "17", "size": "3", "contentType": "text/plain"}
+    data.update(fields)
+    return attrs, data
+
+
+def malformed(entries: list[dict], field: str) -> bool:
+    return any("malformed" in e["message"] and e.get("field") == field for e in entries)
+
+
+@pytest.mark.parametrize(
+    "fields,field",
+    [
+        # was rendered as owner="None": a wrong parameter
+        ({"metadata": {"owner": None}}, "metadata.owner"),
+        ({"metadata": {"owner": ["finance"]}}, "metadata.owner"),
+        # was an AttributeError in routing (int has no .split): HTTP 500 and a redelivery loop
+        ({"contentType": 5}, "contentType"),
+        # was falsy, so the subject's name was used silently
+        ({"name": {}}, "name"),
+        ({"md5Hash": ["x"]}, "md5Hash"),
+    ],
+)
+def test_a_wrongly_typed_text_field_is_a_malformed_event_never_a_launch(pipelines, dataflow, fields, field):
+    attrs, data = storage_event(**fields)
+    status, entries = pipelines("on_object_finalized", attrs, data)
+    assert status == 200 and malformed(entries, field), entries
+    assert dataflow.launches() == []
+
+
+def test_text_that_is_not_valid_unicode_is_a_malformed_event(pipelines, dataflow):
+    # A JSON "\ud800" escape in an object name decodes to a lone surrogate: the ledger write and
+    # the run key hash raised UnicodeEncodeError (HTTP 500, redelivered until max_event_age).
+    attrs, data = storage_event(name="incoming/\ud800.txt")
+    status, entries = pipelines("on_object_finalized", attrs, data)
+    assert status == 200 and malformed(entries, "name"), entries
+    status, entries = pipelines("on_object_finalized", {**attrs, "id": "x\udfff"}, storage_event()[1])
+    assert status == 200 and malformed(entries, "id"), entries
+    assert dataflow.launches() == []
+
+
+def test_a_message_attribute_that_is_not_a_string_is_malformed(pipelines, dataflow):
+    # Pub/Sub attributes are strings; {"region": null} was rendered as region="None".
+    message = {
+        "messageId": "m-1",
+        "data": base64.b64encode(b'{"order": {"id": "o-1"}}').decode(),
+        "attributes": {"region": None},
+    }
+    attrs = {"type": corpus.PUBSUB_PUBLISHED, "source": corpus.topic_source("orders")}
+    status, entries = pipelines("on_message", attrs, {"message": message})
+    assert status == 200 and malformed(entries, "message.attributes.region"), entries
+    assert dataflow.launches() == []
