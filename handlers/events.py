@@ -27,6 +27,7 @@ import datetime as dt
 import functools
 import json
 import posixpath
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -93,6 +94,11 @@ def _require_unicode(value: Any, what: str) -> None:
         raise EventError(f"{what} carries text that is not valid Unicode at {where!r}", field=where)
 
 
+# ASCII digits only: int() alone also reads "1_000" as 1000 and "\uff11\uff12" as 12, so garbage
+# would become another generation (another run identity) or size.
+_INT_TEXT = re.compile(r"[ \t\r\n]*[+-]?[0-9]+[ \t\r\n]*")
+
+
 def to_int(value: Any, field_name: str) -> int | None:
     """An integer from a JSON number or a numeric string; ``None`` when absent."""
     if value is None or value == "":
@@ -103,11 +109,8 @@ def to_int(value: Any, field_name: str) -> int | None:
         return value
     if isinstance(value, float) and value.is_integer():
         return int(value)
-    if isinstance(value, str):
-        try:
-            return int(value.strip())
-        except ValueError:
-            pass
+    if isinstance(value, str) and _INT_TEXT.fullmatch(value):
+        return int(value)
     raise EventError(f"{field_name} must be an integer, got {value!r}", field=field_name)
 
 

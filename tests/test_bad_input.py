@@ -158,3 +158,22 @@ def test_a_message_attribute_that_is_not_a_string_is_malformed(pipelines, datafl
     status, entries = pipelines("on_message", attrs, {"message": message})
     assert status == 200 and malformed(entries, "message.attributes.region"), entries
     assert dataflow.launches() == []
+
+
+@pytest.mark.parametrize("garbage", ["1_000", "\uff11\uff12", "\u0661\u0662", "0x1F", "1e3", " ", "1.5"])
+def test_a_generation_that_is_not_decimal_digits_is_malformed_not_another_number(garbage):
+    # int() read "1_000" as 1000 and full-width or Arabic-Indic digits as numbers: a garbage
+    # generation became another run identity and a different {generation} parameter.
+    from handlers.errors import EventError
+    from handlers.events import to_int
+
+    with pytest.raises(EventError) as err:
+        to_int(garbage, "generation")
+    assert err.value.field == "generation"
+
+
+@pytest.mark.parametrize("text,value", [("17", 17), (" 17\n", 17), ("+17", 17), ("-3", -3), (17.0, 17)])
+def test_numbers_as_strings_or_integral_floats_are_still_read(text, value):
+    from handlers.events import to_int
+
+    assert to_int(text, "generation") == value
