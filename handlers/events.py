@@ -279,13 +279,19 @@ class MessageEvent:
 
     @functools.cached_property
     def json(self) -> Any:
-        """The message data parsed as JSON, or ``None`` when empty or not JSON."""
+        """The message data parsed as JSON, or ``None`` when empty or not JSON (nested deeper than
+        the parser goes, or holding text that is not valid Unicode, counts as not JSON)."""
         if not self.data.strip():
             return None
         try:
-            return json.loads(self.data)
-        except (ValueError, UnicodeDecodeError):
+            value = json.loads(self.data)
+        except (ValueError, UnicodeDecodeError, RecursionError):
             return None
+        # Lone surrogates come from \u escapes, or from raw bytes json decodes with surrogatepass.
+        suspect = b"\\u" in self.data or not self.data.isascii()
+        if suspect and invalid_text_path(value) is not None:
+            return None
+        return value
 
     def is_storage_notification(self) -> bool:
         return all(self.attributes.get(a) for a in _NOTIFICATION_ATTRS)

@@ -177,3 +177,20 @@ def test_numbers_as_strings_or_integral_floats_are_still_read(text, value):
     from handlers.events import to_int
 
     assert to_int(text, "generation") == value
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        b"[" * 100_000 + b"]" * 100_000,  # was a RecursionError: HTTP 500, redelivered
+        b'{"order": {"id": "\\ud800-1"}}',  # a lone surrogate: was a UnicodeEncodeError at the ledger
+    ],
+)
+def test_message_data_nested_too_deep_or_not_valid_unicode_is_not_json(pipelines, dataflow, payload):
+    message = {"messageId": "m-2", "data": base64.b64encode(payload).decode(), "attributes": {}}
+    attrs = {"type": corpus.PUBSUB_PUBLISHED, "source": corpus.topic_source("orders")}
+    status, entries = pipelines("on_message", attrs, {"message": message})
+    assert status == 200, entries
+    failed = [e for e in entries if e["message"].startswith("parameters could not be rendered")]
+    assert failed and "{data.order.id}" in failed[0]["error_message"]
+    assert dataflow.launches() == []
