@@ -26,7 +26,6 @@ import binascii
 import datetime as dt
 import functools
 import json
-import posixpath
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -170,11 +169,13 @@ class StorageObject:
 
     @property
     def dirname(self) -> str:
-        return posixpath.dirname(self.name)
+        """Everything before the last ``/``, as written: object names are flat, so the ``//`` of
+        ``a//b.txt`` is part of its prefix (posixpath.dirname would drop it: ``a``, another prefix)."""
+        return self.name.rpartition("/")[0]
 
     @property
     def basename(self) -> str:
-        return posixpath.basename(self.name)
+        return self.name.rpartition("/")[2]
 
     @property
     def stem(self) -> str:

@@ -194,3 +194,21 @@ def test_message_data_nested_too_deep_or_not_valid_unicode_is_not_json(pipelines
     failed = [e for e in entries if e["message"].startswith("parameters could not be rendered")]
     assert failed and "{data.order.id}" in failed[0]["error_message"]
     assert dataflow.launches() == []
+
+
+@pytest.mark.parametrize(
+    "name,dirname,basename",
+    [
+        ("incoming//x.txt", "incoming/", "x.txt"),  # posixpath.dirname gave "incoming": another prefix
+        ("/x.txt", "", "x.txt"),  # and "/" here
+        ("a/b/", "a/b", ""),
+        ("x.txt", "", "x.txt"),
+        ("a/../b.txt", "a/..", "b.txt"),
+    ],
+)
+def test_dirname_is_everything_before_the_last_slash_as_written(name, dirname, basename):
+    from handlers.events import StorageObject
+
+    obj = StorageObject(bucket="b", name=name, generation=1)
+    assert (obj.dirname, obj.basename) == (dirname, basename)
+    assert (f"{obj.dirname}/" if "/" in name else "") + obj.basename == name
