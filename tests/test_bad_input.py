@@ -74,10 +74,12 @@ def pipelines(world, dataflow, monkeypatch):
                 **dataflow.pipeline_options("orders"),
                 "parameters": {"orderId": "{data.order.id}", "region": "{attributes.region|none}"},
             },
+            "raw": {**dataflow.pipeline_options("raw"), "parameters": {"source": "{data}"}},
         },
         {
             "landing": {"storage": {"bucket": "landing", "prefix": "incoming/"}, "pipeline": "ingest"},
             "orders": {"pubsub": {"topic": "orders"}, "pipeline": "orders"},
+            "raw": {"pubsub": {"topic": "raw"}, "pipeline": "raw"},
         },
     )
     monkeypatch.setenv("PIPELINES_CONFIG", str(config))
@@ -212,3 +214,20 @@ def test_dirname_is_everything_before_the_last_slash_as_written(name, dirname, b
     obj = StorageObject(bucket="b", name=name, generation=1)
     assert (obj.dirname, obj.basename) == (dirname, basename)
     assert (f"{obj.dirname}/" if "/" in name else "") + obj.basename == name
+
+
+def test_a_payload_that_is_not_utf8_gives_data_no_value_instead_of_replacement_characters(
+    pipelines, dataflow
+):
+    # {data} was event.data.decode(errors="replace"): b"caf\xe9" launched with source="caf\ufffd".
+    message = {"messageId": "m-3", "data": base64.b64encode(b"caf\xe9 \xff").decode(), "attributes": {}}
+    attrs = {"type": corpus.PUBSUB_PUBLISHED, "source": corpus.topic_source("raw")}
+    status, entries = pipelines("on_message", attrs, {"message": message})
+    assert status == 200
+    failed = [e for e in entries if e["message"].startswith("parameters could not be rendered")]
+    assert failed and "{data}" in failed[0]["error_message"], entries
+    assert dataflow.launches() == []
+    message = {"messageId": "m-4", "data": base64.b64encode("café\n\x00 ok".encode()).decode()}
+    status, _ = pipelines("on_message", attrs, {"message": message})
+    assert status == 200
+    assert [launch["parameters"] for launch in dataflow.launches()] == [{"source": "café\n\x00 ok"}]
