@@ -12,7 +12,8 @@ The error policy lives here, once for every entry point:
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterable
+import re
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from handlers import completion, events, logs, routing
@@ -20,6 +21,9 @@ from handlers.config import Trigger
 from handlers.errors import EventError, EventTooOld, RetryableError
 from handlers.launch import LaunchService, Outcome
 from handlers.runtime import Runtime
+
+_TRIGGER_LABEL = re.compile(r"[a-z][a-z0-9_-]{0,62}")
+_RUN_HASH = re.compile(r"[0-9a-f]{20}")
 
 
 def _too_old(runtime: Runtime, event: Any, now: dt.datetime | None = None) -> bool:
@@ -121,9 +125,14 @@ def handle_job_status(cloud_event: Any, runtime: Runtime) -> str | None:
     if not isinstance(job, dict):
         logs.error("statusChanged event without a Job payload: acknowledged", event_id=attrs.get("id"))
         return None
-    labels = job.get("labels") or {}
+    labels = job.get("labels")
+    labels = labels if isinstance(labels, Mapping) else {}
     trigger, run_hash = labels.get("pipeline-trigger"), labels.get("run-key-hash")
-    if not trigger or not run_hash:
+    # Only labels this project writes (params.job_labels) name a run; anything else, forged or
+    # foreign, would make a ledger object name of arbitrary text.
+    if not (isinstance(trigger, str) and _TRIGGER_LABEL.fullmatch(trigger)) or not (
+        isinstance(run_hash, str) and _RUN_HASH.fullmatch(run_hash)
+    ):
         logs.info(
             "job was not launched by this project: ignored", job_id=job.get("id"), job_name=job.get("name")
         )

@@ -231,3 +231,22 @@ def test_a_payload_that_is_not_utf8_gives_data_no_value_instead_of_replacement_c
     status, _ = pipelines("on_message", attrs, {"message": message})
     assert status == 200
     assert [launch["parameters"] for launch in dataflow.launches()] == [{"source": "café\n\x00 ok"}]
+
+
+@pytest.mark.parametrize(
+    "labels",
+    [
+        ["pipeline-trigger", "landing"],  # was AttributeError: 'list' object has no attribute 'get' (500)
+        "pipeline-trigger=landing",
+        {"pipeline-trigger": "landing", "run-key-hash": "a" * 5000},  # a ledger name GCS refuses
+        {"pipeline-trigger": "../../ledger", "run-key-hash": "0123456789abcdef0123"},
+        {"pipeline-trigger": "landing\n", "run-key-hash": "0123456789abcdef0123"},
+        {"pipeline-trigger": ["landing"], "run-key-hash": 5},
+    ],
+)
+def test_status_events_whose_labels_this_project_did_not_write_are_ignored(pipelines, labels):
+    job = {"id": "2026-01-01_00_00_00-1", "name": "x", "currentState": "JOB_STATE_DONE", "labels": labels}
+    attrs = {"type": corpus.STATUS_CHANGED, "source": "//dataflow.googleapis.com/projects/p/locations/r"}
+    status, entries = pipelines("on_job_status", attrs, {"payload": job})
+    assert status == 200
+    assert [e["message"] for e in entries] == ["job was not launched by this project: ignored"]
