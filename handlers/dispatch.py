@@ -5,6 +5,8 @@ The error policy lives here, once for every entry point:
 - a malformed event, an unsupported event type, no matching trigger -> logged, acknowledged;
 - an event older than ``settings.max_event_age`` -> dropped with a log line, acknowledged;
 - a permanent launch error -> recorded in the ledger by the launch service, acknowledged;
+- any other permanent error that reaches here (a completion whose fields cannot be read, say) ->
+  logged with its reason, acknowledged: a permanent error never becomes an HTTP 500;
 - a retryable error -> raised after every matching trigger had its turn (the platform redelivers;
   triggers that already launched see a duplicate next time).
 """
@@ -18,7 +20,7 @@ from typing import Any
 
 from handlers import completion, events, logs, routing
 from handlers.config import Trigger
-from handlers.errors import EventError, EventTooOld, RetryableError
+from handlers.errors import EventError, EventTooOld, PermanentError, RetryableError
 from handlers.launch import LaunchService, Outcome
 from handlers.runtime import Runtime
 
@@ -48,9 +50,15 @@ def launch_matches(
             outcomes.append(service.start(trigger, event))
         except RetryableError as exc:
             logs.warning(
-                "transient failure: the event will be redelivered", trigger=trigger.name, **exc.context()
+                "transient failure: the event will be redelivered",
+                **{**exc.context(), "trigger": trigger.name},
             )
             pending = pending or exc
+        except PermanentError as exc:
+            logs.error(
+                "permanent failure before a run was recorded: acknowledged",
+                **{**exc.context(), "trigger": trigger.name},
+            )
     if pending is not None:
         raise pending
     return outcomes
@@ -88,6 +96,14 @@ def handle_object_finalized(cloud_event: Any, runtime: Runtime) -> list[Outcome]
 
 def handle_message(cloud_event: Any, runtime: Runtime) -> list[Outcome]:
     """``on_message``: a Pub/Sub message; storage notifications count as finalize events."""
+    try:
+        return _handle_message(cloud_event, runtime)
+    except PermanentError as exc:
+        logs.error("permanent failure: the message is acknowledged", **exc.context())
+        return []
+
+
+def _handle_message(cloud_event: Any, runtime: Runtime) -> list[Outcome]:
     try:
         message = events.parse_message(cloud_event)
     except EventError as exc:

@@ -75,11 +75,21 @@ def pipelines(world, dataflow, monkeypatch):
                 "parameters": {"orderId": "{data.order.id}", "region": "{attributes.region|none}"},
             },
             "raw": {**dataflow.pipeline_options("raw"), "parameters": {"source": "{data}"}},
+            "chained": {
+                **dataflow.pipeline_options("chained"),
+                "parameters": {"upstream": "{upstream.run_key}"},
+            },
+            "joined": {**dataflow.pipeline_options("joined"), "parameters": {"key": "{join_key}"}},
         },
         {
             "landing": {"storage": {"bucket": "landing", "prefix": "incoming/"}, "pipeline": "ingest"},
             "orders": {"pubsub": {"topic": "orders"}, "pipeline": "orders"},
             "raw": {"pubsub": {"topic": "raw"}, "pipeline": "raw"},
+            "after-ingest": {"completion": {"upstream": "ingest"}, "pipeline": "chained"},
+            "join": {
+                "completion": {"upstream": ["ingest", "orders"], "join_key": "{upstream.run_key}"},
+                "pipeline": "joined",
+            },
         },
     )
     monkeypatch.setenv("PIPELINES_CONFIG", str(config))
@@ -250,3 +260,37 @@ def test_status_events_whose_labels_this_project_did_not_write_are_ignored(pipel
     status, entries = pipelines("on_job_status", attrs, {"payload": job})
     assert status == 200
     assert [e["message"] for e in entries] == ["job was not launched by this project: ignored"]
+
+
+def completion_message(**data: object) -> dict:
+    body = {
+        "specversion": "1.0",
+        "type": corpus.RUN_COMPLETED,
+        "id": "c-1",
+        "time": "2026-01-01T00:00:00Z",
+        "data": {"run_key": "landing-1", "pipeline": "ingest", "state": "SUCCEEDED", **data},
+    }
+    payload = json.dumps(body).encode()
+    return {
+        "message": {
+            "messageId": "m-c1",
+            "data": base64.b64encode(payload).decode(),
+            "attributes": {"event_type": "run.completed"},
+        }
+    }
+
+
+@pytest.mark.parametrize("started_at", ["yesterday", 17, "2026-13-45T00:00:00Z"])
+def test_a_completion_whose_times_cannot_be_read_is_acknowledged_with_a_reason(
+    pipelines, dataflow, started_at
+):
+    # The upstream lookups parse data.started_at when the trigger renders its parameters (and the
+    # fan-in its join key); the EventError escaped dispatch: HTTP 500, redelivered until too old.
+    attrs = {"type": corpus.PUBSUB_PUBLISHED, "source": corpus.topic_source("completions")}
+    status, entries = pipelines("on_message", attrs, completion_message(started_at=started_at))
+    assert status == 200, entries
+    failures = [e for e in entries if e["severity"] == "ERROR"]
+    assert failures and all(
+        e["error"] == "EventError" and repr(started_at) in e["error_message"] for e in failures
+    )
+    assert dataflow.launches() == []
