@@ -294,3 +294,63 @@ def test_a_completion_whose_times_cannot_be_read_is_acknowledged_with_a_reason(
         e["error"] == "EventError" and repr(started_at) in e["error_message"] for e in failures
     )
     assert dataflow.launches() == []
+
+
+@pytest.fixture
+def rest(world, dataflow, monkeypatch):
+    """The api function with one launchable pipeline; ``call`` returns ``(response, log entries)``."""
+    import functions_framework
+
+    from handlers.runtime import reset_default
+
+    config = world.write_config(
+        {
+            "backfill": {
+                **dataflow.pipeline_options("backfill"),
+                "inputs": {"day": {"pattern": "[0-9]{4}-[0-9]{2}-[0-9]{2}"}, "source": {"required": False}},
+                "parameters": {"day": "{input.day}", "source": "{input.source|none}"},
+            }
+        },
+        {},
+    )
+    monkeypatch.setenv("PIPELINES_CONFIG", str(config))
+    reset_default()
+    client = functions_framework.create_app("api", str(ROOT / "main.py"), "http").test_client()
+
+    def call(method: str, path: str, body: bytes = b"", **headers: str) -> tuple[object, list[dict]]:
+        stream, raw = capture_logs()
+        logs.set_stream(stream)
+        try:
+            response = client.open(path, method=method, data=body, headers=headers)
+        finally:
+            logs.set_stream(None)
+        return response, [json.loads(line) for line in raw.getvalue().decode().splitlines()]
+
+    return call
+
+
+@pytest.mark.parametrize(
+    "method,path,body,headers,status",
+    [
+        ("POST", "/runs", b"{nope", {"Idempotency-Key": "k"}, 400),
+        (
+            "POST",
+            "/runs",
+            b'{"pipeline": "backfill", "parameters": {"day": "x"}}',
+            {"Idempotency-Key": "k"},
+            400,
+        ),
+        ("POST", "/runs", b'{"pipeline": "nope"}', {"Idempotency-Key": "k"}, 404),
+        ("POST", "/runs", b'{"pipeline": "backfill", "parameters": {"day": "2026-01-01"}}', {}, 400),
+        ("DELETE", "/pipelines", b"", {}, 405),
+        ("GET", "/runs/api-00000000000000000000", b"", {}, 404),
+        ("GET", "/etc/passwd", b"", {}, 404),
+    ],
+)
+def test_every_refused_api_request_is_logged_with_its_reason(rest, method, path, body, headers, status):
+    # The API answered 4xx bodies but wrote no log line: a refused request left no trace.
+    response, entries = rest(method, path, body, **headers)
+    assert response.status_code == status
+    (entry,) = [e for e in entries if e["message"] == "API request refused"]
+    assert entry["severity"] == "WARNING" and entry["status"] == status
+    assert entry["method"] == method and entry["error_message"] == response.get_json()["error"]["message"]
