@@ -25,6 +25,7 @@ from typing import Any
 
 from handlers import logs
 from handlers.errors import BackendRejected, NotFound, PipelineError, RetryableError
+from handlers.events import invalid_text_path
 from handlers.manual import IdempotencyConflict, InvalidRequest, cancel_run, describe, run_status, start_run
 from handlers.runtime import Runtime
 
@@ -95,6 +96,11 @@ def verify_caller(authorization: str | None) -> str | None:
     return str(email) if email else None
 
 
+def _not_json(constant: str) -> Any:
+    """NaN and Infinity are not JSON (Python's parser accepts them: a parameter "nan" or "inf")."""
+    raise ValueError(f"{constant} is not JSON")
+
+
 def _read_json(request: Any) -> dict[str, Any]:
     length = request.content_length
     if length is not None and length > MAX_BODY_BYTES:
@@ -103,11 +109,26 @@ def _read_json(request: Any) -> dict[str, Any]:
     if len(raw) > MAX_BODY_BYTES:
         raise ApiError(413, "PAYLOAD_TOO_LARGE", f"the body is over {MAX_BODY_BYTES} bytes")
     try:
-        body = json.loads(raw or b"null")
+        body = json.loads(raw or b"null", parse_constant=_not_json)
+    except RecursionError as exc:  # nesting deeper than the parser goes: an HTTP 500 before
+        raise ApiError(
+            400,
+            "INVALID_ARGUMENT",
+            "the body is not JSON",
+            [{"field": "body", "problem": "nested too deeply"}],
+        ) from exc
     except ValueError as exc:
         raise ApiError(
             400, "INVALID_ARGUMENT", "the body is not JSON", [{"field": "body", "problem": "not valid JSON"}]
         ) from exc
+    where = invalid_text_path(body)
+    if where is not None:  # a lone surrogate (a "\ud800" escape): no ledger record could hold it
+        raise ApiError(
+            400,
+            "INVALID_ARGUMENT",
+            "the body holds text that is not valid Unicode",
+            [{"field": where, "problem": "not valid Unicode (a lone surrogate)"}],
+        )
     if not isinstance(body, dict):
         raise ApiError(
             400,

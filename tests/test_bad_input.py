@@ -354,3 +354,35 @@ def test_every_refused_api_request_is_logged_with_its_reason(rest, method, path,
     (entry,) = [e for e in entries if e["message"] == "API request refused"]
     assert entry["severity"] == "WARNING" and entry["status"] == status
     assert entry["method"] == method and entry["error_message"] == response.get_json()["error"]["message"]
+
+
+@pytest.mark.parametrize(
+    "body,problem",
+    [
+        # RecursionError from json.loads: HTTP 500
+        (
+            b'{"pipeline": "backfill", "parameters": ' + b"[" * 30_000 + b"]" * 30_000 + b"}",
+            "nested too deeply",
+        ),
+        # accepted by Python's parser: launched with source="inf" / "nan"
+        (
+            b'{"pipeline": "backfill", "parameters": {"day": "2026-01-01", "source": Infinity}}',
+            "not valid JSON",
+        ),
+        (b'{"pipeline": "backfill", "parameters": {"day": "2026-01-01", "source": NaN}}', "not valid JSON"),
+        # a lone surrogate reached the ledger write: UnicodeEncodeError, HTTP 500
+        (
+            b'{"pipeline": "backfill", "parameters": {"day": "2026-01-01", "source": "\\ud800"}}',
+            "not valid Unicode",
+        ),
+    ],
+)
+def test_bodies_that_are_not_strict_json_or_not_valid_unicode_are_400(rest, dataflow, body, problem):
+    response, entries = rest(
+        "POST", "/runs", body, **{"Idempotency-Key": "k", "Content-Type": "application/json"}
+    )
+    assert response.status_code == 400, response.get_data()[:200]
+    (detail,) = response.get_json()["error"]["details"]
+    assert problem in detail["problem"]
+    assert any(e["message"] == "API request refused" for e in entries)
+    assert dataflow.launches() == []
