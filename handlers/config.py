@@ -305,14 +305,15 @@ def _conditions(raw: Any, where: str, problems: _Problems) -> tuple[Condition, .
             if one_of is not None and not isinstance(one_of, list):
                 problems.add(f"{here}.in", "must be a list")
                 one_of = None
+            regex = _text(spec.get("regex"), f"{here}.regex", problems)
             conds.append(
                 Condition(
                     str(path),
-                    equals=None if spec.get("equals") is None else _scalar(spec["equals"]),
+                    equals=_text(spec.get("equals"), f"{here}.equals", problems),
                     one_of=tuple(str(v) for v in one_of) if one_of is not None else None,
-                    regex=_regex(spec["regex"], f"{here}.regex", problems) if "regex" in spec else None,
-                    prefix=spec.get("prefix"),
-                    suffix=spec.get("suffix"),
+                    regex=_regex(regex, f"{here}.regex", problems) if regex is not None else None,
+                    prefix=_text(spec.get("prefix"), f"{here}.prefix", problems),
+                    suffix=_text(spec.get("suffix"), f"{here}.suffix", problems),
                     exists=bool(spec["exists"]) if "exists" in spec else None,
                 )
             )
@@ -325,6 +326,17 @@ def _scalar(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     return str(value)
+
+
+def _text(value: Any, where: str, problems: _Problems) -> str | None:
+    """A text setting: a scalar as text (``2026`` -> ``"2026"``), ``None`` when absent; a list or a
+    mapping is a problem (its ``str()`` would be matched against names, or fail at run time)."""
+    if value is None:
+        return None
+    if isinstance(value, Mapping | list | tuple | set):
+        problems.add(where, f"must be a string, got {type(value).__name__}")
+        return None
+    return _scalar(value)
 
 
 def _int_or_none(raw: Mapping[str, Any], key: str, where: str, problems: _Problems) -> int | None:
@@ -347,14 +359,24 @@ def _storage(raw: Any, where: str, problems: _Problems) -> StorageMatch | None:
         return None
     ct = spec.get("content_type")
     content_types = tuple(ct) if isinstance(ct, list) else ((ct,) if ct else ())
-    glob = spec.get("glob")
+    if not all(isinstance(c, str) for c in content_types):
+        problems.add(f"{where}.content_type", "must be a content type or a list of them")
+        content_types = ()
+    glob = _text(spec.get("glob"), f"{where}.glob", problems)
+    glob_re = None
+    if glob:
+        try:
+            glob_re = glob_to_regex(glob)
+        except re.error as exc:
+            problems.add(f"{where}.glob", f"invalid glob: {exc}")
+    regex = _text(spec.get("regex"), f"{where}.regex", problems)
     m = StorageMatch(
         bucket=bucket,
         glob=glob,
-        glob_re=glob_to_regex(str(glob)) if glob else None,
-        regex=_regex(spec["regex"], f"{where}.regex", problems) if spec.get("regex") else None,
-        prefix=spec.get("prefix"),
-        suffix=spec.get("suffix"),
+        glob_re=glob_re,
+        regex=_regex(regex, f"{where}.regex", problems) if regex else None,
+        prefix=_text(spec.get("prefix"), f"{where}.prefix", problems),
+        suffix=_text(spec.get("suffix"), f"{where}.suffix", problems),
         content_types=tuple(str(c) for c in content_types),
         min_size=_int_or_none(spec, "min_size", where, problems),
         max_size=_int_or_none(spec, "max_size", where, problems),

@@ -386,3 +386,67 @@ def test_bodies_that_are_not_strict_json_or_not_valid_unicode_are_400(rest, data
     assert problem in detail["problem"]
     assert any(e["message"] == "API request refused" for e in entries)
     assert dataflow.launches() == []
+
+
+# ---- config ------------------------------------------------------------------------------------
+def small_config(storage: dict | None = None, attributes: dict | None = None) -> dict:
+    return {
+        "settings": {"project": "p", "region": "r", "ledger": {"bucket": "b"}},
+        "pipelines": {
+            "load": {"backend": "dataflow", "template": "gs://t/load", "parameters": {"a": "{name}"}},
+            "msg": {"backend": "dataflow", "template": "gs://t/msg", "parameters": {"a": "{topic}"}},
+        },
+        "triggers": {
+            "files": {"storage": {"bucket": "in", **(storage or {})}, "pipeline": "load"},
+            "messages": {"pubsub": {"topic": "t", "attributes": attributes or {}}, "pipeline": "msg"},
+        },
+    }
+
+
+def route_probe_events(config) -> None:
+    import datetime as dt
+
+    from handlers import routing
+    from handlers.events import MessageEvent, ObjectEvent, StorageObject
+
+    when = dt.datetime.now(dt.UTC)
+    for name in ("2026/a.csv", "x"):
+        obj = StorageObject(bucket="in", name=name, generation=1, size=1, content_type="text/csv")
+        routing.match_object(config, ObjectEvent("e", when, obj))
+    routing.match_message(config, MessageEvent("e", when, "p", "t", "1", b"{}", {"source": "2026-x"}))
+
+
+@pytest.mark.parametrize(
+    "storage,attributes",
+    [
+        ({"prefix": 2026}, {}),  # YAML reads 2026 as a number: startswith(int) raised TypeError per event
+        ({"suffix": True}, {}),
+        ({}, {"source": {"prefix": 2026}}),
+        ({}, {"source": {"suffix": 5, "regex": 20}}),
+    ],
+)
+def test_scalar_match_values_are_text_so_an_accepted_config_routes_every_event(storage, attributes):
+    from handlers.config import build_config
+
+    route_probe_events(build_config(small_config(storage, attributes)))
+
+
+@pytest.mark.parametrize(
+    "storage,attributes,where",
+    [
+        ({"prefix": ["2026/"]}, {}, "trigger 'files'.storage.prefix"),
+        ({"glob": "[z-a].csv"}, {}, "trigger 'files'.storage.glob"),  # was re.error out of the loader
+        ({"glob": ["*.csv"]}, {}, "trigger 'files'.storage.glob"),  # was str(list) as a glob
+        ({"regex": ["a"]}, {}, "trigger 'files'.storage.regex"),
+        ({"content_type": [["text/csv"]]}, {}, "trigger 'files'.storage.content_type"),
+        ({}, {"source": {"prefix": ["a"]}}, "trigger 'messages'.pubsub.attributes.source.prefix"),
+        ({}, {"source": {"equals": {"a": 1}}}, "trigger 'messages'.pubsub.attributes.source.equals"),
+    ],
+)
+def test_match_values_that_are_not_text_are_config_problems(storage, attributes, where):
+    from handlers.config import build_config
+    from handlers.errors import ConfigError
+
+    with pytest.raises(ConfigError) as err:
+        build_config(small_config(storage, attributes))
+    assert any(p.startswith(where + ":") for p in err.value.problems), err.value.problems
