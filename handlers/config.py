@@ -731,6 +731,8 @@ def load_config(path: str | os.PathLike[str] | None = None) -> Config:
         raw = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise ConfigError([f"not valid YAML: {exc}"], source=str(target)) from exc
+    except RecursionError as exc:  # the YAML composer recurses once per nesting level
+        raise ConfigError(["not a usable config: nested too deeply"], source=str(target)) from exc
     return build_config(raw, source=str(target))
 
 

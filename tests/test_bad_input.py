@@ -450,3 +450,16 @@ def test_match_values_that_are_not_text_are_config_problems(storage, attributes,
     with pytest.raises(ConfigError) as err:
         build_config(small_config(storage, attributes))
     assert any(p.startswith(where + ":") for p in err.value.problems), err.value.problems
+
+
+@pytest.mark.parametrize("text", ["[" * 5_000 + "]" * 5_000, "{a: " * 5_000 + "1" + "}" * 5_000])
+def test_a_config_nested_deeper_than_the_yaml_parser_goes_is_a_config_error(tmp_path, text):
+    # yaml.safe_load raised RecursionError, which is not a ConfigError: `validate` crashed.
+    from handlers.config import load_config
+    from handlers.errors import ConfigError
+
+    path = tmp_path / "deep.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    assert err.value.problems == ["not a usable config: nested too deeply"]
