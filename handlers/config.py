@@ -26,6 +26,7 @@ problem, each naming the trigger or pipeline and the field. The result is frozen
 from __future__ import annotations
 
 import functools
+import math
 import os
 import re
 from collections.abc import Mapping
@@ -38,7 +39,7 @@ from handlers.templates import Template, placeholder_problem
 
 CONFIG_ENV = "PIPELINES_CONFIG"
 DEFAULT_CONFIG = "pipelines.yaml"
-NAME_RE = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")
+NAME_RE = re.compile(r"^[a-z][a-z0-9_-]{0,62}\Z")  # \Z: "$" would let a trailing newline through
 STATES = ("SUCCEEDED", "FAILED", "CANCELLED", "TIMED_OUT", "LAUNCH_FAILED")
 _DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 _UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, None: 1}
@@ -184,6 +185,8 @@ def parse_duration(value: Any) -> float:
     if isinstance(value, bool):
         raise ValueError(f"not a duration: {value!r}")
     if isinstance(value, int | float):
+        if not math.isfinite(value):
+            raise ValueError(f"not a duration: {value!r} (a finite number of seconds, or e.g. 30s, 10m, 2h)")
         return float(value)
     m = _DURATION_RE.match(str(value))
     if not m:
@@ -232,6 +235,10 @@ class _Problems:
 
     def add(self, where: str, message: str) -> None:
         self.items.append(f"{where}: {message}")
+
+    def where(self) -> set[str]:
+        """The locations that have a problem already."""
+        return {item.split(": ", 1)[0] for item in self.items}
 
 
 def _as_map(value: Any, where: str, problems: _Problems) -> Mapping[str, Any]:
@@ -456,14 +463,13 @@ def _inputs(raw: Any, where: str, problems: _Problems) -> dict[str, Input]:
         here = f"{where}.{name}"
         spec = spec if isinstance(spec, Mapping) else {}
         _unknown_keys(spec, {"required", "pattern", "description", "default"}, here, problems)
+        pattern = _text(spec.get("pattern"), f"{here}.pattern", problems)
         result[str(name)] = Input(
             name=str(name),
             required=bool(spec.get("required", "default" not in spec)),
-            pattern=_regex(f"(?:{spec['pattern']})\\Z", f"{here}.pattern", problems)
-            if spec.get("pattern")
-            else None,
+            pattern=_regex(f"(?:{pattern})\\Z", f"{here}.pattern", problems) if pattern else None,
             description=str(spec.get("description", "")),
-            default=None if spec.get("default") is None else str(spec["default"]),
+            default=_text(spec.get("default"), f"{here}.default", problems),
         )
     return result
 
@@ -497,8 +503,8 @@ def _pipeline(name: str, raw: Any, settings: Settings, problems: _Problems) -> P
     return Pipeline(
         name=name,
         backend=str(backend),
-        project=str(spec.get("project") or settings.project),
-        region=str(spec.get("region") or settings.region),
+        project=_text(spec.get("project"), f"{where}.project", problems) or settings.project,
+        region=_text(spec.get("region"), f"{where}.region", problems) or settings.region,
         parameters=_templates(spec.get("parameters"), f"{where}.parameters", problems),
         outputs=_templates(spec.get("outputs"), f"{where}.outputs", problems),
         mode=str(mode),
@@ -558,16 +564,20 @@ def _settings(raw: Any, problems: _Problems) -> Settings:
     )
     ledger = _as_map(spec.get("ledger"), f"{where}.ledger", problems)
     _unknown_keys(ledger, {"bucket", "prefix", "lease"}, f"{where}.ledger", problems)
-    project = spec.get("project") or os.environ.get("GOOGLE_CLOUD_PROJECT") or ""
-    if not project:
+    project = _text(spec.get("project"), f"{where}.project", problems) or os.environ.get(
+        "GOOGLE_CLOUD_PROJECT"
+    )
+    if not project and f"{where}.project" not in problems.where():
         problems.add(f"{where}.project", "is required (or set GOOGLE_CLOUD_PROJECT)")
-    region = spec.get("region") or ""
-    if not region:
+    region = _text(spec.get("region"), f"{where}.region", problems)
+    if not region and f"{where}.region" not in problems.where():
         problems.add(f"{where}.region", "is required (Dataflow uses regional endpoints only)")
-    bucket = ledger.get("bucket") or ""
-    if not bucket:
+    bucket = _text(ledger.get("bucket"), f"{where}.ledger.bucket", problems)
+    if not bucket and f"{where}.ledger.bucket" not in problems.where():
         problems.add(f"{where}.ledger.bucket", "is required (the run ledger makes launches exactly-once)")
-    prefix = str(ledger.get("prefix", "pipeline-ledger/"))
+    prefix = _text(ledger.get("prefix", "pipeline-ledger/"), f"{where}.ledger.prefix", problems)
+    if prefix is None:
+        prefix = "pipeline-ledger/"
     if prefix and not prefix.endswith("/"):
         prefix += "/"
     return Settings(
@@ -576,7 +586,7 @@ def _settings(raw: Any, problems: _Problems) -> Settings:
         ledger_bucket=str(bucket),
         ledger_prefix=prefix,
         lease_seconds=_duration(ledger, "lease", f"{where}.ledger", problems, 600.0),
-        completion_topic=spec.get("completion_topic"),
+        completion_topic=_text(spec.get("completion_topic"), f"{where}.completion_topic", problems),
         max_event_age_seconds=_duration(spec, "max_event_age", where, problems, 3600.0),
         launch_budget_seconds=_duration(spec, "launch_budget", where, problems, 60.0),
         stall_after_seconds=_duration(spec, "stall_after", where, problems, 1800.0),

@@ -463,3 +463,56 @@ def test_a_config_nested_deeper_than_the_yaml_parser_goes_is_a_config_error(tmp_
     with pytest.raises(ConfigError) as err:
         load_config(path)
     assert err.value.problems == ["not a usable config: nested too deeply"]
+
+
+def mutated(path: tuple, value: object) -> dict:
+    doc = small_config()
+    doc["pipelines"]["load"]["inputs"] = {"day": {"pattern": "[0-9]+"}}
+    node = doc
+    for step in path[:-1]:
+        node = node.setdefault(step, {})
+    node[path[-1]] = value
+    return doc
+
+
+@pytest.mark.parametrize(
+    "path,value,where",
+    [
+        (
+            ("settings", "max_event_age"),
+            float("nan"),
+            "settings.max_event_age",
+        ),  # NaN: nothing is ever too old
+        (("settings", "ledger", "lease"), float("inf"), "settings.ledger.lease"),
+        (("settings", "ledger", "bucket"), ["a"], "settings.ledger.bucket"),  # was the bucket "['a']"
+        (("settings", "completion_topic"), {"a": 1}, "settings.completion_topic"),
+        (("pipelines", "load", "region"), ["r"], "pipeline 'load'.region"),
+        (("pipelines", "load", "inputs", "day", "pattern"), ["a", "b"], "pipeline 'load'.inputs.day.pattern"),
+        (  # "$" let the trailing newline through
+            ("pipelines", "load\n"),
+            {
+                "backend": "dataflow",
+                "template": "gs://t/x",
+                "inputs": {"a": {}},
+                "parameters": {"a": "{input.a}"},
+            },
+            "pipeline 'load\n'",
+        ),
+    ],
+)
+def test_settings_the_validator_let_through_are_listed_problems(path, value, where):
+    from handlers.config import build_config
+    from handlers.errors import ConfigError
+
+    with pytest.raises(ConfigError) as err:
+        build_config(mutated(path, value))
+    assert any(p.startswith(where + ":") for p in err.value.problems), err.value.problems
+
+
+def test_a_null_ledger_prefix_means_the_default_prefix():
+    from handlers.config import build_config
+
+    assert (
+        build_config(mutated(("settings", "ledger", "prefix"), None)).settings.ledger_prefix
+        == "pipeline-ledger/"
+    )
