@@ -428,9 +428,10 @@ def _completion(raw: Any, where: str, problems: _Problems) -> CompletionMatch | 
         if s not in STATES:
             problems.add(f"{where}.states", f"unknown state '{s}' (one of {', '.join(STATES)})")
     join_key = None
-    if spec.get("join_key") is not None:
+    join_text = _text(spec.get("join_key"), f"{where}.join_key", problems)
+    if join_text is not None:
         try:
-            join_key = Template.parse(str(spec["join_key"]))
+            join_key = Template.parse(join_text)
         except ValueError as exc:
             problems.add(f"{where}.join_key", str(exc))
     if len(upstream) > 1:
@@ -482,7 +483,7 @@ def _pipeline(name: str, raw: Any, settings: Settings, problems: _Problems) -> P
         problems.add(where, "name must match [a-z][a-z0-9_-]{0,62}")
     spec = _as_map(raw, where, problems)
     backend = spec.get("backend")
-    if backend not in BACKENDS:
+    if not isinstance(backend, str) or backend not in BACKENDS:  # a list is unhashable: a TypeError
         problems.add(f"{where}.backend", f"must be one of {', '.join(BACKENDS)}, got {backend!r}")
         return None
     module = backend_module(str(backend))

@@ -516,3 +516,34 @@ def test_a_null_ledger_prefix_means_the_default_prefix():
         build_config(mutated(("settings", "ledger", "prefix"), None)).settings.ledger_prefix
         == "pipeline-ledger/"
     )
+
+
+@pytest.mark.parametrize(
+    "path,value,where",
+    [
+        (
+            ("pipelines", "load", "backend"),
+            ["dataflow"],
+            "pipeline 'load'.backend",
+        ),  # was TypeError: unhashable
+        (("pipelines", "load", "backend"), {"name": "dataflow"}, "pipeline 'load'.backend"),
+    ],
+)
+def test_a_backend_that_is_not_text_is_a_config_problem_not_a_type_error(path, value, where):
+    from handlers.config import build_config
+    from handlers.errors import ConfigError
+
+    with pytest.raises(ConfigError) as err:
+        build_config(mutated(path, value))
+    assert any(p.startswith(where + ":") for p in err.value.problems), err.value.problems
+
+
+def test_a_fan_in_join_key_that_is_not_text_is_a_config_problem():
+    from handlers.config import build_config
+    from handlers.errors import ConfigError
+
+    doc = corpus.suite_config_for_mutation()
+    doc["triggers"]["join-both"]["completion"]["join_key"] = ["{upstream.parameters.day}"]  # was str(list)
+    with pytest.raises(ConfigError) as err:
+        build_config(doc)
+    assert any(p.startswith("trigger 'join-both'.completion.join_key:") for p in err.value.problems)
