@@ -492,12 +492,16 @@ class BadInputRun:
     # -- the end of the run ----------------------------------------------------------------------
     def drain(self, max_sweeps: int = 20) -> DrainReport:
         """Finish every run (emulator clocks forward, sweeps), then read back everything written."""
-        import jsonschema
+        report = DrainReport()
+        self.finish_runs(report, max_sweeps)
+        self.read_back(report)
+        return report
 
-        from deploy.local.services import pull_all, storage_client
+    def finish_runs(self, report: DrainReport, max_sweeps: int = 20) -> None:
+        """Move the emulator clocks on and sweep until the ledger has no active run."""
+        from deploy.local.services import storage_client
         from handlers import logs
 
-        report = DrainReport()
         _control(self.services.dataflow, "POST", "clock", {"advance_seconds": 600})
         _control(self.services.fabric, "POST", "clock", {"advance_seconds": 600})
         gcs = storage_client(self.services.gcs_url)
@@ -529,6 +533,15 @@ class BadInputRun:
                     + "; ".join(f"{type(e).__name__}: {str(e)[:200]}" for e in self.exceptions)
                 )
         report.active_left = len(list(gcs.list_blobs(bucket, prefix="ledger/active/")))
+
+    def read_back(self, report: DrainReport) -> None:
+        """Pull every published event (schema check), read every ledger object, search for secrets."""
+        import jsonschema
+
+        from deploy.local.services import pull_all, storage_client
+
+        gcs = storage_client(self.services.gcs_url)
+        bucket = gcs.bucket(self.ledger_bucket)
         schema = json.loads((ROOT / "handlers" / "schemas" / "run-completed.v1.json").read_text())
         published: list[bytes] = []
         while True:
@@ -575,7 +588,6 @@ class BadInputRun:
             ("published event", published),
         ):
             report.leaks.extend(f"{where}: {hit}" for hit in find_secrets(blobs, secret_values))
-        return report
 
     def secret_values(self) -> dict[str, str]:
         """The canaries plus every token the Fabric emulator issued or rotated."""

@@ -429,8 +429,16 @@ def _whole_ms(when: dt.datetime) -> dt.datetime:
 
 
 @st.composite
-def times(draw: Draw, now: dt.datetime, *, allow_garbage: bool = True, allow_missing: bool = True) -> Time:
-    kinds = ["fresh", "fresh", "fresh", "future", "old"]
+def times(
+    draw: Draw,
+    now: dt.datetime,
+    *,
+    allow_garbage: bool = True,
+    allow_missing: bool = True,
+    valid: bool = False,
+) -> Time:
+    kinds = ["fresh", "fresh", "fresh", "future"] if valid else ["fresh", "fresh", "fresh", "future", "old"]
+    allow_garbage = allow_garbage and not valid
     if allow_garbage:
         kinds += ["garbage", "wrong-type"]
     if allow_missing:
@@ -484,9 +492,11 @@ GARBAGE_INTS = (
 
 
 @st.composite
-def ints(draw: Draw, value: int, *, required: bool) -> Int:
-    kinds = ["number", "string", "string", "float", "garbage", "bool", "wrong-type", "lenient"]
-    if not required:
+def ints(draw: Draw, value: int, *, required: bool, valid: bool = False) -> Int:
+    kinds = ["number", "string", "string", "float"]
+    if not valid:
+        kinds += ["garbage", "bool", "wrong-type", "lenient"]
+    if not required and not valid:
         kinds += ["missing", "null", "empty"]
     kind = draw(st.sampled_from(kinds))
     if kind == "number":
@@ -732,6 +742,8 @@ def long_name(unit: str, number: int, total: int = 1024) -> str:
 @st.composite
 def storage_cases(draw: Draw, number: int, now: dt.datetime, *, hostile_names: bool = False) -> Case:
     category = "object_name" if hostile_names else "storage_event"
+    # Half the storage events are well-formed (hostile content only), so launches are checked too.
+    broken = not hostile_names and draw(st.booleans())
     bucket = draw(st.sampled_from([LANDING_BUCKET, LANDING_BUCKET, SIZED_BUCKET, "bi-other"]))
     if bucket == SIZED_BUCKET:
         name = draw(
@@ -744,15 +756,23 @@ def storage_cases(draw: Draw, number: int, now: dt.datetime, *, hostile_names: b
     if hostile_names and draw(st.integers(0, 15)) == 15:
         name = f"incoming/{draw(st.sampled_from(LONE_SURROGATES))}-{number}.txt"
     gen_value = _base_generation(number)
-    generation = draw(ints(gen_value, required=True)) if not hostile_names else Int(str(gen_value), gen_value)
+    generation = (
+        draw(ints(gen_value, required=True, valid=not broken))
+        if not hostile_names
+        else Int(str(gen_value), gen_value)
+    )
     size_value = draw(st.sampled_from([0, 12, 999_999, 1_000_000, 1_000_001, 5 * 2**40]))
-    size = draw(ints(size_value, required=False)) if not hostile_names else Int(str(size_value), size_value)
+    size = (
+        draw(ints(size_value, required=False, valid=not broken))
+        if not hostile_names
+        else Int(str(size_value), size_value)
+    )
     content_type = draw(
         st.sampled_from(
             ["text/plain", "text/csv; charset=utf-8", "TEXT/CSV", "application/json", "text/", ""]
         )
     )
-    time = draw(times(now)) if not hostile_names else draw(times(now, allow_garbage=False))
+    time = draw(times(now, valid=not broken))
     data: dict[str, Any] = {
         "kind": "storage#object",
         "bucket": bucket,
@@ -770,7 +790,11 @@ def storage_cases(draw: Draw, number: int, now: dt.datetime, *, hostile_names: b
     if size.raw is not MISSING:
         data["size"] = size.raw
     metadata_kind = draw(
-        st.sampled_from(["none", "owner", "owner", "empty-owner", "wrong-owner", "not-object"])
+        st.sampled_from(
+            ["none", "owner", "owner", "empty-owner", "wrong-owner", "not-object"]
+            if broken
+            else ["none", "owner", "owner", "empty-owner"]
+        )
     )
     if metadata_kind == "owner":
         data["metadata"] = {"owner": draw(hostile_text), "batch": "7"}
@@ -802,7 +826,9 @@ def storage_cases(draw: Draw, number: int, now: dt.datetime, *, hostile_names: b
     envelope_data: Any = data
     data_bytes: bytes | None = None
     mutations = (
-        [] if hostile_names else draw(st.lists(st.sampled_from(STORAGE_MUTATIONS), max_size=3, unique=True))
+        draw(st.lists(st.sampled_from(STORAGE_MUTATIONS), min_size=1, max_size=3, unique=True))
+        if broken
+        else []
     )
     for mutation in mutations:
         shape.append(mutation)
@@ -1143,27 +1169,35 @@ def is_completion(msg: ParsedMessage) -> bool:
 # Category: Pub/Sub messages
 # ---------------------------------------------------------------------------------------------
 @st.composite
-def payloads(draw: Draw, number: int) -> tuple[str, bytes]:
-    kind = draw(
-        st.sampled_from(
-            [
-                "order",
-                "order",
-                "order",
-                "events",
-                "events",
-                "json",
-                "text",
-                "binary",
-                "empty",
-                "big",
-                "oversized",
-                "nested",
-                "surrogate",
-                "not-utf8-json",
-            ]
-        )
-    )
+def valid_attributes(draw: Draw, topic: str) -> dict[str, str]:
+    """Attributes a trigger on ``topic`` routes on, with hostile values (and hostile extras)."""
+    attrs = draw(st.dictionaries(hostile_text, hostile_text, max_size=2))
+    attrs.pop("kind", None)
+    if topic == "orders":
+        attrs["kind"] = "order"
+        if draw(st.booleans()):
+            attrs["region"] = draw(st.one_of(hostile_text, st.just("")))
+    elif topic == "events":
+        attrs["key"] = draw(st.one_of(hostile_text, st.just("")))
+    elif topic == "reports":
+        attrs["source"] = draw(st.one_of(hostile_text, st.just("")))
+    return attrs
+
+
+@st.composite
+def payloads(draw: Draw, number: int, valid_for: str | None = None) -> tuple[str, bytes]:
+    if valid_for == "orders":
+        kinds = ["order"] * 4 + ["surrogate", "oversized"]
+    elif valid_for == "events":
+        kinds = ["events"] * 3 + ["text", "binary", "empty", "big", "nested", "not-utf8-json"]
+    elif valid_for is not None:
+        kinds = ["json", "text", "binary", "empty"]
+    else:
+        kinds = [
+            "order", "order", "order", "events", "events", "json", "text", "binary", "empty", "big",
+            "oversized", "nested", "surrogate", "not-utf8-json",
+        ]  # fmt: skip
+    kind = draw(st.sampled_from(kinds))
     if kind == "order":
         order: dict[str, Any] = {}
         id_kind = draw(
@@ -1259,6 +1293,8 @@ def attribute_maps(draw: Draw, number: int) -> Any:
 
 @st.composite
 def pubsub_cases(draw: Draw, number: int, now: dt.datetime) -> Case:
+    # Half the messages are well-formed deliveries with hostile content, so launches are checked too.
+    broken = draw(st.booleans())
     topic = draw(st.sampled_from(["orders", "orders", "events", "reports", "unrouted"]))
     source = topic_source(topic)
     source_kind = draw(st.sampled_from(["ok"] * 6 + ["short", "garbage", "nested", "empty-topic"]))
@@ -1315,6 +1351,18 @@ def pubsub_cases(draw: Draw, number: int, now: dt.datetime) -> Case:
         msg.body_extra = {
             "message": draw(st.one_of(st.text(max_size=5), st.lists(st.integers(), max_size=2), st.none()))
         }
+    if not broken:
+        payload_kind, payload = draw(payloads(number, valid_for=topic))
+        msg = Message(
+            topic_source=topic_source(topic),
+            message_id=f"{number}{draw(st.integers(100, 999))}",
+            payload=payload,
+            data_field=base64.b64encode(payload).decode() if payload else MISSING,
+            attributes=draw(valid_attributes(topic)),
+            publish_time=draw(times(now, valid=True)),
+            ce_time=draw(times(now, allow_garbage=False, valid=True)),
+        )
+        source_kind, data_kind, message_id = "ok", "b64", "ok"
     shape = f"{topic}:{source_kind}+payload:{payload_kind}+data:{data_kind}+id:{message_id}+pt:{_time_kind(msg.publish_time)}"
     case = Case(number, "pubsub_message", shape, [msg.delivery(number)])
     if draw(st.integers(0, 9)) == 9:
@@ -1338,6 +1386,8 @@ def pubsub_cases(draw: Draw, number: int, now: dt.datetime) -> Case:
 # ---------------------------------------------------------------------------------------------
 @st.composite
 def notification_cases(draw: Draw, number: int, now: dt.datetime) -> Case:
+    # Half are what fake-gcs-server and GCS send (hostile names only), so launches are checked too.
+    malformed = draw(st.booleans())
     bucket = draw(st.sampled_from([LANDING_BUCKET, SIZED_BUCKET, "bi-other"]))
     name = draw(object_names(number)) if bucket != SIZED_BUCKET else f"in/{draw(hostile_text)}-{number}.csv"
     gen_value = _base_generation(number) + 1
@@ -1345,9 +1395,11 @@ def notification_cases(draw: Draw, number: int, now: dt.datetime) -> Case:
         st.sampled_from(
             ["OBJECT_FINALIZE"] * 5
             + ["OBJECT_DELETE", "OBJECT_METADATA_UPDATE", "OBJECT_ARCHIVE", "object_finalize", "BOGUS"]
+            if malformed
+            else ["OBJECT_FINALIZE"]
         )
     )
-    event_time = draw(times(now))
+    event_time = draw(times(now, valid=not malformed))
     attributes: dict[str, Any] = {
         "eventType": event_type,
         "bucketId": bucket,
@@ -1355,7 +1407,9 @@ def notification_cases(draw: Draw, number: int, now: dt.datetime) -> Case:
         "payloadFormat": draw(st.sampled_from(["JSON_API_V1", "NONE"])),
         "notificationConfig": f"projects/_/buckets/{bucket}/notificationConfigs/1",
     }
-    gen_kind = draw(st.sampled_from(["ok", "ok", "ok", "missing", "garbage", "lenient"]))
+    gen_kind = draw(
+        st.sampled_from(["ok", "ok", "ok", "missing", "garbage", "lenient"] if malformed else ["ok"])
+    )
     attr_gen: Int | None = None
     if gen_kind == "ok":
         attr_gen = Int(str(gen_value), gen_value)
@@ -1383,6 +1437,8 @@ def notification_cases(draw: Draw, number: int, now: dt.datetime) -> Case:
             ),
             max_size=1,
         )
+        if malformed
+        else st.just([])
     )
     for b in broken:
         if b == "drop-bucketId":
@@ -1397,7 +1453,13 @@ def notification_cases(draw: Draw, number: int, now: dt.datetime) -> Case:
             attributes.pop("eventType")
         elif b == "surrogate-objectId":
             attributes["objectId"] = f"incoming/\ud800{number}.txt"
-    data_kind = draw(st.sampled_from(["resource", "resource", "none", "lying", "not-json", "json-list"]))
+    data_kind = draw(
+        st.sampled_from(
+            ["resource", "resource", "none", "lying", "not-json", "json-list"]
+            if malformed
+            else ["resource", "none"]
+        )
+    )
     resource: dict[str, Any] = {
         "bucket": bucket,
         "name": name,
@@ -1495,14 +1557,22 @@ def _notification_oracle(
 # ---------------------------------------------------------------------------------------------
 @st.composite
 def completion_cases(draw: Draw, number: int, now: dt.datetime, completion_topic: str) -> Case:
+    # Half are well-formed completions of the awaited upstream with hostile parameters (a launch).
+    broken = draw(st.booleans())
     data: dict[str, Any] = {
         "schema_version": 1,
         "run_key": f"landing-{hashlib.sha256(str(number).encode()).hexdigest()[:20]}",
-        "pipeline": draw(st.sampled_from(["ingest", "ingest", "ingest", "sized", "nope", "INGEST"])),
+        "pipeline": draw(st.sampled_from(["ingest", "ingest", "ingest", "sized", "nope", "INGEST"]))
+        if broken
+        else "ingest",
         "trigger": "landing",
         "backend": "dataflow",
         "state": draw(
-            st.sampled_from(["SUCCEEDED", "SUCCEEDED", "FAILED", "CANCELLED", "succeeded", "DONE"])
+            st.sampled_from(
+                ["SUCCEEDED", "SUCCEEDED", "FAILED", "CANCELLED", "succeeded", "DONE"]
+                if broken
+                else ["SUCCEEDED", "FAILED"]
+            )
         ),
         "parameters": {"name": draw(hostile_text)},
         "job": {"id": f"job-{number}", "url": "https://console.cloud.google.com/x"},
@@ -1520,7 +1590,13 @@ def completion_cases(draw: Draw, number: int, now: dt.datetime, completion_topic
         "datacontenttype": "application/json",
         "data": data,
     }
-    lies = draw(st.lists(st.sampled_from(COMPLETION_LIES), max_size=2, unique=True))
+    lies = draw(
+        st.lists(
+            st.sampled_from(COMPLETION_LIES if broken else ("no-id", "parameters-name-object")),
+            max_size=2,
+            unique=True,
+        )
+    )
     known: str | None = None
     for lie in lies:
         if lie == "drop-run-key":
@@ -1559,7 +1635,13 @@ def completion_cases(draw: Draw, number: int, now: dt.datetime, completion_topic
             body["type"] = draw(st.sampled_from(["io.eventpipelines.run.completed.v2", "", "x"]))
         elif lie == "data-not-object":
             body["data"] = draw(st.sampled_from([["x"], "data", 3, None]))
-    attr_kind = draw(st.sampled_from(["attributes", "attributes", "body-only", "attributes-only"]))
+    attr_kind = draw(
+        st.sampled_from(
+            ["attributes", "attributes", "body-only", "attributes-only"]
+            if broken
+            else ["attributes", "body-only"]
+        )
+    )
     attributes: dict[str, Any] = {}
     if attr_kind != "body-only":
         attributes = {
@@ -1569,7 +1651,9 @@ def completion_cases(draw: Draw, number: int, now: dt.datetime, completion_topic
             "run_key": "x",
             "schema_version": "1",
         }
-    payload_kind = draw(st.sampled_from(["cloudevent"] * 6 + ["not-json", "json-list", "empty"]))
+    payload_kind = draw(
+        st.sampled_from(["cloudevent"] * 6 + ["not-json", "json-list", "empty"] if broken else ["cloudevent"])
+    )
     if attr_kind == "attributes-only":
         payload_kind = "empty"
     payload = {
@@ -2152,7 +2236,7 @@ def _mutations() -> list[Mutation]:
         return "settings.ledger.bucket"
 
     def ledger_bucket_type(doc: dict[str, Any], draw: Draw) -> str:
-        doc["settings"]["ledger"]["bucket"] = draw(st.sampled_from([["a"], {"b": 1}, True]))
+        doc["settings"]["ledger"]["bucket"] = draw(st.sampled_from([["a"], {"b": 1}]))
         return "settings.ledger.bucket"
 
     def empty_region(doc: dict[str, Any], draw: Draw) -> str:
@@ -2326,7 +2410,7 @@ def _mutations() -> list[Mutation]:
         return "unknown field 'pipeline'"
 
     def bad_name(doc: dict[str, Any], draw: Draw) -> str:
-        name = draw(st.sampled_from(["Bad Name", "9lives", "x" * 70, "-dash", "naïve"]))
+        name = draw(st.sampled_from(["Bad Name", "9lives", "x" * 70, "-dash", "naïve", "newline\n"]))
         doc["pipelines"][name] = {
             "backend": "dataflow",
             "template": f"{TEMPLATE_BUCKET}/x",
@@ -2603,3 +2687,72 @@ def generate(count: int, seed: int, *, completion_topic: str, now: dt.datetime |
     for index, (category, wanted) in enumerate(sorted(numbers.items())):
         cases.extend(_draw_category(category, wanted, seed * 1000 + index * 10, when, completion_topic))
     return sorted(cases, key=lambda c: c.number)
+
+
+# ---------------------------------------------------------------------------------------------
+# Hand-made cases (regressions and the oracles' self-tests)
+# ---------------------------------------------------------------------------------------------
+def example_storage_case(number: int, now: dt.datetime, name: str, *, owner: str | None = None) -> Case:
+    """A well-formed finalize event for ``name`` in the landing bucket, with its oracle."""
+    gen = _base_generation(number)
+    data: dict[str, Any] = {
+        "bucket": LANDING_BUCKET,
+        "name": name,
+        "generation": str(gen),
+        "size": "12",
+        "contentType": "text/plain",
+        "timeCreated": _rfc3339(now, 0),
+    }
+    if owner is not None:
+        data["metadata"] = {"owner": owner}
+    attrs = {
+        "type": STORAGE_FINALIZED,
+        "source": f"//storage.googleapis.com/projects/_/buckets/{LANDING_BUCKET}",
+        "subject": f"objects/{name}",
+        "id": f"bi-{number}",
+        "time": _rfc3339(now, 0),
+    }
+    obj = oracle_object(data, fallback={}, generation=Int(str(gen), gen), size=Int("12", 12))
+    case = Case(number, "storage_event", "example", [event_delivery("on_object_finalized", attrs, data)])
+    case.launches = _options(storage_launches(obj, now), obj.either)
+    case.summary = f"name={short(name)}"
+    return case
+
+
+def example_message_case(number: int, now: dt.datetime, order_id: Any, region: str | None = None) -> Case:
+    """A well-formed order message on the orders topic, with its oracle."""
+    payload = json.dumps({"order": {"id": order_id}}).encode()
+    attributes = {"kind": "order", **({"region": region} if region is not None else {})}
+    msg = Message(
+        topic_source=topic_source("orders"),
+        message_id=f"{number}001",
+        payload=payload,
+        data_field=base64.b64encode(payload).decode(),
+        attributes=attributes,
+        publish_time=Time(_rfc3339(now, 0), now),
+        ce_time=Time(_rfc3339(now, 0), now),
+    )
+    case = Case(number, "pubsub_message", "example", [msg.delivery(number)])
+    case.launches = message_launches(oracle_message(msg, now), now)
+    return case
+
+
+def example_rest_case(number: int, day: str = "2026-11-01", note: str | None = None) -> Case:
+    """POST /runs for the manual pipeline, with its oracle."""
+    parameters = {"day": day, **({"note": note} if note is not None else {})}
+    body = json.dumps({"pipeline": "manual", "parameters": parameters}).encode()
+    headers = {"Content-Type": "application/json", "Idempotency-Key": f"example-{number}"}
+    case = Case(
+        number, "rest", "example", [Delivery("api", body, headers, path="/runs", statuses=frozenset({202}))]
+    )
+    case.launches = ((Launch.of("manual", {"day": day, "table": "sales", "note": note or ""}),),)
+    return case
+
+
+def example_config_case(number: int) -> Case:
+    """A config with no ledger bucket: the validator must say so."""
+    doc = suite_config_for_mutation()
+    del doc["settings"]["ledger"]["bucket"]
+    case = Case(number, "config", "example", config_text=yaml.safe_dump(doc, sort_keys=False))
+    case.config_markers, case.config_valid = ("settings.ledger.bucket",), False
+    return case
