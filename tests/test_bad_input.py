@@ -53,12 +53,7 @@ def test_a_log_line_with_a_lone_surrogate_is_written_as_json_escapes():
 
 @pytest.fixture
 def pipelines(world, dataflow, monkeypatch):
-    """A landing trigger and an orders trigger on the Dataflow emulator; ``deliver`` sends a raw
-    structured CloudEvent to main.py and returns ``(status, log entries)``."""
-    import functions_framework
-
-    from handlers.runtime import reset_default
-
+    """Storage, Pub/Sub, completion and fan-in triggers on the Dataflow emulator: a ``deliver``."""
     opts = dataflow.pipeline_options("ingest")
     config = world.write_config(
         {
@@ -77,7 +72,7 @@ def pipelines(world, dataflow, monkeypatch):
             "raw": {**dataflow.pipeline_options("raw"), "parameters": {"source": "{data}"}},
             "chained": {
                 **dataflow.pipeline_options("chained"),
-                "parameters": {"upstream": "{upstream.run_key}"},
+                "parameters": {"upstream": "{upstream.run_key}", "source": "{upstream.parameters.name|none}"},
             },
             "joined": {**dataflow.pipeline_options("joined"), "parameters": {"key": "{join_key}"}},
         },
@@ -92,6 +87,16 @@ def pipelines(world, dataflow, monkeypatch):
             },
         },
     )
+    return make_deliver(monkeypatch, config)
+
+
+def make_deliver(monkeypatch, config: Path):
+    """``deliver(target, attrs, data)``: a raw structured CloudEvent to main.py's ``target`` with
+    ``config``; returns ``(status, log entries)``."""
+    import functions_framework
+
+    from handlers.runtime import reset_default
+
     monkeypatch.setenv("PIPELINES_CONFIG", str(config))
     reset_default()
     apps: dict[str, object] = {}
@@ -516,6 +521,222 @@ def test_a_null_ledger_prefix_means_the_default_prefix():
         build_config(mutated(("settings", "ledger", "prefix"), None)).settings.ledger_prefix
         == "pipeline-ledger/"
     )
+
+
+# ---------------------------------------------------------------------------------------------
+# Bugs found in modules this suite does not change (reported; strict xfails turn green-then-red
+# when fixed, so the corpus tag in reliability/badinput_corpus.KNOWN_BUGS goes with the marker)
+# ---------------------------------------------------------------------------------------------
+@pytest.mark.xfail(strict=True, reason=corpus.KNOWN_BUGS["completion-job-not-object"])
+def test_known_bug_a_completion_whose_job_is_not_an_object_is_acknowledged(pipelines, dataflow):
+    attrs = {"type": corpus.PUBSUB_PUBLISHED, "source": corpus.topic_source("completions")}
+    status, _ = pipelines("on_message", attrs, completion_message(job=["job-1"]))
+    assert status == 200
+
+
+@pytest.mark.xfail(strict=True, reason=corpus.KNOWN_BUGS["completion-parameters-not-object"])
+def test_known_bug_a_completion_whose_parameters_are_not_an_object_is_acknowledged(pipelines, dataflow):
+    attrs = {"type": corpus.PUBSUB_PUBLISHED, "source": corpus.topic_source("completions")}
+    status, _ = pipelines("on_message", attrs, completion_message(parameters=["name"]))
+    assert status == 200
+
+
+@pytest.mark.xfail(strict=True, reason=corpus.KNOWN_BUGS["chaining-silent-ack"])
+def test_known_bug_a_completion_in_a_state_nobody_waits_for_is_logged(world, dataflow, monkeypatch):
+    config = world.write_config(
+        {
+            "ingest": {**dataflow.pipeline_options("ingest"), "parameters": {"name": "{name}"}},
+            "chained": {
+                **dataflow.pipeline_options("chained"),
+                "parameters": {"upstream": "{upstream.run_key}"},
+            },
+        },
+        {
+            "landing": {"storage": {"bucket": "landing"}, "pipeline": "ingest"},
+            "after-ingest": {"completion": {"upstream": "ingest"}, "pipeline": "chained"},  # SUCCEEDED only
+        },
+    )
+    deliver = make_deliver(monkeypatch, config)
+    attrs = {"type": corpus.PUBSUB_PUBLISHED, "source": corpus.topic_source("completions")}
+    status, entries = deliver("on_message", attrs, completion_message(state="CANCELLED"))
+    assert status == 200 and dataflow.launches() == []
+    assert entries, "acknowledged without a log line"
+
+
+@pytest.mark.xfail(strict=True, reason=corpus.KNOWN_BUGS["completion-negative-duration"])
+def test_known_bug_a_launch_failed_completion_has_no_negative_duration(world, dataflow):
+    # LaunchService._record_unlaunchable stamps ended_at with its clock, then Ledger.create stamps
+    # created_at with a later now(): the completion's duration is ended - created < 0 whenever a
+    # millisecond passes in between (a clock 1 ms behind makes that deterministic here).
+    import datetime as dt
+
+    import jsonschema
+
+    from handlers.completion import build_event
+    from handlers.launch import LaunchService
+    from handlers.ledger import now as ledger_now
+    from tests.support.world import SCHEMA
+
+    config = world.config(
+        {"ingest": {**dataflow.pipeline_options("ingest"), "parameters": {"owner": "{metadata.owner}"}}},
+        {"landing": {"storage": {"bucket": "landing"}, "pipeline": "ingest"}},
+    )
+    runtime = world.runtime(config)
+    from handlers.events import ObjectEvent, StorageObject
+
+    event = ObjectEvent("e-1", ledger_now(), StorageObject(bucket="landing", name="a.txt", generation=1))
+    service = LaunchService(runtime, clock=lambda: ledger_now() - dt.timedelta(milliseconds=1))
+    outcome = service.start(config.triggers["landing"], event)
+    assert outcome.result == "failed"  # {metadata.owner} has no value
+    run = runtime.ledger.get(outcome.run_key)
+    jsonschema.validate(build_event(run, config.settings.project), SCHEMA)
+
+
+# ---------------------------------------------------------------------------------------------
+# The CI slice of the generated corpus, and the oracles' self-tests
+# ---------------------------------------------------------------------------------------------
+SLICE_CASES = 350  # 25 rounds of the category schedule
+SLICE_SEED = 20261122
+
+
+@pytest.fixture(scope="module")
+def suite(pubsub_emulator, gcs_server, dataflow_emulator, fabric_emulator, tmp_path_factory):
+    """One bad-input run on the session's emulators (its own ledger bucket and completion topic)."""
+    from handlers import clients
+    from handlers.runtime import reset_default
+    from reliability.badinput import BadInputRun, Services
+
+    services = Services(pubsub_emulator.host, gcs_server.url, dataflow_emulator, fabric_emulator)
+    run = BadInputRun(services, tmp_path_factory.mktemp("badinput"))
+    with pytest.MonkeyPatch.context() as mp:
+        for name, value in run.environment().items():
+            mp.setenv(name, value)
+        run.prepare()
+        yield run
+    clients.reset()
+    reset_default()
+
+
+def test_the_generated_corpus_slice_meets_every_oracle(suite):
+    from reliability.badinput import execute, figures
+
+    cases = corpus.generate(SLICE_CASES, SLICE_SEED, completion_topic=suite.completion_topic)
+    assert len(cases) == SLICE_CASES
+    results, drain = execute(suite, cases)
+    fig = figures(results, drain, seed=SLICE_SEED, seconds=0)
+    failures = "\n".join(json.dumps(f, ensure_ascii=True)[:600] for f in fig["failures"])
+    assert fig["failed_cases"] == 0, f"{fig['violation_kinds']}\n{failures}"
+    assert fig["secret_leaks"] == 0, fig["leaks"]
+    assert fig["drain"]["sweep_errors"] == [] and fig["drain"]["active_runs_left"] == 0
+    assert fig["drain"]["completion_schema_violations"] == []
+    # The slice covers every category, launches for real, and reads back what it wrote.
+    assert set(fig["per_category"]) == set(corpus.CATEGORIES)
+    assert fig["launched_correctly"] >= 50
+    assert fig["per_category"]["rest"]["rest_4xx"] >= 20
+    assert fig["drain"]["completion_events"] >= 50 and fig["drain"]["ledger_objects_read"] >= 50
+
+
+# ---- each oracle can fire ---------------------------------------------------------------------
+def test_the_secret_oracle_finds_a_planted_leak(suite, monkeypatch):
+    import os
+
+    from handlers.events import ObjectEvent
+    from reliability.badinput import DrainReport
+
+    original = ObjectEvent.summary
+    monkeypatch.setattr(
+        ObjectEvent, "summary", lambda self: {**original(self), "note": os.environ["FABRIC_REFRESH_TOKEN"]}
+    )
+    result = suite.run_case(corpus.example_storage_case(900_001, now(), "incoming/leak.txt"))
+    assert result.launches  # the run is recorded with the planted summary
+    report = DrainReport()
+    suite.read_back(report)
+    assert "ledger object: FABRIC_REFRESH_TOKEN found" in report.leaks
+    from reliability.badinput import find_secrets
+
+    assert find_secrets([b'{"x": "a\\"b"}'], {"quoted": 'a"b'}) == ["quoted found"]  # JSON-escaped too
+
+
+def test_the_launch_oracle_catches_a_mangled_name(suite, monkeypatch):
+    from handlers import params
+
+    original = params._object_lookup
+
+    def truncating(event):
+        lookup = original(event)
+        return lambda path: lookup(path)[:20] if path == "name" else lookup(path)
+
+    monkeypatch.setattr(params, "_object_lookup", truncating)
+    result = suite.run_case(corpus.example_storage_case(900_002, now(), "incoming/" + "\u202e" * 30 + ".txt"))
+    assert (
+        result.launch_verdict == "wrong" and "launched with parameters no oracle allows" in result.violations
+    )
+
+
+def test_the_launch_oracle_catches_a_launch_for_a_non_matching_event(suite, monkeypatch):
+    from handlers import routing
+
+    monkeypatch.setattr(routing, "object_reasons", lambda trigger, event: [])  # everything matches
+    result = suite.run_case(corpus.example_storage_case(900_003, now(), "elsewhere/x.csv"))
+    assert result.launch_verdict == "wrong"
+
+
+def test_the_exception_oracle_catches_an_unhandled_error_and_a_retry(suite, monkeypatch):
+    from handlers import routing
+    from handlers.errors import LedgerUnavailable
+
+    def boom(config, event):
+        raise ValueError("planted")
+
+    monkeypatch.setattr(routing, "match_message", boom)
+    result = suite.run_case(corpus.example_message_case(900_004, now(), "o-1"))
+    assert result.outcome == "unhandled" and result.statuses == [500]
+    assert any("ValueError: planted" in e for e in result.exceptions)
+
+    def transient(config, event):
+        raise LedgerUnavailable("planted")
+
+    monkeypatch.setattr(routing, "match_message", transient)
+    result = suite.run_case(corpus.example_message_case(900_005, now(), "o-2"))
+    assert result.outcome == "retried" and result.failed
+
+
+def test_the_reason_oracle_catches_a_silent_acknowledgement(suite, monkeypatch):
+    from handlers import dispatch
+
+    monkeypatch.setattr(dispatch, "handle_object_finalized", lambda cloud_event, runtime: [])
+    result = suite.run_case(corpus.example_storage_case(900_006, now(), "incoming/quiet.txt"))
+    assert not result.logged_reason and result.launch_verdict == "missing"
+
+
+def test_the_rest_oracle_catches_an_error_body_that_breaks_the_contract(suite, monkeypatch):
+    from handlers import api
+
+    monkeypatch.setattr(api.ApiError, "body", lambda self: {"error": {"code": self.code}})
+    case = corpus.example_rest_case(900_007, day="yesterday")
+    case.deliveries[0].statuses = frozenset({400})
+    case.launches = corpus.NONE
+    result = suite.run_case(case)
+    assert any("breaks the OpenAPI contract" in v for v in result.violations)
+
+
+def test_the_config_oracle_catches_an_unlisted_problem_and_a_crash(suite, monkeypatch):
+    from handlers import config
+    from handlers.errors import ConfigError
+
+    def vague(raw, source="<config>"):
+        raise ConfigError(["something is wrong"], source=source)
+
+    monkeypatch.setattr(config, "build_config", vague)
+    result = suite.run_case(corpus.example_config_case(900_008))
+    assert result.violations == ["problem not listed: 'settings.ledger.bucket'"]
+
+    def crash(raw, source="<config>"):
+        raise KeyError("planted")
+
+    monkeypatch.setattr(config, "build_config", crash)
+    result = suite.run_case(corpus.example_config_case(900_009))
+    assert result.outcome == "unhandled"
 
 
 @pytest.mark.parametrize(
