@@ -771,6 +771,7 @@ def figures(
             ),
         },
         "launched_correctly": sum(1 for r in results if r.launches and r.launch_verdict == "ok"),
+        "launches_by_target": dict(Counter(launch.target for r in results for launch in r.launches)),
         "slowest_case": {"case": slowest.case.describe()[:200], "seconds": round(slowest.seconds, 3)}
         if slowest
         else None,
