@@ -25,6 +25,7 @@ from typing import Any
 
 from handlers import logs
 from handlers.errors import BackendRejected, NotFound, PipelineError, RetryableError
+from handlers.events import invalid_text_path
 from handlers.manual import IdempotencyConflict, InvalidRequest, cancel_run, describe, run_status, start_run
 from handlers.runtime import Runtime
 
@@ -95,6 +96,11 @@ def verify_caller(authorization: str | None) -> str | None:
     return str(email) if email else None
 
 
+def _not_json(constant: str) -> Any:
+    """NaN and Infinity are not JSON (Python's parser accepts them: a parameter "nan" or "inf")."""
+    raise ValueError(f"{constant} is not JSON")
+
+
 def _read_json(request: Any) -> dict[str, Any]:
     length = request.content_length
     if length is not None and length > MAX_BODY_BYTES:
@@ -103,11 +109,26 @@ def _read_json(request: Any) -> dict[str, Any]:
     if len(raw) > MAX_BODY_BYTES:
         raise ApiError(413, "PAYLOAD_TOO_LARGE", f"the body is over {MAX_BODY_BYTES} bytes")
     try:
-        body = json.loads(raw or b"null")
+        body = json.loads(raw or b"null", parse_constant=_not_json)
+    except RecursionError as exc:  # nesting deeper than the parser goes: an HTTP 500 before
+        raise ApiError(
+            400,
+            "INVALID_ARGUMENT",
+            "the body is not JSON",
+            [{"field": "body", "problem": "nested too deeply"}],
+        ) from exc
     except ValueError as exc:
         raise ApiError(
             400, "INVALID_ARGUMENT", "the body is not JSON", [{"field": "body", "problem": "not valid JSON"}]
         ) from exc
+    where = invalid_text_path(body)
+    if where is not None:  # a lone surrogate (a "\ud800" escape): no ledger record could hold it
+        raise ApiError(
+            400,
+            "INVALID_ARGUMENT",
+            "the body holds text that is not valid Unicode",
+            [{"field": where, "problem": "not valid Unicode (a lone surrogate)"}],
+        )
     if not isinstance(body, dict):
         raise ApiError(
             400,
@@ -150,47 +171,65 @@ def _post_runs(request: Any, runtime: Runtime, caller: str | None) -> tuple[str,
 
 
 def handle(request: Any, runtime: Runtime) -> tuple[str, int, dict[str, str]]:
-    """Serve one API request; every answer is JSON."""
+    """Serve one API request; every answer is JSON, and every refusal is logged with its reason."""
     path = request.path.rstrip("/") or "/"
     method = request.method
+    caller: str | None = None
     try:
         caller = verify_caller(request.headers.get("Authorization"))
         with logs.bind(caller=caller):
-            if path == "/runs":
-                if method != "POST":
-                    raise ApiError(405, "METHOD_NOT_ALLOWED", "use POST /runs")
-                return _post_runs(request, runtime, caller)
-            if path == "/pipelines":
-                if method != "GET":
-                    raise ApiError(405, "METHOD_NOT_ALLOWED", "use GET /pipelines")
-                return _json(200, {"pipelines": [describe(p) for p in runtime.config.pipelines.values()]})
-            match = _RUN_PATH.match(path)
-            if match:
-                key = match.group("key")
-                if match.group("cancel"):
-                    if method != "POST":
-                        raise ApiError(405, "METHOD_NOT_ALLOWED", "use POST /runs/{key}:cancel")
-                    run = cancel_run(runtime, key)
-                    logs.info("cancel requested through the API", run_key=key)
-                    return _json(202, {"run_key": key, "state": run.state, "cancel_requested": True})
-                if method != "GET":
-                    raise ApiError(405, "METHOD_NOT_ALLOWED", "use GET /runs/{key}")
-                return _json(200, run_status(runtime, key))
-            raise ApiError(404, "NOT_FOUND", f"no route {method} {path}")
+            return _route(request, runtime, path, method, caller)
     except ApiError as exc:
-        return _json(exc.code, exc.body(), exc.headers)
+        error = exc
     except InvalidRequest as exc:
         details = [{"field": f, "problem": p} for f, p in exc.problems.items()]
-        return _json(400, ApiError(400, "INVALID_ARGUMENT", "invalid parameters", details).body())
+        error = ApiError(400, "INVALID_ARGUMENT", "invalid parameters", details)
     except IdempotencyConflict as exc:
-        return _json(409, ApiError(409, "ABORTED", exc.message).body())
+        error = ApiError(409, "ABORTED", exc.message)
     except NotFound as exc:
-        return _json(404, ApiError(404, "NOT_FOUND", exc.message).body())
+        error = ApiError(404, "NOT_FOUND", exc.message)
     except BackendRejected as exc:
         code = exc.status if exc.status in (400, 403, 409) else 502
-        return _json(code, ApiError(code, exc.reason or "FAILED_PRECONDITION", exc.message).body())
+        error = ApiError(code, exc.reason or "FAILED_PRECONDITION", exc.message)
     except RetryableError as exc:
         retry_after = str(int(exc.retry_after or 5))
-        return _json(503, ApiError(503, "UNAVAILABLE", exc.message).body(), {"Retry-After": retry_after})
+        error = ApiError(503, "UNAVAILABLE", exc.message, headers={"Retry-After": retry_after})
     except PipelineError as exc:
-        return _json(400, ApiError(400, "INVALID_ARGUMENT", exc.message).body())
+        error = ApiError(400, "INVALID_ARGUMENT", exc.message)
+    with logs.bind(caller=caller):
+        (logs.warning if error.code < 500 else logs.error)(
+            "API request refused",
+            method=method,
+            path=path,
+            status=error.code,
+            reason=error.status,
+            error_message=error.message,
+            details=error.details or None,
+        )
+    return _json(error.code, error.body(), error.headers)
+
+
+def _route(
+    request: Any, runtime: Runtime, path: str, method: str, caller: str | None
+) -> tuple[str, int, dict[str, str]]:
+    if path == "/runs":
+        if method != "POST":
+            raise ApiError(405, "METHOD_NOT_ALLOWED", "use POST /runs")
+        return _post_runs(request, runtime, caller)
+    if path == "/pipelines":
+        if method != "GET":
+            raise ApiError(405, "METHOD_NOT_ALLOWED", "use GET /pipelines")
+        return _json(200, {"pipelines": [describe(p) for p in runtime.config.pipelines.values()]})
+    match = _RUN_PATH.match(path)
+    if match:
+        key = match.group("key")
+        if match.group("cancel"):
+            if method != "POST":
+                raise ApiError(405, "METHOD_NOT_ALLOWED", "use POST /runs/{key}:cancel")
+            run = cancel_run(runtime, key)
+            logs.info("cancel requested through the API", run_key=key)
+            return _json(202, {"run_key": key, "state": run.state, "cancel_requested": True})
+        if method != "GET":
+            raise ApiError(405, "METHOD_NOT_ALLOWED", "use GET /runs/{key}")
+        return _json(200, run_status(runtime, key))
+    raise ApiError(404, "NOT_FOUND", f"no route {method} {path}")

@@ -26,6 +26,7 @@ problem, each naming the trigger or pipeline and the field. The result is frozen
 from __future__ import annotations
 
 import functools
+import math
 import os
 import re
 from collections.abc import Mapping
@@ -38,7 +39,7 @@ from handlers.templates import Template, placeholder_problem
 
 CONFIG_ENV = "PIPELINES_CONFIG"
 DEFAULT_CONFIG = "pipelines.yaml"
-NAME_RE = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")
+NAME_RE = re.compile(r"^[a-z][a-z0-9_-]{0,62}\Z")  # \Z: "$" would let a trailing newline through
 STATES = ("SUCCEEDED", "FAILED", "CANCELLED", "TIMED_OUT", "LAUNCH_FAILED")
 _DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 _UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, None: 1}
@@ -184,6 +185,8 @@ def parse_duration(value: Any) -> float:
     if isinstance(value, bool):
         raise ValueError(f"not a duration: {value!r}")
     if isinstance(value, int | float):
+        if not math.isfinite(value):
+            raise ValueError(f"not a duration: {value!r} (a finite number of seconds, or e.g. 30s, 10m, 2h)")
         return float(value)
     m = _DURATION_RE.match(str(value))
     if not m:
@@ -232,6 +235,10 @@ class _Problems:
 
     def add(self, where: str, message: str) -> None:
         self.items.append(f"{where}: {message}")
+
+    def where(self) -> set[str]:
+        """The locations that have a problem already."""
+        return {item.split(": ", 1)[0] for item in self.items}
 
 
 def _as_map(value: Any, where: str, problems: _Problems) -> Mapping[str, Any]:
@@ -305,14 +312,15 @@ def _conditions(raw: Any, where: str, problems: _Problems) -> tuple[Condition, .
             if one_of is not None and not isinstance(one_of, list):
                 problems.add(f"{here}.in", "must be a list")
                 one_of = None
+            regex = _text(spec.get("regex"), f"{here}.regex", problems)
             conds.append(
                 Condition(
                     str(path),
-                    equals=None if spec.get("equals") is None else _scalar(spec["equals"]),
+                    equals=_text(spec.get("equals"), f"{here}.equals", problems),
                     one_of=tuple(str(v) for v in one_of) if one_of is not None else None,
-                    regex=_regex(spec["regex"], f"{here}.regex", problems) if "regex" in spec else None,
-                    prefix=spec.get("prefix"),
-                    suffix=spec.get("suffix"),
+                    regex=_regex(regex, f"{here}.regex", problems) if regex is not None else None,
+                    prefix=_text(spec.get("prefix"), f"{here}.prefix", problems),
+                    suffix=_text(spec.get("suffix"), f"{here}.suffix", problems),
                     exists=bool(spec["exists"]) if "exists" in spec else None,
                 )
             )
@@ -325,6 +333,17 @@ def _scalar(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     return str(value)
+
+
+def _text(value: Any, where: str, problems: _Problems) -> str | None:
+    """A text setting: a scalar as text (``2026`` -> ``"2026"``), ``None`` when absent; a list or a
+    mapping is a problem (its ``str()`` would be matched against names, or fail at run time)."""
+    if value is None:
+        return None
+    if isinstance(value, Mapping | list | tuple | set):
+        problems.add(where, f"must be a string, got {type(value).__name__}")
+        return None
+    return _scalar(value)
 
 
 def _int_or_none(raw: Mapping[str, Any], key: str, where: str, problems: _Problems) -> int | None:
@@ -347,14 +366,24 @@ def _storage(raw: Any, where: str, problems: _Problems) -> StorageMatch | None:
         return None
     ct = spec.get("content_type")
     content_types = tuple(ct) if isinstance(ct, list) else ((ct,) if ct else ())
-    glob = spec.get("glob")
+    if not all(isinstance(c, str) for c in content_types):
+        problems.add(f"{where}.content_type", "must be a content type or a list of them")
+        content_types = ()
+    glob = _text(spec.get("glob"), f"{where}.glob", problems)
+    glob_re = None
+    if glob:
+        try:
+            glob_re = glob_to_regex(glob)
+        except re.error as exc:
+            problems.add(f"{where}.glob", f"invalid glob: {exc}")
+    regex = _text(spec.get("regex"), f"{where}.regex", problems)
     m = StorageMatch(
         bucket=bucket,
         glob=glob,
-        glob_re=glob_to_regex(str(glob)) if glob else None,
-        regex=_regex(spec["regex"], f"{where}.regex", problems) if spec.get("regex") else None,
-        prefix=spec.get("prefix"),
-        suffix=spec.get("suffix"),
+        glob_re=glob_re,
+        regex=_regex(regex, f"{where}.regex", problems) if regex else None,
+        prefix=_text(spec.get("prefix"), f"{where}.prefix", problems),
+        suffix=_text(spec.get("suffix"), f"{where}.suffix", problems),
         content_types=tuple(str(c) for c in content_types),
         min_size=_int_or_none(spec, "min_size", where, problems),
         max_size=_int_or_none(spec, "max_size", where, problems),
@@ -399,9 +428,10 @@ def _completion(raw: Any, where: str, problems: _Problems) -> CompletionMatch | 
         if s not in STATES:
             problems.add(f"{where}.states", f"unknown state '{s}' (one of {', '.join(STATES)})")
     join_key = None
-    if spec.get("join_key") is not None:
+    join_text = _text(spec.get("join_key"), f"{where}.join_key", problems)
+    if join_text is not None:
         try:
-            join_key = Template.parse(str(spec["join_key"]))
+            join_key = Template.parse(join_text)
         except ValueError as exc:
             problems.add(f"{where}.join_key", str(exc))
     if len(upstream) > 1:
@@ -434,14 +464,13 @@ def _inputs(raw: Any, where: str, problems: _Problems) -> dict[str, Input]:
         here = f"{where}.{name}"
         spec = spec if isinstance(spec, Mapping) else {}
         _unknown_keys(spec, {"required", "pattern", "description", "default"}, here, problems)
+        pattern = _text(spec.get("pattern"), f"{here}.pattern", problems)
         result[str(name)] = Input(
             name=str(name),
             required=bool(spec.get("required", "default" not in spec)),
-            pattern=_regex(f"(?:{spec['pattern']})\\Z", f"{here}.pattern", problems)
-            if spec.get("pattern")
-            else None,
+            pattern=_regex(f"(?:{pattern})\\Z", f"{here}.pattern", problems) if pattern else None,
             description=str(spec.get("description", "")),
-            default=None if spec.get("default") is None else str(spec["default"]),
+            default=_text(spec.get("default"), f"{here}.default", problems),
         )
     return result
 
@@ -454,7 +483,7 @@ def _pipeline(name: str, raw: Any, settings: Settings, problems: _Problems) -> P
         problems.add(where, "name must match [a-z][a-z0-9_-]{0,62}")
     spec = _as_map(raw, where, problems)
     backend = spec.get("backend")
-    if backend not in BACKENDS:
+    if not isinstance(backend, str) or backend not in BACKENDS:  # a list is unhashable: a TypeError
         problems.add(f"{where}.backend", f"must be one of {', '.join(BACKENDS)}, got {backend!r}")
         return None
     module = backend_module(str(backend))
@@ -475,8 +504,8 @@ def _pipeline(name: str, raw: Any, settings: Settings, problems: _Problems) -> P
     return Pipeline(
         name=name,
         backend=str(backend),
-        project=str(spec.get("project") or settings.project),
-        region=str(spec.get("region") or settings.region),
+        project=_text(spec.get("project"), f"{where}.project", problems) or settings.project,
+        region=_text(spec.get("region"), f"{where}.region", problems) or settings.region,
         parameters=_templates(spec.get("parameters"), f"{where}.parameters", problems),
         outputs=_templates(spec.get("outputs"), f"{where}.outputs", problems),
         mode=str(mode),
@@ -536,16 +565,20 @@ def _settings(raw: Any, problems: _Problems) -> Settings:
     )
     ledger = _as_map(spec.get("ledger"), f"{where}.ledger", problems)
     _unknown_keys(ledger, {"bucket", "prefix", "lease"}, f"{where}.ledger", problems)
-    project = spec.get("project") or os.environ.get("GOOGLE_CLOUD_PROJECT") or ""
-    if not project:
+    project = _text(spec.get("project"), f"{where}.project", problems) or os.environ.get(
+        "GOOGLE_CLOUD_PROJECT"
+    )
+    if not project and f"{where}.project" not in problems.where():
         problems.add(f"{where}.project", "is required (or set GOOGLE_CLOUD_PROJECT)")
-    region = spec.get("region") or ""
-    if not region:
+    region = _text(spec.get("region"), f"{where}.region", problems)
+    if not region and f"{where}.region" not in problems.where():
         problems.add(f"{where}.region", "is required (Dataflow uses regional endpoints only)")
-    bucket = ledger.get("bucket") or ""
-    if not bucket:
+    bucket = _text(ledger.get("bucket"), f"{where}.ledger.bucket", problems)
+    if not bucket and f"{where}.ledger.bucket" not in problems.where():
         problems.add(f"{where}.ledger.bucket", "is required (the run ledger makes launches exactly-once)")
-    prefix = str(ledger.get("prefix", "pipeline-ledger/"))
+    prefix = _text(ledger.get("prefix", "pipeline-ledger/"), f"{where}.ledger.prefix", problems)
+    if prefix is None:
+        prefix = "pipeline-ledger/"
     if prefix and not prefix.endswith("/"):
         prefix += "/"
     return Settings(
@@ -554,7 +587,7 @@ def _settings(raw: Any, problems: _Problems) -> Settings:
         ledger_bucket=str(bucket),
         ledger_prefix=prefix,
         lease_seconds=_duration(ledger, "lease", f"{where}.ledger", problems, 600.0),
-        completion_topic=spec.get("completion_topic"),
+        completion_topic=_text(spec.get("completion_topic"), f"{where}.completion_topic", problems),
         max_event_age_seconds=_duration(spec, "max_event_age", where, problems, 3600.0),
         launch_budget_seconds=_duration(spec, "launch_budget", where, problems, 60.0),
         stall_after_seconds=_duration(spec, "stall_after", where, problems, 1800.0),
@@ -709,6 +742,8 @@ def load_config(path: str | os.PathLike[str] | None = None) -> Config:
         raw = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise ConfigError([f"not valid YAML: {exc}"], source=str(target)) from exc
+    except RecursionError as exc:  # the YAML composer recurses once per nesting level
+        raise ConfigError(["not a usable config: nested too deeply"], source=str(target)) from exc
     return build_config(raw, source=str(target))
 
 

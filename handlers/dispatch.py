@@ -5,6 +5,8 @@ The error policy lives here, once for every entry point:
 - a malformed event, an unsupported event type, no matching trigger -> logged, acknowledged;
 - an event older than ``settings.max_event_age`` -> dropped with a log line, acknowledged;
 - a permanent launch error -> recorded in the ledger by the launch service, acknowledged;
+- any other permanent error that reaches here (a completion whose fields cannot be read, say) ->
+  logged with its reason, acknowledged: a permanent error never becomes an HTTP 500;
 - a retryable error -> raised after every matching trigger had its turn (the platform redelivers;
   triggers that already launched see a duplicate next time).
 """
@@ -12,14 +14,18 @@ The error policy lives here, once for every entry point:
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterable
+import re
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from handlers import completion, events, logs, routing
 from handlers.config import Trigger
-from handlers.errors import EventError, EventTooOld, RetryableError
+from handlers.errors import EventError, EventTooOld, PermanentError, RetryableError
 from handlers.launch import LaunchService, Outcome
 from handlers.runtime import Runtime
+
+_TRIGGER_LABEL = re.compile(r"[a-z][a-z0-9_-]{0,62}")
+_RUN_HASH = re.compile(r"[0-9a-f]{20}")
 
 
 def _too_old(runtime: Runtime, event: Any, now: dt.datetime | None = None) -> bool:
@@ -44,9 +50,15 @@ def launch_matches(
             outcomes.append(service.start(trigger, event))
         except RetryableError as exc:
             logs.warning(
-                "transient failure: the event will be redelivered", trigger=trigger.name, **exc.context()
+                "transient failure: the event will be redelivered",
+                **{**exc.context(), "trigger": trigger.name},
             )
             pending = pending or exc
+        except PermanentError as exc:
+            logs.error(
+                "permanent failure before a run was recorded: acknowledged",
+                **{**exc.context(), "trigger": trigger.name},
+            )
     if pending is not None:
         raise pending
     return outcomes
@@ -85,6 +97,14 @@ def handle_object_finalized(cloud_event: Any, runtime: Runtime) -> list[Outcome]
 def handle_message(cloud_event: Any, runtime: Runtime) -> list[Outcome]:
     """``on_message``: a Pub/Sub message; storage notifications count as finalize events."""
     try:
+        return _handle_message(cloud_event, runtime)
+    except PermanentError as exc:
+        logs.error("permanent failure: the message is acknowledged", **exc.context())
+        return []
+
+
+def _handle_message(cloud_event: Any, runtime: Runtime) -> list[Outcome]:
+    try:
         message = events.parse_message(cloud_event)
     except EventError as exc:
         logs.error("malformed Pub/Sub event: acknowledged", **exc.context())
@@ -121,9 +141,14 @@ def handle_job_status(cloud_event: Any, runtime: Runtime) -> str | None:
     if not isinstance(job, dict):
         logs.error("statusChanged event without a Job payload: acknowledged", event_id=attrs.get("id"))
         return None
-    labels = job.get("labels") or {}
+    labels = job.get("labels")
+    labels = labels if isinstance(labels, Mapping) else {}
     trigger, run_hash = labels.get("pipeline-trigger"), labels.get("run-key-hash")
-    if not trigger or not run_hash:
+    # Only labels this project writes (params.job_labels) name a run; anything else, forged or
+    # foreign, would make a ledger object name of arbitrary text.
+    if not (isinstance(trigger, str) and _TRIGGER_LABEL.fullmatch(trigger)) or not (
+        isinstance(run_hash, str) and _RUN_HASH.fullmatch(run_hash)
+    ):
         logs.info(
             "job was not launched by this project: ignored", job_id=job.get("id"), job_name=job.get("name")
         )

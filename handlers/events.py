@@ -14,7 +14,9 @@ Shapes (Google's ``google-cloudevents`` schemas):
 
 The wrappers tolerate what real deliveries do: numbers sent as strings, camelCase and snake_case
 copies of the same field, empty or non-JSON message data. Anything that cannot be understood is an
-:class:`~handlers.errors.EventError` naming the field.
+:class:`~handlers.errors.EventError` naming the field: a text field (bucket, name, content type,
+hashes, metadata and attribute values) of another type, and text that is not valid Unicode (a lone
+surrogate a JSON escape can carry), which no log line, ledger record or job parameter could hold.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ import binascii
 import datetime as dt
 import functools
 import json
-import posixpath
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -47,6 +49,55 @@ def _first(d: Mapping[str, Any], *names: str) -> Any:
     return None
 
 
+def _text(value: Any, field_name: str) -> str | None:
+    """A text field: ``None`` when absent or empty; a value of another type is malformed (its
+    ``str()`` would render into parameters as ``None``, ``['a']``...)."""
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str):
+        raise EventError(f"{field_name} must be a string, got {type(value).__name__}", field=field_name)
+    return value
+
+
+def invalid_text_path(value: Any, path: str = "") -> str | None:
+    """Where ``value`` holds a string (or key) that is not valid Unicode (a lone surrogate, which a
+    JSON ``\\ud800`` escape can carry but UTF-8 cannot), or ``None`` when it holds none."""
+    stack: list[tuple[Any, str]] = [(value, path)]
+    while stack:
+        node, where = stack.pop()
+        if isinstance(node, str):
+            if not _encodable(node):
+                return where or "value"
+        elif isinstance(node, Mapping):
+            for key, child in node.items():
+                here = f"{where}.{key}" if where else str(key)
+                if isinstance(key, str) and not _encodable(key):
+                    return here
+                stack.append((child, here))
+        elif isinstance(node, list | tuple):
+            stack.extend((child, f"{where}.{i}" if where else str(i)) for i, child in enumerate(node))
+    return None
+
+
+def _encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _require_unicode(value: Any, what: str) -> None:
+    where = invalid_text_path(value)
+    if where is not None:
+        raise EventError(f"{what} carries text that is not valid Unicode at {where!r}", field=where)
+
+
+# ASCII digits only: int() alone also reads "1_000" as 1000 and "\uff11\uff12" as 12, so garbage
+# would become another generation (another run identity) or size.
+_INT_TEXT = re.compile(r"[ \t\r\n]*[+-]?[0-9]+[ \t\r\n]*")
+
+
 def to_int(value: Any, field_name: str) -> int | None:
     """An integer from a JSON number or a numeric string; ``None`` when absent."""
     if value is None or value == "":
@@ -57,11 +108,8 @@ def to_int(value: Any, field_name: str) -> int | None:
         return value
     if isinstance(value, float) and value.is_integer():
         return int(value)
-    if isinstance(value, str):
-        try:
-            return int(value.strip())
-        except ValueError:
-            pass
+    if isinstance(value, str) and _INT_TEXT.fullmatch(value):
+        return int(value)
     raise EventError(f"{field_name} must be an integer, got {value!r}", field=field_name)
 
 
@@ -121,11 +169,13 @@ class StorageObject:
 
     @property
     def dirname(self) -> str:
-        return posixpath.dirname(self.name)
+        """Everything before the last ``/``, as written: object names are flat, so the ``//`` of
+        ``a//b.txt`` is part of its prefix (posixpath.dirname would drop it: ``a``, another prefix)."""
+        return self.name.rpartition("/")[0]
 
     @property
     def basename(self) -> str:
-        return posixpath.basename(self.name)
+        return self.name.rpartition("/")[2]
 
     @property
     def stem(self) -> str:
@@ -144,8 +194,8 @@ class StorageObject:
     ) -> StorageObject:
         """Build from an object resource (JSON API v1), tolerant of string numbers and snake_case."""
         fb = fallback or {}
-        bucket = _first(data, "bucket") or fb.get("bucket")
-        name = _first(data, "name") or fb.get("name")
+        bucket = _text(_first(data, "bucket"), "bucket") or fb.get("bucket")
+        name = _text(_first(data, "name"), "name") or fb.get("name")
         generation = to_int(_first(data, "generation") or fb.get("generation"), "generation")
         if not bucket:
             raise EventError("storage event has no bucket", field="bucket")
@@ -156,16 +206,21 @@ class StorageObject:
         metadata = _first(data, "metadata") or {}
         if not isinstance(metadata, Mapping):
             raise EventError("metadata must be an object", field="metadata")
+        for key, value in metadata.items():
+            if not isinstance(value, str):
+                raise EventError(
+                    f"metadata.{key} must be a string, got {type(value).__name__}", field=f"metadata.{key}"
+                )
         return cls(
             bucket=str(bucket),
             name=str(name),
             generation=generation,
             size=to_int(_first(data, "size"), "size"),
-            content_type=_first(data, "contentType", "content_type"),
+            content_type=_text(_first(data, "contentType", "content_type"), "contentType"),
             metageneration=to_int(_first(data, "metageneration"), "metageneration"),
-            metadata={str(k): str(v) for k, v in metadata.items()},
-            md5_hash=_first(data, "md5Hash", "md5_hash"),
-            crc32c=_first(data, "crc32c"),
+            metadata={str(k): v for k, v in metadata.items()},
+            md5_hash=_text(_first(data, "md5Hash", "md5_hash"), "md5Hash"),
+            crc32c=_text(_first(data, "crc32c"), "crc32c"),
             time_created=parse_time(_first(data, "timeCreated", "time_created"), "timeCreated"),
         )
 
@@ -225,13 +280,19 @@ class MessageEvent:
 
     @functools.cached_property
     def json(self) -> Any:
-        """The message data parsed as JSON, or ``None`` when empty or not JSON."""
+        """The message data parsed as JSON, or ``None`` when empty or not JSON (nested deeper than
+        the parser goes, or holding text that is not valid Unicode, counts as not JSON)."""
         if not self.data.strip():
             return None
         try:
-            return json.loads(self.data)
-        except (ValueError, UnicodeDecodeError):
+            value = json.loads(self.data)
+        except (ValueError, UnicodeDecodeError, RecursionError):
             return None
+        # Lone surrogates come from \u escapes, or from raw bytes json decodes with surrogatepass.
+        suspect = b"\\u" in self.data or not self.data.isascii()
+        if suspect and invalid_text_path(value) is not None:
+            return None
+        return value
 
     def is_storage_notification(self) -> bool:
         return all(self.attributes.get(a) for a in _NOTIFICATION_ATTRS)
@@ -272,6 +333,8 @@ def parse_object_finalized(cloud_event: Any) -> ObjectEvent:
     if attrs.get("type") not in (None, STORAGE_FINALIZED):
         raise EventError(f"expected {STORAGE_FINALIZED}, got {attrs.get('type')!r}", field="type")
     data = _json_object(data, "data")
+    _require_unicode(attrs, "the CloudEvent")
+    _require_unicode(data, "the storage event")
     fallback: dict[str, Any] = {}
     source, subject = str(attrs.get("source") or ""), str(attrs.get("subject") or "")
     if "/buckets/" in source:
@@ -292,6 +355,8 @@ def parse_message(cloud_event: Any) -> MessageEvent:
     if attrs.get("type") not in (None, PUBSUB_PUBLISHED):
         raise EventError(f"expected {PUBSUB_PUBLISHED}, got {attrs.get('type')!r}", field="type")
     body = _json_object(data, "data")
+    _require_unicode(attrs, "the CloudEvent")
+    _require_unicode(body, "the Pub/Sub event")
     message = body.get("message")
     if not isinstance(message, Mapping):
         raise EventError("Pub/Sub event has no message object", field="message")
@@ -306,6 +371,12 @@ def parse_message(cloud_event: Any) -> MessageEvent:
     attributes = message.get("attributes") or {}
     if not isinstance(attributes, Mapping):
         raise EventError("message.attributes must be an object", field="message.attributes")
+    for key, value in attributes.items():
+        if not isinstance(value, str):
+            raise EventError(
+                f"message.attributes.{key} must be a string, got {type(value).__name__}",
+                field=f"message.attributes.{key}",
+            )
     project, topic = split_topic(str(attrs.get("source") or ""))
     publish_time = parse_time(_first(message, "publishTime", "publish_time"), "message.publishTime")
     return MessageEvent(
@@ -315,9 +386,9 @@ def parse_message(cloud_event: Any) -> MessageEvent:
         topic=topic,
         message_id=str(message_id),
         data=payload,
-        attributes={str(k): str(v) for k, v in attributes.items()},
+        attributes={str(k): v for k, v in attributes.items()},
         publish_time=publish_time,
-        ordering_key=_first(message, "orderingKey", "ordering_key"),
+        ordering_key=_text(_first(message, "orderingKey", "ordering_key"), "message.orderingKey"),
         subscription=body.get("subscription"),
     )
 

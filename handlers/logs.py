@@ -5,7 +5,8 @@ One JSON object per line on stdout with ``severity``, ``message``, ``time`` and
 followed across invocations with one label filter. Context is bound per thread with
 :func:`bind` (functions-framework serves requests on many threads).
 
-Secrets never reach a log line: values whose key looks like a secret are masked.
+Secrets never reach a log line: values whose key looks like a secret are masked. Writing never
+fails on text from outside: what the stream cannot encode is written as JSON escapes.
 """
 
 from __future__ import annotations
@@ -83,7 +84,12 @@ def log(severity: str, message: str, /, **fields: Any) -> None:
     line = json.dumps(entry, default=str, ensure_ascii=False)
     with _write_lock:
         stream = _stream or sys.stdout
-        stream.write(line + "\n")
+        try:
+            stream.write(line + "\n")
+        except UnicodeEncodeError:
+            # Text no encoding can carry (a lone surrogate from a hostile event) or a stream that is
+            # not UTF-8: the same object with every non-ASCII character escaped, still one JSON line.
+            stream.write(json.dumps(entry, default=str, ensure_ascii=True) + "\n")
         stream.flush()
 
 

@@ -116,12 +116,18 @@ def _message_lookup(event: MessageEvent) -> Callable[[str], Any]:
         "message_id": event.message_id,
         "ordering_key": event.ordering_key,
         "publish_time": event.publish_time,
-        "data": event.text,
     }
 
     def lookup(path: str) -> Any:
         if path in simple:
             return simple[path]
+        if path == "data":
+            # The payload as text only when it is text: U+FFFD replacements would be a parameter the
+            # message never said (a binary payload has no value here; use {data|...} for a default).
+            try:
+                return event.data.decode("utf-8")
+            except UnicodeDecodeError:
+                raise KeyError(path) from None
         if path.startswith("attributes."):
             return event.attributes[path[len("attributes.") :]]
         if path.startswith("data."):
