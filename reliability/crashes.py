@@ -43,6 +43,7 @@ from typing import Any
 
 from deploy.local.faultproxy import Exchange
 from reliability.rig import (
+    BACKENDS,
     LANDING_BUCKET,
     LEDGER_BUCKET,
     CompletionWatch,
@@ -50,12 +51,14 @@ from reliability.rig import (
     Platform,
     Rig,
     RigSettings,
+    event_name,
+    exactly_once,
+    is_launch_path,
 )
 
 CRASH_SETTINGS = RigSettings(lease="3s", publish_lease="2s", launch_budget="6s", http_timeout="1,2")
 
 _LEDGER_OBJECTS = re.compile(rf"/b/{LEDGER_BUCKET}/o(\?|/|$)")
-_LAUNCH = re.compile(r"/(templates|flexTemplates):launch$")
 _UNPUBLISHED_COMPLETION = re.compile(rb'"completion"\s*:\s*\{[^{}]*"published"\s*:\s*false')
 
 
@@ -70,8 +73,13 @@ def ledger_write(proxy: str, ex: Exchange) -> bool:
 
 
 def launch_request(proxy: str, ex: Exchange) -> bool:
-    """A launch request the backend accepted (the job now exists)."""
-    return proxy == "dataflow" and ex.method == "POST" and bool(_LAUNCH.search(ex.path)) and ex.status == 200
+    """A launch (run, start) request the backend accepted: the job now exists."""
+    return (
+        proxy in BACKENDS
+        and ex.method == "POST"
+        and is_launch_path(proxy, ex.path)
+        and 200 <= (ex.status or 0) < 300
+    )
 
 
 def completion_decided_unpublished(proxy: str, ex: Exchange) -> bool:
@@ -193,15 +201,16 @@ def run(
     trials: list[Trial] = []
     with Rig(settings, functions_dir=functions_dir, keep_dir=keep_dir) as rig:
         hook.rig = rig
-        rig.start(hooks={"ledger": hook.for_proxy("ledger"), "dataflow": hook.for_proxy("dataflow")})
+        rig.start(hooks={name: hook.for_proxy(name) for name in ("ledger", *BACKENDS)})
         platform = Platform(rig, initial=0.2, maximum=2.0)
         watch = CompletionWatch(rig)
-        for boundary in boundaries:
-            for i in range(per_boundary):
-                event = Event.storage(LANDING_BUCKET, f"crash/{boundary.name}/{i:03d}.txt")
-                trial = Trial(boundary, event)
-                run_trial(rig, platform, hook, watch, trial)
-                trials.append(trial)
+        for backend in settings.backends:
+            for boundary in boundaries:
+                for i in range(per_boundary):
+                    event = Event.storage(LANDING_BUCKET, event_name(backend, f"{boundary.name}/{i:03d}"))
+                    trial = Trial(boundary, event)
+                    run_trial(rig, platform, hook, watch, trial)
+                    trials.append(trial)
         time.sleep(_quiet(settings))  # a wrongly repeated completion would show up now
         for _ in range(3):
             platform.sweep()
@@ -216,28 +225,26 @@ def run(
         startup = rig.startup_seconds
         work_dir = str(rig.work_dir) if keep_dir else None
     rows = []
-    for boundary in boundaries:
-        mine = [t for t in trials if t.boundary is boundary]
-        rows.append(
-            {
-                "boundary": boundary.name,
-                "killed": boundary.target,
-                "events": len(mine),
-                "crashes": sum(t.crashed_at is not None for t in mine),
-                "lost": sum(t.outcome["events_lost"] for t in mine),
-                "duplicate_jobs": sum(t.outcome["duplicate_jobs"] for t in mine),
-                "duplicate_completions": sum(t.outcome["duplicate_completions"] for t in mine),
-                "max_recovery_seconds": max((t.recovered_seconds or 0.0 for t in mine), default=0.0),
-                "crash_request": next((t.crash_request for t in mine if t.crash_request), None),
-            }
-        )
+    for backend in settings.backends:
+        for boundary in boundaries:
+            mine = [t for t in trials if t.boundary is boundary and t.event.backend == backend]
+            rows.append(
+                {
+                    "boundary": boundary.name,
+                    "backend": backend,
+                    "killed": boundary.target,
+                    "events": len(mine),
+                    "crashes": sum(t.crashed_at is not None for t in mine),
+                    "lost": sum(t.outcome["events_lost"] for t in mine),
+                    "duplicate_jobs": sum(t.outcome["duplicate_jobs"] for t in mine),
+                    "duplicate_completions": sum(t.outcome["duplicate_completions"] for t in mine),
+                    "max_recovery_seconds": max((t.recovered_seconds or 0.0 for t in mine), default=0.0),
+                    "crash_request": next((t.crash_request for t in mine if t.crash_request), None),
+                }
+            )
     crashed_everywhere = all(t.crashed_at is not None for t in trials)
     figures: dict[str, Any] = {
-        "goal_met": crashed_everywhere
-        and verdict["events_lost"] == 0
-        and verdict["duplicate_jobs"] == 0
-        and verdict["duplicate_completions"] == 0
-        and verdict["duplicate_completion_ids"] == 0,
+        "goal_met": crashed_everywhere and exactly_once(verdict),
         "every_boundary_reached": crashed_everywhere,
         "per_boundary": per_boundary,
         "boundaries": rows,
@@ -252,7 +259,8 @@ def run(
             "publish_lease": settings.publish_lease,
             "launch_budget": settings.launch_budget,
             "http_timeout": settings.http_timeout,
-            "dataflow_speed": settings.speed,
+            "emulator_speed": settings.speed,
+            "backends": list(settings.backends),
         },
         "startup_seconds": round(startup, 2),
         "wall_seconds": round(time.monotonic() - started, 2),
@@ -299,6 +307,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--lease", default=CRASH_SETTINGS.lease)
     parser.add_argument("--publish-lease", default=CRASH_SETTINGS.publish_lease)
     parser.add_argument("--speed", type=float, default=CRASH_SETTINGS.speed)
+    parser.add_argument(
+        "--backends", default="dataflow", help=f"comma-separated subset of {','.join(BACKENDS)}"
+    )
     parser.add_argument("--no-write", action="store_true", help="print the figures only")
     parser.add_argument("--functions-dir", type=Path, help="serve main.py from this checkout instead")
     parser.add_argument("--keep", action="store_true", help="keep the rig's work dir (logs) and print it")
@@ -317,6 +328,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         launch_budget=CRASH_SETTINGS.launch_budget,
         http_timeout=CRASH_SETTINGS.http_timeout,
         speed=args.speed,
+        backends=tuple(b.strip() for b in args.backends.split(",") if b.strip()),
     )
     figures = run(args.per_boundary, chosen, settings, functions_dir=args.functions_dir, keep_dir=args.keep)
     print(json.dumps(figures, indent=2, sort_keys=True))

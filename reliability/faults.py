@@ -38,11 +38,22 @@ from pathlib import Path
 from typing import Any
 
 from deploy.local.faultproxy import KINDS, even_rates, parse_kinds
-from reliability.rig import LANDING_BUCKET, CompletionWatch, Event, Platform, Rig, RigSettings, sweeping
+from reliability.rig import (
+    BACKENDS,
+    LANDING_BUCKET,
+    CompletionWatch,
+    Event,
+    Platform,
+    Rig,
+    RigSettings,
+    event_name,
+    exactly_once,
+    sweeping,
+)
 
-# Which requests each proxy may fault (searched in "METHOD /path?query"): every ledger and backend call.
+# Which ledger requests may be faulted (searched in "METHOD /path?query"): every object call. Every
+# request reaching a backend proxy (protocol calls only: the functions never use /_emulator/) may be.
 LEDGER_MATCH = r"^(GET|POST|PUT|PATCH|DELETE) /(upload/)?(download/)?storage/v1/b/"
-BACKEND_MATCH = r"^(GET|POST|PUT) /v1b3/"
 
 
 @dataclass
@@ -78,12 +89,13 @@ def run(options: Options) -> dict[str, Any]:
     started = time.monotonic()
     with Rig(options.settings, functions_dir=options.functions_dir, keep_dir=options.keep_dir) as rig:
         rig.start(seed=options.seed)
-        assert rig.ledger_proxy is not None and rig.backend_proxy is not None
         rates = even_rates(options.rate, options.kinds)
-        rig.ledger_proxy.set_faults(rates, match=LEDGER_MATCH)
-        rig.backend_proxy.set_faults(rates, match=BACKEND_MATCH)
+        for name, proxy in rig.proxies.items():
+            proxy.set_faults(rates, match=LEDGER_MATCH if name == "ledger" else None)
+        backends = options.settings.backends
         events = [
-            Event.storage(LANDING_BUCKET, f"in/{options.seed}/{i:05d}.txt") for i in range(options.events)
+            Event.storage(LANDING_BUCKET, event_name(backends[i % len(backends)], f"{options.seed}/{i:05d}"))
+            for i in range(options.events)
         ]
         plan = plan_duplicates(len(events), options.duplicates, rng)
         deadline = started + options.max_seconds
@@ -120,12 +132,12 @@ def run(options: Options) -> dict[str, Any]:
             # republish); keep sweeping a moment so in-flight duplicates show up.
             time.sleep(options.quiet_seconds)
         faults_off = time.monotonic()
-        rig.ledger_proxy.clear_faults()
-        rig.backend_proxy.clear_faults()
+        for proxy in rig.proxies.values():
+            proxy.clear_faults()
         observed = rig.observe()
         observed.completions = watch.poll()
         verdict = observed.verdict(events)
-        proxies = {"ledger": rig.ledger_proxy.counters(), "dataflow": rig.backend_proxy.counters()}
+        proxies = {name: proxy.counters() for name, proxy in rig.proxies.items()}
         startup = rig.startup_seconds
         work_dir = str(rig.work_dir) if options.keep_dir else None
         instances = dict(rig.instances_started)
@@ -133,10 +145,7 @@ def run(options: Options) -> dict[str, Any]:
     for counters in proxies.values():
         injected.update(counters["injected"])
     figures = {
-        "goal_met": verdict["events_lost"] == 0
-        and verdict["duplicate_jobs"] == 0
-        and verdict["duplicate_completions"] == 0
-        and verdict["duplicate_completion_ids"] == 0,
+        "goal_met": exactly_once(verdict),
         **verdict,
         "duplicates_planned": dict(Counter(p for p in plan if p)),
         "deliveries": platform.counts["deliveries"],
@@ -163,6 +172,7 @@ def run(options: Options) -> dict[str, Any]:
             "http_timeout": options.settings.http_timeout,
             "dataflow_speed": options.settings.speed,
             "status_push": options.settings.status_push,
+            "backends": list(options.settings.backends),
         },
         "startup_seconds": round(startup, 2),
         "delivery_seconds": round(delivered_at - delivering, 2),
@@ -244,6 +254,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--speed", type=float, default=RigSettings.speed, help="Dataflow emulator clock speed"
     )
+    parser.add_argument(
+        "--backends",
+        default="dataflow",
+        help=f"comma-separated subset of {','.join(BACKENDS)} (events spread over them)",
+    )
     parser.add_argument("--no-write", action="store_true", help="print the figures only")
     parser.add_argument("--functions-dir", type=Path, help="serve main.py from this checkout instead")
     parser.add_argument("--keep", action="store_true", help="keep the rig's work dir (logs) and print it")
@@ -270,6 +285,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             http_timeout=args.http_timeout,
             speed=args.speed,
             status_push=args.status_push,
+            backends=tuple(b.strip() for b in args.backends.split(",") if b.strip()),
         ),
     )
     figures = run(options)

@@ -27,6 +27,7 @@ import datetime as dt
 import json
 import os
 import random
+import re
 import shutil
 import signal
 import tempfile
@@ -63,9 +64,19 @@ LEDGER_PREFIX = "ledger/"
 LANDING_BUCKET = "rig-landing"
 COMPLETION_TOPIC = "rig-completions"
 COMPLETION_SUB = "rig-completions-watch"
+BACKENDS = ("dataflow", "datafusion", "fabric")
 TEMPLATE = "gs://rig-templates/ingest"
-PIPELINE = "ingest"
-TRIGGER = "landing"
+CDAP_APP = "rig_ingest"
+FABRIC_WORKSPACE = "0f1e2d3c-4b5a-4697-8877-665544332211"
+FABRIC_ITEM = "d0d0d0d0-1111-4222-8333-444444444444"
+FABRIC_TENANT = "7a7a7a7a-0000-4000-8000-0000000000fa"
+FABRIC_CLIENT = "rig-fabric-app"
+FABRIC_SECRET = "rig-fake-client-secret"  # a fake local credential for the Fabric emulator only
+ENDPOINT_ENVS = {
+    "dataflow": ("DATAFLOW_API_ENDPOINT",),
+    "datafusion": ("DATAFUSION_API_ENDPOINT",),
+    "fabric": ("FABRIC_API_ENDPOINT", "FABRIC_TOKEN_ENDPOINT"),
+}
 TERMINAL = frozenset({"SUCCEEDED", "FAILED", "CANCELLED", "TIMED_OUT", "LAUNCH_FAILED"})
 STORAGE_FINALIZED = "google.cloud.storage.object.v1.finalized"
 TARGETS = ("on_object_finalized", "check_runs", "on_job_status")
@@ -83,6 +94,7 @@ class RigSettings:
     pending_seconds: float = 2.0  # job timeline, emulator seconds
     run_seconds: float = 4.0
     status_push: bool = False  # run on_job_status and let the emulator push statusChanged to it
+    backends: tuple[str, ...] = ("dataflow",)  # events are spread over these, one pipeline each
     threads: int | None = None  # functions-framework THREADS (default 4 per core)
 
 
@@ -100,6 +112,12 @@ class Event:
     name: str
     generation: str
     time: str
+
+    @property
+    def backend(self) -> str:
+        """The backend whose trigger this event's object name matches (``in/<backend>/...``)."""
+        parts = self.name.split("/")
+        return parts[1] if len(parts) > 2 and parts[1] in BACKENDS else "dataflow"
 
     @classmethod
     def storage(cls, bucket: str, name: str) -> Event:
@@ -163,7 +181,37 @@ def scheduler_tick() -> tuple[dict[str, str], bytes]:
     return headers, json.dumps(body).encode()
 
 
+def pipeline_name(backend: str) -> str:
+    return f"ingest-{backend}"
+
+
+def event_name(backend: str, tag: str) -> str:
+    """An object name only ``backend``'s trigger matches."""
+    return f"in/{backend}/{tag}.txt"
+
+
 def config_doc(settings: RigSettings) -> dict[str, Any]:
+    """The routing config: one pipeline and one storage trigger (``in/<backend>/**``) per backend."""
+    backend_fields: dict[str, dict[str, Any]] = {
+        "dataflow": {"template": TEMPLATE},
+        "datafusion": {"instance": "rig-instance", "namespace": "default", "app": CDAP_APP},
+        "fabric": {"workspace": FABRIC_WORKSPACE, "item": FABRIC_ITEM, "job_type": "Pipeline"},
+    }
+    pipelines = {
+        pipeline_name(b): {
+            "backend": b,
+            **backend_fields[b],
+            "parameters": {"inputFile": "gs://{bucket}/{name}"},
+        }
+        for b in settings.backends
+    }
+    triggers = {
+        f"landing-{b}": {
+            "storage": {"bucket": LANDING_BUCKET, "glob": f"in/{b}/**"},
+            "pipeline": pipeline_name(b),
+        }
+        for b in settings.backends
+    }
     return {
         "settings": {
             "project": LOCAL_PROJECT,
@@ -174,31 +222,109 @@ def config_doc(settings: RigSettings) -> dict[str, Any]:
             "launch_budget": settings.launch_budget,
             "publish_lease": settings.publish_lease,
         },
-        "pipelines": {
-            PIPELINE: {
-                "backend": "dataflow",
-                "template": TEMPLATE,
-                "parameters": {"inputFile": "gs://{bucket}/{name}"},
-            }
-        },
-        "triggers": {TRIGGER: {"storage": {"bucket": LANDING_BUCKET, "glob": "**"}, "pipeline": PIPELINE}},
+        "pipelines": pipelines,
+        "triggers": triggers,
     }
 
 
-def template(settings: RigSettings) -> dict[str, Any]:
-    return {
-        "gcsPath": TEMPLATE,
-        "kind": "classic",
-        "name": "Ingest",
-        "parameters": [
-            {"name": "inputFile", "label": "Input", "helpText": "gs:// object", "regexes": ["^gs://.+$"]}
-        ],
-        "behavior": {
-            "pending_seconds": settings.pending_seconds,
-            "run_seconds": settings.run_seconds,
-            "outcome": "DONE",
-        },
-    }
+def serve_emulator(backend: str, settings: RigSettings) -> Any:
+    """Start ``backend``'s emulator in this process with the rig's one pipeline registered."""
+    pending, running = settings.pending_seconds, settings.run_seconds
+    if backend == "dataflow":
+        from deploy.local import dataflow_emulator
+
+        template = {
+            "gcsPath": TEMPLATE,
+            "kind": "classic",
+            "name": "Ingest",
+            "parameters": [
+                {"name": "inputFile", "label": "Input", "helpText": "gs:// object", "regexes": ["^gs://.+$"]}
+            ],
+            "behavior": {"pending_seconds": pending, "run_seconds": running, "outcome": "DONE"},
+        }
+        return dataflow_emulator.serve(port=0, templates=[template], speed=settings.speed)
+    if backend == "datafusion":
+        from deploy.local import cdap_emulator
+
+        app = {
+            "namespace": "default",
+            "app": CDAP_APP,
+            "mode": "batch",
+            "behavior": {
+                "pending_seconds": pending / 2,
+                "starting_seconds": pending / 2,
+                "run_seconds": running,
+            },
+        }
+        return cdap_emulator.serve(port=0, apps=[app], require_auth=False, speed=settings.speed)
+    if backend == "fabric":
+        from deploy.local import fabric_emulator
+
+        item = {
+            "workspace": FABRIC_WORKSPACE,
+            "item": FABRIC_ITEM,
+            "type": "DataPipeline",
+            "displayName": "Ingest",
+            # One instance per event: Fabric's dedupe of concurrent runs of one item would turn
+            # most of a thousand concurrent events into Deduped (CANCELLED) runs.
+            "behavior": {
+                "not_started_seconds": pending,
+                "run_seconds": running,
+                "dedupe": False,
+                "poll_after_seconds": 0,
+            },
+        }
+        client = {"tenant": FABRIC_TENANT, "client_id": FABRIC_CLIENT, "client_secret": FABRIC_SECRET}
+        return fabric_emulator.serve(port=0, items=[item], clients=[client], speed=settings.speed)
+    raise ValueError(f"unknown backend {backend!r}; known: {', '.join(BACKENDS)}")
+
+
+def jobs_of(backend: str, url: str) -> list[dict[str, Any]]:
+    """Every job/run/instance the emulator holds, as ``{"backend", "id", "input", "raw"}``."""
+    if backend == "dataflow":
+        items = requests.get(f"{url}/_emulator/jobs", timeout=60).json()["jobs"]
+        inputs = [(j.get("parameters") or {}).get("inputFile") for j in items]
+    elif backend == "datafusion":
+        items = requests.get(f"{url}/_emulator/runs", timeout=60).json()["runs"]
+        inputs = [(r.get("runtimeargs") or {}).get("inputFile") for r in items]
+    else:
+        items = requests.get(f"{url}/_emulator/instances", timeout=60).json()["instances"]
+        inputs = [(i.get("parameters") or {}).get("inputFile") for i in items]
+    ids = {
+        "dataflow": lambda j: (j.get("job") or {}).get("id"),
+        "datafusion": lambda r: (r.get("record") or {}).get("runid"),
+        "fabric": lambda i: i.get("id"),
+    }[backend]
+    return [
+        {"backend": backend, "id": str(ids(item)), "input": str(i), "raw": item}
+        for i, item in zip(inputs, items, strict=True)
+    ]
+
+
+def launch_statuses(backend: str, url: str) -> Counter[str]:
+    """The answers the emulator gave to launch requests (``"<backend> <status>"``)."""
+    if backend == "datafusion":
+        starts = requests.get(f"{url}/_emulator/starts", timeout=60).json()["starts"]
+        return Counter(f"{backend} {s.get('status')}" for s in starts)
+    recorded = requests.get(f"{url}/_emulator/requests", timeout=60).json()["requests"]
+    return Counter(
+        f"{backend} {r['status']}"
+        for r in recorded
+        if r["method"] == "POST" and is_launch_path(backend, r["path"])
+    )
+
+
+_LAUNCH_PATHS = {
+    "dataflow": re.compile(r"/(templates|flexTemplates):launch$"),
+    "datafusion": re.compile(r"/v3/namespaces/[^/]+/(start|apps/[^/]+/[^/]+/[^/]+/start)$"),
+    "fabric": re.compile(r"/v1/workspaces/[^/]+/(items|dataflows)/[^/]+/jobs/([^/]+/)?instances$"),
+}
+
+
+def is_launch_path(backend: str, path: str) -> bool:
+    """Whether ``path`` (no query) is ``backend``'s launch (run/start) request."""
+    pattern = _LAUNCH_PATHS.get(backend)
+    return bool(pattern and pattern.search(path))
 
 
 class Rig:
@@ -219,9 +345,8 @@ class Rig:
         self.work_dir = work_dir or Path(tempfile.mkdtemp(prefix="rig-"))
         self.pubsub = PubSubEmulator(log_dir=self.work_dir / "logs")
         self.gcs = FakeGcs(log_dir=self.work_dir / "logs")
-        self.dataflow: Any = None
-        self.ledger_proxy: FaultProxy | None = None
-        self.backend_proxy: FaultProxy | None = None
+        self.emulators: dict[str, Any] = {}  # backend -> ServerHandle
+        self.proxies: dict[str, FaultProxy] = {}  # "ledger" and one per backend
         self.functions: dict[str, FunctionServer] = {}
         self.instances_started: Counter[str] = Counter()
         self._function_lock = threading.Lock()
@@ -230,67 +355,58 @@ class Rig:
 
     # -- lifecycle ------------------------------------------------------------------------------
     def start(self, *, seed: int = 0, hooks: Mapping[str, AfterUpstream] | None = None) -> Rig:
-        """Start everything; ``hooks`` maps a proxy name (``ledger``, ``dataflow``) to its
+        """Start everything; ``hooks`` maps a proxy name (``ledger`` or a backend) to its
         ``after_upstream`` hook."""
-        from deploy.local import dataflow_emulator
-
         started = time.monotonic()
+        hooks = hooks or {}
         (self.work_dir / "logs").mkdir(parents=True, exist_ok=True)
         os.environ.setdefault("NO_PROXY", "127.0.0.1,localhost")
-        self.pubsub.start()
-        self.gcs.start()
-        client = storage_client(self.gcs.url)
-        ensure_bucket(client, LEDGER_BUCKET)
-        ensure_bucket(client, LANDING_BUCKET)
-        ensure_topic(LOCAL_PROJECT, COMPLETION_TOPIC, emulator_host=self.pubsub.host)
-        ensure_pull_subscription(
-            LOCAL_PROJECT, COMPLETION_TOPIC, COMPLETION_SUB, emulator_host=self.pubsub.host
-        )
-        self.dataflow = dataflow_emulator.serve(
-            port=0, templates=[template(self.settings)], speed=self.settings.speed
-        )
-        self.ledger_proxy = FaultProxy(
-            self.gcs.url,
-            name="ledger",
-            seed=seed,
-            after_upstream=(hooks or {}).get("ledger"),
-            hold_seconds=30,
-        ).start()
-        self.backend_proxy = FaultProxy(
-            self.dataflow.url,
-            name="dataflow",
-            seed=seed + 1,
-            after_upstream=(hooks or {}).get("dataflow"),
-            hold_seconds=30,
-        ).start()
-        self.config_path.write_text(yaml.safe_dump(config_doc(self.settings), sort_keys=False))
-        targets = ["on_object_finalized", "check_runs"]
-        if self.settings.status_push:
-            targets.append("on_job_status")
         with contextlib.ExitStack() as undo:
             undo.callback(self.close)
-            servers = [self._new_instance(t) for t in targets]
-            for server in servers:
-                server.start(timeout=60)
+            self.pubsub.start()
+            self.gcs.start()
+            client = storage_client(self.gcs.url)
+            ensure_bucket(client, LEDGER_BUCKET)
+            ensure_bucket(client, LANDING_BUCKET)
+            ensure_topic(LOCAL_PROJECT, COMPLETION_TOPIC, emulator_host=self.pubsub.host)
+            ensure_pull_subscription(
+                LOCAL_PROJECT, COMPLETION_TOPIC, COMPLETION_SUB, emulator_host=self.pubsub.host
+            )
+            upstreams = {"ledger": self.gcs.url}
+            for backend in self.settings.backends:
+                self.emulators[backend] = serve_emulator(backend, self.settings)
+                upstreams[backend] = self.emulators[backend].url
+            for i, (name, upstream) in enumerate(upstreams.items()):
+                self.proxies[name] = FaultProxy(
+                    upstream, name=name, seed=seed + i, after_upstream=hooks.get(name), hold_seconds=30
+                ).start()
+            self._start_functions()
             undo.pop_all()
-        if self.settings.status_push:
-            requests.post(
-                f"{self.dataflow.url}/_emulator/notify",
-                json={"url": self.url("on_job_status") + "/"},
-                timeout=5,
-            ).raise_for_status()
         self.startup_seconds = time.monotonic() - started
         return self
 
+    def _start_functions(self) -> None:
+        self.config_path.write_text(yaml.safe_dump(config_doc(self.settings), sort_keys=False))
+        targets = ["on_object_finalized", "check_runs"]
+        push = self.settings.status_push and "dataflow" in self.emulators
+        if push:
+            targets.append("on_job_status")
+        servers = [self._new_instance(t) for t in targets]
+        for server in servers:
+            server.start(timeout=60)
+        if push:
+            requests.post(
+                f"{self.emulators['dataflow'].url}/_emulator/notify",
+                json={"url": self.url("on_job_status") + "/"},
+                timeout=5,
+            ).raise_for_status()
+
     def function_env(self) -> dict[str, str]:
-        assert self.ledger_proxy is not None and self.backend_proxy is not None
         env = {
             "PIPELINES_CONFIG": str(self.config_path),
-            "STORAGE_EMULATOR_HOST": self.ledger_proxy.url,
-            "DATAFLOW_API_ENDPOINT": self.backend_proxy.url,
-            "DATAFUSION_API_ENDPOINT": "",
-            "FABRIC_API_ENDPOINT": "",
-            "FABRIC_TOKEN_ENDPOINT": "",
+            "STORAGE_EMULATOR_HOST": self.proxies["ledger"].url,
+            **{name: "" for names in ENDPOINT_ENVS.values() for name in names},
+            **{name: self.proxies[b].url for b in self.emulators for name in ENDPOINT_ENVS[b]},
             "PUBSUB_EMULATOR_HOST": self.pubsub.host,
             "GOOGLE_CLOUD_PROJECT": LOCAL_PROJECT,
             "PIPELINES_ANONYMOUS_AUTH": "true",
@@ -298,6 +414,12 @@ class Rig:
             "NO_PROXY": "127.0.0.1,localhost",
             "no_proxy": "127.0.0.1,localhost",
         }
+        if "fabric" in self.emulators:  # fake local credentials for the Fabric emulator
+            env.update(
+                FABRIC_TENANT_ID=FABRIC_TENANT,
+                FABRIC_CLIENT_ID=FABRIC_CLIENT,
+                FABRIC_CLIENT_SECRET=FABRIC_SECRET,
+            )
         if self.settings.threads:
             env["THREADS"] = str(self.settings.threads)
         return env
@@ -317,13 +439,12 @@ class Rig:
         for server in list(self.functions.values()):
             with contextlib.suppress(Exception):
                 server.stop(grace=1.5)
-        for proxy in (self.ledger_proxy, self.backend_proxy):
-            if proxy is not None:
-                proxy.stop()
-        if self.dataflow is not None:
+        for proxy in self.proxies.values():
+            proxy.stop()
+        for handle in self.emulators.values():
             with contextlib.suppress(Exception):
-                self.dataflow.shutdown()
-            self.dataflow = None
+                handle.shutdown()
+        self.emulators.clear()
         for service in (self.gcs, self.pubsub):
             with contextlib.suppress(Exception):
                 service.stop(grace=3)
@@ -482,22 +603,19 @@ class Platform:
 class Observed:
     """What reached the services, and the exactly-once verdict per event (by object name)."""
 
-    jobs: list[dict[str, Any]]
-    launch_requests: Counter[int]
+    jobs: list[dict[str, Any]]  # {"backend", "input", "raw"} for every job/run/instance of every emulator
+    launch_requests: Counter[str]  # "<backend> <answer status>" -> count
     runs: list[dict[str, Any]]
     active_markers: int
     completions: list[dict[str, Any]]
 
     @classmethod
     def collect(cls, rig: Rig, completions: Sequence[dict[str, Any]] = ()) -> Observed:
-        base = rig.dataflow.url
-        jobs = requests.get(f"{base}/_emulator/jobs", timeout=30).json()["jobs"]
-        recorded = requests.get(f"{base}/_emulator/requests", timeout=30).json()["requests"]
-        launches = Counter(
-            int(r["status"])
-            for r in recorded
-            if r["method"] == "POST" and r["path"].endswith(("/templates:launch", "/flexTemplates:launch"))
-        )
+        jobs: list[dict[str, Any]] = []
+        launches: Counter[str] = Counter()
+        for backend, handle in rig.emulators.items():
+            jobs += jobs_of(backend, handle.url)
+            launches += launch_statuses(backend, handle.url)
         runs, active = cls.ledger_runs(rig)
         return cls(jobs, launches, runs, active, list(completions))
 
@@ -520,7 +638,7 @@ class Observed:
         by_input: dict[str, Event] = {e.input_file: e for e in events}
         jobs_per: Counter[str] = Counter()
         for job in self.jobs:
-            jobs_per[job.get("parameters", {}).get("inputFile", "")] += 1
+            jobs_per[job["input"]] += 1
         finished: set[str] = set()
         runs_per: Counter[str] = Counter()
         for run in self.runs:
@@ -533,8 +651,16 @@ class Observed:
         completions_per: Counter[str] = Counter()
         per_completion_id: Counter[str] = Counter()
         states: Counter[str] = Counter()
+        runs_of_job: dict[str, set[str]] = {}
+        input_of_job = {job["id"]: job["input"] for job in self.jobs}
+        wrong_job = 0
         for message in self.completions:
             data = message["event"].get("data") or {}
+            job_id = (data.get("job") or {}).get("id")
+            if job_id:
+                runs_of_job.setdefault(str(job_id), set()).add(str(data.get("run_key")))
+                announced = (data.get("parameters") or {}).get("inputFile")
+                wrong_job += input_of_job.get(str(job_id)) != announced
             completions_per[(data.get("parameters") or {}).get("inputFile", "")] += 1
             per_completion_id[str(message["event"].get("id"))] += 1
             states[str(data.get("state"))] += 1
@@ -552,11 +678,16 @@ class Observed:
             "duplicate_completions": sum(max(0, completions_per[k] - 1) for k in by_input),
             "duplicate_completion_ids": sum(max(0, n - 1) for n in per_completion_id.values()),
             "duplicate_run_records": sum(max(0, runs_per[k] - 1) for k in by_input),
+            # one backend job announced as the job of several runs: a run adopted another run's job
+            "jobs_shared_by_runs": sum(1 for runs in runs_of_job.values() if len(runs) > 1),
+            # a completion naming a job that does not exist, or that was launched for another event
+            "completions_naming_a_wrong_job": wrong_job,
             "jobs": len(self.jobs),
             "stray_jobs": sum(n for k, n in jobs_per.items() if k not in by_input),
             "completions": len(self.completions),
             "completion_states": dict(states),
-            "launch_requests_by_status": {str(k): v for k, v in sorted(self.launch_requests.items())},
+            "launch_requests_by_answer": dict(sorted(self.launch_requests.items())),
+            "jobs_by_backend": dict(Counter(j["backend"] for j in self.jobs)),
             "ledger_runs": len(self.runs),
             "active_markers_left": self.active_markers,
             "lost_examples": [
@@ -572,6 +703,21 @@ class Observed:
             ],
             "duplicate_job_examples": [by_input[k].name for k in by_input if jobs_per[k] > 1][:5],
         }
+
+
+def exactly_once(verdict: Mapping[str, Any]) -> bool:
+    """The goal: nothing lost, no duplicate job or completion, every run following its own job."""
+    return all(
+        verdict[k] == 0
+        for k in (
+            "events_lost",
+            "duplicate_jobs",
+            "duplicate_completions",
+            "duplicate_completion_ids",
+            "jobs_shared_by_runs",
+            "completions_naming_a_wrong_job",
+        )
+    )
 
 
 class CompletionWatch:
