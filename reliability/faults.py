@@ -54,6 +54,8 @@ from reliability.rig import (
 # Which ledger requests may be faulted (searched in "METHOD /path?query"): every object call. Every
 # request reaching a backend proxy (protocol calls only: the functions never use /_emulator/) may be.
 LEDGER_MATCH = r"^(GET|POST|PUT|PATCH|DELETE) /(upload/)?(download/)?storage/v1/b/"
+# Once no run is active, completions still missing after this long will never come.
+STALL_SECONDS = 10.0
 
 
 @dataclass
@@ -121,16 +123,24 @@ def run(options: Options) -> dict[str, Any]:
                     fut.result()
             delivered_at = time.monotonic()
 
-            def settled() -> bool:
-                watch.poll()
-                return wanted <= watch.inputs_completed() and rig.active_markers() == 0
-
-            while time.monotonic() < deadline and not settled():
+            # Settled: every event has its completion and no run is left active (nothing a sweep
+            # could still republish). Stalled: no run is active and no completion arrived for
+            # STALL_SECONDS although some are missing: nothing is left that could produce them.
+            stalled = False
+            last_count, last_change = -1, time.monotonic()
+            while time.monotonic() < deadline:
+                count = len(watch.poll())
+                if count != last_count:
+                    last_count, last_change = count, time.monotonic()
+                markers = rig.active_markers()
+                if markers == 0 and wanted <= watch.inputs_completed():
+                    break
+                if markers == 0 and time.monotonic() - last_change > STALL_SECONDS:
+                    stalled = True
+                    break
                 time.sleep(0.5)
             completed_at = time.monotonic()
-            # Every event has its completion and no run is left active (nothing a sweep could still
-            # republish); keep sweeping a moment so in-flight duplicates show up.
-            time.sleep(options.quiet_seconds)
+            time.sleep(options.quiet_seconds)  # keep sweeping: in-flight duplicates show up now
         faults_off = time.monotonic()
         for proxy in rig.proxies.values():
             proxy.clear_faults()
@@ -180,6 +190,7 @@ def run(options: Options) -> dict[str, Any]:
         "quiet_seconds": round(faults_off - completed_at, 2),
         "wall_seconds": round(time.monotonic() - started, 2),
         "timed_out": completed_at >= deadline,
+        "stalled": stalled,
     }
     if work_dir:
         figures["work_dir"] = work_dir
