@@ -276,7 +276,7 @@ def _quiet(settings: RigSettings) -> float:
     return parse_duration(settings.publish_lease) + 1.0
 
 
-def write_results(figures: dict[str, Any], command: str) -> None:
+def write_results(figures: dict[str, Any], command: str, out_dir: Path | None = None) -> tuple[Path, Path]:
     from bench.report import write
 
     notes = (
@@ -290,13 +290,14 @@ def write_results(figures: dict[str, Any], command: str) -> None:
         "went back (`crash_request` shows the first one). Recovery = crash to the event's completion "
         "on the topic. Judged from the Dataflow emulator, the ledger bucket and the completion topic."
     )
-    write(
+    return write(
         "crashes",
         figures,
         command=command,
         table=figures["boundaries"],
         title="Crash injection at step boundaries",
         notes=notes,
+        out_dir=out_dir,
     )
 
 

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures as cf
+import json
 import random
 import shlex
 import sys
@@ -197,7 +198,7 @@ def run(options: Options) -> dict[str, Any]:
     return figures
 
 
-def write_results(figures: dict[str, Any], command: str) -> None:
+def write_results(figures: dict[str, Any], command: str, out_dir: Path | None = None) -> tuple[Path, Path]:
     from bench.report import markdown_table, write
 
     rows = [
@@ -216,9 +217,11 @@ def write_results(figures: dict[str, Any], command: str) -> None:
             "value": f"{figures['jobs']} / {figures['completions']} / {figures['ledger_runs']}",
         },
         {"figure": "completion states", "value": figures["completion_states"]},
+        {"figure": "jobs by backend", "value": figures["jobs_by_backend"]},
+        {"figure": "launch requests answered, by backend", "value": figures["launch_requests_by_answer"]},
         {
-            "figure": "launch requests reaching Dataflow, by answer",
-            "value": figures["launch_requests_by_status"],
+            "figure": "jobs shared by runs / completions naming a wrong job",
+            "value": f"{figures['jobs_shared_by_runs']} / {figures['completions_naming_a_wrong_job']}",
         },
         {"figure": "active markers left", "value": figures["active_markers_left"]},
         {"figure": "sweeps (failed)", "value": f"{figures['sweeps']} ({figures['sweeps_failed']})"},
@@ -233,14 +236,20 @@ def write_results(figures: dict[str, Any], command: str) -> None:
         for name, counts in figures["faults_by_target"].items()
     ]
     notes = (
-        "Faults injected per target (a request faulted at most once; `matched` requests are the ones "
-        "that could be faulted):\n\n" + markdown_table(fault_rows) + "\n"
-        "Lost = an event without an emulator job, without a finished run in the ledger, or without a "
-        "completion message. Duplicate jobs = emulator jobs beyond one per event. Duplicate completions "
-        "= completion messages beyond one per event (and per completion id). Judged from the Dataflow "
-        "emulator, the ledger bucket (read directly) and a subscription on the completion topic only."
+        "Faults injected per target (each request faulted at most once):\n\n"
+        + markdown_table(fault_rows)
+        + "\nLost = an event without a job in its backend's emulator, without a finished run in the "
+        "ledger, or without a completion message. Duplicate jobs = emulator jobs beyond one per event. "
+        "Duplicate completions = completion messages beyond one per event (and per completion id). "
+        "A job shared by runs / a completion naming a wrong job = a run that adopted another event's "
+        "job. Judged from the backend emulators, the ledger bucket (read directly) and a subscription "
+        "on the completion topic only."
     )
-    write("faults", figures, command=command, table=rows, title="Fault injection", notes=notes)
+    if figures["lost_examples"]:
+        notes += "\n\nLost, first examples: " + json.dumps(figures["lost_examples"])
+    return write(
+        "faults", figures, command=command, table=rows, title="Fault injection", notes=notes, out_dir=out_dir
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -300,8 +309,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         ),
     )
     figures = run(options)
-    import json
-
     print(json.dumps(figures, indent=2, sort_keys=True))
     if not args.no_write:
         argv_text = " ".join(shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))

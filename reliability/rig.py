@@ -3,25 +3,29 @@ real functions in functions-framework processes, and a stand-in for the platform
 
 ::
 
-    Rig (this process)                         functions-framework processes
-    ├── Pub/Sub emulator (Java) <───publish──── on_object_finalized ──┐
-    ├── fake-gcs-server (Go)  <──FaultProxy "ledger"── check_runs  ───┤ STORAGE_EMULATOR_HOST = ledger proxy
-    ├── Dataflow emulator     <──FaultProxy "dataflow"─ on_job_status ┘ DATAFLOW_API_ENDPOINT = backend proxy
+    Rig (this process)                              functions-framework processes
+    ├── Pub/Sub emulator (Java)  <──────publish────── on_object_finalized ─┐
+    ├── fake-gcs-server (Go)     <──FaultProxy "ledger"──── check_runs ────┤ STORAGE_EMULATOR_HOST,
+    ├── Dataflow emulator        <──FaultProxy "dataflow"── on_job_status ─┘ *_API_ENDPOINT = proxies
+    ├── CDAP / Fabric emulators  <──FaultProxy "datafusion" / "fabric"   (with --backends)
     └── Platform: delivers CloudEvents (redelivering on non-2xx or a failed connection, same event id,
         compressed backoff), fires the scheduler's sweeps, starts a new instance when one died
 
-The verdict is taken only from what reached the services (:class:`Observed`): the jobs the Dataflow
-emulator holds (and the launch requests it received), the run objects in the ledger bucket (read
-directly, not through the proxy), and the messages on the completion topic (pulled through a
-subscription created before anything ran). Events are told apart by their object name, which the
-launched job carries in its parameters and the completion event in its data; nothing here depends
-on how the functions name runs or lay out their ledger records beyond "one JSON object per run
-under ``<prefix>runs/`` with a ``state``" (see :func:`Observed.ledger_runs`).
+Every backend in ``RigSettings.backends`` gets one pipeline, fed by a storage trigger on
+``in/<backend>/**`` (:func:`event_name`). The verdict is taken only from what reached the services
+(:class:`Observed`): the jobs/runs/instances the emulators hold (and the launch requests they
+answered), the run objects in the ledger bucket (read directly, not through the proxy), and the
+messages on the completion topic (pulled through a subscription created before anything ran).
+Events are told apart by their object name, which the launched job carries in its parameters and
+the completion event in its data; nothing here depends on how the functions name runs or lay out
+their ledger records beyond "one JSON object per run under ``<prefix>runs/`` with a ``state``, and
+``<prefix>active/`` markers while a run is followed" (see :meth:`Observed.ledger_runs`).
 """
 
 from __future__ import annotations
 
 import base64
+import concurrent.futures as cf
 import contextlib
 import datetime as dt
 import json
@@ -35,7 +39,7 @@ import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -79,7 +83,6 @@ ENDPOINT_ENVS = {
 }
 TERMINAL = frozenset({"SUCCEEDED", "FAILED", "CANCELLED", "TIMED_OUT", "LAUNCH_FAILED"})
 STORAGE_FINALIZED = "google.cloud.storage.object.v1.finalized"
-TARGETS = ("on_object_finalized", "check_runs", "on_job_status")
 
 
 @dataclass(frozen=True)
@@ -392,8 +395,9 @@ class Rig:
         if push:
             targets.append("on_job_status")
         servers = [self._new_instance(t) for t in targets]
-        for server in servers:
-            server.start(timeout=60)
+        with cf.ThreadPoolExecutor(len(servers)) as pool:  # each one imports the functions: in parallel
+            for done in [pool.submit(server.start, timeout=60) for server in servers]:
+                done.result()
         if push:
             requests.post(
                 f"{self.emulators['dataflow'].url}/_emulator/notify",
@@ -755,15 +759,6 @@ class CompletionWatch:
                 str(((m["event"].get("data") or {}).get("parameters") or {}).get("inputFile"))
                 for m in self.messages
             }
-
-
-def wait_until(predicate: Callable[[], Any], timeout: float, interval: float = 0.2) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(interval)
-    return bool(predicate())
 
 
 @contextlib.contextmanager

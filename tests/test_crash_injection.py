@@ -5,10 +5,12 @@ platform starts a new instance and redelivers (``reliability/crashes.py``; full 
 
 from __future__ import annotations
 
+import json
+
 from reliability import crashes
 
 
-def test_a_kill_at_every_step_boundary_still_gives_one_job_and_one_completion_per_event():
+def test_a_kill_at_every_step_boundary_still_gives_one_job_and_one_completion_per_event(tmp_path):
     figures = crashes.run(per_boundary=1)
 
     rows = {row["boundary"]: row for row in figures["boundaries"]}
@@ -21,3 +23,6 @@ def test_a_kill_at_every_step_boundary_still_gives_one_job_and_one_completion_pe
     assert figures["instances_replaced"] == len(rows), "each crash was followed by a new instance"
     assert figures["jobs"] == figures["completions"] == len(rows)
     assert figures["completion_states"] == {"SUCCEEDED": len(rows)}
+    json_path, md_path = crashes.write_results(figures, "pytest slice", out_dir=tmp_path)
+    assert json.loads(json_path.read_text())["figures"]["goal_met"] is True
+    assert "between_completion_write_and_publish" in md_path.read_text()

@@ -8,6 +8,7 @@ the completion topic.
 
 from __future__ import annotations
 
+import json
 import threading
 
 import pytest
@@ -19,7 +20,7 @@ from reliability.rig import LANDING_BUCKET, CompletionWatch, Event, Platform, Ri
 LEDGER_CLAIM = r"^POST /upload/storage/v1/b/rig-ledger/o\?.*ifGenerationMatch=0"
 
 
-def test_sixty_events_under_every_fault_kind_give_one_job_and_one_completion_each():
+def test_sixty_events_under_every_fault_kind_give_one_job_and_one_completion_each(tmp_path):
     figures = faults.run(
         faults.Options(events=60, rate=0.2, kinds=list(KINDS), seed=7, duplicates=0.2, max_seconds=75)
     )
@@ -34,6 +35,10 @@ def test_sixty_events_under_every_fault_kind_give_one_job_and_one_completion_eac
     assert figures["duplicate_completions"] == 0 and figures["duplicate_completion_ids"] == 0
     assert figures["jobs"] == 60 and figures["completion_states"] == {"SUCCEEDED": 60}
     assert figures["stray_jobs"] == 0 and figures["active_markers_left"] == 0
+    json_path, md_path = faults.write_results(figures, "pytest slice", out_dir=tmp_path)
+    assert (
+        json.loads(json_path.read_text())["figures"]["events"] == 60 and "events lost" in md_path.read_text()
+    )
 
 
 def test_a_claim_whose_answer_was_lost_still_ends_with_one_job_and_one_completion():
