@@ -1,6 +1,7 @@
 """Crash injection: SIGKILL the function process at each step boundary, redeliver, check exactly once.
 
     python -m reliability.crashes --per-boundary 3 [--boundaries after_claim,after_launch_request]
+        [--backends dataflow,datafusion,fabric] [--functions-dir CHECKOUT] [--keep] [--no-write]
 
 For every boundary and every one of ``--per-boundary`` fresh events, the suite (playing the
 platform, :mod:`reliability.rig`) delivers the event; when the request that marks the boundary has
@@ -288,7 +289,7 @@ def write_results(figures: dict[str, Any], command: str, out_dir: Path | None = 
         "Each crash is a SIGKILL of the function's whole process group, sent by the fault proxy's "
         "after_upstream hook once the boundary's request was applied upstream and before its answer "
         "went back (`crash_request` shows the first one). Recovery = crash to the event's completion "
-        "on the topic. Judged from the Dataflow emulator, the ledger bucket and the completion topic."
+        "on the topic. Judged from the backend emulators, the ledger bucket and the completion topic."
     )
     return write(
         "crashes",

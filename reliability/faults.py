@@ -1,26 +1,32 @@
 """Fault injection: many events through the real functions while the ledger and the backend misbehave.
 
     python -m reliability.faults --events 1000 --rate 0.1 --kinds 429,503,timeout,reset,lost \\
-        --seed 1 --duplicates 0.2 [--parallel 8] [--status-push] [--max-seconds 900]
+        --seed 1 --duplicates 0.2 [--parallel 8] [--status-push] [--max-seconds 900] \\
+        [--backends dataflow,datafusion,fabric] [--functions-dir CHECKOUT] [--keep] [--no-write]
 
 The rig (:mod:`reliability.rig`) runs the Pub/Sub emulator, fake-gcs-server (the ledger) and the
-Dataflow emulator (fast clock), with a :class:`~deploy.local.faultproxy.FaultProxy` in front of the
-ledger and one in front of the backend; ``on_object_finalized`` and ``check_runs`` (and, with
-``--status-push``, ``on_job_status``) run under functions-framework with their storage and Dataflow
-endpoints pointed at the proxies and a short ``PIPELINES_HTTP_TIMEOUT``.
+Dataflow emulator (fast clock; with ``--backends`` also the CDAP and Fabric emulators, the events
+spread over them), with a :class:`~deploy.local.faultproxy.FaultProxy` in front of the ledger and
+one in front of each backend; ``on_object_finalized`` and ``check_runs`` (and, with
+``--status-push``, ``on_job_status``) run under functions-framework with their storage and backend
+endpoints pointed at the proxies and a short ``PIPELINES_HTTP_TIMEOUT``. ``--functions-dir`` serves
+``main.py`` from another checkout (to measure a branch with this suite); ``--keep`` keeps the logs.
 
 The suite plays the platform: it delivers ``--events`` distinct storage-finalized CloudEvents,
 ``--parallel`` at a time; a ``--duplicates`` fraction is delivered twice (half of them concurrently,
 half again just after the first delivery was acknowledged); every delivery answered non-2xx or cut
 off is redelivered with the same event id after a compressed backoff. Meanwhile and afterwards it
-fires scheduler ticks at ``check_runs`` until every event's completion was published (or
-``--max-seconds`` ran out), then keeps sweeping a little longer so a late duplicate would show up.
+fires scheduler ticks at ``check_runs`` until every event's completion was published and no run is
+left active (or until nothing is left that could complete the rest: no active run and no new
+completion for 10 s; or ``--max-seconds``), then keeps sweeping a moment so a late duplicate shows.
 
 The verdict comes only from what reached the services: **lost** events (no job in the emulator, no
 finished run in the ledger, or no completion message), **duplicate jobs** (more than one emulator
 job for an event), **duplicate completions** (more than one message per event, or per completion
-id, on the completion topic). Figures go to ``results/faults.json`` and ``results/faults.md``
-(:func:`bench.report.write`); the exit status is 0 only when all three are zero.
+id, on the completion topic), and runs that adopted another event's job (a job announced for two
+runs, or a completion naming a job launched for another event). Figures go to
+``results/faults.json`` and ``results/faults.md`` (:func:`bench.report.write`); the exit status is
+0 only when all of these are zero.
 """
 
 from __future__ import annotations
