@@ -1,0 +1,105 @@
+"""Fault injection, CI slice: the real functions under functions-framework, the ledger and Dataflow
+behind fault proxies, the suite playing the platform (``reliability/faults.py``; full size:
+``python -m reliability.faults --events 1000``).
+
+Asserted only from what reached the services: the Dataflow emulator's jobs, the ledger bucket and
+the completion topic.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+
+import pytest
+
+from deploy.local.faultproxy import KINDS
+from reliability import faults
+from reliability.rig import LANDING_BUCKET, CompletionWatch, Event, Platform, Rig, RigSettings, event_name
+
+LEDGER_CLAIM = r"^POST /upload/storage/v1/b/rig-ledger/o\?.*ifGenerationMatch=0"
+
+
+def test_sixty_events_under_every_fault_kind_give_one_job_and_one_completion_each(tmp_path):
+    figures = faults.run(
+        faults.Options(events=60, rate=0.2, kinds=list(KINDS), seed=7, duplicates=0.2, max_seconds=75)
+    )
+
+    assert figures["faults_injected"] == {k: figures["faults_injected"][k] for k in KINDS}
+    assert all(figures["faults_injected"][k] > 0 for k in KINDS), figures["faults_injected"]
+    assert all(sum(per.values()) > 0 for per in figures["faults_by_target"].values())
+    assert figures["duplicates_planned"].get("concurrent") and figures["duplicates_planned"].get("after_ack")
+    assert figures["deliveries"] >= 60 + sum(figures["duplicates_planned"].values())
+    assert figures["events_lost"] == 0, figures["lost_examples"]
+    assert figures["duplicate_jobs"] == 0, figures["duplicate_job_examples"]
+    assert figures["duplicate_completions"] == 0 and figures["duplicate_completion_ids"] == 0
+    assert figures["jobs"] == 60 and figures["completion_states"] == {"SUCCEEDED": 60}
+    assert figures["stray_jobs"] == 0 and figures["active_markers_left"] == 0
+    json_path, md_path = faults.write_results(figures, "pytest slice", out_dir=tmp_path)
+    assert (
+        json.loads(json_path.read_text())["figures"]["events"] == 60 and "events lost" in md_path.read_text()
+    )
+
+
+def test_a_claim_whose_answer_was_lost_still_ends_with_one_job_and_one_completion():
+    """The claim write is applied but its answer is lost: the storage client's own retry then meets
+    the run it just created (412). The run must still be followed to its completion."""
+    with Rig(RigSettings()) as rig:
+        rig.start()
+        rig.proxies["ledger"].set_faults({"lost": 1.0}, match=LEDGER_CLAIM, limit=1)
+        platform = Platform(rig)
+        watch = CompletionWatch(rig)
+        event = Event.storage(LANDING_BUCKET, event_name("dataflow", "claim-answer-lost"))
+
+        delivery = platform.deliver(event)
+        for _ in range(20):
+            platform.sweep()
+            watch.poll()
+            if event.input_file in watch.inputs_completed():
+                break
+        observed = rig.observe()
+        observed.completions = watch.poll()
+        verdict = observed.verdict([event])
+        injected = rig.proxies["ledger"].counters()["injected"]["lost"]
+
+    assert delivery.acked and injected == 1
+    assert verdict["jobs"] == 1 and verdict["duplicate_jobs"] == 0
+    assert verdict["events_without_completion"] == 0, verdict["lost_examples"]
+    assert verdict["events_lost"] == 0 and verdict["completions"] == 1
+
+
+FABRIC_RUN = r"^POST /v1/workspaces/[^/]+/items/[^/]+/jobs/[^/]+/instances"
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="known limitation: a Fabric instance carries no run key, so after lost run answers "
+    "handlers/backends/fabric.py find() matches by time and two runs of one item can adopt the same "
+    "(or each other's) instance",
+)
+def test_two_fabric_runs_whose_answers_were_lost_each_follow_their_own_instance():
+    with Rig(RigSettings(backends=("fabric",))) as rig:
+        rig.start()
+        rig.proxies["fabric"].set_faults({"lost": 1.0}, match=FABRIC_RUN, limit=2)
+        platform = Platform(rig)
+        watch = CompletionWatch(rig)
+        events = [Event.storage(LANDING_BUCKET, event_name("fabric", f"lost-answer-{i}")) for i in range(2)]
+
+        deliveries = [threading.Thread(target=platform.deliver, args=(e,)) for e in events]
+        for thread in deliveries:
+            thread.start()
+        for thread in deliveries:
+            thread.join()
+        for _ in range(20):
+            platform.sweep()
+            watch.poll()
+            if {e.input_file for e in events} <= watch.inputs_completed():
+                break
+        observed = rig.observe()
+        observed.completions = watch.poll()
+        verdict = observed.verdict(events)
+        injected = rig.proxies["fabric"].counters()["injected"]["lost"]
+
+    assert injected == 2 and verdict["jobs"] == 2 and verdict["completions"] == 2
+    assert verdict["jobs_shared_by_runs"] == 0
+    assert verdict["completions_naming_a_wrong_job"] == 0
