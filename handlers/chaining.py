@@ -127,6 +127,13 @@ def handle_completion(
             outcomes.extend(FanIn(runtime, service).arrive(trigger, comp))
     if not triggers:
         logs.info("no completion trigger waits for this pipeline", upstream_pipeline=comp.pipeline)
+    elif not singles and not any(t.completion and t.completion.is_fan_in for t in triggers):
+        logs.info(
+            "no completion trigger waits for this state: acknowledged",
+            upstream_pipeline=comp.pipeline,
+            state=comp.state,
+            triggers={t.name: sorted(t.completion.states) for t in triggers if t.completion},
+        )
     return outcomes
 
 

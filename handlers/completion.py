@@ -206,5 +206,10 @@ def parse_completion(message: MessageEvent) -> Completion | None:
     for required in ("run_key", "pipeline", "state"):
         if not data.get(required):
             raise EventError(f"completion event has no {required}", field=f"data.{required}")
+        if not isinstance(data[required], str):
+            raise EventError(f"completion event {required} is not text", field=f"data.{required}")
+    for nested in ("job", "parameters", "outputs", "event", "error"):
+        if data.get(nested) is not None and not isinstance(data[nested], Mapping):
+            raise EventError(f"completion event {nested} is not an object", field=f"data.{nested}")
     when = parse_time(body.get("time")) or message.event_time
     return Completion(event_id=str(body.get("id") or message.message_id), event_time=when, data=data)

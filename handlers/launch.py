@@ -46,6 +46,8 @@ from handlers.ledger import Conflict, Marker, Run, from_iso, iso, launched, new_
 from handlers.params import Rendered, identity_of, render, run_key
 from handlers.runtime import Runtime
 
+MAX_FIND_CANDIDATES = 5  # jobs an inexact find() may offer before the launch service gives up looking
+
 
 @dataclass(frozen=True)
 class Outcome:
@@ -203,6 +205,26 @@ class LaunchService:
         uncertain = taken_over
         uncertain_since = time.monotonic()
         adopted = False
+        exact = bool(getattr(backend, "exact_find", True))
+
+        def owned(ref: JobRef) -> bool:
+            """Ours to follow: always for an exact find(); else whoever claims the job id first."""
+            return exact or self.rt.ledger.claim_job(pipeline.backend, ref.job_id, request.run_key)
+
+        def find_ours() -> JobRef | None:
+            exclude: set[str] = set()
+            for _ in range(MAX_FIND_CANDIDATES):
+                found = (
+                    backend.find(request, exclude=frozenset(exclude)) if exclude else backend.find(request)
+                )
+                if found is None or owned(found):
+                    return found
+                logs.warning(
+                    "a job find() offered belongs to another run: looking again", job_id=found.job_id
+                )
+                exclude.add(found.job_id)
+            return None
+
         # Some backends list a new run only after a moment (CDAP records runs asynchronously):
         # after an uncertain start, wait that long before trusting "not found".
         settle = float(getattr(backend, "settle_seconds", 0.0))
@@ -213,14 +235,14 @@ class LaunchService:
                 wait = settle - (time.monotonic() - uncertain_since)
                 if wait > 0:
                     self.sleep(wait)
-                found = backend.find(request)
+                found = find_ours()
                 if found is not None:
                     adopted = True
                     return found
             try:
-                return backend.launch(request)
+                ref = backend.launch(request)
             except AlreadyExists:
-                found = backend.find(request)
+                found = find_ours()
                 if found is None:
                     raise BackendUnavailable(
                         "backend says the job exists but it cannot be listed yet"
@@ -231,6 +253,10 @@ class LaunchService:
                 uncertain = True  # the request may have reached the backend: look before relaunching
                 uncertain_since = time.monotonic()
                 raise
+            if not owned(ref):  # another run's guessing find() claimed our new job first
+                uncertain, uncertain_since = True, time.monotonic()
+                raise BackendUnavailable(f"job {ref.job_id} was claimed by another run: launching again")
+            return ref
 
         try:
             ref = retry.call(
@@ -320,6 +346,7 @@ class LaunchService:
             job_name="",
             event=event.summary(),
             error=exc.context(),
+            created_at=stamp,  # the same instant: the completion's duration is 0, never negative
             ended_at=stamp,
         ).with_state(RunState.LAUNCH_FAILED, exc.message)
         try:

@@ -524,25 +524,21 @@ def test_a_null_ledger_prefix_means_the_default_prefix():
 
 
 # ---------------------------------------------------------------------------------------------
-# Bugs found in modules this suite does not change (reported; strict xfails turn green-then-red
-# when fixed, so the corpus tag in reliability/badinput_corpus.KNOWN_BUGS goes with the marker)
+# Bugs this suite found in completion, chaining and launch (reported, then fixed there)
 # ---------------------------------------------------------------------------------------------
-@pytest.mark.xfail(strict=True, reason=corpus.KNOWN_BUGS["completion-job-not-object"])
-def test_known_bug_a_completion_whose_job_is_not_an_object_is_acknowledged(pipelines, dataflow):
+def test_regression_a_completion_whose_job_is_not_an_object_is_acknowledged(pipelines, dataflow):
     attrs = {"type": corpus.PUBSUB_PUBLISHED, "source": corpus.topic_source("completions")}
     status, _ = pipelines("on_message", attrs, completion_message(job=["job-1"]))
     assert status == 200
 
 
-@pytest.mark.xfail(strict=True, reason=corpus.KNOWN_BUGS["completion-parameters-not-object"])
-def test_known_bug_a_completion_whose_parameters_are_not_an_object_is_acknowledged(pipelines, dataflow):
+def test_regression_a_completion_whose_parameters_are_not_an_object_is_acknowledged(pipelines, dataflow):
     attrs = {"type": corpus.PUBSUB_PUBLISHED, "source": corpus.topic_source("completions")}
     status, _ = pipelines("on_message", attrs, completion_message(parameters=["name"]))
     assert status == 200
 
 
-@pytest.mark.xfail(strict=True, reason=corpus.KNOWN_BUGS["chaining-silent-ack"])
-def test_known_bug_a_completion_in_a_state_nobody_waits_for_is_logged(world, dataflow, monkeypatch):
+def test_regression_a_completion_in_a_state_nobody_waits_for_is_logged(world, dataflow, monkeypatch):
     config = world.write_config(
         {
             "ingest": {**dataflow.pipeline_options("ingest"), "parameters": {"name": "{name}"}},
@@ -563,8 +559,7 @@ def test_known_bug_a_completion_in_a_state_nobody_waits_for_is_logged(world, dat
     assert entries, "acknowledged without a log line"
 
 
-@pytest.mark.xfail(strict=True, reason=corpus.KNOWN_BUGS["completion-negative-duration"])
-def test_known_bug_a_launch_failed_completion_has_no_negative_duration(world, dataflow):
+def test_regression_a_launch_failed_completion_has_no_negative_duration(world, dataflow):
     # LaunchService._record_unlaunchable stamps ended_at with its clock, then Ledger.create stamps
     # created_at with a later now(): the completion's duration is ended - created < 0 whenever a
     # millisecond passes in between (a clock 1 ms behind makes that deterministic here).
