@@ -32,6 +32,7 @@ import uuid
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Protocol
+from urllib.parse import quote
 
 from handlers.backends.base import JobRef, RunState
 from handlers.errors import LedgerUnavailable, NotFound
@@ -312,6 +313,17 @@ class Ledger:
         return [
             name[len(prefix) : -len(".json")] for name in self.store.list(prefix) if name.endswith(".json")
         ]
+
+    def claim_job(self, backend: str, job_id: str, run_key: str) -> bool:
+        """Whether ``run_key`` owns ``job_id`` (create-only ``jobs/<backend>/<id>``; the first claim
+        wins). Only for backends whose find() guesses: no two runs may follow one job."""
+        name = f"jobs/{backend}/{quote(job_id, safe='')}"
+        try:
+            self.write_doc(name, {"run_key": run_key, "claimed_at": iso(now())}, 0)
+            return True
+        except Conflict:
+            found = self.read_doc(name)
+            return found is not None and found[0].get("run_key") == run_key
 
     # Generic small documents (fan-in joins) share the same conditional-write discipline.
     def read_doc(self, name: str) -> tuple[dict[str, Any], int] | None:

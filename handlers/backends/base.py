@@ -111,10 +111,14 @@ class Backend(Protocol):
     # Optional: seconds a just-started run may stay invisible to find(); the launch service waits
     # that long after an uncertain start before concluding that nothing started.
     # settle_seconds: float
+    # Optional: False when find() can only guess (a Fabric job instance carries no run key): the
+    # launch service then claims each job id in the ledger, so no two runs follow one job, and asks
+    # find() again without the ids other runs own.
+    # exact_find: bool
 
     def launch(self, request: LaunchRequest) -> JobRef: ...
 
-    def find(self, request: LaunchRequest) -> JobRef | None: ...
+    def find(self, request: LaunchRequest, exclude: frozenset[str] = frozenset()) -> JobRef | None: ...
 
     def status(self, ref: JobRef) -> JobStatus: ...
 

@@ -165,7 +165,7 @@ class _Dataflow:
     def _ctx(self, request: LaunchRequest) -> dict[str, Any]:
         return {"pipeline": request.pipeline.name, "run_key": request.run_key}
 
-    def find(self, request: LaunchRequest) -> JobRef | None:
+    def find(self, request: LaunchRequest, exclude: frozenset[str] = frozenset()) -> JobRef | None:
         """The newest job with this run's name, in any state (a short job may be done already)."""
         p = request.pipeline
         url = f"{self._base(p.project, p.region)}/jobs"

@@ -369,7 +369,7 @@ class DataFusion:
             raise BackendRejected(text, status=code, reason="CONFLICT", **ctx)
         raise BackendRejected(text, status=code, **ctx)
 
-    def find(self, request: LaunchRequest) -> JobRef | None:
+    def find(self, request: LaunchRequest, exclude: frozenset[str] = frozenset()) -> JobRef | None:
         """The newest run of this pipeline started with this run key, in any state; None if none."""
         p = request.pipeline
         endpoints = self._endpoints(p)

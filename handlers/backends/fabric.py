@@ -204,6 +204,8 @@ def fabric_error(response: Any, *, what: str, **ctx: Any) -> None:
 class Fabric:
     """Fabric item jobs through the Job Scheduler REST API."""
 
+    exact_find = False  # instances carry no run key: find() matches by time (module docstring)
+
     name = "fabric"
     # After an uncertain start the launch service waits this long before trusting "not found": a
     # precaution in case the instance list lags the 202 (a relaunch would only be Deduped anyway).
@@ -364,8 +366,9 @@ class Fabric:
         with self._lock:
             return self._launched.get(instance_id)
 
-    def find(self, request: LaunchRequest) -> JobRef | None:
-        """The instance this run started, matched by time (see the module docstring), or None."""
+    def find(self, request: LaunchRequest, exclude: frozenset[str] = frozenset()) -> JobRef | None:
+        """The instance this run started, matched by time (see the module docstring), or None;
+        ``exclude``: instance ids other runs own (the launch service claims ids in the ledger)."""
         options = request.pipeline.options
         workspace, item = str(options["workspace"]), str(options["item"])
         job_type = str(options.get("job_type") or DEFAULT_JOB_TYPE)
@@ -376,6 +379,8 @@ class Fabric:
             since = claimed - dt.timedelta(seconds=self.find_skew_seconds)
         best: tuple[dt.datetime, Mapping[str, Any]] | None = None
         for instance in self._list(workspace, item, options, self._ctx(request)):
+            if str(instance.get("id")) in exclude:
+                continue
             owner = self._owner(str(instance.get("id")))
             if owner == request.run_key:
                 best = (dt.datetime.max.replace(tzinfo=dt.UTC), instance)  # certainly ours
