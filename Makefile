@@ -6,7 +6,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: venv test test-fast lint demo up bench prereqs clean
+.PHONY: venv test test-fast lint demo up bench reliability evidence prereqs clean
 
 $(STAMP): requirements.txt requirements-dev.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -23,8 +23,8 @@ test: $(STAMP) prereqs
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 lint: $(STAMP)
-	$(PY) -m ruff check handlers main.py deploy tests bench
-	$(PY) -m ruff format --check handlers main.py deploy tests bench
+	$(PY) -m ruff check handlers main.py deploy tests bench reliability
+	$(PY) -m ruff format --check handlers main.py deploy tests bench reliability
 	$(PY) -m mypy
 
 demo: $(STAMP) prereqs
@@ -33,8 +33,18 @@ demo: $(STAMP) prereqs
 up: $(STAMP) prereqs
 	$(PY) -m deploy.local.stack up $(if $(CONFIG),--config $(CONFIG))
 
-bench: $(STAMP)
+# Performance evidence (docs/PERFORMANCE.md): about 15 minutes on 2 cores; results/performance.*
+bench: $(STAMP) prereqs
 	$(PY) -m bench $(BENCH_ARGS)
+
+# Reliability evidence (docs/RELIABILITY.md): fault injection over 1,000 events, crash injection at
+# every step boundary, 2,000 generated bad inputs; about 10 minutes; results/{faults,crashes,badinput}.*
+reliability: $(STAMP) prereqs
+	$(PY) -m reliability.faults --events 1000 --rate 0.1 --kinds 429,503,timeout,reset,lost --seed 1 --duplicates 0.2 --backends dataflow,datafusion --status-push
+	$(PY) -m reliability.crashes --per-boundary 3 --backends dataflow,datafusion,fabric
+	$(PY) -m reliability.badinput --cases 2000 --seed 7
+
+evidence: bench reliability
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
