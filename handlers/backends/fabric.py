@@ -29,10 +29,11 @@ the item's job type that started at or after the run's first claim time (``reque
 a small clock skew (10 s). That is safe because the ledger gives each run key a single owner at a
 time, so only that owner can have started an instance for it since the claim, and because Fabric
 itself dedupes concurrent runs of one item (the second becomes ``Deduped``). Instances this process
-launched for *another* run key are never adopted (a bounded in-memory map), and without
-``requested_at`` only still-active instances are considered (never an old finished run). The
-residual risk: another process starting a run of the same item inside that window, while our
-answer was lost; Fabric then dedupes one of the two.
+launched for *another* run key are never adopted (a bounded in-memory map), ids another run owns are
+skipped (``exclude``: the launch service claims each instance id in the ledger, see
+``exact_find``), and without ``requested_at`` only still-active instances are considered (never an
+old finished run). The residual risk: two runs of one item losing their answers at the same moment
+may follow each other's instance (never the same one).
 
 Auth: a bearer token from :mod:`handlers.entra`. ``auth: delegated`` (default for Execute: the spec
 marks the Dataflow execute endpoints as not supporting service principals) or
