@@ -830,7 +830,14 @@ class ServerHandle:
         self.shutdown()
 
 
-class _QuietRequestHandler(WSGIRequestHandler):
+class _KeepAliveRequestHandler(WSGIRequestHandler):
+    """HTTP/1.1, so clients keep their connections (werkzeug's default HTTP/1.0 closes each one:
+    a new TCP connection per request, which capped a concurrent sweep at the handshake rate)."""
+
+    protocol_version = "HTTP/1.1"
+
+
+class _QuietRequestHandler(_KeepAliveRequestHandler):
     """Werkzeug handler without the per-request access log line (errors are still logged)."""
 
     def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
@@ -842,7 +849,7 @@ def start_server(
 ) -> ServerHandle:
     """Serve ``app`` (threaded werkzeug) from a daemon thread; ``port=0`` picks a free port."""
     ensure_loopback(host)
-    handler = WSGIRequestHandler if access_log else _QuietRequestHandler
+    handler = _KeepAliveRequestHandler if access_log else _QuietRequestHandler
     server = make_server(host, port, app, threaded=True, request_handler=handler)
     thread = threading.Thread(target=server.serve_forever, name=f"emulator-{app.name}", daemon=True)
     thread.start()
