@@ -311,16 +311,21 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps({name: results[name]}), flush=True)
     from bench import report
 
-    command = (
-        "python -m bench" + (" --quick" if args.quick else "") + (f" --only {args.only}" if args.only else "")
-    )
+    suite = "performance-quick" if args.quick else "performance"
+    command = "python -m bench" + (" --quick" if args.quick else "")
+    folder = Path(args.out or os.environ.get("EVIDENCE_RESULTS_DIR") or report.RESULTS)
+    previous = folder / f"{suite}.json"
+    if args.only and previous.exists():  # a partial run updates its benchmarks in the last results
+        earlier = json.loads(previous.read_text())
+        results = {**earlier.get("figures", {}), **results}
+        command = f"{earlier.get('command', command)}; then python -m bench --only {args.only}"
     report.write(
-        "performance-quick" if args.quick else "performance",
+        suite,
         results,
         command=command,
         table=summary_rows(results),
         title="Performance" + (" (quick smoke slice: sizes too small for the goals)" if args.quick else ""),
-        out_dir=Path(args.out) if args.out else None,
+        out_dir=folder,
     )
     return 0
 

@@ -81,6 +81,7 @@ def measure(runs: int, latency_ms: int = 50, progress: Callable[[str], None] = p
         first = _child(config)
         steady = _child(config)
         floor = _child(config, "--floor")
+        writes_per_s = _ledger_write_rate(services, 2000)
     ideal = runs * latency_ms / 1000 / steady["workers"]
     return {
         "active_runs": runs,
@@ -94,4 +95,16 @@ def measure(runs: int, latency_ms: int = 50, progress: Callable[[str], None] = p
         "wall_goal_s": WALL_GOAL_S,
         "meets_goal": steady["wall_s"] <= WALL_GOAL_S,
         "launch_s": round(launch_s, 1),
+        "ledger_writes_per_s_at_this_size": round(writes_per_s, 1),
+        "first_sweep_write_floor_s": round(first["calls"].get("ledger POST", 0) / writes_per_s, 1),
     }
+
+
+def _ledger_write_rate(services: Any, n: int) -> float:
+    """Plain small uploads per second into the (now full) ledger bucket, 64 at a time: fake-gcs-server's
+    own write speed at this size, the floor of a sweep that writes every run."""
+    bucket = services.gcs.bucket("bench-ledger")
+    started = time.perf_counter()
+    with cf.ThreadPoolExecutor(64) as pool:
+        list(pool.map(lambda i: bucket.blob(f"write-floor/{i}").upload_from_string(b"{}"), range(n)))
+    return n / (time.perf_counter() - started)
