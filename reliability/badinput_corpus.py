@@ -1065,6 +1065,21 @@ class Message:
         return event_delivery("on_message", attrs, body, binary_mode=number % 2 == 1)
 
 
+def _pushed_message(
+    topic: str, message_id: str, payload: bytes, attributes: Any, now: dt.datetime
+) -> Message:
+    """A message as a push delivers it: data base64 (absent when empty), publish time set, no CE time."""
+    return Message(
+        topic_source=topic_source(topic),
+        message_id=message_id,
+        payload=payload,
+        data_field=base64.b64encode(payload).decode() if payload else MISSING,
+        attributes=attributes,
+        publish_time=Time(_rfc3339(now, 0), now),
+        ce_time=Time(MISSING, None),
+    )
+
+
 def topic_source(topic: str) -> str:
     return f"//pubsub.googleapis.com/projects/{PROJECT}/topics/{topic}"
 
@@ -1513,14 +1528,8 @@ def notification_cases(draw: Draw, number: int, now: dt.datetime) -> Case:
         payload = b"\x00\x01 not json"
     else:
         payload = b"[1, 2]"
-    msg = Message(
-        topic_source=topic_source("gcs-notifications"),
-        message_id=f"{number}{draw(st.integers(100, 999))}",
-        payload=payload,
-        data_field=base64.b64encode(payload).decode() if payload else MISSING,
-        attributes=attributes,
-        publish_time=Time(_rfc3339(now, 0), now),
-        ce_time=Time(MISSING, None),
+    msg = _pushed_message(
+        "gcs-notifications", f"{number}{draw(st.integers(100, 999))}", payload, attributes, now
     )
     shape = f"{event_type}+gen:{gen_kind}+time:{_time_kind(event_time)}+data:{data_kind}" + "".join(
         f"+{b}" for b in broken
@@ -1693,15 +1702,7 @@ def completion_cases(draw: Draw, number: int, now: dt.datetime, completion_topic
         "empty": b"",
     }[payload_kind]
     topic = draw(st.sampled_from([completion_topic, completion_topic, "orders", "unrouted"]))
-    msg = Message(
-        topic_source=topic_source(topic),
-        message_id=f"{number}{draw(st.integers(100, 999))}",
-        payload=payload,
-        data_field=base64.b64encode(payload).decode() if payload else MISSING,
-        attributes=attributes,
-        publish_time=Time(_rfc3339(now, 0), now),
-        ce_time=Time(MISSING, None),
-    )
+    msg = _pushed_message(topic, f"{number}{draw(st.integers(100, 999))}", payload, attributes, now)
     shape = f"{attr_kind}+{payload_kind}+{data.get('pipeline')!s:.10}/{data.get('state')!s:.10}" + "".join(
         f"+{lie}" for lie in lies
     )

@@ -31,10 +31,7 @@ boundary was reached every time and every event ended with exactly one job and o
 from __future__ import annotations
 
 import argparse
-import json
 import re
-import shlex
-import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -55,6 +52,7 @@ from reliability.rig import (
     event_name,
     exactly_once,
     is_launch_path,
+    report_run,
 )
 
 CRASH_SETTINGS = RigSettings(lease="3s", publish_lease="2s", launch_budget="6s", http_timeout="1,2")
@@ -333,11 +331,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         backends=tuple(b.strip() for b in args.backends.split(",") if b.strip()),
     )
     figures = run(args.per_boundary, chosen, settings, functions_dir=args.functions_dir, keep_dir=args.keep)
-    print(json.dumps(figures, indent=2, sort_keys=True))
-    if not args.no_write:
-        argv_text = " ".join(shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))
-        write_results(figures, f"python -m reliability.crashes {argv_text}".strip())
-    return 0 if figures["goal_met"] else 1
+    return report_run(figures, "reliability.crashes", argv, write_results if not args.no_write else None)
 
 
 if __name__ == "__main__":

@@ -35,8 +35,6 @@ import argparse
 import concurrent.futures as cf
 import json
 import random
-import shlex
-import sys
 import time
 from collections import Counter
 from collections.abc import Sequence
@@ -55,6 +53,7 @@ from reliability.rig import (
     RigSettings,
     event_name,
     exactly_once,
+    report_run,
     sweeping,
 )
 
@@ -315,11 +314,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         ),
     )
     figures = run(options)
-    print(json.dumps(figures, indent=2, sort_keys=True))
-    if not args.no_write:
-        argv_text = " ".join(shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))
-        write_results(figures, f"python -m reliability.faults {argv_text}".strip())
-    return 0 if figures["goal_met"] else 1
+    return report_run(figures, "reliability.faults", argv, write_results if not args.no_write else None)
 
 
 if __name__ == "__main__":

@@ -39,7 +39,7 @@ import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -793,3 +793,21 @@ def sweeping(platform: Platform, every: float = 1.0, in_flight: int = 2) -> Iter
     finally:
         stop.set()
         thread.join(timeout=200)
+
+
+def report_run(
+    figures: dict[str, Any],
+    module: str,
+    argv: Sequence[str] | None,
+    write: Callable[[dict[str, Any], str], Any] | None,
+) -> int:
+    """The end of a suite's ``main``: print the figures, write the results files (unless ``write`` is
+    None) with the command that reproduces them, exit 0 only when the suite's goal was met."""
+    import shlex
+    import sys
+
+    print(json.dumps(figures, indent=2, sort_keys=True))
+    if write is not None:
+        argv_text = " ".join(shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))
+        write(figures, f"python -m {module} {argv_text}".strip())
+    return 0 if figures["goal_met"] else 1
