@@ -11,8 +11,6 @@ from __future__ import annotations
 import json
 import threading
 
-import pytest
-
 from deploy.local.faultproxy import KINDS
 from reliability import faults
 from reliability.rig import LANDING_BUCKET, CompletionWatch, Event, Platform, Rig, RigSettings, event_name
@@ -103,15 +101,6 @@ def test_two_fabric_runs_whose_answers_were_lost_never_follow_the_same_instance(
     verdict, injected = _two_fabric_runs_whose_answers_were_lost()
     assert injected == 2 and verdict["jobs"] == 2 and verdict["completions"] == 2
     assert verdict["jobs_shared_by_runs"] == 0
-
-
-@pytest.mark.xfail(
-    strict=True,
-    reason="known limitation: a Fabric instance carries no run key, so after two lost run answers at "
-    "once handlers/backends/fabric.py find() matches by time and the two runs may follow each other's "
-    "instance (never the same one: ownership is claimed in the ledger)",
-)
-def test_two_fabric_runs_whose_answers_were_lost_each_follow_their_own_instance():
-    verdict, injected = _two_fabric_runs_whose_answers_were_lost()
-    assert injected == 2 and verdict["jobs_shared_by_runs"] == 0
-    assert verdict["completions_naming_a_wrong_job"] == 0
+    # Not asserted: which of the two instances each run follows. Fabric instances carry nothing of
+    # ours, so when both answers are lost at once the two runs may follow each other's instance,
+    # depending on timing (docs/backends/fabric.md, docs/RELIABILITY.md "Limits that remain").
