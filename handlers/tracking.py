@@ -45,6 +45,9 @@ def _seen_refresh_seconds(stall_after: float) -> float:
     return max(SEEN_REFRESH_MIN_SECONDS, stall_after / 2)
 
 
+_NOT_REACHED = "<not reached>"  # a queued check the sweep's budget ran out before
+
+
 def _last_seen(run: Run) -> str | None:
     return run.last_seen_at or run.updated_at or run.created_at
 
@@ -340,12 +343,16 @@ class Tracker:
                 futures[pool.submit(self._check_quietly, key, markers[key], deadline)] = key
             for fut in cf.as_completed(futures):
                 key = futures[fut]
-                report.checked += 1
                 try:
                     state = fut.result()
                 except Exception as exc:
+                    report.checked += 1
                     report.errors[key] = f"{exc.__class__.__name__}: {exc}"
                     continue
+                if state is _NOT_REACHED:
+                    report.left_for_next += 1  # queued, but the budget ran out before its turn
+                    continue
+                report.checked += 1
                 if state:
                     report.finished[key] = state
         logs.info(
@@ -360,7 +367,7 @@ class Tracker:
 
     def _check_quietly(self, key: str, marker: Marker | None, deadline: float) -> str | None:
         if time.monotonic() >= deadline:
-            return None
+            return _NOT_REACHED
         try:
             return self.check_marker(key, marker)
         except PipelineError as exc:

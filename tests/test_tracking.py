@@ -214,6 +214,22 @@ def test_a_sweep_that_runs_out_of_time_leaves_the_rest_for_the_next(world, dataf
     assert sorted(Tracker(runtime).sweep().finished) == sorted(keys)
 
 
+def test_checks_still_queued_when_the_budget_runs_out_are_reported_as_left_for_the_next_sweep(world, dataflow):
+    runtime, keys = setup_runs(world, dataflow, count=3)
+    dataflow.advance(30)
+    # every status call takes 0.5 s; one worker; the budget ends during the first call
+    requests.post(
+        f"{dataflow.url}/_emulator/faults",
+        json={"operation": "jobs.get", "latency_ms": 500, "times": -1},
+        timeout=5,
+    ).raise_for_status()
+    first = Tracker(runtime).sweep(budget_seconds=0.3, workers=1)
+    assert first.checked == 1 and first.left_for_next == 2
+    assert sorted(runtime.ledger.active_keys()) == sorted(set(keys) - set(first.finished))
+    requests.delete(f"{dataflow.url}/_emulator/faults", timeout=5)
+    assert sorted({*first.finished, *Tracker(runtime).sweep().finished}) == sorted(keys)
+
+
 def test_an_unreachable_backend_is_retried_by_later_sweeps_without_losing_the_run(world, dataflow):
     runtime, (key,) = setup_runs(world, dataflow)
     dataflow.advance(30)
