@@ -214,7 +214,9 @@ def test_a_sweep_that_runs_out_of_time_leaves_the_rest_for_the_next(world, dataf
     assert sorted(Tracker(runtime).sweep().finished) == sorted(keys)
 
 
-def test_checks_still_queued_when_the_budget_runs_out_are_reported_as_left_for_the_next_sweep(world, dataflow):
+def test_checks_still_queued_when_the_budget_runs_out_are_reported_as_left_for_the_next_sweep(
+    world, dataflow
+):
     runtime, keys = setup_runs(world, dataflow, count=3)
     dataflow.advance(30)
     # every status call takes 0.5 s; one worker; the budget ends during the first call
