@@ -10,28 +10,13 @@ active runs) through the same pool size and nothing else: the floor any sweep pa
 from __future__ import annotations
 
 import argparse
-import collections
 import concurrent.futures as cf
 import json
-import threading
 import time
 from typing import Any
 
 from bench._cold_child import peak_rss_mb
-
-
-class Counter:
-    def __init__(self) -> None:
-        self.calls: collections.Counter[str] = collections.Counter()
-        self._lock = threading.Lock()
-
-    def hook(self, kind: str) -> Any:
-        def count(response: Any, *args: Any, **kwargs: Any) -> Any:
-            with self._lock:
-                self.calls[f"{kind} {response.request.method}"] += 1
-            return response
-
-        return count
+from bench.stack import CallCounter
 
 
 def main() -> None:
@@ -47,7 +32,7 @@ def main() -> None:
     from handlers.runtime import make_runtime
     from handlers.tracking import SWEEP_WORKERS, Tracker
 
-    counter = Counter()
+    counter = CallCounter()
     ledger_http = requests.Session()
     ledger_http.hooks["response"].append(counter.hook("ledger"))
     backend_http = clients.google_session()

@@ -26,6 +26,29 @@ TEMPLATE = "gs://bench-templates/wordcount"
 REGION = "europe-west1"
 
 
+class CallCounter:
+    """Counts the requests a ``requests`` session sends, by ``"<kind> <METHOD>"`` (thread-safe):
+    install ``counter.hook(kind)`` in ``session.hooks["response"]``."""
+
+    def __init__(self) -> None:
+        import collections
+        import threading
+
+        self.calls: collections.Counter[str] = collections.Counter()
+        self._lock = threading.Lock()
+
+    def hook(self, kind: str) -> Any:
+        def count(response: Any, *args: Any, **kwargs: Any) -> Any:
+            with self._lock:
+                self.calls[f"{kind} {response.request.method}"] += 1
+            return response
+
+        return count
+
+    def total(self, kind: str) -> int:
+        return sum(n for key, n in self.calls.items() if key.startswith(f"{kind} "))
+
+
 @dataclass
 class Services:
     gcs: Any  # google-cloud-storage client on fake-gcs-server

@@ -21,7 +21,7 @@ from typing import Any
 
 import requests
 
-from bench.stack import REGION, TEMPLATE, Services, local_services, write_config
+from bench.stack import REGION, TEMPLATE, CallCounter, Services, local_services, write_config
 
 ROOT = Path(__file__).resolve().parents[1]
 CALLS_GOAL = 3
@@ -86,29 +86,18 @@ def calls_per_launch(services: Services, config: Path, n: int) -> dict[str, floa
     from handlers.runtime import make_runtime
     from tests.support import events as ev
 
-    counts = {"ledger": 0, "backend": 0}
-
-    def hook(kind: str) -> Any:
-        def count(response: Any, *args: Any, **kwargs: Any) -> Any:
-            counts[kind] += 1
-            return response
-
-        return count
-
+    counter = CallCounter()
     ledger_http = requests.Session()
-    ledger_http.hooks["response"].append(hook("ledger"))
+    ledger_http.hooks["response"].append(counter.hook("ledger"))
     clients.reset()
     runtime = make_runtime(load_config(config), ledger_session=ledger_http)
-    clients.google_session().hooks["response"].append(hook("backend"))
+    clients.google_session().hooks["response"].append(counter.hook("backend"))
     for _i in range(n):
         dispatch.handle_object_finalized(
             ev.storage_finalized("landing", f"count/{uuid.uuid4().hex}.csv"), runtime
         )
-    return {
-        "ledger": counts["ledger"] / n,
-        "backend": counts["backend"] / n,
-        "total": (counts["ledger"] + counts["backend"]) / n,
-    }
+    ledger, backend = counter.total("ledger"), counter.total("backend")
+    return {"ledger": ledger / n, "backend": backend / n, "total": (ledger + backend) / n}
 
 
 def measure(n: int, progress: Callable[[str], None] = print) -> dict[str, Any]:
