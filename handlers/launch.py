@@ -42,7 +42,7 @@ from handlers.errors import (
     RetryableError,
     RunInProgress,
 )
-from handlers.ledger import Conflict, Marker, Run, from_iso, iso, launched, new_owner, now
+from handlers.ledger import Conflict, Marker, Run, from_iso, iso, new_owner, now
 from handlers.params import Rendered, identity_of, render, run_key
 from handlers.runtime import Runtime
 
@@ -297,9 +297,19 @@ class LaunchService:
         deadline = (
             iso(stamp + dt.timedelta(seconds=pipeline.timeout_seconds)) if pipeline.timeout_seconds else None
         )
-        recorded = replace(launched(run, ref.to_json(), iso(stamp), deadline), unrecorded_job=True)
-        self.rt.ledger.mark_active(run.run_key, Marker.of(recorded, recorded=False))
-        return recorded
+        marker = Marker(
+            run_key=run.run_key,
+            backend=run.backend,
+            pipeline=run.pipeline,
+            job=ref.to_json(),
+            state=RunState.PENDING,
+            launched_at=iso(stamp),
+            deadline_at=deadline,
+            seen_at=iso(stamp),
+            recorded=False,
+        )
+        self.rt.ledger.mark_active(run.run_key, marker)
+        return marker.fold_into(run)  # what every reader sees until the first check records the job
 
     def _mark_failed(self, run: Run, exc: PipelineError) -> Run | None:
         logs.error("launch failed permanently: recorded and acknowledged", **exc.context())
