@@ -17,32 +17,32 @@ $(STAMP): requirements.txt requirements-dev.txt
 venv: $(STAMP)
 
 prereqs:
-	@bash deploy/local/prereqs.sh
+	@bash local/prereqs.sh
 
 test: $(STAMP) prereqs
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 lint: $(STAMP)
-	$(PY) -m ruff check handlers main.py deploy tests bench reliability
-	$(PY) -m ruff format --check handlers main.py deploy tests bench reliability
+	$(PY) -m ruff check handlers main.py deploy local tests evidence
+	$(PY) -m ruff format --check handlers main.py deploy local tests evidence
 	$(PY) -m mypy
 
 demo: $(STAMP) prereqs
-	$(PY) -m deploy.local.stack demo
+	$(PY) -m local.stack demo
 
 up: $(STAMP) prereqs
-	$(PY) -m deploy.local.stack up $(if $(CONFIG),--config $(CONFIG))
+	$(PY) -m local.stack up $(if $(CONFIG),--config $(CONFIG))
 
 # Performance evidence (docs/PERFORMANCE.md): about 15 minutes on 2 cores; results/performance.*
 bench: $(STAMP) prereqs
-	$(PY) -m bench $(BENCH_ARGS)
+	$(PY) -m evidence.bench $(BENCH_ARGS)
 
 # Reliability evidence (docs/RELIABILITY.md): fault injection over 1,000 events, crash injection at
 # every step boundary, 2,000 generated bad inputs; about 10 minutes; results/{faults,crashes,badinput}.*
 reliability: $(STAMP) prereqs
-	$(PY) -m reliability.faults --events 1000 --rate 0.1 --kinds 429,503,timeout,reset,lost --seed 1 --duplicates 0.2 --backends dataflow,datafusion --status-push
-	$(PY) -m reliability.crashes --per-boundary 3 --backends dataflow,datafusion,fabric
-	$(PY) -m reliability.badinput --cases 2000 --seed 7
+	$(PY) -m evidence.reliability.faults --events 1000 --rate 0.1 --kinds 429,503,timeout,reset,lost --seed 1 --duplicates 0.2 --backends dataflow,datafusion --status-push
+	$(PY) -m evidence.reliability.crashes --per-boundary 3 --backends dataflow,datafusion,fabric
+	$(PY) -m evidence.reliability.badinput --cases 2000 --seed 7
 
 evidence: bench reliability
 

@@ -9,8 +9,8 @@ from typing import Any
 
 import functions_framework
 
-from handlers import dispatch
-from handlers.runtime import default_runtime
+from handlers.entry import functions as dispatch
+from handlers.launch.runtime import default_runtime
 
 
 @functions_framework.cloud_event
@@ -40,6 +40,6 @@ def check_runs(cloud_event: Any) -> None:
 @functions_framework.http
 def api(request: Any) -> Any:
     """The REST trigger API: POST /runs, GET /runs/{key}, POST /runs/{key}:cancel, GET /pipelines."""
-    from handlers import api as rest
+    from handlers.entry import api as rest
 
     return rest.handle(request, default_runtime())

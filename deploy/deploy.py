@@ -8,7 +8,7 @@ Usage::
         [--bucket-location BUCKET=LOCATION ...] [--no-create-topics] [--max-delivery-attempts N]
         [--ledger-retention-days N] [--datafusion-rbac] [--pubsub-token-creator] ...
 
-The config is validated first (:func:`handlers.config.load_config`); an invalid config, or options
+The config is validated first (:func:`handlers.model.config.load_config`); an invalid config, or options
 that do not fit it, exit 2 listing every problem. Then a :class:`Plan` is built: an ordered list of
 :class:`Step` (an argv list plus a human comment). ``--dry-run`` prints the plan as a bash script
 (``#`` comments, one shell-quoted command per line) and runs nothing; otherwise each step runs with
@@ -60,8 +60,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from handlers.config import Config, load_config
-from handlers.errors import ConfigError
+from handlers.core.errors import ConfigError
+from handlers.model.config import Config, load_config
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 RUNTIME = "python311"
@@ -91,7 +91,7 @@ RETRY_WINDOW_SECONDS = 86400
 # another deploy is recognised by these markers (only ever after `describe` said "absent").
 ALREADY_EXISTS_MARKERS = ("ALREADY_EXISTS", "already exists")
 MEMBER_PREFIXES = ("user:", "group:", "serviceAccount:", "domain:", "principal:", "principalSet:")
-# Fabric credentials (handlers/entra.py): <PREFIX>_TENANT_ID, _CLIENT_ID, _CLIENT_SECRET, _REFRESH_TOKEN.
+# Fabric credentials (handlers/backends/fabric/entra.py): <PREFIX>_TENANT_ID, _CLIENT_ID, _CLIENT_SECRET, _REFRESH_TOKEN.
 FABRIC_DEFAULT_PREFIX = "FABRIC"
 FABRIC_EXECUTE_JOB_TYPES = ("execute", "refresh")
 
@@ -368,7 +368,7 @@ class FabricNeeds:
 
 
 def fabric_needs(cfg: Config) -> FabricNeeds:
-    """The credential env vars of the config's Fabric pipelines (see handlers/entra.py)."""
+    """The credential env vars of the config's Fabric pipelines (see handlers/backends/fabric/entra.py)."""
     secrets: set[str] = set()
     optional: set[str] = set()
     ids: set[str] = set()

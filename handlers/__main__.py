@@ -1,3 +1,3 @@
-from handlers.cli import main
+from handlers.entry.cli import main
 
 raise SystemExit(main())

@@ -22,7 +22,7 @@ _ROOT = str(Path(__file__).resolve().parent.parent)
 if _ROOT not in sys.path:
     sys.path.insert(0, _ROOT)
 
-from deploy.local.services import (  # noqa: E402
+from local.services import (  # noqa: E402
     GCS_NOTIFICATION_TOPIC,
     LOCAL_PROJECT,
     FakeGcs,
@@ -98,7 +98,7 @@ def unique_name() -> str:
 @pytest.fixture(scope="session")
 def dataflow_emulator(gcs_server: FakeGcs) -> Iterator[object]:
     """The project's Dataflow v1b3 emulator; DATAFLOW_API_ENDPOINT points at it for the session."""
-    from deploy.local.dataflow_emulator import serve
+    from local.emulators.dataflow import serve
 
     handle = serve(port=0)
     with handle, pytest.MonkeyPatch.context() as mp:
@@ -127,8 +127,8 @@ def world(
     dataflow_emulator: object,
 ) -> Iterator[object]:
     """A fresh ledger bucket and completion topic; builds configs and runtimes against the emulators."""
-    from handlers import clients
-    from handlers.runtime import reset_default
+    from handlers.core import clients
+    from handlers.launch.runtime import reset_default
     from tests.support.world import World
 
     clients.reset()
@@ -143,7 +143,7 @@ def call(monkeypatch: pytest.MonkeyPatch) -> Callable[..., object]:
     import functions_framework
     from cloudevents.conversion import to_structured
 
-    from handlers.runtime import reset_default
+    from handlers.launch.runtime import reset_default
 
     def deliver(target: str, event: object, config_path: Path) -> object:
         monkeypatch.setenv("PIPELINES_CONFIG", str(config_path))
@@ -158,7 +158,7 @@ def call(monkeypatch: pytest.MonkeyPatch) -> Callable[..., object]:
 @pytest.fixture(scope="session")
 def cdap_emulator() -> Iterator[object]:
     """The project's Data Fusion / CDAP emulator, started once."""
-    from deploy.local.cdap_emulator import serve
+    from local.emulators.cdap import serve
 
     with serve(port=0) as handle:
         yield handle
@@ -167,7 +167,7 @@ def cdap_emulator() -> Iterator[object]:
 @pytest.fixture(scope="session")
 def fabric_emulator() -> Iterator[object]:
     """The project's Microsoft Fabric + Entra ID emulator, started once."""
-    from deploy.local.fabric_emulator import serve
+    from local.emulators.fabric import serve
 
     with serve(port=0) as handle:
         yield handle

@@ -20,7 +20,7 @@ import yaml
 from werkzeug.serving import make_server
 from werkzeug.wrappers import Response
 
-from handlers.runtime import reset_default
+from handlers.launch.runtime import reset_default
 
 ROOT = Path(__file__).resolve().parents[1]
 OPENAPI = yaml.safe_load((ROOT / "handlers" / "schemas" / "api.openapi.yaml").read_text())

@@ -14,8 +14,8 @@ from typing import Any
 import pytest
 import requests
 
-from handlers import dispatch
-from handlers.tracking import Tracker
+from handlers.entry import functions as dispatch
+from handlers.follow.tracking import Tracker
 from tests.support import events as ev
 
 
@@ -49,7 +49,7 @@ def counted(world, dataflow, gcs_server):
     }
     triggers = {"landing": {"storage": {"bucket": "landing"}, "pipeline": "wordcount"}}
     config = world.config(pipelines, triggers)
-    from handlers.runtime import make_runtime
+    from handlers.launch.runtime import make_runtime
 
     runtime = make_runtime(config, ledger_session=session)
     return runtime, session
@@ -133,7 +133,7 @@ def test_a_quiet_run_is_rewritten_every_half_stall_after_so_the_lifecycle_rule_n
 ):
     import datetime as dt
 
-    from handlers.ledger import now
+    from handlers.launch.ledger import now
 
     runtime, session = counted
     deliver(runtime, "long.csv")

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import time
 
-from handlers.backends.base import JobStatus, LaunchRequest, RunState
-from handlers.launch import LaunchService
-from handlers.ledger import from_iso
-from handlers.tracking import Tracker
+from handlers.backends.contract import JobStatus, LaunchRequest, RunState
+from handlers.follow.tracking import Tracker
+from handlers.launch.ledger import from_iso
+from handlers.launch.service import LaunchService
 from tests.support import events as ev
 
 
@@ -31,7 +31,7 @@ def setup(world, harness, *, name: str = "contract", mode: str = "batch", timeou
 
 
 def object_event(name: str):
-    from handlers.events import parse_object_finalized
+    from handlers.model.events import parse_object_finalized
 
     return parse_object_finalized(ev.storage_finalized("landing", name))
 
@@ -136,8 +136,8 @@ def test_find_returns_the_job_a_run_started(world, harness):
 
 
 def test_a_crashed_launch_whose_job_already_finished_is_adopted_not_relaunched(world, harness):
-    from handlers.ledger import Run, iso, now
-    from handlers.params import job_name, run_key
+    from handlers.launch.ledger import Run, iso, now
+    from handlers.route.render import job_name, run_key
 
     runtime, trigger = setup(world, harness)
     event = object_event("in/crash.csv")

@@ -4,7 +4,7 @@ always logged with a reason, and never leaks a secret.
 Two parts:
 
 - hand-written regression cases for what the generated corpus found (each names the bug);
-- the CI slice of the generated corpus (``reliability/badinput.py``): a few hundred hypothesis
+- the CI slice of the generated corpus (``evidence/reliability/badinput.py``): a few hundred hypothesis
   cases with a fixed seed through functions-framework against fake-gcs, the Pub/Sub, Dataflow and
   Fabric emulators, every oracle asserted, plus self-tests showing each oracle can fire.
 """
@@ -18,9 +18,9 @@ from pathlib import Path
 
 import pytest
 
-from handlers import logs
-from handlers.ledger import now
-from reliability import badinput_corpus as corpus
+from evidence.reliability import badinput_corpus as corpus
+from handlers.core import logs
+from handlers.launch.ledger import now
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -95,7 +95,7 @@ def make_deliver(monkeypatch, config: Path):
     ``config``; returns ``(status, log entries)``."""
     import functions_framework
 
-    from handlers.runtime import reset_default
+    from handlers.launch.runtime import reset_default
 
     monkeypatch.setenv("PIPELINES_CONFIG", str(config))
     reset_default()
@@ -181,8 +181,8 @@ def test_a_message_attribute_that_is_not_a_string_is_malformed(pipelines, datafl
 def test_a_generation_that_is_not_decimal_digits_is_malformed_not_another_number(garbage):
     # int() read "1_000" as 1000 and full-width or Arabic-Indic digits as numbers: a garbage
     # generation became another run identity and a different {generation} parameter.
-    from handlers.errors import EventError
-    from handlers.events import to_int
+    from handlers.core.errors import EventError
+    from handlers.model.events import to_int
 
     with pytest.raises(EventError) as err:
         to_int(garbage, "generation")
@@ -191,7 +191,7 @@ def test_a_generation_that_is_not_decimal_digits_is_malformed_not_another_number
 
 @pytest.mark.parametrize("text,value", [("17", 17), (" 17\n", 17), ("+17", 17), ("-3", -3), (17.0, 17)])
 def test_numbers_as_strings_or_integral_floats_are_still_read(text, value):
-    from handlers.events import to_int
+    from handlers.model.events import to_int
 
     assert to_int(text, "generation") == value
 
@@ -224,7 +224,7 @@ def test_message_data_nested_too_deep_or_not_valid_unicode_is_not_json(pipelines
     ],
 )
 def test_dirname_is_everything_before_the_last_slash_as_written(name, dirname, basename):
-    from handlers.events import StorageObject
+    from handlers.model.events import StorageObject
 
     obj = StorageObject(bucket="b", name=name, generation=1)
     assert (obj.dirname, obj.basename) == (dirname, basename)
@@ -306,7 +306,7 @@ def rest(world, dataflow, monkeypatch):
     """The api function with one launchable pipeline; ``call`` returns ``(response, log entries)``."""
     import functions_framework
 
-    from handlers.runtime import reset_default
+    from handlers.launch.runtime import reset_default
 
     config = world.write_config(
         {
@@ -411,8 +411,8 @@ def small_config(storage: dict | None = None, attributes: dict | None = None) ->
 def route_probe_events(config) -> None:
     import datetime as dt
 
-    from handlers import routing
-    from handlers.events import MessageEvent, ObjectEvent, StorageObject
+    from handlers.model.events import MessageEvent, ObjectEvent, StorageObject
+    from handlers.route import match as routing
 
     when = dt.datetime.now(dt.UTC)
     for name in ("2026/a.csv", "x"):
@@ -431,7 +431,7 @@ def route_probe_events(config) -> None:
     ],
 )
 def test_scalar_match_values_are_text_so_an_accepted_config_routes_every_event(storage, attributes):
-    from handlers.config import build_config
+    from handlers.model.config import build_config
 
     route_probe_events(build_config(small_config(storage, attributes)))
 
@@ -449,8 +449,8 @@ def test_scalar_match_values_are_text_so_an_accepted_config_routes_every_event(s
     ],
 )
 def test_match_values_that_are_not_text_are_config_problems(storage, attributes, where):
-    from handlers.config import build_config
-    from handlers.errors import ConfigError
+    from handlers.core.errors import ConfigError
+    from handlers.model.config import build_config
 
     with pytest.raises(ConfigError) as err:
         build_config(small_config(storage, attributes))
@@ -460,8 +460,8 @@ def test_match_values_that_are_not_text_are_config_problems(storage, attributes,
 @pytest.mark.parametrize("text", ["[" * 5_000 + "]" * 5_000, "{a: " * 5_000 + "1" + "}" * 5_000])
 def test_a_config_nested_deeper_than_the_yaml_parser_goes_is_a_config_error(tmp_path, text):
     # yaml.safe_load raised RecursionError, which is not a ConfigError: `validate` crashed.
-    from handlers.config import load_config
-    from handlers.errors import ConfigError
+    from handlers.core.errors import ConfigError
+    from handlers.model.config import load_config
 
     path = tmp_path / "deep.yaml"
     path.write_text(text)
@@ -506,8 +506,8 @@ def mutated(path: tuple, value: object) -> dict:
     ],
 )
 def test_settings_the_validator_let_through_are_listed_problems(path, value, where):
-    from handlers.config import build_config
-    from handlers.errors import ConfigError
+    from handlers.core.errors import ConfigError
+    from handlers.model.config import build_config
 
     with pytest.raises(ConfigError) as err:
         build_config(mutated(path, value))
@@ -515,7 +515,7 @@ def test_settings_the_validator_let_through_are_listed_problems(path, value, whe
 
 
 def test_a_null_ledger_prefix_means_the_default_prefix():
-    from handlers.config import build_config
+    from handlers.model.config import build_config
 
     assert (
         build_config(mutated(("settings", "ledger", "prefix"), None)).settings.ledger_prefix
@@ -567,9 +567,9 @@ def test_regression_a_launch_failed_completion_has_no_negative_duration(world, d
 
     import jsonschema
 
-    from handlers.completion import build_event
-    from handlers.launch import LaunchService
-    from handlers.ledger import now as ledger_now
+    from handlers.follow.completion import build_event
+    from handlers.launch.ledger import now as ledger_now
+    from handlers.launch.service import LaunchService
     from tests.support.world import SCHEMA
 
     config = world.config(
@@ -577,7 +577,7 @@ def test_regression_a_launch_failed_completion_has_no_negative_duration(world, d
         {"landing": {"storage": {"bucket": "landing"}, "pipeline": "ingest"}},
     )
     runtime = world.runtime(config)
-    from handlers.events import ObjectEvent, StorageObject
+    from handlers.model.events import ObjectEvent, StorageObject
 
     event = ObjectEvent("e-1", ledger_now(), StorageObject(bucket="landing", name="a.txt", generation=1))
     service = LaunchService(runtime, clock=lambda: ledger_now() - dt.timedelta(milliseconds=1))
@@ -597,9 +597,9 @@ SLICE_SEED = 20261122
 @pytest.fixture(scope="module")
 def suite(pubsub_emulator, gcs_server, dataflow_emulator, fabric_emulator, tmp_path_factory):
     """One bad-input run on the session's emulators (its own ledger bucket and completion topic)."""
-    from handlers import clients
-    from handlers.runtime import reset_default
-    from reliability.badinput import BadInputRun, Services
+    from evidence.reliability.badinput import BadInputRun, Services
+    from handlers.core import clients
+    from handlers.launch.runtime import reset_default
 
     services = Services(pubsub_emulator.host, gcs_server.url, dataflow_emulator, fabric_emulator)
     run = BadInputRun(services, tmp_path_factory.mktemp("badinput"))
@@ -613,7 +613,7 @@ def suite(pubsub_emulator, gcs_server, dataflow_emulator, fabric_emulator, tmp_p
 
 
 def test_the_generated_corpus_slice_meets_every_oracle(suite):
-    from reliability.badinput import execute, figures
+    from evidence.reliability.badinput import execute, figures
 
     cases = corpus.generate(SLICE_CASES, SLICE_SEED, completion_topic=suite.completion_topic)
     assert len(cases) == SLICE_CASES
@@ -635,8 +635,8 @@ def test_the_generated_corpus_slice_meets_every_oracle(suite):
 def test_the_secret_oracle_finds_a_planted_leak(suite, monkeypatch):
     import os
 
-    from handlers.events import ObjectEvent
-    from reliability.badinput import DrainReport
+    from evidence.reliability.badinput import DrainReport
+    from handlers.model.events import ObjectEvent
 
     original = ObjectEvent.summary
     monkeypatch.setattr(
@@ -647,13 +647,13 @@ def test_the_secret_oracle_finds_a_planted_leak(suite, monkeypatch):
     report = DrainReport()
     suite.read_back(report)
     assert "ledger object: FABRIC_REFRESH_TOKEN found" in report.leaks
-    from reliability.badinput import find_secrets
+    from evidence.reliability.badinput import find_secrets
 
     assert find_secrets([b'{"x": "a\\"b"}'], {"quoted": 'a"b'}) == ["quoted found"]  # JSON-escaped too
 
 
 def test_the_launch_oracle_catches_a_mangled_name(suite, monkeypatch):
-    from handlers import params
+    from handlers.route import render as params
 
     original = params._object_lookup
 
@@ -669,7 +669,7 @@ def test_the_launch_oracle_catches_a_mangled_name(suite, monkeypatch):
 
 
 def test_the_launch_oracle_catches_a_launch_for_a_non_matching_event(suite, monkeypatch):
-    from handlers import routing
+    from handlers.route import match as routing
 
     monkeypatch.setattr(routing, "object_reasons", lambda trigger, event: [])  # everything matches
     result = suite.run_case(corpus.example_storage_case(900_003, now(), "elsewhere/x.csv"))
@@ -677,8 +677,8 @@ def test_the_launch_oracle_catches_a_launch_for_a_non_matching_event(suite, monk
 
 
 def test_the_exception_oracle_catches_an_unhandled_error_and_a_retry(suite, monkeypatch):
-    from handlers import routing
-    from handlers.errors import LedgerUnavailable
+    from handlers.core.errors import LedgerUnavailable
+    from handlers.route import match as routing
 
     def boom(config, event):
         raise ValueError("planted")
@@ -697,7 +697,7 @@ def test_the_exception_oracle_catches_an_unhandled_error_and_a_retry(suite, monk
 
 
 def test_the_reason_oracle_catches_a_silent_acknowledgement(suite, monkeypatch):
-    from handlers import dispatch
+    from handlers.entry import functions as dispatch
 
     monkeypatch.setattr(dispatch, "handle_object_finalized", lambda cloud_event, runtime: [])
     result = suite.run_case(corpus.example_storage_case(900_006, now(), "incoming/quiet.txt"))
@@ -705,7 +705,7 @@ def test_the_reason_oracle_catches_a_silent_acknowledgement(suite, monkeypatch):
 
 
 def test_the_rest_oracle_catches_an_error_body_that_breaks_the_contract(suite, monkeypatch):
-    from handlers import api
+    from handlers.entry import api
 
     monkeypatch.setattr(api.ApiError, "body", lambda self: {"error": {"code": self.code}})
     case = corpus.example_rest_case(900_007, day="yesterday")
@@ -716,8 +716,8 @@ def test_the_rest_oracle_catches_an_error_body_that_breaks_the_contract(suite, m
 
 
 def test_the_config_oracle_catches_an_unlisted_problem_and_a_crash(suite, monkeypatch):
-    from handlers import config
-    from handlers.errors import ConfigError
+    from handlers.core.errors import ConfigError
+    from handlers.model import config
 
     def vague(raw, source="<config>"):
         raise ConfigError(["something is wrong"], source=source)
@@ -746,8 +746,8 @@ def test_the_config_oracle_catches_an_unlisted_problem_and_a_crash(suite, monkey
     ],
 )
 def test_a_backend_that_is_not_text_is_a_config_problem_not_a_type_error(path, value, where):
-    from handlers.config import build_config
-    from handlers.errors import ConfigError
+    from handlers.core.errors import ConfigError
+    from handlers.model.config import build_config
 
     with pytest.raises(ConfigError) as err:
         build_config(mutated(path, value))
@@ -755,8 +755,8 @@ def test_a_backend_that_is_not_text_is_a_config_problem_not_a_type_error(path, v
 
 
 def test_a_fan_in_join_key_that_is_not_text_is_a_config_problem():
-    from handlers.config import build_config
-    from handlers.errors import ConfigError
+    from handlers.core.errors import ConfigError
+    from handlers.model.config import build_config
 
     doc = corpus.suite_config_for_mutation()
     doc["triggers"]["join-both"]["completion"]["join_key"] = ["{upstream.parameters.day}"]  # was str(list)

@@ -11,7 +11,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def run_bench(only: str) -> dict:
     out = subprocess.run(
-        [sys.executable, "-m", "bench", "--quick", "--only", only],
+        [sys.executable, "-m", "evidence.bench", "--quick", "--only", only],
         cwd=ROOT,
         capture_output=True,
         text=True,

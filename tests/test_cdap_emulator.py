@@ -1,4 +1,4 @@
-"""Specification of the local Data Fusion + CDAP REST v3 emulator (deploy/local/cdap_emulator.py).
+"""Specification of the local Data Fusion + CDAP REST v3 emulator (local/emulators/cdap.py).
 
 Each test reads GIVEN / WHEN / THEN and speaks the wire protocol with ``requests``. One emulator
 serves the whole module; every test starts from ``POST /_emulator/reset`` with default settings and
@@ -19,8 +19,8 @@ from typing import Any
 import pytest
 import requests
 
-from deploy.local._emulator_base import ServerHandle
-from deploy.local.cdap_emulator import serve
+from local.emulators.base import ServerHandle
+from local.emulators.cdap import serve
 from tests.support.emulator_client import advance, control, emulator_fixture, reset_emulator
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -479,7 +479,7 @@ def test_the_command_line_prints_a_ready_line_serves_and_stops_on_sigterm(tmp_pa
     apps.write_text(json.dumps({"apps": [{"app": "ingest", "mode": "batch"}]}))
     # WHEN the emulator runs as a command
     proc = subprocess.Popen(
-        [sys.executable, "-m", "deploy.local.cdap_emulator", "--port", "0", "--apps", str(apps)],
+        [sys.executable, "-m", "local.emulators.cdap", "--port", "0", "--apps", str(apps)],
         cwd=ROOT,
         stdout=subprocess.PIPE,
         text=True,

@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import json
 
-from handlers.launch import LaunchService
-from handlers.tracking import Tracker
+from handlers.follow.tracking import Tracker
+from handlers.launch.service import LaunchService
 from tests.support import events as ev
 
 
 def _object_event(name: str, generation: int = 1):
-    from handlers.events import parse_object_finalized
+    from handlers.model.events import parse_object_finalized
 
     return parse_object_finalized(ev.storage_finalized("landing", name, generation=generation))
 

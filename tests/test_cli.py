@@ -1,6 +1,6 @@
 """Specification: the command line (``python -m handlers``) for data engineers.
 
-Commands run in-process through ``handlers.cli.main(argv)`` (one subprocess proves the entry
+Commands run in-process through ``handlers.entry.cli.main(argv)`` (one subprocess proves the entry
 point). ``explain`` and ``graph`` need a config only; ``runs``, ``launch`` and ``cancel`` work on the
 real emulators (fake-gcs-server ledger, Dataflow emulator) through the ``world`` and ``dataflow``
 fixtures, with runs created by the same services the functions use.
@@ -22,15 +22,16 @@ from typing import Any
 import pytest
 import yaml
 
-from handlers import cli, completion
-from handlers.config import load_config
-from handlers.errors import ConfigError
-from handlers.events import ObjectEvent, parse_object_finalized
-from handlers.launch import LaunchService
-from handlers.ledger import Run
-from handlers.manual import start_run
-from handlers.params import run_key
-from handlers.tracking import Tracker
+from handlers.core.errors import ConfigError
+from handlers.entry import cli
+from handlers.entry.manual import start_run
+from handlers.follow import completion
+from handlers.follow.tracking import Tracker
+from handlers.launch.ledger import Run
+from handlers.launch.service import LaunchService
+from handlers.model.config import load_config
+from handlers.model.events import ObjectEvent, parse_object_finalized
+from handlers.route.render import run_key
 from tests.support import events as ev
 
 ROOT = Path(__file__).resolve().parents[1]

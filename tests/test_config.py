@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from handlers.config import build_config, glob_to_regex, load_config, parse_duration
-from handlers.errors import ConfigError, ParameterError
-from handlers.templates import Template
+from handlers.core.errors import ConfigError, ParameterError
+from handlers.model.config import build_config, glob_to_regex, load_config, parse_duration
+from handlers.model.templates import Template
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -1,13 +1,13 @@
 """Crash injection, CI slice: one SIGKILL of the function process at each step boundary, then the
-platform starts a new instance and redelivers (``reliability/crashes.py``; full size:
-``python -m reliability.crashes --per-boundary 3``).
+platform starts a new instance and redelivers (``evidence/reliability/crashes.py``; full size:
+``python -m evidence.reliability.crashes --per-boundary 3``).
 """
 
 from __future__ import annotations
 
 import json
 
-from reliability import crashes
+from evidence.reliability import crashes
 
 
 def test_a_kill_at_every_step_boundary_still_gives_one_job_and_one_completion_per_event(tmp_path):

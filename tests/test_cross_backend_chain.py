@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import json
 
-from handlers import dispatch
-from handlers.launch import LaunchService
-from handlers.tracking import Tracker
+from handlers.entry import functions as dispatch
+from handlers.follow.tracking import Tracker
+from handlers.launch.service import LaunchService
 from tests.support import events as ev
 from tests.support.datafusion_harness import DataFusionHarness
 from tests.support.fabric_harness import FabricHarness
@@ -46,7 +46,7 @@ def test_dataflow_then_data_fusion_then_fabric(world, dataflow, cdap_emulator, f
     runtime = world.runtime(
         world.config(pipelines, triggers), datafusion=fusion.backend(), fabric=fabric.backend()
     )
-    from handlers.events import parse_object_finalized
+    from handlers.model.events import parse_object_finalized
 
     LaunchService(runtime).start(
         runtime.config.triggers["landing"],

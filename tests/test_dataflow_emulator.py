@@ -1,4 +1,4 @@
-"""Specification of the local Dataflow REST v1b3 emulator (deploy/local/dataflow_emulator.py).
+"""Specification of the local Dataflow REST v1b3 emulator (local/emulators/dataflow.py).
 
 Each test reads GIVEN / WHEN / THEN. One emulator serves the whole module; every test starts from
 ``POST /_emulator/reset`` and registers the templates it needs. Job states follow the emulator clock,
@@ -24,9 +24,9 @@ import requests
 from werkzeug.serving import make_server
 from werkzeug.wrappers import Request, Response
 
-from deploy.local import wordcount
-from deploy.local._emulator_base import ServerHandle
-from deploy.local.dataflow_emulator import serve
+from local.emulators import wordcount
+from local.emulators.base import ServerHandle
+from local.emulators.dataflow import serve
 from tests.support.emulator_client import advance, emulator_fixture
 
 PROJECT = "demo-project"
@@ -764,7 +764,7 @@ def test_templates_load_from_a_yaml_file_and_non_loopback_hosts_are_refused(tmp_
 
 def test_the_command_line_prints_a_ready_line():
     process = subprocess.Popen(
-        [sys.executable, "-m", "deploy.local.dataflow_emulator", "--host", "127.0.0.1", "--port", "0"],
+        [sys.executable, "-m", "local.emulators.dataflow", "--host", "127.0.0.1", "--port", "0"],
         stdout=subprocess.PIPE,
         text=True,
         cwd=Path(__file__).resolve().parents[1],

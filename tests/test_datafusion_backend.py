@@ -19,13 +19,13 @@ from typing import Any
 import pytest
 import requests
 
-from deploy.local._emulator_base import ServerHandle
-from deploy.local.cdap_emulator import serve
-from handlers import logs
-from handlers.backends.base import JobRef, LaunchRequest, RunState
+from handlers.backends.contract import JobRef, LaunchRequest, RunState
 from handlers.backends.datafusion import RUN_KEY_ARG, DataFusion, check_options
-from handlers.config import Pipeline, build_config
-from handlers.errors import AlreadyExists, BackendRejected, BackendUnavailable, ConfigError, NotFound
+from handlers.core import logs
+from handlers.core.errors import AlreadyExists, BackendRejected, BackendUnavailable, ConfigError, NotFound
+from handlers.model.config import Pipeline, build_config
+from local.emulators.base import ServerHandle
+from local.emulators.cdap import serve
 from tests.support.datafusion_harness import DataFusionHarness
 from tests.support.emulator_client import (
     advance,

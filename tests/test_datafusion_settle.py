@@ -3,7 +3,7 @@ lists a new run only after a moment (the emulator hides new runs for ``visible_a
 
 import requests
 
-from handlers.launch import LaunchService
+from handlers.launch.service import LaunchService
 from tests.support import events as ev
 from tests.support.datafusion_harness import DataFusionHarness
 
@@ -23,7 +23,7 @@ def test_lost_start_answer_with_a_slow_runs_listing_still_starts_one_run(world, 
         backend.settle_seconds = 1.5
         runtime = world.runtime(config, datafusion=backend)
         fusion.inject("launch", 503, after_effect=True)
-        from handlers.events import parse_object_finalized
+        from handlers.model.events import parse_object_finalized
 
         outcome = LaunchService(runtime).start(
             config.triggers["landing"], parse_object_finalized(ev.storage_finalized("landing", "x.csv"))

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from deploy import deploy as d
-from handlers.config import load_config
+from handlers.model.config import load_config
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "examples" / "pipelines.yaml"
@@ -31,11 +31,11 @@ TERRAFORM = ROOT / "deploy" / "terraform"
 REGISTER_BACKENDS = textwrap.dedent(
     """
     import importlib.util, sys, types
-    from handlers import backends as _b
+    from handlers.backends import registry as _b
     _KEYS = {"datafusion": ("instance", "namespace", "app", "api_endpoint"),
              "fabric": ("workspace", "item", "job_type", "auth", "execute_option", "credentials")}
     for _name, _target in (("datafusion", "handlers.backends.datafusion:DataFusion"),
-                           ("fabric", "handlers.backends.fabric:Fabric")):
+                           ("fabric", "handlers.backends.fabric.jobs:Fabric")):
         if _name in _b.BACKENDS:
             continue
         if importlib.util.find_spec(_target.split(":")[0]) is not None:
@@ -173,7 +173,7 @@ NARROWEST_SCOPE = {
 @pytest.fixture
 def backends_registered(monkeypatch: pytest.MonkeyPatch) -> None:
     """Data Fusion and Fabric are in the backend registry (for this test only)."""
-    from handlers import backends
+    from handlers.backends import registry as backends
 
     monkeypatch.setattr(backends, "BACKENDS", dict(backends.BACKENDS))
     exec(REGISTER_BACKENDS, {})
@@ -570,7 +570,7 @@ def test_running_the_plan_twice_creates_nothing_the_second_time(tmp_path, rich_c
     assert second == first
     # and the staged source is the project's code with the config beside it
     stage = Path(rich_options(rich_config, tmp_path).stage_dir)
-    assert (stage / "main.py").is_file() and (stage / "handlers" / "config.py").is_file()
+    assert (stage / "main.py").is_file() and (stage / "handlers" / "model" / "config.py").is_file()
     assert (stage / "pipelines.yaml").read_text(encoding="utf-8") == RICH
     assert not list(stage.rglob("__pycache__"))
 
@@ -726,7 +726,7 @@ def test_env_values_with_commas_switch_the_gcloud_delimiter():
 
 
 def test_fabric_credential_names_follow_handlers_entra():
-    entra = pytest.importorskip("handlers.entra")
+    entra = pytest.importorskip("handlers.backends.fabric.entra")
     names = entra.env_names("FABRIC_SALES")
     assert d.default_secret_name(names["refresh_token"]) == "fabric-sales-refresh-token"
     assert {names["tenant"], names["client_id"]} == {"FABRIC_SALES_TENANT_ID", "FABRIC_SALES_CLIENT_ID"}

@@ -1,4 +1,4 @@
-"""Specification of handlers/entra.py: Fabric bearer tokens from the Entra ID token endpoint.
+"""Specification of handlers/backends/fabric/entra.py: Fabric bearer tokens from the Entra ID token endpoint.
 
 Runs against the Entra stand-in of the local Fabric emulator; credentials come from an explicit env
 mapping (the process environment is never read or changed). GIVEN / WHEN / THEN, asserting what
@@ -14,11 +14,11 @@ from urllib.parse import parse_qs
 
 import pytest
 
-from deploy.local._emulator_base import ServerHandle
-from deploy.local.fabric_emulator import serve
-from handlers import logs
-from handlers.entra import CredentialsError, EntraRejected, TokenProvider, refresh_margin
-from handlers.errors import BackendUnavailable, ConfigError, PermanentError
+from handlers.backends.fabric.entra import CredentialsError, EntraRejected, TokenProvider, refresh_margin
+from handlers.core import logs
+from handlers.core.errors import BackendUnavailable, ConfigError, PermanentError
+from local.emulators.base import ServerHandle
+from local.emulators.fabric import serve
 from tests.support import emulator_client
 from tests.support.emulator_client import emulator_fixture, recorded_requests, reset_emulator
 from tests.support.fabric_harness import entra_clients

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from cloudevents.http import CloudEvent
 
-from handlers import events
-from handlers.errors import EventError
+from handlers.core.errors import EventError
+from handlers.model import events
 
 FIXTURES = Path(__file__).parent / "fixtures"
 

@@ -1,4 +1,4 @@
-"""Specification of the Fabric backend (handlers/backends/fabric.py) against the local Fabric emulator.
+"""Specification of the Fabric backend (handlers/backends/fabric/jobs.py) against the local Fabric emulator.
 
 GIVEN / WHEN / THEN, asserting what reached the emulator (request bodies, token grants, instances
 created) rather than which function was called. Pipelines are Fabric items registered in the
@@ -18,15 +18,15 @@ from typing import Any
 import pytest
 import requests
 
-from deploy.local._emulator_base import ServerHandle
-from deploy.local.fabric_emulator import serve
-from handlers import logs, retry
-from handlers.backends import backend_class
-from handlers.backends.base import JobRef, LaunchRequest, RunState
-from handlers.backends.fabric import DEDUPED_REASON, Fabric, check_options, fabric_error
-from handlers.config import Pipeline, build_config
-from handlers.entra import EntraRejected, TokenProvider
-from handlers.errors import AlreadyExists, BackendRejected, BackendUnavailable, ConfigError, NotFound
+from handlers.backends.contract import JobRef, LaunchRequest, RunState
+from handlers.backends.fabric.entra import EntraRejected, TokenProvider
+from handlers.backends.fabric.jobs import DEDUPED_REASON, Fabric, check_options, fabric_error
+from handlers.backends.registry import backend_class
+from handlers.core import logs, retry
+from handlers.core.errors import AlreadyExists, BackendRejected, BackendUnavailable, ConfigError, NotFound
+from handlers.model.config import Pipeline, build_config
+from local.emulators.base import ServerHandle
+from local.emulators.fabric import serve
 from tests.support.emulator_client import emulator_fixture
 from tests.support.fabric_harness import FabricHarness
 
@@ -264,7 +264,7 @@ def test_a_deduped_run_is_cancelled_with_the_documented_reason(fabric: FabricHar
 
 
 def test_an_unknown_status_value_is_not_terminal(fabric: FabricHarness) -> None:
-    from handlers.backends.fabric import normalize_state
+    from handlers.backends.fabric.jobs import normalize_state
 
     assert normalize_state("Paused") is RunState.PENDING and not normalize_state("Paused").terminal
 
@@ -310,7 +310,7 @@ def test_a_lost_launch_answer_is_found_again_and_never_launched_twice(fabric: Fa
     fabric.inject("launch", 503, after_effect=True)
     uncertain = False
 
-    def attempt() -> JobRef:  # what handlers/launch.py does: after a transient error, look first
+    def attempt() -> JobRef:  # what handlers/launch/service.py does: after a transient error, look first
         nonlocal uncertain
         if uncertain and (found := backend.find(request)) is not None:
             return found

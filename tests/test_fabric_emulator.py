@@ -1,9 +1,9 @@
-"""Specification of the local Fabric emulator (deploy/local/fabric_emulator.py): job API + Entra stand-in.
+"""Specification of the local Fabric emulator (local/emulators/fabric.py): job API + Entra stand-in.
 
 Each test reads GIVEN / WHEN / THEN. One emulator serves the module; every test starts from a reset
 with default settings. Job states follow the emulator clock (``POST /_emulator/clock``), so no test
 sleeps for a job to progress. Answers are checked against the schema fragments bundled from
-Microsoft's OpenAPI specs (``deploy/local/fabric_schemas.json``).
+Microsoft's OpenAPI specs (``local/emulators/fabric_schemas.json``).
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ from typing import Any
 import pytest
 import requests
 
-from deploy.local._emulator_base import ServerHandle
-from deploy.local.fabric_emulator import schema_book, serve
+from local.emulators.base import ServerHandle
+from local.emulators.fabric import schema_book, serve
 from tests.support import emulator_client
 from tests.support.emulator_client import advance, emulator_fixture, reset_emulator
 from tests.support.fabric_harness import entra_clients
@@ -525,7 +525,7 @@ def test_the_command_line_serves_until_terminated(tmp_path: Path) -> None:
     items = tmp_path / "items.json"
     items.write_text(json.dumps({"items": [{"workspace": WS, "item": DATAFLOW, "type": "Dataflow"}]}))
     proc = subprocess.Popen(
-        [sys.executable, "-m", "deploy.local.fabric_emulator", "--port", "0", "--items", str(items)],
+        [sys.executable, "-m", "local.emulators.fabric", "--port", "0", "--items", str(items)],
         cwd=ROOT,
         stdout=subprocess.PIPE,
         text=True,

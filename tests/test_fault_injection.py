@@ -1,6 +1,6 @@
 """Fault injection, CI slice: the real functions under functions-framework, the ledger and Dataflow
-behind fault proxies, the suite playing the platform (``reliability/faults.py``; full size:
-``python -m reliability.faults --events 1000``).
+behind fault proxies, the suite playing the platform (``evidence/reliability/faults.py``; full size:
+``python -m evidence.reliability.faults --events 1000``).
 
 Asserted only from what reached the services: the Dataflow emulator's jobs, the ledger bucket and
 the completion topic.
@@ -11,9 +11,17 @@ from __future__ import annotations
 import json
 import threading
 
-from deploy.local.faultproxy import KINDS
-from reliability import faults
-from reliability.rig import LANDING_BUCKET, CompletionWatch, Event, Platform, Rig, RigSettings, event_name
+from evidence.reliability import faults
+from evidence.reliability.rig import (
+    LANDING_BUCKET,
+    CompletionWatch,
+    Event,
+    Platform,
+    Rig,
+    RigSettings,
+    event_name,
+)
+from local.faultproxy import KINDS
 
 LEDGER_CLAIM = r"^POST /upload/storage/v1/b/rig-ledger/o\?.*ifGenerationMatch=0"
 

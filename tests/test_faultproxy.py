@@ -16,8 +16,8 @@ from typing import Any
 import pytest
 import requests
 
-from deploy.local.faultproxy import FaultProxy, even_rates, parse_kinds
-from deploy.local.services import FakeGcs, ensure_bucket, storage_client
+from local.faultproxy import FaultProxy, even_rates, parse_kinds
+from local.services import FakeGcs, ensure_bucket, storage_client
 
 
 class Recorder(ThreadingHTTPServer):

@@ -16,7 +16,10 @@ import pytest
 import requests
 from cloudevents.conversion import to_binary
 
-from deploy.local.services import (
+from handlers.backends.contract import RunState
+from handlers.launch.ledger import Run, iso, now
+from handlers.route.render import run_key
+from local.services import (
     GCS_NOTIFICATION_TOPIC,
     LOCAL_PROJECT,
     FunctionServer,
@@ -24,9 +27,6 @@ from deploy.local.services import (
     ensure_bucket,
     ensure_push_subscription,
 )
-from handlers.backends.base import RunState
-from handlers.ledger import Run, iso, now
-from handlers.params import run_key
 from tests.support import events as ev
 from tests.support.world import wait_until
 
@@ -385,7 +385,7 @@ def test_a_claim_left_by_a_crashed_invocation_is_taken_over_without_a_second_job
     # GIVEN the crashed invocation had launched the job (it finished quickly) but recorded nothing
     stale = _stale_claim(runtime, "landing", "wordcount", "landing/crash.txt#5")
     backend = dataflow.backend()
-    from handlers.backends.base import LaunchRequest
+    from handlers.backends.contract import LaunchRequest
 
     pipeline = runtime.config.pipelines["wordcount"]
     backend.launch(

@@ -1,4 +1,4 @@
-"""Specification of the local services (deploy/local/services.py) and of the emulator behaviours
+"""Specification of the local services (local/services.py) and of the emulator behaviours
 the project relies on. Everything runs against the real emulators over loopback.
 """
 
@@ -20,8 +20,8 @@ from google.cloud import storage
 from werkzeug.serving import make_server
 from werkzeug.wrappers import Request, Response
 
-from deploy.local import services
-from deploy.local.services import (
+from local import services
+from local.services import (
     GCS_NOTIFICATION_TOPIC,
     LOCAL_PROJECT,
     FakeGcs,

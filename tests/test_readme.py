@@ -4,8 +4,8 @@ names exist."""
 import re
 from pathlib import Path
 
-from handlers.cli import graph_mermaid
-from handlers.config import load_config
+from handlers.entry.cli import graph_mermaid
+from handlers.model.config import load_config
 
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text()

@@ -1,4 +1,4 @@
-"""The local stack (``deploy/local/stack.py``): ``make demo`` and ``make up`` end to end.
+"""The local stack (``local/stack.py``): ``make demo`` and ``make up`` end to end.
 
 The demo runs as a subprocess exactly as ``make demo`` runs it: it must exit 0, print the chain's
 timeline and the word counts of the sample, and leave no process behind (every pid of the Pub/Sub
@@ -17,9 +17,9 @@ import threading
 import time
 from pathlib import Path
 
-from deploy.local.services import live_processes_in_group
-from deploy.local.stack import DEMO_SAMPLE, Timeline, emulator_available
-from deploy.local.wordcount import count_words, format_counts
+from local.emulators.wordcount import count_words, format_counts
+from local.services import live_processes_in_group
+from local.stack import DEMO_SAMPLE, Timeline, emulator_available
 
 ROOT = Path(__file__).resolve().parents[1]
 # What the test session exports must not steer the stack: it brings its own services.
@@ -42,7 +42,7 @@ def _env(**extra: str) -> dict[str, str]:
 
 
 def _stack(*args: str) -> list[str]:
-    return [sys.executable, "-m", "deploy.local.stack", *args]
+    return [sys.executable, "-m", "local.stack", *args]
 
 
 def _alive(pid: int) -> bool:
@@ -206,7 +206,7 @@ def test_the_timeline_prints_in_time_order_once_per_key() -> None:
 
 
 def test_every_chain_variant_of_the_demo_is_a_valid_config_with_its_registrations(tmp_path: Path) -> None:
-    from deploy.local import stack
+    from local import stack
 
     for backend in ("dataflow", "datafusion", "fabric"):
         if not emulator_available(backend):

@@ -15,11 +15,11 @@ from pathlib import Path
 import pytest
 import requests
 
-from deploy.local.services import FunctionServer
-from handlers.backends.base import RunState
-from handlers.completion import completion_id
-from handlers.launch import LaunchService
-from handlers.tracking import Tracker
+from handlers.backends.contract import RunState
+from handlers.follow.completion import completion_id
+from handlers.follow.tracking import Tracker
+from handlers.launch.service import LaunchService
+from local.services import FunctionServer
 from tests.support import events as ev
 from tests.support.world import wait_until
 
@@ -63,7 +63,7 @@ def setup_runs(
 
 
 def _object_event(name: str, generation: int = 1):
-    from handlers.events import parse_object_finalized
+    from handlers.model.events import parse_object_finalized
 
     return parse_object_finalized(ev.storage_finalized("landing", name, generation=generation))
 
@@ -351,7 +351,7 @@ def test_a_lost_answer_to_the_deciding_write_still_publishes_at_once(world, data
         new_generation = real_replace(name, data, generation)
         if not lost["done"] and b'"decided_by"' in data:
             lost["done"] = True
-            from handlers.ledger import Conflict
+            from handlers.launch.ledger import Conflict
 
             raise Conflict(name)
         return new_generation
@@ -366,7 +366,7 @@ def test_a_lost_answer_to_the_deciding_write_still_publishes_at_once(world, data
 def test_a_run_whose_backend_cannot_be_asked_for_long_is_reported_as_stalled(world, dataflow):
     import io
 
-    from handlers import logs
+    from handlers.core import logs
 
     runtime, (key,) = setup_runs(world, dataflow)
     dataflow.inject("status", 503, times=-1)

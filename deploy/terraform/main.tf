@@ -53,7 +53,7 @@ locals {
   datafusion_namespaces = { for k in local.datafusion_keys : k => { project = split("|", k)[0], region = split("|", k)[1], instance = split("|", k)[2], namespace = split("|", k)[3] } }
   datafusion_instances  = { for k, v in local.datafusion_namespaces : "${v.project}|${v.region}|${v.instance}" => v... }
 
-  # Fabric: the credential secrets its pipelines read (handlers/entra.py: <PREFIX>_REFRESH_TOKEN for
+  # Fabric: the credential secrets its pipelines read (handlers/backends/fabric/entra.py: <PREFIX>_REFRESH_TOKEN for
   # delegated runs, <PREFIX>_CLIENT_SECRET for service principals), overridable by var.fabric_secrets.
   fabric = [for p in local.pipeline_list : p if p.backend == "fabric"]
   fabric_secret_envs = distinct([for p in local.fabric : (

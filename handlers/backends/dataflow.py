@@ -11,7 +11,7 @@ Regional endpoints only (the non-regional ones silently run in us-central1)::
     PUT  {api}/v1b3/projects/P/locations/L/jobs/ID  {"requestedState": "JOB_STATE_CANCELLED"|"..._DRAINED"}
 
 Idempotency rests on the job name: one ACTIVE job per name per project and region, so a repeated
-launch answers 409 ALREADY_EXISTS, which :mod:`handlers.launch` treats as "already launched".
+launch answers 409 ALREADY_EXISTS, which :mod:`handlers.launch.service` treats as "already launched".
 
 ``DATAFLOW_API_ENDPOINT`` overrides ``https://dataflow.googleapis.com`` (the local emulator).
 """
@@ -24,10 +24,10 @@ from collections.abc import Mapping
 from typing import Any
 from urllib.parse import quote
 
-from handlers import http
-from handlers.backends.base import JobRef, JobStatus, LaunchRequest, RunState
-from handlers.errors import ParameterError
-from handlers.events import parse_time
+from handlers.backends.contract import JobRef, JobStatus, LaunchRequest, RunState
+from handlers.core import http
+from handlers.core.errors import ParameterError
+from handlers.model.events import parse_time
 
 DEFAULT_ENDPOINT = "https://dataflow.googleapis.com"
 OPTION_KEYS = ("template", "environment", "validate_parameters", "launch_options")
@@ -136,7 +136,7 @@ class _Dataflow:
     @property
     def session(self) -> Any:
         if self._session is None:
-            from handlers import clients
+            from handlers.core import clients
 
             self._session = clients.google_session()
         return self._session

@@ -30,7 +30,7 @@ first attempt may have reached CDAP (a lost answer). An item ``statusCode`` 409 
 already running and does not allow concurrent runs) becomes :class:`AlreadyExists` only when one of
 the active runs carries this run key, otherwise a permanent :class:`BackendRejected`.
 
-CDAP error bodies are plain text; :mod:`handlers.http` maps statuses (404 -> NotFound, 429/5xx/504 ->
+CDAP error bodies are plain text; :mod:`handlers.core.http` maps statuses (404 -> NotFound, 429/5xx/504 ->
 BackendUnavailable, other 4xx -> BackendRejected) without reading the text.
 
 ``DATAFUSION_API_ENDPOINT`` overrides ``https://datafusion.googleapis.com`` (the local emulator).
@@ -49,9 +49,9 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote, urlparse
 
-from handlers import http, logs
-from handlers.backends.base import JobRef, JobStatus, LaunchRequest, RunState
-from handlers.errors import AlreadyExists, BackendRejected, BackendUnavailable, NotFound
+from handlers.backends.contract import JobRef, JobStatus, LaunchRequest, RunState
+from handlers.core import http, logs
+from handlers.core.errors import AlreadyExists, BackendRejected, BackendUnavailable, NotFound
 
 DEFAULT_ENDPOINT = "https://datafusion.googleapis.com"
 OPTION_KEYS = ("instance", "namespace", "app", "api_endpoint")
@@ -203,7 +203,7 @@ class DataFusion:
     @property
     def session(self) -> Any:
         if self._session is None:
-            from handlers import clients
+            from handlers.core import clients
 
             self._session = clients.google_session()
         return self._session

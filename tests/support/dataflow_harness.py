@@ -11,7 +11,7 @@ from tests.support.emulator_client import EmulatorHarness
 
 
 class DataflowHarness(EmulatorHarness):
-    """Drives deploy/local/dataflow_emulator.py for classic (``flex=False``) or flex templates."""
+    """Drives local/emulators/dataflow.py for classic (``flex=False``) or flex templates."""
 
     def __init__(self, emulator: Any, *, flex: bool = False) -> None:
         super().__init__(emulator)

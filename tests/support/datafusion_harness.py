@@ -1,6 +1,6 @@
 """The CDAP / Data Fusion emulator behind the cross-backend harness interface (see tests/test_backend_contract.py).
 
-One emulator (``deploy.local.cdap_emulator.serve()``) plays both the Data Fusion instance API and the
+One emulator (``local.emulators.cdap.serve()``) plays both the Data Fusion instance API and the
 instance's CDAP API. Each pipeline becomes a CDAP app of the same name in the ``default`` namespace,
 reached through the instance ``events-local``. The backend talks to it with a plain
 ``requests.Session`` carrying a fake bearer token, since the emulator (like Data Fusion) refuses CDAP
@@ -25,7 +25,7 @@ OPERATIONS = {"launch": "start", "status": "runs.get", "find": "runs.list", "can
 
 
 class DataFusionHarness(EmulatorHarness):
-    """Drives deploy/local/cdap_emulator.py for the backend contract suite."""
+    """Drives local/emulators/cdap.py for the backend contract suite."""
 
     name = "datafusion"
     fault_operations = OPERATIONS

@@ -1,6 +1,6 @@
 """Test plumbing shared by the emulator specs and the backend harnesses.
 
-Every local emulator (``deploy/local/*_emulator.py``) has the same control API under ``/_emulator/``
+Every local emulator (``local/*_emulator.py``) has the same control API under ``/_emulator/``
 (docs/emulators.md); this module is the one place the tests talk to it:
 
 - ``control(emulator, method, path, body=None)``: one control call, its JSON answer;
@@ -19,7 +19,7 @@ from typing import Any, Protocol
 import pytest
 import requests
 
-from deploy.local._emulator_base import ServerHandle
+from local.emulators.base import ServerHandle
 
 
 class HasUrl(Protocol):
@@ -109,7 +109,7 @@ class EmulatorHarness:
         return recorded_requests(self, timeout=10)
 
     # True: backend() authenticates with google-auth against the emulator's own OAuth token endpoint
-    # (deploy/local/_emulator_base.GoogleTokens), which then refuses missing or expired tokens.
+    # (local/_emulator_base.GoogleTokens), which then refuses missing or expired tokens.
     google_auth = False
 
     def google_session(self) -> Any:
@@ -118,7 +118,7 @@ class EmulatorHarness:
         from google.auth.transport.requests import AuthorizedSession
         from google.oauth2.credentials import Credentials
 
-        from deploy.local._emulator_base import GoogleTokens
+        from local.emulators.base import GoogleTokens
 
         self._control("POST", "google-tokens", {"enforce": True})
         credentials = Credentials(

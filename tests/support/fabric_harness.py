@@ -2,7 +2,7 @@
 
 Every pipeline is a Dataflow Gen2 item (job type ``Execute``, delegated auth) in one workspace; its
 item id is derived from the pipeline name. Credentials are fake and live in an explicit env mapping
-handed to the :class:`~handlers.entra.TokenProvider`: the process environment is never touched.
+handed to the :class:`~handlers.backends.fabric.entra.TokenProvider`: the process environment is never touched.
 
 Fabric semantics worth knowing in a cross-backend suite: a second run of an item while one is still
 NotStarted/InProgress is ``Deduped`` by Fabric (normalized to CANCELLED). Set ``dedupe = False`` on
@@ -17,8 +17,8 @@ from typing import Any
 
 import requests
 
-from handlers.backends.fabric import Fabric
-from handlers.entra import TokenProvider
+from handlers.backends.fabric.entra import TokenProvider
+from handlers.backends.fabric.jobs import Fabric
 from tests.support.emulator_client import EmulatorHarness, reset_emulator
 
 _NAMESPACE = uuid.UUID("6f1c3b1e-5a7d-4f57-9a51-5f0d3c2b8e10")
@@ -26,7 +26,7 @@ _RUN_PATH = re.compile(r"/items/[^/]+/jobs/(?:[^/]+/instances|instances)$|/dataf
 
 
 class FabricHarness(EmulatorHarness):
-    """Drives deploy/local/fabric_emulator.py (Fabric jobs + Entra token endpoint on one server)."""
+    """Drives local/emulators/fabric.py (Fabric jobs + Entra token endpoint on one server)."""
 
     name = "fabric"
     fault_operations = {

@@ -11,16 +11,16 @@ from typing import Any
 import jsonschema
 import yaml
 
-from deploy.local.services import (
+from handlers.launch.ledger import Run
+from handlers.launch.runtime import Runtime, make_runtime
+from handlers.model.config import Config, build_config
+from local.services import (
     LOCAL_PROJECT,
     ensure_bucket,
     ensure_pull_subscription,
     ensure_topic,
     pull_all,
 )
-from handlers.config import Config, build_config
-from handlers.ledger import Run
-from handlers.runtime import Runtime, make_runtime
 
 ROOT = Path(__file__).resolve().parents[2]
 SCHEMA = json.loads((ROOT / "handlers" / "schemas" / "run-completed.v1.json").read_text())

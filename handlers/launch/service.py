@@ -1,0 +1,367 @@
+"""The launch service: one trigger + one event -> exactly one job.
+
+Delivery is at least once (the same event may arrive many times, even concurrently), so a launch
+goes through the ledger::
+
+    render parameters ──(missing value)──────────────────────────────> LAUNCH_FAILED, ack
+    claim: create runs/<key>.json, ifGenerationMatch=0
+      ├─ won ─────────────> launch ──ok / 409 ALREADY_EXISTS (find it)──> active marker carrying the job
+      │                        ├─ permanent (400/403/404, bad params) ─> LAUNCH_FAILED + reason, ack
+      │                        └─ transient, budget spent ─────────────> release lease, raise (redelivery)
+      └─ lost: read the record
+           ├─ job recorded / finished ──> duplicate, ack
+           ├─ fresh claim by another ───> wait a few seconds for it; still open -> RunInProgress (retry)
+           └─ claim older than the lease (its owner crashed) ──> take over by CAS, *find the job
+              first* (any state: a short job may be done already), launch only if there is none
+
+Job names are derived from pipeline and run key, so a relaunch of an active job answers 409, and a
+launch whose answer was lost is found again by name before any second attempt.
+
+A launch costs three API calls: the claim, the launch request, and the active marker that carries
+the job (the record still says CLAIMED until the first check writes the job into it; the ledger
+folds the marker in for every reader until then, see :mod:`handlers.launch.ledger`).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from typing import Any
+
+from handlers.backends.contract import JobRef, LaunchRequest, RunState
+from handlers.core import logs, retry
+from handlers.core.errors import (
+    AlreadyExists,
+    BackendUnavailable,
+    ParameterError,
+    PermanentError,
+    PipelineError,
+    RetryableError,
+    RunInProgress,
+)
+from handlers.launch.ledger import Conflict, Marker, Run, from_iso, iso, new_owner, now
+from handlers.launch.runtime import Runtime
+from handlers.model.config import Pipeline, Trigger
+from handlers.route.render import Rendered, identity_of, render, run_key
+
+MAX_FIND_CANDIDATES = 5  # jobs an inexact find() may offer before the launch service gives up looking
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What happened to one trigger's run for one delivery."""
+
+    trigger: str
+    pipeline: str
+    run_key: str | None
+    result: str  # launched | adopted | duplicate | failed
+    job_id: str | None = None
+    reason: str | None = None
+
+
+class LaunchService:
+    def __init__(
+        self,
+        runtime: Runtime,
+        *,
+        clock: Callable[[], dt.datetime] = now,
+        sleep: Callable[[float], Any] = time.sleep,
+        wait_for_owner_seconds: float = 8.0,
+    ) -> None:
+        self.rt = runtime
+        self.clock = clock
+        self.sleep = sleep
+        self.wait_for_owner_seconds = wait_for_owner_seconds
+
+    @property
+    def settings(self) -> Any:
+        return self.rt.config.settings
+
+    # -- public -------------------------------------------------------------------------------
+    def start(
+        self, trigger: Trigger, event: Any, *, on_launched: Callable[[Run], None] | None = None
+    ) -> Outcome:
+        """Launch ``trigger``'s pipeline for ``event`` exactly once. Raises only RetryableError."""
+        pipeline = self.rt.config.pipelines[trigger.pipeline]
+        with logs.bind(
+            trigger=trigger.name, pipeline=pipeline.name, event_id=getattr(event, "event_id", None)
+        ):
+            try:
+                key = run_key(trigger.name, identity_of(trigger, event))
+            except ParameterError as exc:
+                logs.error(
+                    "event has no identity for this trigger: acknowledged without a run", **exc.context()
+                )
+                return Outcome(trigger.name, pipeline.name, None, "failed", reason=exc.message)
+            with logs.bind(run_key=key):
+                try:
+                    rendered = render(self.rt.config, trigger, pipeline, event, key)
+                except ParameterError as exc:
+                    return self._record_unlaunchable(trigger, pipeline, event, key, exc)
+                return self._claim_and_launch(trigger, pipeline, event, rendered, on_launched)
+
+    # -- claim ---------------------------------------------------------------------------------
+    def _new_run(
+        self, trigger: Trigger, pipeline: Pipeline, event: Any, rendered: Rendered, owner: str
+    ) -> Run:
+        return Run(
+            run_key=rendered.run_key,
+            trigger=trigger.name,
+            pipeline=pipeline.name,
+            backend=pipeline.backend,
+            state=RunState.CLAIMED,
+            job_name=rendered.job_name,
+            event=event.summary(),
+            parameters=dict(rendered.parameters),
+            outputs=dict(rendered.outputs),
+            owner=owner,
+            lease_until=iso(self.clock() + dt.timedelta(seconds=self.settings.lease_seconds)),
+            attempts=1,
+        ).with_state(RunState.CLAIMED, "claimed")
+
+    def _claim(self, fresh: Run) -> tuple[Run | None, bool, Run | None]:
+        """(our run, taken_over, existing run if we lost). Raises RunInProgress while another owns it."""
+        ledger = self.rt.ledger
+        for _ in range(10):
+            try:
+                return ledger.create(fresh), False, None
+            except Conflict:
+                pass
+            existing = ledger.get(fresh.run_key)
+            if existing is None:
+                continue
+            if existing.owner == fresh.owner and existing.state == RunState.CLAIMED:
+                return existing, False, None  # our own create, whose answer was lost and retried
+            if existing.state != RunState.CLAIMED:
+                return None, False, existing
+            if not existing.lease_expired(self.clock()):
+                existing = self._wait_for_owner(existing)
+                if existing.state != RunState.CLAIMED:
+                    return None, False, existing
+                if not existing.lease_expired(self.clock()):
+                    raise RunInProgress(
+                        f"run {fresh.run_key} is being launched by another invocation",
+                        run_key=fresh.run_key,
+                        retry_after=5,
+                    )
+            taken = replace(
+                existing, owner=fresh.owner, attempts=existing.attempts + 1, lease_until=fresh.lease_until
+            ).with_state(RunState.CLAIMED, "previous claim expired without a job: taken over")
+            try:
+                run = ledger.update(taken)
+            except Conflict:
+                continue
+            logs.warning("took over an expired claim", previous_attempts=existing.attempts)
+            return run, True, None
+        raise RunInProgress(f"run {fresh.run_key}: claim contention", run_key=fresh.run_key)
+
+    def _wait_for_owner(self, run: Run) -> Run:
+        deadline = time.monotonic() + self.wait_for_owner_seconds
+        delay = 0.1
+        while time.monotonic() < deadline:
+            self.sleep(delay)
+            delay = min(delay * 2, 1.0)
+            current = self.rt.ledger.get(run.run_key)
+            if current is None:
+                return run
+            run = current
+            if run.state != RunState.CLAIMED or run.lease_expired(self.clock()):
+                return run
+        return run
+
+    # -- launch --------------------------------------------------------------------------------
+    def _claim_and_launch(
+        self,
+        trigger: Trigger,
+        pipeline: Pipeline,
+        event: Any,
+        rendered: Rendered,
+        on_launched: Callable[[Run], None] | None,
+    ) -> Outcome:
+        fresh = self._new_run(trigger, pipeline, event, rendered, new_owner())
+        run, taken_over, existing = self._claim(fresh)
+        if run is None:
+            assert existing is not None
+            job = existing.job_ref
+            logs.info(
+                "duplicate delivery: run already claimed",
+                state=existing.state,
+                job_id=job.job_id if job else None,
+            )
+            return Outcome(
+                trigger.name, pipeline.name, rendered.run_key, "duplicate", job_id=job.job_id if job else None
+            )
+        backend = self.rt.backend(pipeline.backend)
+        request = LaunchRequest(
+            run_key=rendered.run_key,
+            job_name=rendered.job_name,
+            pipeline=pipeline,
+            parameters=rendered.parameters,
+            labels=rendered.labels,
+            requested_at=from_iso(run.created_at),
+        )
+        uncertain = taken_over
+        uncertain_since = time.monotonic()
+        adopted = False
+        exact = bool(getattr(backend, "exact_find", True))
+
+        def owned(ref: JobRef) -> bool:
+            """Ours to follow: always for an exact find(); else whoever claims the job id first."""
+            return exact or self.rt.ledger.claim_job(pipeline.backend, ref.job_id, request.run_key)
+
+        def find_ours() -> JobRef | None:
+            exclude: set[str] = set()
+            for _ in range(MAX_FIND_CANDIDATES):
+                found = (
+                    backend.find(request, exclude=frozenset(exclude)) if exclude else backend.find(request)
+                )
+                if found is None or owned(found):
+                    return found
+                logs.warning(
+                    "a job find() offered belongs to another run: looking again", job_id=found.job_id
+                )
+                exclude.add(found.job_id)
+            return None
+
+        # Some backends list a new run only after a moment (CDAP records runs asynchronously):
+        # after an uncertain start, wait that long before trusting "not found".
+        settle = float(getattr(backend, "settle_seconds", 0.0))
+
+        def attempt() -> JobRef:
+            nonlocal uncertain, adopted, uncertain_since
+            if uncertain:
+                wait = settle - (time.monotonic() - uncertain_since)
+                if wait > 0:
+                    self.sleep(wait)
+                found = find_ours()
+                if found is not None:
+                    adopted = True
+                    return found
+            try:
+                ref = backend.launch(request)
+            except AlreadyExists:
+                found = find_ours()
+                if found is None:
+                    raise BackendUnavailable(
+                        "backend says the job exists but it cannot be listed yet"
+                    ) from None
+                adopted = True
+                return found
+            except BackendUnavailable:
+                uncertain = True  # the request may have reached the backend: look before relaunching
+                uncertain_since = time.monotonic()
+                raise
+            if not owned(ref):  # another run's guessing find() claimed our new job first
+                uncertain, uncertain_since = True, time.monotonic()
+                raise BackendUnavailable(f"job {ref.job_id} was claimed by another run: launching again")
+            return ref
+
+        try:
+            ref = retry.call(
+                attempt,
+                budget_seconds=self.settings.launch_budget_seconds,
+                what=f"launch {pipeline.name}",
+                sleep=self.sleep,
+            )
+        except PermanentError as exc:
+            failed = self._mark_failed(run, exc)
+            if on_launched and failed is not None:
+                on_launched(failed)
+            return Outcome(trigger.name, pipeline.name, run.run_key, "failed", reason=exc.message)
+        except RetryableError:
+            self._release(run)
+            raise
+        try:
+            recorded = self._record_job(run, ref, pipeline)
+        except RetryableError:
+            self._release(run)  # the redelivery takes over at once and finds the job by name
+            raise
+        logs.info(
+            "job adopted (already launched)" if adopted else "job launched",
+            job_id=ref.job_id,
+            job_name=ref.job_name,
+            backend=pipeline.backend,
+            url=ref.url,
+        )
+        if on_launched:
+            on_launched(recorded)
+        return Outcome(
+            trigger.name, pipeline.name, run.run_key, "adopted" if adopted else "launched", job_id=ref.job_id
+        )
+
+    def _record_job(self, run: Run, ref: JobRef, pipeline: Pipeline) -> Run:
+        """One write: the active marker carrying the job (the sweep and every reader find it there)."""
+        stamp = self.clock()
+        deadline = (
+            iso(stamp + dt.timedelta(seconds=pipeline.timeout_seconds)) if pipeline.timeout_seconds else None
+        )
+        marker = Marker(
+            run_key=run.run_key,
+            backend=run.backend,
+            pipeline=run.pipeline,
+            job=ref.to_json(),
+            state=RunState.PENDING,
+            launched_at=iso(stamp),
+            deadline_at=deadline,
+            seen_at=iso(stamp),
+            recorded=False,
+        )
+        self.rt.ledger.mark_active(run.run_key, marker)
+        return marker.fold_into(run)  # what every reader sees until the first check records the job
+
+    def _mark_failed(self, run: Run, exc: PipelineError) -> Run | None:
+        logs.error("launch failed permanently: recorded and acknowledged", **exc.context())
+
+        def change(current: Run) -> Run | None:
+            if current.job is not None or current.terminal:
+                return None
+            return current.with_state(
+                RunState.LAUNCH_FAILED,
+                exc.message,
+                error=exc.context(),
+                lease_until=None,
+                ended_at=iso(self.clock()),
+            )
+
+        failed = self.rt.ledger.mutate(run.run_key, change)
+        self.rt.ledger.mark_active(run.run_key)  # so the sweep publishes its completion once
+        return failed
+
+    def _release(self, run: Run) -> None:
+        """Let the next delivery take over at once after we gave up on transient errors."""
+
+        def change(current: Run) -> Run | None:
+            if current.owner != run.owner or current.state != RunState.CLAIMED:
+                return None
+            return replace(current, lease_until=iso(self.clock()))
+
+        try:
+            self.rt.ledger.mutate(run.run_key, change)
+        except PipelineError as exc:
+            logs.warning("could not release the claim; it will expire with its lease", cause=exc.message)
+
+    def _record_unlaunchable(
+        self, trigger: Trigger, pipeline: Pipeline, event: Any, key: str, exc: ParameterError
+    ) -> Outcome:
+        logs.error("parameters could not be rendered: recorded and acknowledged", **exc.context())
+        stamp = iso(self.clock())
+        run = Run(
+            run_key=key,
+            trigger=trigger.name,
+            pipeline=pipeline.name,
+            backend=pipeline.backend,
+            state=RunState.LAUNCH_FAILED,
+            job_name="",
+            event=event.summary(),
+            error=exc.context(),
+            created_at=stamp,  # the same instant: the completion's duration is 0, never negative
+            ended_at=stamp,
+        ).with_state(RunState.LAUNCH_FAILED, exc.message)
+        try:
+            self.rt.ledger.create(run)
+            self.rt.ledger.mark_active(key)  # so the completion of a LAUNCH_FAILED run is published once
+        except Conflict:
+            pass
+        return Outcome(trigger.name, pipeline.name, key, "failed", reason=exc.message)

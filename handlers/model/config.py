@@ -1,0 +1,753 @@
+"""The routing config: which events launch which pipeline, with which parameters.
+
+A YAML file (path from ``PIPELINES_CONFIG``, default ``pipelines.yaml`` beside ``main.py``) with
+three sections; ``docs/config.md`` is the full reference::
+
+    settings:
+      project: my-project            # default project of every pipeline
+      region: europe-west1           # default region (Dataflow: regional endpoints only)
+      ledger: {bucket: my-ledger, prefix: pipeline-runs/, lease: 10m}
+      completion_topic: pipeline-completions
+      max_event_age: 1h              # older events are dropped with a log line
+    pipelines:
+      wordcount:
+        backend: dataflow            # dataflow | dataflow-flex | datafusion | fabric
+        template: gs://my-templates/wordcount
+        parameters: {inputFile: "gs://{bucket}/{name}", output: "gs://out/{stem}/"}
+    triggers:
+      landing:
+        storage: {bucket: landing, glob: "incoming/**/*.txt"}
+        pipeline: wordcount
+
+Loading validates everything at once and raises :class:`~handlers.core.errors.ConfigError` listing every
+problem, each naming the trigger or pipeline and the field. The result is frozen dataclasses.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from handlers.core.errors import ConfigError
+from handlers.model.templates import Template, placeholder_problem
+
+CONFIG_ENV = "PIPELINES_CONFIG"
+DEFAULT_CONFIG = "pipelines.yaml"
+NAME_RE = re.compile(r"^[a-z][a-z0-9_-]{0,62}\Z")  # \Z: "$" would let a trailing newline through
+STATES = ("SUCCEEDED", "FAILED", "CANCELLED", "TIMED_OUT", "LAUNCH_FAILED")
+_DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
+_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, None: 1}
+_COND_OPS = {"equals", "in", "regex", "prefix", "suffix", "exists"}
+
+
+# ---------------------------------------------------------------------------------------------
+# The frozen model
+# ---------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Condition:
+    """A test on one attribute or JSON data field of a message."""
+
+    path: str
+    equals: str | None = None
+    one_of: tuple[str, ...] | None = None
+    regex: re.Pattern[str] | None = None
+    prefix: str | None = None
+    suffix: str | None = None
+    exists: bool | None = None
+
+
+@dataclass(frozen=True)
+class StorageMatch:
+    bucket: str
+    glob: str | None = None
+    glob_re: re.Pattern[str] | None = None
+    regex: re.Pattern[str] | None = None
+    prefix: str | None = None
+    suffix: str | None = None
+    content_types: tuple[str, ...] = ()
+    min_size: int | None = None
+    max_size: int | None = None
+
+
+@dataclass(frozen=True)
+class PubSubMatch:
+    topic: str
+    attributes: tuple[Condition, ...] = ()
+    data: tuple[Condition, ...] = ()
+    dedupe_by: str | None = None  # "data.a.b" or "attributes.k"; default: the message id
+
+
+@dataclass(frozen=True)
+class CompletionMatch:
+    upstream: tuple[str, ...]
+    states: tuple[str, ...] = ("SUCCEEDED",)
+    join_key: Template | None = None
+
+    @property
+    def is_fan_in(self) -> bool:
+        return len(self.upstream) > 1
+
+
+@dataclass(frozen=True)
+class Trigger:
+    name: str
+    kind: str  # storage | pubsub | completion
+    pipeline: str
+    parameters: Mapping[str, Template] = field(default_factory=dict)
+    storage: StorageMatch | None = None
+    pubsub: PubSubMatch | None = None
+    completion: CompletionMatch | None = None
+
+    @property
+    def scope(self) -> str:
+        if self.completion is not None and self.completion.is_fan_in:
+            return "fanin"
+        return self.kind
+
+
+@dataclass(frozen=True)
+class Input:
+    """A parameter a REST caller may pass (``{input.NAME}`` in templates)."""
+
+    name: str
+    required: bool = True
+    pattern: re.Pattern[str] | None = None
+    description: str = ""
+    default: str | None = None
+
+
+@dataclass(frozen=True)
+class Pipeline:
+    name: str
+    backend: str
+    project: str
+    region: str
+    parameters: Mapping[str, Template] = field(default_factory=dict)
+    outputs: Mapping[str, Template] = field(default_factory=dict)
+    mode: str = "batch"  # batch | streaming
+    success_after_seconds: float = 0.0  # streaming: RUNNING this long counts as success
+    timeout_seconds: float | None = None
+    labels: Mapping[str, str] = field(default_factory=dict)
+    inputs: Mapping[str, Input] = field(default_factory=dict)
+    options: Mapping[str, Any] = field(default_factory=dict)  # backend-specific, checked by the backend
+
+
+@dataclass(frozen=True)
+class Settings:
+    project: str
+    region: str
+    ledger_bucket: str
+    ledger_prefix: str = "pipeline-ledger/"
+    lease_seconds: float = 600.0
+    completion_topic: str | None = None
+    max_event_age_seconds: float = 3600.0
+    launch_budget_seconds: float = 60.0
+    stall_after_seconds: float = 1800.0
+    publish_lease_seconds: float = 60.0
+
+    @property
+    def completion_topic_path(self) -> str | None:
+        t = self.completion_topic
+        if not t:
+            return None
+        return t if t.startswith("projects/") else f"projects/{self.project}/topics/{t}"
+
+
+@dataclass(frozen=True)
+class Config:
+    settings: Settings
+    pipelines: Mapping[str, Pipeline]
+    triggers: Mapping[str, Trigger]
+    source: str = "<config>"
+
+    def triggers_of(self, kind: str) -> list[Trigger]:
+        return [t for t in self.triggers.values() if t.kind == kind]
+
+    def pipeline(self, name: str) -> Pipeline:
+        return self.pipelines[name]
+
+    def templates_for(self, trigger: Trigger) -> dict[str, Template]:
+        """The pipeline's parameter templates with the trigger's overrides on top."""
+        return {**self.pipelines[trigger.pipeline].parameters, **trigger.parameters}
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading
+# ---------------------------------------------------------------------------------------------
+def parse_duration(value: Any) -> float:
+    """Seconds from ``90``, ``"90s"``, ``"10m"``, ``"2h"``, ``"1d"``, ``"250ms"``."""
+    if isinstance(value, bool):
+        raise ValueError(f"not a duration: {value!r}")
+    if isinstance(value, int | float):
+        if not math.isfinite(value):
+            raise ValueError(f"not a duration: {value!r} (a finite number of seconds, or e.g. 30s, 10m, 2h)")
+        return float(value)
+    m = _DURATION_RE.match(str(value))
+    if not m:
+        raise ValueError(f"not a duration: {value!r} (use e.g. 30s, 10m, 2h)")
+    return float(m.group(1)) * _UNITS[m.group(2)]
+
+
+def glob_to_regex(pattern: str) -> re.Pattern[str]:
+    """``*`` within one path segment, ``**`` across segments, ``?`` one character, ``[...]`` a set."""
+    out, i = [], 0
+    while i < len(pattern):
+        c = pattern[i]
+        if pattern.startswith("**/", i):
+            out.append("(?:.*/)?")
+            i += 3
+            continue
+        if pattern.startswith("**", i):
+            out.append(".*")
+            i += 2
+            continue
+        if c == "*":
+            out.append("[^/]*")
+        elif c == "?":
+            out.append("[^/]")
+        elif c == "[":
+            j = pattern.find("]", i + 1)
+            if j == -1:
+                out.append(re.escape(c))
+            else:
+                body = pattern[i + 1 : j]
+                if body.startswith("!"):
+                    body = "^" + body[1:]
+                out.append(f"[{body}]")
+                i = j
+        else:
+            out.append(re.escape(c))
+        i += 1
+    return re.compile("".join(out) + r"\Z", re.DOTALL)
+
+
+class _Problems:
+    """Collects every problem with its location, so one load reports them all."""
+
+    def __init__(self) -> None:
+        self.items: list[str] = []
+
+    def add(self, where: str, message: str) -> None:
+        self.items.append(f"{where}: {message}")
+
+    def where(self) -> set[str]:
+        """The locations that have a problem already."""
+        return {item.split(": ", 1)[0] for item in self.items}
+
+
+def _as_map(value: Any, where: str, problems: _Problems) -> Mapping[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        problems.add(where, f"must be a mapping, got {type(value).__name__}")
+        return {}
+    return value
+
+
+def _unknown_keys(raw: Mapping[str, Any], allowed: set[str], where: str, problems: _Problems) -> None:
+    for key in raw:
+        if key not in allowed:
+            hint = _closest(str(key), allowed)
+            problems.add(where, f"unknown field '{key}'" + (f" (did you mean '{hint}'?)" if hint else ""))
+
+
+def _closest(word: str, options: set[str]) -> str | None:
+    import difflib
+
+    match = difflib.get_close_matches(word, sorted(options), n=1, cutoff=0.7)
+    return match[0] if match else None
+
+
+def _templates(raw: Any, where: str, problems: _Problems) -> dict[str, Template]:
+    result: dict[str, Template] = {}
+    for key, value in _as_map(raw, where, problems).items():
+        if isinstance(value, bool) or value is None or isinstance(value, dict | list):
+            problems.add(f"{where}.{key}", "must be a string, number or template")
+            continue
+        try:
+            result[str(key)] = Template.parse(str(value))
+        except ValueError as exc:
+            problems.add(f"{where}.{key}", str(exc))
+    return result
+
+
+def _duration(
+    raw: Mapping[str, Any], key: str, where: str, problems: _Problems, default: float | None
+) -> Any:
+    if key not in raw or raw[key] is None:
+        return default
+    try:
+        seconds = parse_duration(raw[key])
+    except ValueError as exc:
+        problems.add(f"{where}.{key}", str(exc))
+        return default
+    if seconds <= 0:
+        problems.add(f"{where}.{key}", "must be positive")
+    return seconds
+
+
+def _regex(value: Any, where: str, problems: _Problems) -> re.Pattern[str] | None:
+    try:
+        return re.compile(str(value), re.DOTALL)
+    except re.error as exc:
+        problems.add(where, f"invalid regular expression: {exc}")
+        return None
+
+
+def _conditions(raw: Any, where: str, problems: _Problems) -> tuple[Condition, ...]:
+    conds: list[Condition] = []
+    for path, spec in _as_map(raw, where, problems).items():
+        here = f"{where}.{path}"
+        if isinstance(spec, list):
+            conds.append(Condition(str(path), one_of=tuple(str(v) for v in spec)))
+        elif isinstance(spec, Mapping):
+            _unknown_keys(spec, _COND_OPS, here, problems)
+            one_of = spec.get("in")
+            if one_of is not None and not isinstance(one_of, list):
+                problems.add(f"{here}.in", "must be a list")
+                one_of = None
+            regex = _text(spec.get("regex"), f"{here}.regex", problems)
+            conds.append(
+                Condition(
+                    str(path),
+                    equals=_text(spec.get("equals"), f"{here}.equals", problems),
+                    one_of=tuple(str(v) for v in one_of) if one_of is not None else None,
+                    regex=_regex(regex, f"{here}.regex", problems) if regex is not None else None,
+                    prefix=_text(spec.get("prefix"), f"{here}.prefix", problems),
+                    suffix=_text(spec.get("suffix"), f"{here}.suffix", problems),
+                    exists=bool(spec["exists"]) if "exists" in spec else None,
+                )
+            )
+        else:
+            conds.append(Condition(str(path), equals=_scalar(spec)))
+    return tuple(conds)
+
+
+def _scalar(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+def _text(value: Any, where: str, problems: _Problems) -> str | None:
+    """A text setting: a scalar as text (``2026`` -> ``"2026"``), ``None`` when absent; a list or a
+    mapping is a problem (its ``str()`` would be matched against names, or fail at run time)."""
+    if value is None:
+        return None
+    if isinstance(value, Mapping | list | tuple | set):
+        problems.add(where, f"must be a string, got {type(value).__name__}")
+        return None
+    return _scalar(value)
+
+
+def _int_or_none(raw: Mapping[str, Any], key: str, where: str, problems: _Problems) -> int | None:
+    if raw.get(key) is None:
+        return None
+    value = raw[key]
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        problems.add(f"{where}.{key}", "must be a non-negative integer (bytes)")
+        return None
+    return value
+
+
+def _storage(raw: Any, where: str, problems: _Problems) -> StorageMatch | None:
+    spec = _as_map(raw, where, problems)
+    allowed = {"bucket", "glob", "regex", "prefix", "suffix", "content_type", "min_size", "max_size"}
+    _unknown_keys(spec, allowed, where, problems)
+    bucket = spec.get("bucket")
+    if not bucket or not isinstance(bucket, str):
+        problems.add(f"{where}.bucket", "is required")
+        return None
+    ct = spec.get("content_type")
+    content_types = tuple(ct) if isinstance(ct, list) else ((ct,) if ct else ())
+    if not all(isinstance(c, str) for c in content_types):
+        problems.add(f"{where}.content_type", "must be a content type or a list of them")
+        content_types = ()
+    glob = _text(spec.get("glob"), f"{where}.glob", problems)
+    glob_re = None
+    if glob:
+        try:
+            glob_re = glob_to_regex(glob)
+        except re.error as exc:
+            problems.add(f"{where}.glob", f"invalid glob: {exc}")
+    regex = _text(spec.get("regex"), f"{where}.regex", problems)
+    m = StorageMatch(
+        bucket=bucket,
+        glob=glob,
+        glob_re=glob_re,
+        regex=_regex(regex, f"{where}.regex", problems) if regex else None,
+        prefix=_text(spec.get("prefix"), f"{where}.prefix", problems),
+        suffix=_text(spec.get("suffix"), f"{where}.suffix", problems),
+        content_types=tuple(str(c) for c in content_types),
+        min_size=_int_or_none(spec, "min_size", where, problems),
+        max_size=_int_or_none(spec, "max_size", where, problems),
+    )
+    if m.min_size is not None and m.max_size is not None and m.min_size > m.max_size:
+        problems.add(where, f"min_size ({m.min_size}) is larger than max_size ({m.max_size})")
+    return m
+
+
+def _pubsub(raw: Any, where: str, problems: _Problems) -> PubSubMatch | None:
+    spec = _as_map(raw, where, problems)
+    _unknown_keys(spec, {"topic", "attributes", "data", "dedupe_by"}, where, problems)
+    topic = spec.get("topic")
+    if not topic or not isinstance(topic, str):
+        problems.add(f"{where}.topic", "is required")
+        return None
+    dedupe = spec.get("dedupe_by")
+    if dedupe is not None and not (
+        isinstance(dedupe, str) and dedupe.startswith(("data.", "attributes.")) and not dedupe.endswith(".")
+    ):
+        problems.add(f"{where}.dedupe_by", "must be 'data.<dotted path>' or 'attributes.<name>'")
+        dedupe = None
+    return PubSubMatch(
+        topic=topic.rsplit("/", 1)[-1],
+        attributes=_conditions(spec.get("attributes"), f"{where}.attributes", problems),
+        data=_conditions(spec.get("data"), f"{where}.data", problems),
+        dedupe_by=dedupe,
+    )
+
+
+def _completion(raw: Any, where: str, problems: _Problems) -> CompletionMatch | None:
+    spec = _as_map(raw, where, problems)
+    _unknown_keys(spec, {"upstream", "states", "join_key"}, where, problems)
+    up = spec.get("upstream")
+    upstream = tuple(up) if isinstance(up, list) else ((up,) if up else ())
+    if not upstream:
+        problems.add(f"{where}.upstream", "is required (a pipeline name, or a list for a fan-in)")
+        return None
+    states_raw = spec.get("states", ["SUCCEEDED"])
+    states = tuple(states_raw) if isinstance(states_raw, list) else (states_raw,)
+    for s in states:
+        if s not in STATES:
+            problems.add(f"{where}.states", f"unknown state '{s}' (one of {', '.join(STATES)})")
+    join_key = None
+    join_text = _text(spec.get("join_key"), f"{where}.join_key", problems)
+    if join_text is not None:
+        try:
+            join_key = Template.parse(join_text)
+        except ValueError as exc:
+            problems.add(f"{where}.join_key", str(exc))
+    if len(upstream) > 1:
+        if join_key is None and "join_key" not in spec:
+            problems.add(f"{where}.join_key", "is required when several upstream pipelines fan in")
+        if tuple(states) != ("SUCCEEDED",):
+            problems.add(f"{where}.states", "a fan-in waits for SUCCEEDED only")
+    return CompletionMatch(upstream=tuple(str(u) for u in upstream), states=tuple(states), join_key=join_key)
+
+
+_TRIGGER_KEYS = {"pipeline", "parameters", "storage", "pubsub", "completion", "description"}
+_PIPELINE_KEYS = {
+    "backend",
+    "project",
+    "region",
+    "parameters",
+    "outputs",
+    "mode",
+    "success_after",
+    "timeout",
+    "labels",
+    "inputs",
+    "description",
+}
+
+
+def _inputs(raw: Any, where: str, problems: _Problems) -> dict[str, Input]:
+    result: dict[str, Input] = {}
+    for name, spec in _as_map(raw, where, problems).items():
+        here = f"{where}.{name}"
+        spec = spec if isinstance(spec, Mapping) else {}
+        _unknown_keys(spec, {"required", "pattern", "description", "default"}, here, problems)
+        pattern = _text(spec.get("pattern"), f"{here}.pattern", problems)
+        result[str(name)] = Input(
+            name=str(name),
+            required=bool(spec.get("required", "default" not in spec)),
+            pattern=_regex(f"(?:{pattern})\\Z", f"{here}.pattern", problems) if pattern else None,
+            description=str(spec.get("description", "")),
+            default=_text(spec.get("default"), f"{here}.default", problems),
+        )
+    return result
+
+
+def _pipeline(name: str, raw: Any, settings: Settings, problems: _Problems) -> Pipeline | None:
+    from handlers.backends.registry import BACKENDS, backend_module
+
+    where = f"pipeline '{name}'"
+    if not NAME_RE.match(name):
+        problems.add(where, "name must match [a-z][a-z0-9_-]{0,62}")
+    spec = _as_map(raw, where, problems)
+    backend = spec.get("backend")
+    if not isinstance(backend, str) or backend not in BACKENDS:  # a list is unhashable: a TypeError
+        problems.add(f"{where}.backend", f"must be one of {', '.join(BACKENDS)}, got {backend!r}")
+        return None
+    module = backend_module(str(backend))
+    option_keys = set(module.OPTION_KEYS)
+    _unknown_keys(spec, _PIPELINE_KEYS | option_keys, where, problems)
+    options = {k: v for k, v in spec.items() if k in option_keys}
+    for message in module.check_options(options, str(backend)):
+        problems.add(where, message)
+    mode = spec.get("mode", "batch")
+    if mode not in ("batch", "streaming"):
+        problems.add(f"{where}.mode", f"must be batch or streaming, got {mode!r}")
+    labels = _as_map(spec.get("labels"), f"{where}.labels", problems)
+    for k, v in labels.items():
+        if not re.match(r"^[a-z][a-z0-9_-]{0,62}$", str(k)) or not re.match(r"^[a-z0-9_-]{0,63}$", str(v)):
+            problems.add(
+                f"{where}.labels.{k}", "label keys must match [a-z][a-z0-9_-]{0,62}, values [a-z0-9_-]{0,63}"
+            )
+    return Pipeline(
+        name=name,
+        backend=str(backend),
+        project=_text(spec.get("project"), f"{where}.project", problems) or settings.project,
+        region=_text(spec.get("region"), f"{where}.region", problems) or settings.region,
+        parameters=_templates(spec.get("parameters"), f"{where}.parameters", problems),
+        outputs=_templates(spec.get("outputs"), f"{where}.outputs", problems),
+        mode=str(mode),
+        success_after_seconds=_duration(spec, "success_after", where, problems, 0.0),
+        timeout_seconds=_duration(spec, "timeout", where, problems, None),
+        labels={str(k): str(v) for k, v in labels.items()},
+        inputs=_inputs(spec.get("inputs"), f"{where}.inputs", problems),
+        options=options,
+    )
+
+
+def _trigger(name: str, raw: Any, problems: _Problems) -> Trigger | None:
+    where = f"trigger '{name}'"
+    if not NAME_RE.match(name):
+        problems.add(where, "name must match [a-z][a-z0-9_-]{0,62}")
+    if name == "api":
+        problems.add(where, "the name 'api' is reserved for runs started through the REST API")
+    spec = _as_map(raw, where, problems)
+    _unknown_keys(spec, _TRIGGER_KEYS, where, problems)
+    kinds = [k for k in ("storage", "pubsub", "completion") if k in spec]
+    if len(kinds) != 1:
+        problems.add(where, "needs exactly one of storage:, pubsub:, completion:")
+        return None
+    kind = kinds[0]
+    pipeline = spec.get("pipeline")
+    if not pipeline or not isinstance(pipeline, str):
+        problems.add(f"{where}.pipeline", "is required")
+        return None
+    return Trigger(
+        name=name,
+        kind=kind,
+        pipeline=pipeline,
+        parameters=_templates(spec.get("parameters"), f"{where}.parameters", problems),
+        storage=_storage(spec[kind], f"{where}.storage", problems) if kind == "storage" else None,
+        pubsub=_pubsub(spec[kind], f"{where}.pubsub", problems) if kind == "pubsub" else None,
+        completion=_completion(spec[kind], f"{where}.completion", problems) if kind == "completion" else None,
+    )
+
+
+def _settings(raw: Any, problems: _Problems) -> Settings:
+    where = "settings"
+    spec = _as_map(raw, where, problems)
+    _unknown_keys(
+        spec,
+        {
+            "project",
+            "region",
+            "ledger",
+            "completion_topic",
+            "max_event_age",
+            "launch_budget",
+            "stall_after",
+            "publish_lease",
+        },
+        where,
+        problems,
+    )
+    ledger = _as_map(spec.get("ledger"), f"{where}.ledger", problems)
+    _unknown_keys(ledger, {"bucket", "prefix", "lease"}, f"{where}.ledger", problems)
+    project = _text(spec.get("project"), f"{where}.project", problems) or os.environ.get(
+        "GOOGLE_CLOUD_PROJECT"
+    )
+    if not project and f"{where}.project" not in problems.where():
+        problems.add(f"{where}.project", "is required (or set GOOGLE_CLOUD_PROJECT)")
+    region = _text(spec.get("region"), f"{where}.region", problems)
+    if not region and f"{where}.region" not in problems.where():
+        problems.add(f"{where}.region", "is required (Dataflow uses regional endpoints only)")
+    bucket = _text(ledger.get("bucket"), f"{where}.ledger.bucket", problems)
+    if not bucket and f"{where}.ledger.bucket" not in problems.where():
+        problems.add(f"{where}.ledger.bucket", "is required (the run ledger makes launches exactly-once)")
+    prefix = _text(ledger.get("prefix", "pipeline-ledger/"), f"{where}.ledger.prefix", problems)
+    if prefix is None:
+        prefix = "pipeline-ledger/"
+    if prefix and not prefix.endswith("/"):
+        prefix += "/"
+    return Settings(
+        project=str(project),
+        region=str(region),
+        ledger_bucket=str(bucket),
+        ledger_prefix=prefix,
+        lease_seconds=_duration(ledger, "lease", f"{where}.ledger", problems, 600.0),
+        completion_topic=_text(spec.get("completion_topic"), f"{where}.completion_topic", problems),
+        max_event_age_seconds=_duration(spec, "max_event_age", where, problems, 3600.0),
+        launch_budget_seconds=_duration(spec, "launch_budget", where, problems, 60.0),
+        stall_after_seconds=_duration(spec, "stall_after", where, problems, 1800.0),
+        publish_lease_seconds=_duration(spec, "publish_lease", where, problems, 60.0),
+    )
+
+
+def _check_placeholders(cfg: Config, problems: _Problems) -> None:
+    triggered: dict[str, list[Trigger]] = {}
+    for trig in cfg.triggers.values():
+        triggered.setdefault(trig.pipeline, []).append(trig)
+        if trig.pipeline not in cfg.pipelines:
+            hint = _closest(trig.pipeline, set(cfg.pipelines))
+            problems.add(
+                f"trigger '{trig.name}'.pipeline",
+                f"unknown pipeline '{trig.pipeline}'" + (f" (did you mean '{hint}'?)" if hint else ""),
+            )
+            continue
+        pipeline = cfg.pipelines[trig.pipeline]
+        upstreams = trig.completion.upstream if trig.completion else ()
+        for pname, template in pipeline.parameters.items():
+            if pname in trig.parameters:
+                continue
+            _check_template(
+                template,
+                trig.scope,
+                f"pipeline '{pipeline.name}'.parameters.{pname}",
+                problems,
+                upstreams,
+                via=trig.name,
+            )
+        for pname, template in trig.parameters.items():
+            _check_template(
+                template, trig.scope, f"trigger '{trig.name}'.parameters.{pname}", problems, upstreams
+            )
+        for oname, template in pipeline.outputs.items():
+            _check_template(
+                template,
+                trig.scope,
+                f"pipeline '{pipeline.name}'.outputs.{oname}",
+                problems,
+                upstreams,
+                via=trig.name,
+                outputs=True,
+            )
+        if trig.completion:
+            for up in trig.completion.upstream:
+                if up not in cfg.pipelines:
+                    problems.add(f"trigger '{trig.name}'.completion.upstream", f"unknown pipeline '{up}'")
+            if trig.completion.join_key is not None:
+                # The join key is rendered from each arriving completion on its own.
+                _check_template(
+                    trig.completion.join_key,
+                    "completion",
+                    f"trigger '{trig.name}'.completion.join_key",
+                    problems,
+                    upstreams,
+                )
+    for pipeline in cfg.pipelines.values():
+        if pipeline.inputs or pipeline.name not in triggered:
+            # Launchable through the REST API: every placeholder must come from its inputs.
+            for pname, template in pipeline.parameters.items():
+                for f in template.fields:
+                    if f.path.startswith("input.") and f.path[6:] not in pipeline.inputs:
+                        problems.add(
+                            f"pipeline '{pipeline.name}'.parameters.{pname}",
+                            f"{{{f.path}}} names no declared input",
+                        )
+            if pipeline.name not in triggered:
+                for pname, template in pipeline.parameters.items():
+                    _check_template(
+                        template, "api", f"pipeline '{pipeline.name}'.parameters.{pname}", problems
+                    )
+
+
+def _check_template(
+    template: Template,
+    scope: str,
+    where: str,
+    problems: _Problems,
+    upstreams: tuple[str, ...] = (),
+    *,
+    via: str | None = None,
+    outputs: bool = False,
+) -> None:
+    for f in template.fields:
+        why = placeholder_problem(f.path, scope, upstreams=upstreams, outputs=outputs)
+        if why and not (f.path.startswith("input.") and scope != "api" and f.default is not None):
+            suffix = f" (used by trigger '{via}')" if via else ""
+            problems.add(where, f"unknown placeholder {{{f.path}}}: {why}{suffix}")
+
+
+def _check_cycles(cfg: Config, problems: _Problems) -> None:
+    edges: dict[str, set[str]] = {}
+    for trig in cfg.triggers.values():
+        if trig.completion:
+            for up in trig.completion.upstream:
+                edges.setdefault(up, set()).add(trig.pipeline)
+    state: dict[str, int] = {}
+
+    def visit(node: str, path: list[str]) -> None:
+        state[node] = 1
+        for nxt in sorted(edges.get(node, ())):
+            if state.get(nxt) == 1:
+                cycle = [*path[path.index(nxt) :], nxt] if nxt in path else [node, nxt]
+                problems.add("triggers", "completion triggers form a loop: " + " -> ".join(cycle))
+            elif state.get(nxt) is None:
+                visit(nxt, [*path, nxt])
+        state[node] = 2
+
+    for node in sorted(edges):
+        if state.get(node) is None:
+            visit(node, [node])
+
+
+def build_config(raw: Any, source: str = "<config>") -> Config:
+    """Validate a parsed YAML document into a :class:`Config`, or raise one ConfigError listing all."""
+    problems = _Problems()
+    doc = _as_map(raw, "config", problems)
+    _unknown_keys(doc, {"settings", "pipelines", "triggers", "version"}, "config", problems)
+    settings = _settings(doc.get("settings"), problems)
+    pipelines: dict[str, Pipeline] = {}
+    for name, spec in _as_map(doc.get("pipelines"), "pipelines", problems).items():
+        p = _pipeline(str(name), spec, settings, problems)
+        if p:
+            pipelines[str(name)] = p
+    triggers: dict[str, Trigger] = {}
+    for name, spec in _as_map(doc.get("triggers"), "triggers", problems).items():
+        t = _trigger(str(name), spec, problems)
+        if t:
+            triggers[str(name)] = t
+    if not pipelines and "pipelines" not in doc:
+        problems.add("config", "has no pipelines: section")
+    cfg = Config(settings=settings, pipelines=pipelines, triggers=triggers, source=source)
+    _check_placeholders(cfg, problems)
+    _check_cycles(cfg, problems)
+    if problems.items:
+        raise ConfigError(problems.items, source=source)
+    return cfg
+
+
+def load_config(path: str | os.PathLike[str] | None = None) -> Config:
+    """Read and validate the YAML config at ``path`` (default: ``$PIPELINES_CONFIG`` or pipelines.yaml)."""
+    import yaml
+
+    target = Path(path or os.environ.get(CONFIG_ENV) or DEFAULT_CONFIG)
+    try:
+        text = target.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError([f"cannot read {target}: {exc.strerror or exc}"], source=str(target)) from exc
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError([f"not valid YAML: {exc}"], source=str(target)) from exc
+    except RecursionError as exc:  # the YAML composer recurses once per nesting level
+        raise ConfigError(["not a usable config: nested too deeply"], source=str(target)) from exc
+    return build_config(raw, source=str(target))
+
+
+@functools.lru_cache(maxsize=4)
+def cached_config(path: str | None = None) -> Config:
+    """The config of this process, loaded once (functions-framework keeps the process warm)."""
+    return load_config(path)
