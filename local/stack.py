@@ -60,7 +60,7 @@ from typing import Any, TextIO
 
 import yaml
 
-from handlers.core.clients import ENDPOINT_ENVS
+from handlers.backends import registry
 from handlers.core.errors import ConfigError
 from handlers.model.config import Config, Trigger, build_config
 from local.services import (
@@ -937,7 +937,7 @@ class Stack:
         }
         function_env = {
             # An endpoint override inherited from the caller's shell must not leak in: "" = unset.
-            **{name: "" for name in ENDPOINT_ENVS},
+            **{name: "" for name in registry.endpoint_envs()},
             **self.client_env,
             "NO_PROXY": _no_proxy(),
             "no_proxy": _no_proxy(),

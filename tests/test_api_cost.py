@@ -133,7 +133,7 @@ def test_a_quiet_run_is_rewritten_every_half_stall_after_so_the_lifecycle_rule_n
 ):
     import datetime as dt
 
-    from handlers.launch.ledger import now
+    from handlers.core.times import now
 
     runtime, session = counted
     deliver(runtime, "long.csv")

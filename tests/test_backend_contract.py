@@ -11,8 +11,8 @@ from __future__ import annotations
 import time
 
 from handlers.backends.contract import JobStatus, LaunchRequest, RunState
+from handlers.core.times import from_iso
 from handlers.follow.tracking import Tracker
-from handlers.launch.ledger import from_iso
 from handlers.launch.service import LaunchService
 from tests.support import events as ev
 
@@ -136,7 +136,8 @@ def test_find_returns_the_job_a_run_started(world, harness):
 
 
 def test_a_crashed_launch_whose_job_already_finished_is_adopted_not_relaunched(world, harness):
-    from handlers.launch.ledger import Run, iso, now
+    from handlers.core.times import iso, now
+    from handlers.launch.ledger import Run
     from handlers.route.render import job_name, run_key
 
     runtime, trigger = setup(world, harness)

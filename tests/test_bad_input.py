@@ -20,7 +20,7 @@ import pytest
 
 from evidence.reliability import badinput_corpus as corpus
 from handlers.core import logs
-from handlers.launch.ledger import now
+from handlers.core.times import now
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -567,8 +567,8 @@ def test_regression_a_launch_failed_completion_has_no_negative_duration(world, d
 
     import jsonschema
 
+    from handlers.core.times import now as ledger_now
     from handlers.follow.completion import build_event
-    from handlers.launch.ledger import now as ledger_now
     from handlers.launch.service import LaunchService
     from tests.support.world import SCHEMA
 

@@ -3,6 +3,7 @@ lists a new run only after a moment (the emulator hides new runs for ``visible_a
 
 import requests
 
+from handlers.backends.contract import FindSemantics
 from handlers.launch.service import LaunchService
 from tests.support import events as ev
 from tests.support.datafusion_harness import DataFusionHarness
@@ -20,7 +21,7 @@ def test_lost_start_answer_with_a_slow_runs_listing_still_starts_one_run(world, 
             {"enrich": pipeline}, {"landing": {"storage": {"bucket": "landing"}, "pipeline": "enrich"}}
         )
         backend = fusion.backend()
-        backend.settle_seconds = 1.5
+        backend.find_semantics = FindSemantics(exact=True, settle_seconds=1.5)
         runtime = world.runtime(config, datafusion=backend)
         fusion.inject("launch", 503, after_effect=True)
         from handlers.model.events import parse_object_finalized

@@ -26,30 +26,6 @@ ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "examples" / "pipelines.yaml"
 TERRAFORM = ROOT / "deploy" / "terraform"
 
-# Registers the Data Fusion and Fabric backends if the registry does not list them yet (the real
-# modules when present, else option-only stubs): the deploy only reads pipeline options.
-REGISTER_BACKENDS = textwrap.dedent(
-    """
-    import importlib.util, sys, types
-    from handlers.backends import registry as _b
-    _KEYS = {"datafusion": ("instance", "namespace", "app", "api_endpoint"),
-             "fabric": ("workspace", "item", "job_type", "auth", "execute_option", "credentials")}
-    for _name, _target in (("datafusion", "handlers.backends.datafusion:DataFusion"),
-                           ("fabric", "handlers.backends.fabric.jobs:Fabric")):
-        if _name in _b.BACKENDS:
-            continue
-        if importlib.util.find_spec(_target.split(":")[0]) is not None:
-            _b.BACKENDS[_name] = _target
-            continue
-        _mod = types.ModuleType("deploy_test_stub_" + _name)
-        _mod.OPTION_KEYS = _KEYS[_name]
-        _mod.check_options = lambda options, backend=_name: []
-        _mod.Stub = object
-        sys.modules[_mod.__name__] = _mod
-        _b.BACKENDS[_name] = _mod.__name__ + ":Stub"
-    """
-)
-
 RICH = textwrap.dedent(
     """
     settings:
@@ -171,15 +147,6 @@ NARROWEST_SCOPE = {
 # Fixtures and helpers
 # ---------------------------------------------------------------------------------------------
 @pytest.fixture
-def backends_registered(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Data Fusion and Fabric are in the backend registry (for this test only)."""
-    from handlers.backends import registry as backends
-
-    monkeypatch.setattr(backends, "BACKENDS", dict(backends.BACKENDS))
-    exec(REGISTER_BACKENDS, {})
-
-
-@pytest.fixture
 def rich_config(tmp_path: Path) -> Path:
     path = tmp_path / "rich.yaml"
     path.write_text(RICH, encoding="utf-8")
@@ -187,11 +154,8 @@ def rich_config(tmp_path: Path) -> Path:
 
 
 def run_cli(args: Sequence[str], tmp_path: Path) -> subprocess.CompletedProcess[str]:
-    """``python -m deploy.deploy ARGS`` in a subprocess (with the backend registration shim)."""
-    shim = tmp_path / "shim"
-    shim.mkdir(exist_ok=True)
-    (shim / "sitecustomize.py").write_text(REGISTER_BACKENDS, encoding="utf-8")
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(shim), str(ROOT)])}
+    """``python -m deploy.deploy ARGS`` in a subprocess."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
     return subprocess.run(
         [sys.executable, "-m", "deploy.deploy", *args],
         cwd=ROOT,
@@ -427,9 +391,7 @@ def test_dry_run_of_a_rich_config_covers_every_trigger_source(tmp_path, rich_con
         assert f"--role={role}" not in script
 
 
-def test_the_plan_builder_lists_the_functions_the_rich_config_needs(
-    tmp_path, rich_config, backends_registered
-):
+def test_the_plan_builder_lists_the_functions_the_rich_config_needs(tmp_path, rich_config):
     plan = d.build_plan(load_config(rich_config), rich_options(rich_config, tmp_path))
     got = {(f.entry_point, f.trigger, f.source): f.name for f in plan.functions}
     assert got == {
@@ -454,7 +416,7 @@ def test_the_plan_builder_lists_the_functions_the_rich_config_needs(
         assert "--max-delivery-attempts=20" in argv
 
 
-def test_every_role_is_bound_on_the_narrowest_resource(tmp_path, rich_config, backends_registered):
+def test_every_role_is_bound_on_the_narrowest_resource(tmp_path, rich_config):
     plan = d.build_plan(load_config(rich_config), rich_options(rich_config, tmp_path))
     runtime = "serviceAccount:pipelines-runtime@acme-data.iam.gserviceaccount.com"
     trigger = "serviceAccount:pipelines-trigger@acme-data.iam.gserviceaccount.com"
@@ -514,7 +476,7 @@ def test_every_role_is_bound_on_the_narrowest_resource(tmp_path, rich_config, ba
     )
 
 
-def test_without_dataflow_there_is_no_status_trigger_and_no_dataflow_role(tmp_path, backends_registered):
+def test_without_dataflow_there_is_no_status_trigger_and_no_dataflow_role(tmp_path):
     config = tmp_path / "cdf.yaml"
     config.write_text(
         textwrap.dedent(
@@ -543,7 +505,7 @@ def test_without_dataflow_there_is_no_status_trigger_and_no_dataflow_role(tmp_pa
 # ---------------------------------------------------------------------------------------------
 # Executing the plan
 # ---------------------------------------------------------------------------------------------
-def test_running_the_plan_twice_creates_nothing_the_second_time(tmp_path, rich_config, backends_registered):
+def test_running_the_plan_twice_creates_nothing_the_second_time(tmp_path, rich_config):
     plan = d.build_plan(load_config(rich_config), rich_options(rich_config, tmp_path))
     cloud = FakeCloud()
     first = d.run_plan(plan, cloud, echo=lambda _: None, sleep=lambda _: None)
@@ -575,7 +537,7 @@ def test_running_the_plan_twice_creates_nothing_the_second_time(tmp_path, rich_c
     assert not list(stage.rglob("__pycache__"))
 
 
-def test_a_create_that_loses_a_race_is_tolerated(tmp_path, backends_registered):
+def test_a_create_that_loses_a_race_is_tolerated(tmp_path):
     plan = d.build_plan(load_config(EXAMPLE), example_options(tmp_path))
     cloud = FakeCloud()
     d.run_plan(plan, cloud, echo=lambda _: None, sleep=lambda _: None)
@@ -674,9 +636,7 @@ def test_options_that_do_not_fit_the_config_exit_2_listing_every_problem(tmp_pat
         assert needle in err
 
 
-def test_fabric_ids_are_required_and_credentials_never_go_in_plain_env(
-    tmp_path, rich_config, backends_registered
-):
+def test_fabric_ids_are_required_and_credentials_never_go_in_plain_env(tmp_path, rich_config):
     opts = options(rich_config, tmp_path, env={"FABRIC_CLIENT_SECRET": "s3cret"})
     with pytest.raises(d.PlanError) as err:
         d.build_plan(load_config(rich_config), opts)

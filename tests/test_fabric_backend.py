@@ -18,10 +18,10 @@ from typing import Any
 import pytest
 import requests
 
+from handlers.backends import registry
 from handlers.backends.contract import JobRef, LaunchRequest, RunState
 from handlers.backends.fabric.entra import EntraRejected, TokenProvider
 from handlers.backends.fabric.jobs import DEDUPED_REASON, Fabric, check_options, fabric_error
-from handlers.backends.registry import backend_class
 from handlers.core import logs, retry
 from handlers.core.errors import AlreadyExists, BackendRejected, BackendUnavailable, ConfigError, NotFound
 from handlers.model.config import Pipeline, build_config
@@ -154,7 +154,7 @@ def test_a_fabric_pipeline_loads_from_the_routing_config_and_mistakes_are_report
 
 def test_the_registry_builds_a_fabric_backend_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("FABRIC_API_ENDPOINT", "http://127.0.0.1:9/")
-    backend = backend_class("fabric")()
+    backend = registry.spec("fabric").build()
     assert isinstance(backend, Fabric) and backend.endpoint == "http://127.0.0.1:9"
     assert Fabric(endpoint=None).endpoint == "http://127.0.0.1:9"
     monkeypatch.delenv("FABRIC_API_ENDPOINT")

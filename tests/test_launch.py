@@ -17,7 +17,8 @@ import requests
 from cloudevents.conversion import to_binary
 
 from handlers.backends.contract import RunState
-from handlers.launch.ledger import Run, iso, now
+from handlers.core.times import iso, now
+from handlers.launch.ledger import Run
 from handlers.route.render import run_key
 from local.services import (
     GCS_NOTIFICATION_TOPIC,

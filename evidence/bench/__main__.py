@@ -295,7 +295,9 @@ BENCHES: dict[str, Callable[[bool], dict[str, Any]]] = {
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m evidence.bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog="python -m evidence.bench",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--quick", action="store_true", help="small sizes (the CI smoke slice)")
     parser.add_argument("--only", default="", help="comma-separated benchmark names")

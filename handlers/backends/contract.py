@@ -1,23 +1,42 @@
-"""The one contract every pipeline backend implements, and the normalized run states.
+"""The one contract every pipeline backend implements and declares, and the normalized run states.
 
 A backend turns a :class:`LaunchRequest` into a running job and answers four questions about it::
 
     launch(request) -> JobRef          start it (raises AlreadyExists if that name is already active)
-    find(request)   -> JobRef | None   the job this run already started, in any state (idempotency)
+    find(request, exclude) -> JobRef | None
+                                       the job this run already started, in any state (idempotency)
     status(ref)     -> JobStatus       its current state, normalized
     cancel(ref, drain=False)           stop it (drain: let a streaming job finish its in-flight work)
 
-Tracking, completion events and chaining only ever see these types, so they work unchanged for
-every backend. Adding a backend means one new module here and one line in ``BACKENDS``.
+Everything else the rest of the project needs to know about a backend is *declared* on it, as a
+:class:`BackendSpec` its module exports in ``SPECS`` and :mod:`handlers.backends.registry` reads:
+
+=================  ===============================================================================
+``options``        its pipeline fields and their validation (``check_options``: every problem listed)
+``endpoint_envs``  the environment variables that point it at another endpoint (a local emulator)
+``auth``           whose credentials it uses (``google``: default credentials; ``entra``: Microsoft)
+``find``           :class:`FindSemantics`: whether ``find`` is exact or guesses, and how long a new
+                   run may stay invisible to it
+``push``           :class:`StatusPush` or ``None``: how the backend announces a run's status changes
+                   without being polled, and the parser that names the run such an event is about
+``deploy``         :class:`DeployNeeds`: APIs to enable, IAM grants, credentials to mount, problems
+``job_noun``       what a run is called there (job, run, instance, batch), for people
+=================  ===============================================================================
+
+Tracking, completion events, chaining, the deploy plan and the local world only ever read these,
+so adding a backend is one module (or folder) here, one registry line, its local kit and its docs.
+
+The contract imports nothing of the project above :mod:`handlers.core`: a pipeline reaches a backend
+as a :class:`PipelineTarget`, the few fields of the routing config's pipeline a backend reads.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import enum
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, ClassVar, Protocol
 
 
 class RunState(enum.StrEnum):
@@ -34,11 +53,16 @@ class RunState(enum.StrEnum):
 
     @property
     def terminal(self) -> bool:
-        return self in TERMINAL
+        return self in TERMINAL_STATES
 
 
-TERMINAL = frozenset(
-    {RunState.SUCCEEDED, RunState.FAILED, RunState.CANCELLED, RunState.TIMED_OUT, RunState.LAUNCH_FAILED}
+# The one set of terminal states: a run in one of them is finished and announced once.
+TERMINAL_STATES: tuple[RunState, ...] = (
+    RunState.SUCCEEDED,
+    RunState.FAILED,
+    RunState.CANCELLED,
+    RunState.TIMED_OUT,
+    RunState.LAUNCH_FAILED,
 )
 
 
@@ -48,7 +72,7 @@ class LaunchRequest:
 
     run_key: str
     job_name: str
-    pipeline: Any  # handlers.model.config.Pipeline (kept loose to avoid an import cycle)
+    pipeline: PipelineTarget
     parameters: Mapping[str, str]
     labels: Mapping[str, str] = field(default_factory=dict)
     # When the run was first claimed: backends without a searchable run key (Fabric) look for
@@ -104,17 +128,189 @@ class JobStatus:
     state_time: dt.datetime | None = None
 
 
+class PipelineTarget(Protocol):
+    """What a backend reads of a configured pipeline (:class:`handlers.model.config.Pipeline` is one)."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def backend(self) -> str: ...
+
+    @property
+    def project(self) -> str: ...
+
+    @property
+    def region(self) -> str: ...
+
+    @property
+    def mode(self) -> str: ...  # batch | streaming
+
+    @property
+    def labels(self) -> Mapping[str, str]: ...
+
+    @property
+    def options(self) -> Mapping[str, Any]: ...  # the backend's own fields, checked by its spec
+
+
+# ---------------------------------------------------------------------------------------------
+# What a backend declares
+# ---------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class FindSemantics:
+    """How far :meth:`Backend.find` can be trusted.
+
+    ``exact``: ``find`` matches the run by something the run carries (a job name, a runtime
+    argument, a client-chosen id). When ``False`` it can only guess (a Fabric job instance carries
+    no run key): the launch service then claims each job id in the ledger, so no two runs follow one
+    job, and asks again without the ids other runs own.
+
+    ``settle_seconds``: how long a just-started run may stay invisible to ``find``; after an
+    uncertain start the launch service waits that long before trusting "not found".
+    """
+
+    exact: bool = True
+    settle_seconds: float = 0.0
+
+
+@dataclass(frozen=True)
+class PushedStatus:
+    """What a pushed status event says: the run it is about, as the backend carried it (``run_key``
+    text, or the job ``labels`` the launch wrote; :class:`handlers.route.identity.RunKey` parses and
+    validates either), and, when it says so, the job and its state."""
+
+    run_key: str | None = None
+    labels: Mapping[str, str] = field(default_factory=dict)
+    job_id: str | None = None
+    raw_state: str | None = None
+
+
+@dataclass(frozen=True)
+class StatusPush:
+    """A backend's own status events, which complete a run at once instead of at the next sweep.
+
+    ``event_type``: the CloudEvent type Eventarc delivers them as (``on_job_status``), or ``None``
+    when they arrive as Pub/Sub messages (``on_message``) recognised by ``recognises``.
+    ``parse``: (CloudEvent attributes, data) -> :class:`PushedStatus`, or ``None`` for an event
+    about a run this project did not launch; a malformed event raises
+    :class:`~handlers.core.errors.EventError`.
+    """
+
+    parse: Callable[[Mapping[str, Any], Any], PushedStatus | None]
+    event_type: str | None = None
+    recognises: Callable[[Mapping[str, str]], bool] | None = None  # by Pub/Sub message attributes
+
+
+@dataclass(frozen=True)
+class Grant:
+    """One IAM grant the functions' runtime account needs for a backend.
+
+    ``kind`` is the resource type: ``project``, ``bucket``, ``service-account``, ``secret``, or a
+    backend's own resource type, for which ``command`` gives the gcloud command that binds on it
+    (without ``--member`` and ``--role``) and ``terraform`` the provider resource type.
+    """
+
+    role: str
+    kind: str
+    resource: str
+    why: str
+    project: str = ""
+    location: str = ""
+    command: tuple[str, ...] = ()
+    terraform: str = ""
+    attributes: Mapping[str, str] = field(default_factory=dict)  # extra terraform arguments
+
+
+@dataclass(frozen=True)
+class Credentials:
+    """Environment variables a backend's pipelines read at run time."""
+
+    secrets: tuple[str, ...] = ()  # required, from Secret Manager only
+    optional_secrets: tuple[str, ...] = ()  # read when present, from Secret Manager only
+    plain: tuple[str, ...] = ()  # not secret (ids): a plain env var or a secret
+
+
+@dataclass(frozen=True)
+class DeployFlag:
+    """A deploy command-line flag a backend adds (``dest`` is where its value arrives)."""
+
+    flag: str
+    dest: str
+    help: str
+    metavar: str | None = None
+    boolean: bool = False
+
+
+@dataclass(frozen=True)
+class DeployContext:
+    """What a backend's deploy declarations may read: the deploy project and its own flags."""
+
+    project: str
+    flags: Mapping[str, Any] = field(default_factory=dict)
+    project_number: str = "${PROJECT_NUMBER}"  # the plan looks it up before any grant
+
+
+def _no_grants(pipelines: Sequence[PipelineTarget], ctx: DeployContext) -> list[Grant]:
+    return []
+
+
+def _no_credentials(pipelines: Sequence[PipelineTarget]) -> Credentials:
+    return Credentials()
+
+
+def _nothing(pipelines: Sequence[PipelineTarget], ctx: DeployContext) -> list[str]:
+    return []
+
+
+@dataclass(frozen=True)
+class DeployNeeds:
+    """What deploying a config that uses this backend must do, given its pipelines."""
+
+    apis: tuple[str, ...] = ()  # services to enable, like "dataflow.googleapis.com"
+    grants: Callable[[Sequence[PipelineTarget], DeployContext], list[Grant]] = _no_grants
+    credentials: Callable[[Sequence[PipelineTarget]], Credentials] = _no_credentials
+    problems: Callable[[Sequence[PipelineTarget], DeployContext], list[str]] = _nothing
+    warnings: Callable[[Sequence[PipelineTarget], DeployContext], list[str]] = _nothing
+    flags: tuple[DeployFlag, ...] = ()
+
+
+def _no_problems(options: Mapping[str, Any]) -> list[str]:
+    return []
+
+
+@dataclass(frozen=True)
+class BackendSpec:
+    """Everything a backend declares (see the module docstring)."""
+
+    name: str
+    title: str
+    implementation: str  # "module:Class", imported on first use
+    option_keys: tuple[str, ...] = ()
+    check_options: Callable[[Mapping[str, Any]], list[str]] = _no_problems
+    endpoint_envs: tuple[str, ...] = ()
+    auth: str = "google"  # google | entra
+    find: FindSemantics = FindSemantics()
+    push: StatusPush | None = None
+    deploy: DeployNeeds = DeployNeeds()
+    job_noun: str = "job"
+
+    def build(self, **kwargs: Any) -> Backend:
+        """A new instance of the implementation (clients injected through ``kwargs``)."""
+        import importlib
+
+        module, _, cls = self.implementation.partition(":")
+        backend: Backend = getattr(importlib.import_module(module), cls)(**kwargs)
+        return backend
+
+
 class Backend(Protocol):
     """What the launch service and the tracker need from a pipeline system."""
 
+    spec: ClassVar[BackendSpec]
     name: str
-    # Optional: seconds a just-started run may stay invisible to find(); the launch service waits
-    # that long after an uncertain start before concluding that nothing started.
-    # settle_seconds: float
-    # Optional: False when find() can only guess (a Fabric job instance carries no run key): the
-    # launch service then claims each job id in the ledger, so no two runs follow one job, and asks
-    # find() again without the ids other runs own.
-    # exact_find: bool
+
+    @property
+    def find_semantics(self) -> FindSemantics: ...
 
     def launch(self, request: LaunchRequest) -> JobRef: ...
 

@@ -20,16 +20,31 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Mapping, Sequence
+from typing import Any, ClassVar
 from urllib.parse import quote
 
-from handlers.backends.contract import JobRef, JobStatus, LaunchRequest, RunState
+from handlers.backends.contract import (
+    BackendSpec,
+    DeployContext,
+    DeployFlag,
+    DeployNeeds,
+    Grant,
+    JobRef,
+    JobStatus,
+    LaunchRequest,
+    PipelineTarget,
+    PushedStatus,
+    RunState,
+    StatusPush,
+)
 from handlers.core import http
-from handlers.core.errors import ParameterError
-from handlers.model.events import parse_time
+from handlers.core.errors import EventError, ParameterError
+from handlers.core.times import parse_time
 
 DEFAULT_ENDPOINT = "https://dataflow.googleapis.com"
+ENDPOINT_ENV = "DATAFLOW_API_ENDPOINT"
+STATUS_CHANGED = "google.cloud.dataflow.job.v1beta3.statusChanged"  # Eventarc's Job status event
 OPTION_KEYS = ("template", "environment", "validate_parameters", "launch_options")
 
 # RuntimeEnvironment (classic) and FlexTemplateRuntimeEnvironment fields, from the v1b3 discovery document.
@@ -92,9 +107,16 @@ def normalize_state(raw: str | None) -> RunState:
     return STATE_MAP.get(raw or "", RunState.PENDING)
 
 
-def check_options(options: Mapping[str, Any], backend: str = "dataflow") -> list[str]:
+def check_classic_options(options: Mapping[str, Any]) -> list[str]:
+    return check_options(options, flex=False)
+
+
+def check_flex_options(options: Mapping[str, Any]) -> list[str]:
+    return check_options(options, flex=True)
+
+
+def check_options(options: Mapping[str, Any], *, flex: bool = False) -> list[str]:
     """Config problems of a Dataflow pipeline's backend-specific fields."""
-    flex = backend == "dataflow-flex"
     problems = []
     template = options.get("template")
     if not isinstance(template, str) or not template.startswith("gs://") or len(template) <= 5:
@@ -120,15 +142,154 @@ def check_options(options: Mapping[str, Any], backend: str = "dataflow") -> list
     return problems
 
 
+# ---------------------------------------------------------------------------------------------
+# What Dataflow declares (handlers.backends.contract)
+# ---------------------------------------------------------------------------------------------
+LABEL_TRIGGER, LABEL_RUN_HASH = "pipeline-trigger", "run-key-hash"  # written by the launch (job labels)
+
+
+def parse_status_changed(attributes: Mapping[str, Any], data: Any) -> PushedStatus | None:
+    """Eventarc's ``statusChanged``: ``{"payload": Job}``; the run is named by the job's labels."""
+    job = data.get("payload") if isinstance(data, Mapping) else None
+    if not isinstance(job, Mapping):
+        raise EventError("statusChanged event without a Job payload", field="data.payload")
+    labels = job.get("labels")
+    labels = labels if isinstance(labels, Mapping) else {}
+    mine = {k: v for k, v in labels.items() if k in (LABEL_TRIGGER, LABEL_RUN_HASH) and isinstance(v, str)}
+    if len(mine) < 2:
+        return None
+    job_id = job.get("id")
+    state = job.get("currentState")
+    return PushedStatus(
+        labels=mine,
+        job_id=job_id if isinstance(job_id, str) else None,
+        raw_state=state if isinstance(state, str) else None,
+    )
+
+
+def _worker_accounts(pipelines: Sequence[PipelineTarget], ctx: DeployContext) -> list[tuple[str, str]]:
+    """(project, email) of every worker service account the runtime must act as."""
+    out: set[tuple[str, str]] = set()
+    for p in pipelines:
+        env = p.options.get("environment") or {}
+        email = env.get("serviceAccountEmail") if isinstance(env, Mapping) else None
+        email = (
+            email
+            or ctx.flags.get("dataflow_worker_sa")
+            or f"{ctx.project_number}-compute@developer.gserviceaccount.com"
+        )
+        out.add((p.project, str(email)))
+    return sorted(out)
+
+
+def _template_bucket(template: Any) -> str | None:
+    if isinstance(template, str) and template.startswith("gs://"):
+        return template[5:].split("/", 1)[0] or None
+    return None
+
+
+def deploy_grants(pipelines: Sequence[PipelineTarget], ctx: DeployContext) -> list[Grant]:
+    grants = [
+        Grant(
+            "roles/dataflow.developer",
+            "project",
+            project,
+            "launch, read and cancel Dataflow jobs (no finer resource exists)",
+        )
+        for project in sorted({p.project for p in pipelines})
+    ]
+    grants += [
+        Grant(
+            "roles/iam.serviceAccountUser",
+            "service-account",
+            email,
+            "run Dataflow jobs as this worker account",
+            project=project,
+        )
+        for project, email in _worker_accounts(pipelines, ctx)
+    ]
+    buckets = {b for p in pipelines if (b := _template_bucket(p.options.get("template")))}
+    grants += [
+        Grant("roles/storage.objectViewer", "bucket", bucket, "read the Dataflow template files it launches")
+        for bucket in sorted(buckets)
+    ]
+    return grants
+
+
+def deploy_problems(pipelines: Sequence[PipelineTarget], ctx: DeployContext) -> list[str]:
+    problems = []
+    for p in pipelines:
+        if p.project == ctx.project:
+            continue
+        env = p.options.get("environment") or {}
+        if not (isinstance(env, Mapping) and env.get("serviceAccountEmail")) and not ctx.flags.get(
+            "dataflow_worker_sa"
+        ):
+            problems.append(
+                f"pipeline '{p.name}' runs in project {p.project}: name its worker account "
+                "(environment.serviceAccountEmail or --dataflow-worker-sa), the default one is that project's"
+            )
+    return problems
+
+
+def deploy_warnings(pipelines: Sequence[PipelineTarget], ctx: DeployContext) -> list[str]:
+    return [
+        f"pipeline '{p.name}' runs in project {p.project}: Eventarc cannot deliver its job status "
+        "changes to this project, so the sweep (check_runs) completes its runs"
+        for p in pipelines
+        if p.project != ctx.project
+    ]
+
+
+_DEPLOY = DeployNeeds(
+    apis=("dataflow.googleapis.com",),
+    grants=deploy_grants,
+    problems=deploy_problems,
+    warnings=deploy_warnings,
+    flags=(
+        DeployFlag(
+            "--dataflow-worker-sa",
+            "dataflow_worker_sa",
+            "worker account of Dataflow pipelines that name none",
+            metavar="EMAIL",
+        ),
+    ),
+)
+_PUSH = StatusPush(parse=parse_status_changed, event_type=STATUS_CHANGED)
+CLASSIC = BackendSpec(
+    name="dataflow",
+    title="Dataflow classic template",
+    implementation="handlers.backends.dataflow:ClassicTemplate",
+    option_keys=OPTION_KEYS,
+    check_options=check_classic_options,
+    endpoint_envs=(ENDPOINT_ENV,),
+    push=_PUSH,
+    deploy=_DEPLOY,
+)
+FLEX = BackendSpec(
+    name="dataflow-flex",
+    title="Dataflow Flex Template",
+    implementation="handlers.backends.dataflow:FlexTemplate",
+    option_keys=OPTION_KEYS,
+    check_options=check_flex_options,
+    endpoint_envs=(ENDPOINT_ENV,),
+    push=_PUSH,
+    deploy=_DEPLOY,
+)
+SPECS = (CLASSIC, FLEX)
+
+
 class _Dataflow:
     """What classic and flex templates share: jobs API, state mapping, cancel."""
 
+    spec: ClassVar[BackendSpec]
     name = "dataflow"
     flex = False
 
     def __init__(self, session: Any = None, endpoint: str | None = None, timeout: Any = None):
+        self.find_semantics = self.spec.find
         self._session = session
-        self.endpoint = (endpoint or os.environ.get("DATAFLOW_API_ENDPOINT") or DEFAULT_ENDPOINT).rstrip("/")
+        self.endpoint = (endpoint or os.environ.get(ENDPOINT_ENV) or DEFAULT_ENDPOINT).rstrip("/")
         self.timeout = timeout or http.default_timeout()
         self._metadata: dict[tuple[str, str, str], Any] = {}
         self._metadata_lock = threading.Lock()
@@ -296,7 +457,8 @@ def check_against_metadata(
 class ClassicTemplate(_Dataflow):
     """``templates:launch`` of a classic template stored at ``gs://...``."""
 
-    name = "dataflow"
+    spec = CLASSIC
+    name = CLASSIC.name
 
     def launch(self, request: LaunchRequest) -> JobRef:
         p = request.pipeline
@@ -326,7 +488,8 @@ class ClassicTemplate(_Dataflow):
 class FlexTemplate(_Dataflow):
     """``flexTemplates:launch`` of a Flex Template spec file at ``gs://...``."""
 
-    name = "dataflow-flex"
+    spec = FLEX
+    name = FLEX.name
     flex = True
 
     def launch(self, request: LaunchRequest) -> JobRef:

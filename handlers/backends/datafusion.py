@@ -38,22 +38,36 @@ BackendUnavailable, other 4xx -> BackendRejected) without reading the text.
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 import os
 import re
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import quote, urlparse
+from urllib.parse import quote
 
-from handlers.backends.contract import JobRef, JobStatus, LaunchRequest, RunState
+from handlers.backends.contract import (
+    BackendSpec,
+    DeployContext,
+    DeployFlag,
+    DeployNeeds,
+    FindSemantics,
+    Grant,
+    JobRef,
+    JobStatus,
+    LaunchRequest,
+    PipelineTarget,
+    RunState,
+)
 from handlers.core import http, logs
+from handlers.core.clients import is_loopback
 from handlers.core.errors import AlreadyExists, BackendRejected, BackendUnavailable, NotFound
+from handlers.core.times import from_epoch
 
 DEFAULT_ENDPOINT = "https://datafusion.googleapis.com"
+ENDPOINT_ENV = "DATAFUSION_API_ENDPOINT"
 OPTION_KEYS = ("instance", "namespace", "app", "api_endpoint")
 DEFAULT_NAMESPACE = "default"
 RUN_KEY_ARG = "eventpipelines.run_key"
@@ -114,12 +128,7 @@ def normalize_state(raw: str | None) -> RunState:
     return STATE_MAP.get(raw or "", RunState.PENDING)
 
 
-def _is_loopback(url: str) -> bool:
-    host = urlparse(url).hostname or ""
-    return host in ("localhost", "::1") or host.startswith("127.")
-
-
-def check_options(options: Mapping[str, Any], backend: str = "datafusion") -> list[str]:
+def check_options(options: Mapping[str, Any]) -> list[str]:
     """Config problems of a Data Fusion pipeline's backend-specific fields."""
     problems = []
     app = options.get("app")
@@ -138,17 +147,14 @@ def check_options(options: Mapping[str, Any], backend: str = "datafusion") -> li
         problems.append("instance: must be a Data Fusion instance name ([a-z][a-z0-9-]*)")
     if endpoint is not None:
         ok = isinstance(endpoint, str) and (
-            endpoint.startswith("https://") or (endpoint.startswith("http://") and _is_loopback(endpoint))
+            endpoint.startswith("https://") or (endpoint.startswith("http://") and is_loopback(endpoint))
         )
         if not ok:
             problems.append("api_endpoint: must be an https:// URL (the instance's CDAP API base)")
     return problems
 
 
-def _epoch(value: Any) -> dt.datetime | None:
-    if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
-        return None
-    return dt.datetime.fromtimestamp(float(value), dt.UTC)
+_epoch = from_epoch
 
 
 def runtime_args(record: Mapping[str, Any]) -> dict[str, Any]:
@@ -165,6 +171,115 @@ def runtime_args(record: Mapping[str, Any]) -> dict[str, Any]:
     return parsed if isinstance(parsed, dict) else {}
 
 
+# ---------------------------------------------------------------------------------------------
+# What Data Fusion declares (handlers.backends.contract)
+# ---------------------------------------------------------------------------------------------
+@dataclass(frozen=True, order=True)
+class _Target:
+    project: str
+    location: str
+    instance: str
+    namespace: str
+
+
+def _targets(pipelines: Sequence[PipelineTarget]) -> list[_Target]:
+    out = set()
+    for p in pipelines:
+        instance = p.options.get("instance")
+        if isinstance(instance, str) and instance:
+            out.add(
+                _Target(p.project, p.region, instance, str(p.options.get("namespace") or DEFAULT_NAMESPACE))
+            )
+    return sorted(out)
+
+
+def _instance_grant(role: str, t: _Target, why: str, namespace: str = "") -> Grant:
+    command = (
+        "gcloud",
+        "beta",
+        "data-fusion",
+        "add-iam-policy-binding",
+        t.instance,
+        f"--location={t.location}",
+        f"--project={t.project}",
+    ) + ((f"--namespace={namespace}",) if namespace else ())
+    resource = f"{t.instance}/{namespace}" if namespace else t.instance
+    return Grant(
+        role,
+        "datafusion-namespace" if namespace else "datafusion-instance",
+        resource,
+        why,
+        project=t.project,
+        location=t.location,
+        command=command,
+        terraform="google_data_fusion_instance_iam_member",
+        attributes={"name": t.instance, "region": t.location, "project": t.project},
+    )
+
+
+def deploy_grants(pipelines: Sequence[PipelineTarget], ctx: DeployContext) -> list[Grant]:
+    rbac = bool(ctx.flags.get("datafusion_rbac"))
+    grants = []
+    instances = sorted({_Target(t.project, t.location, t.instance, "") for t in _targets(pipelines)})
+    for t in instances:
+        grants.append(
+            _instance_grant(
+                "roles/datafusion.viewer", t, "read the instance's CDAP endpoint and start its pipelines"
+            )
+        )
+        if rbac:
+            grants.append(
+                _instance_grant(
+                    "roles/datafusion.accessor", t, "RBAC: enter the instance (no namespace rights by itself)"
+                )
+            )
+    if rbac:
+        grants += [
+            _instance_grant(
+                "roles/datafusion.operator", t, "RBAC: run pipelines in this namespace only", t.namespace
+            )
+            for t in _targets(pipelines)
+        ]
+    return grants
+
+
+def deploy_warnings(pipelines: Sequence[PipelineTarget], ctx: DeployContext) -> list[str]:
+    return [
+        f"pipeline '{p.name}' reaches Data Fusion through api_endpoint: grant the runtime account "
+        "access to that instance yourself (no instance name to bind roles on)"
+        for p in pipelines
+        if not p.options.get("instance")
+    ]
+
+
+SPEC = BackendSpec(
+    name="datafusion",
+    title="Cloud Data Fusion (CDAP) pipeline",
+    implementation="handlers.backends.datafusion:DataFusion",
+    option_keys=OPTION_KEYS,
+    check_options=check_options,
+    endpoint_envs=(ENDPOINT_ENV,),
+    # CDAP records a run asynchronously: after a start whose answer was lost, the launch service
+    # waits this long before a runs.list "not found" counts.
+    find=FindSemantics(exact=True, settle_seconds=5.0),
+    deploy=DeployNeeds(
+        apis=("datafusion.googleapis.com",),
+        grants=deploy_grants,
+        warnings=deploy_warnings,
+        flags=(
+            DeployFlag(
+                "--datafusion-rbac",
+                "datafusion_rbac",
+                "instances use RBAC: add accessor + namespace operator",
+                boolean=True,
+            ),
+        ),
+    ),
+    job_noun="run",
+)
+SPECS = (SPEC,)
+
+
 @dataclass(frozen=True)
 class InstanceEndpoints:
     """What the instance lookup yields: the CDAP API base URL and the UI base URL ("" if unknown)."""
@@ -176,10 +291,8 @@ class InstanceEndpoints:
 class DataFusion:
     """Deployed Data Fusion (CDAP) pipelines: batch workflow or streaming Spark program."""
 
-    name = "datafusion"
-    # CDAP records a run asynchronously: after a start whose answer was lost, the launch service
-    # waits this long before a runs.list "not found" counts.
-    settle_seconds = 5.0
+    spec = SPEC
+    name = SPEC.name
 
     def __init__(
         self,
@@ -190,8 +303,9 @@ class DataFusion:
         clock: Callable[[], float] = time.time,
         not_visible_grace_seconds: float = NOT_VISIBLE_GRACE_SECONDS,
     ) -> None:
+        self.find_semantics = self.spec.find
         self._session = session
-        chosen = endpoint or os.environ.get("DATAFUSION_API_ENDPOINT") or DEFAULT_ENDPOINT
+        chosen = endpoint or os.environ.get(ENDPOINT_ENV) or DEFAULT_ENDPOINT
         self.endpoint = chosen.rstrip("/")
         self.timeout = timeout or http.default_timeout()
         self.clock = clock

@@ -1,29 +1,47 @@
-"""Pipeline backends behind one contract (:mod:`handlers.backends.contract`).
+"""The backend registry: every ``backend:`` name of the routing config, and where it is declared.
 
-``BACKENDS`` maps the ``backend:`` name used in the routing config to ``module:Class``. Modules are
-imported on first use only, so a function imports just the backends its config names.
-Each backend module also exposes ``OPTION_KEYS`` (its pipeline fields) and ``check_options(options)``
-(config validation returning a list of problems).
+``DECLARED_IN`` maps each name to the module whose ``SPECS`` declare it (a
+:class:`~handlers.backends.contract.BackendSpec`). This table is the one place besides a backend's
+own module that names a backend. Modules are imported on first use only, so a function imports
+just the backends its config names; the rest of the project asks :func:`spec` and never branches
+on a backend's name.
 """
 
 from __future__ import annotations
 
+import functools
 import importlib
-from types import ModuleType
-from typing import Any
 
-BACKENDS: dict[str, str] = {
-    "dataflow": "handlers.backends.dataflow:ClassicTemplate",
-    "dataflow-flex": "handlers.backends.dataflow:FlexTemplate",
-    "fabric": "handlers.backends.fabric.jobs:Fabric",
-    "datafusion": "handlers.backends.datafusion:DataFusion",
+from handlers.backends.contract import BackendSpec
+
+DECLARED_IN: dict[str, str] = {
+    "dataflow": "handlers.backends.dataflow",
+    "dataflow-flex": "handlers.backends.dataflow",
+    "datafusion": "handlers.backends.datafusion",
+    "fabric": "handlers.backends.fabric.jobs",
 }
 
 
-def backend_module(name: str) -> ModuleType:
-    return importlib.import_module(BACKENDS[name].split(":", 1)[0])
+def names() -> tuple[str, ...]:
+    """Every backend name, in declaration order (imports nothing)."""
+    return tuple(DECLARED_IN)
 
 
-def backend_class(name: str) -> Any:
-    module_name, _, cls = BACKENDS[name].partition(":")
-    return getattr(importlib.import_module(module_name), cls)
+@functools.cache
+def spec(name: str) -> BackendSpec:
+    """The declaration of backend ``name``; ``KeyError`` for a name the registry does not know."""
+    module = importlib.import_module(DECLARED_IN[name])
+    for declared in module.SPECS:
+        if declared.name == name:
+            return declared
+    raise KeyError(f"{DECLARED_IN[name]} declares no backend {name!r}")
+
+
+def specs() -> list[BackendSpec]:
+    """Every declaration (imports every backend module: for deploy, docs and the local world)."""
+    return [spec(name) for name in DECLARED_IN]
+
+
+def endpoint_envs() -> tuple[str, ...]:
+    """Every environment variable that points a backend at another endpoint."""
+    return tuple(dict.fromkeys(env for s in specs() for env in s.endpoint_envs))

@@ -6,8 +6,9 @@ backends; no Google client library with its gRPC/protobuf stack.
 Tests and the local stack point them at emulators through the standard environment variables
 (``STORAGE_EMULATOR_HOST``, ``PUBSUB_EMULATOR_HOST``) and the backend endpoint overrides.
 
-``PIPELINES_ANONYMOUS_AUTH=true`` makes the HTTP session send no Google credentials; it is refused
-unless every backend endpoint override points at loopback (it exists for the local emulators only).
+``PIPELINES_ANONYMOUS_AUTH=true`` makes the HTTP session send no Google credentials, and only to
+loopback addresses: a request to any other host is refused before it is sent (it exists for the
+local emulators only).
 """
 
 from __future__ import annotations
@@ -17,12 +18,6 @@ import threading
 from typing import Any
 from urllib.parse import urlparse
 
-ENDPOINT_ENVS = (
-    "DATAFLOW_API_ENDPOINT",
-    "DATAFUSION_API_ENDPOINT",
-    "FABRIC_API_ENDPOINT",
-    "FABRIC_TOKEN_ENDPOINT",
-)
 _lock = threading.RLock()  # re-entrant: one client may be built from another (publisher -> session)
 _cache: dict[str, Any] = {}
 
@@ -45,17 +40,42 @@ def reset() -> None:
 
 
 def is_loopback(url: str) -> bool:
-    host = urlparse(url).hostname or ""
-    return host in ("localhost", "::1") or host.startswith("127.")
+    """Whether ``url`` names this machine: ``localhost`` or a loopback address (127.0.0.0/8, ::1),
+    decided by the address itself, never by a name that merely starts like one."""
+    import ipaddress
+
+    host = (urlparse(url).hostname or "").rstrip(".").lower()
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def anonymous_auth() -> bool:
-    if os.environ.get("PIPELINES_ANONYMOUS_AUTH", "").lower() not in ("1", "true", "yes"):
-        return False
-    overrides = [os.environ[e] for e in ENDPOINT_ENVS if os.environ.get(e)]
-    if not overrides or not all(is_loopback(u) for u in overrides):
-        raise RuntimeError("PIPELINES_ANONYMOUS_AUTH is only allowed when every backend endpoint is loopback")
-    return True
+    """``PIPELINES_ANONYMOUS_AUTH=true``: send no Google credentials (the local emulators only)."""
+    return os.environ.get("PIPELINES_ANONYMOUS_AUTH", "").lower() in ("1", "true", "yes")
+
+
+class LoopbackOnly(Exception):
+    """An unauthenticated session was asked to reach a host that is not this machine."""
+
+
+def _loopback_only(session: Any) -> Any:
+    """A session that refuses, before sending, any request whose host is not loopback: anonymous
+    auth exists for the local emulators and can never reach a real service."""
+    send = session.send
+
+    def checked(request: Any, **kwargs: Any) -> Any:
+        if not is_loopback(request.url):
+            raise LoopbackOnly(
+                f"PIPELINES_ANONYMOUS_AUTH is set: refusing to send a request to {urlparse(request.url).hostname}"
+            )
+        return send(request, **kwargs)
+
+    session.send = checked
+    return session
 
 
 POOL_SIZE = 64  # connections kept per host: the sweep's concurrent checks (tracking.SWEEP_WORKERS)
@@ -81,7 +101,7 @@ def google_session() -> Any:
         if anonymous_auth():
             from google.auth.credentials import AnonymousCredentials
 
-            return _pooled(AuthorizedSession(AnonymousCredentials()))
+            return _loopback_only(_pooled(AuthorizedSession(AnonymousCredentials())))
         credentials, _ = google.auth.default(scopes=["https://www.googleapis.com/auth/cloud-platform"])
         return _pooled(AuthorizedSession(credentials))
 

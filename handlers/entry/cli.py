@@ -48,7 +48,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO, cast
 
-from handlers.backends.contract import RunState
+from handlers.backends.contract import TERMINAL_STATES, RunState
 from handlers.core import logs
 from handlers.core.errors import (
     ConfigError,
@@ -58,16 +58,14 @@ from handlers.core.errors import (
     PipelineError,
     RetryableError,
 )
+from handlers.core.times import age_seconds, iso, parse_time
 from handlers.follow import completion
 from handlers.model.config import Config, Pipeline, Trigger, load_config
 from handlers.model.events import (
     MessageEvent,
     ObjectEvent,
     StorageObject,
-    age_seconds,
-    iso,
     object_event_from_notification,
-    parse_time,
     split_topic,
 )
 from handlers.route import match as routing
@@ -77,7 +75,6 @@ EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
 
-TERMINAL_STATES = frozenset(str(s) for s in RunState if s.terminal)
 DEFAULT_RUNS_LIMIT = 50
 
 

@@ -20,6 +20,7 @@ from typing import Any
 
 from handlers.core import logs
 from handlers.core.errors import EventError, EventTooOld, PermanentError, RetryableError
+from handlers.core.times import age_seconds
 from handlers.follow import completion
 from handlers.launch.runtime import Runtime
 from handlers.launch.service import LaunchService, Outcome
@@ -32,7 +33,7 @@ _RUN_HASH = re.compile(r"[0-9a-f]{20}")
 
 
 def _too_old(runtime: Runtime, event: Any, now: dt.datetime | None = None) -> bool:
-    age = events.age_seconds(event.event_time, now)
+    age = age_seconds(event.event_time, now)
     limit = runtime.config.settings.max_event_age_seconds
     if age > limit:
         err = EventTooOld(f"event is {age:.0f}s old, older than max_event_age {limit:.0f}s: dropped")

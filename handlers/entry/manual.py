@@ -16,7 +16,8 @@ from typing import Any
 
 from handlers.backends.contract import RunState
 from handlers.core.errors import BackendRejected, NotFound, ParameterError, PipelineError
-from handlers.launch.ledger import Run, iso
+from handlers.core.times import iso
+from handlers.launch.ledger import Run
 from handlers.launch.runtime import Runtime
 from handlers.launch.service import LaunchService, Outcome
 from handlers.model.config import Pipeline, Trigger

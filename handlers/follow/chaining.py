@@ -28,12 +28,13 @@ from typing import Any
 
 from handlers.core import logs
 from handlers.core.errors import EventError, ParameterError
+from handlers.core.times import iso, parse_time
 from handlers.follow import completion
-from handlers.launch.ledger import Conflict, iso
+from handlers.launch.ledger import Conflict
 from handlers.launch.runtime import Runtime
 from handlers.launch.service import LaunchService, Outcome
 from handlers.model.config import Trigger
-from handlers.model.events import MessageEvent, parse_time
+from handlers.model.events import MessageEvent
 
 _KEEP = (
     "run_key",

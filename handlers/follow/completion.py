@@ -25,8 +25,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from handlers.core.errors import EventError, PublishUnavailable
-from handlers.launch.ledger import Run, from_iso
-from handlers.model.events import MessageEvent, parse_time
+from handlers.core.times import from_iso, parse_time
+from handlers.launch.ledger import Run
+from handlers.model.events import MessageEvent
 
 SCHEMA_VERSION = 1
 RUN_COMPLETED = "io.eventpipelines.run.completed.v1"

@@ -30,8 +30,9 @@ from dataclasses import dataclass, field, replace
 from handlers.backends.contract import JobRef, JobStatus, RunState
 from handlers.core import logs
 from handlers.core.errors import NotFound, PipelineError, RetryableError
+from handlers.core.times import from_iso, iso, now
 from handlers.follow import completion
-from handlers.launch.ledger import Marker, Run, from_iso, iso, new_owner, now
+from handlers.launch.ledger import Marker, Run, new_owner
 from handlers.launch.runtime import Runtime
 from handlers.model.config import Pipeline
 

@@ -36,8 +36,8 @@ from urllib.parse import quote
 
 from handlers.backends.contract import JobRef, RunState
 from handlers.core.errors import LedgerUnavailable, NotFound
+from handlers.core.times import from_iso, iso, now
 from handlers.launch.store import Conflict as Conflict  # re-exported: callers catch ledger.Conflict
-from handlers.model.events import iso
 
 SCHEMA = 1
 HISTORY_LIMIT = 50
@@ -61,16 +61,6 @@ class Store(Protocol):
     def read_meta(self, name: str) -> Mapping[str, str] | None: ...
 
     def list_meta(self, prefix: str) -> Iterator[tuple[str, Mapping[str, str]]]: ...
-
-
-def now() -> dt.datetime:
-    return dt.datetime.now(dt.UTC)
-
-
-def from_iso(value: str | None) -> dt.datetime | None:
-    if not value:
-        return None
-    return dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
 
 
 @dataclass(frozen=True)

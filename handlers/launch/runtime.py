@@ -11,8 +11,8 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any
 
+from handlers.backends import registry
 from handlers.backends.contract import Backend
-from handlers.backends.registry import backend_class
 from handlers.launch.ledger import Ledger
 from handlers.launch.store import GcsStore
 from handlers.model.config import Config, cached_config
@@ -32,7 +32,7 @@ class Runtime:
             return self.backend_overrides[name]
         with self._lock:
             if name not in self._backends:
-                self._backends[name] = backend_class(name)()
+                self._backends[name] = registry.spec(name).build()
             return self._backends[name]
 
     @property

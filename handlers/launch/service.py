@@ -41,7 +41,8 @@ from handlers.core.errors import (
     RetryableError,
     RunInProgress,
 )
-from handlers.launch.ledger import Conflict, Marker, Run, from_iso, iso, new_owner, now
+from handlers.core.times import from_iso, iso, now
+from handlers.launch.ledger import Conflict, Marker, Run, new_owner
 from handlers.launch.runtime import Runtime
 from handlers.model.config import Pipeline, Trigger
 from handlers.route.render import Rendered, identity_of, render, run_key
@@ -205,11 +206,11 @@ class LaunchService:
         uncertain = taken_over
         uncertain_since = time.monotonic()
         adopted = False
-        exact = bool(getattr(backend, "exact_find", True))
+        semantics = backend.find_semantics
 
         def owned(ref: JobRef) -> bool:
             """Ours to follow: always for an exact find(); else whoever claims the job id first."""
-            return exact or self.rt.ledger.claim_job(pipeline.backend, ref.job_id, request.run_key)
+            return semantics.exact or self.rt.ledger.claim_job(pipeline.backend, ref.job_id, request.run_key)
 
         def find_ours() -> JobRef | None:
             exclude: set[str] = set()
@@ -227,7 +228,7 @@ class LaunchService:
 
         # Some backends list a new run only after a moment (CDAP records runs asynchronously):
         # after an uncertain start, wait that long before trusting "not found".
-        settle = float(getattr(backend, "settle_seconds", 0.0))
+        settle = semantics.settle_seconds
 
         def attempt() -> JobRef:
             nonlocal uncertain, adopted, uncertain_since

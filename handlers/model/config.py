@@ -34,13 +34,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from handlers.backends import registry
+from handlers.backends.contract import TERMINAL_STATES
 from handlers.core.errors import ConfigError
 from handlers.model.templates import Template, placeholder_problem
 
 CONFIG_ENV = "PIPELINES_CONFIG"
 DEFAULT_CONFIG = "pipelines.yaml"
 NAME_RE = re.compile(r"^[a-z][a-z0-9_-]{0,62}\Z")  # \Z: "$" would let a trailing newline through
-STATES = ("SUCCEEDED", "FAILED", "CANCELLED", "TIMED_OUT", "LAUNCH_FAILED")
+STATES = tuple(str(s) for s in TERMINAL_STATES)  # the states a completion trigger may wait for
 _DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 _UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, None: 1}
 _COND_OPS = {"equals", "in", "regex", "prefix", "suffix", "exists"}
@@ -476,21 +478,20 @@ def _inputs(raw: Any, where: str, problems: _Problems) -> dict[str, Input]:
 
 
 def _pipeline(name: str, raw: Any, settings: Settings, problems: _Problems) -> Pipeline | None:
-    from handlers.backends.registry import BACKENDS, backend_module
-
     where = f"pipeline '{name}'"
     if not NAME_RE.match(name):
         problems.add(where, "name must match [a-z][a-z0-9_-]{0,62}")
     spec = _as_map(raw, where, problems)
     backend = spec.get("backend")
-    if not isinstance(backend, str) or backend not in BACKENDS:  # a list is unhashable: a TypeError
-        problems.add(f"{where}.backend", f"must be one of {', '.join(BACKENDS)}, got {backend!r}")
+    known = registry.names()
+    if not isinstance(backend, str) or backend not in known:  # a list is unhashable: a TypeError
+        problems.add(f"{where}.backend", f"must be one of {', '.join(known)}, got {backend!r}")
         return None
-    module = backend_module(str(backend))
-    option_keys = set(module.OPTION_KEYS)
+    declared = registry.spec(backend)
+    option_keys = set(declared.option_keys)
     _unknown_keys(spec, _PIPELINE_KEYS | option_keys, where, problems)
     options = {k: v for k, v in spec.items() if k in option_keys}
-    for message in module.check_options(options, str(backend)):
+    for message in declared.check_options(options):
         problems.add(where, message)
     mode = spec.get("mode", "batch")
     if mode not in ("batch", "streaming"):

@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from handlers.core.errors import EventError
+from handlers.core.times import iso, parse_time
 
 STORAGE_FINALIZED = "google.cloud.storage.object.v1.finalized"
 PUBSUB_PUBLISHED = "google.cloud.pubsub.topic.v1.messagePublished"
@@ -111,30 +112,6 @@ def to_int(value: Any, field_name: str) -> int | None:
     if isinstance(value, str) and _INT_TEXT.fullmatch(value):
         return int(value)
     raise EventError(f"{field_name} must be an integer, got {value!r}", field=field_name)
-
-
-def parse_time(value: Any, field_name: str = "time") -> dt.datetime | None:
-    """An aware UTC datetime from RFC 3339 text (with ``Z`` or an offset, any fraction digits)."""
-    if value in (None, ""):
-        return None
-    if isinstance(value, dt.datetime):
-        return value if value.tzinfo else value.replace(tzinfo=dt.UTC)
-    if not isinstance(value, str):
-        raise EventError(f"{field_name} must be an RFC 3339 timestamp, got {value!r}", field=field_name)
-    text = value.strip().replace("z", "Z")
-    if text.endswith("Z"):
-        text = text[:-1] + "+00:00"
-    # Python's parser takes at most 6 fraction digits; Pub/Sub sends 9.
-    if "." in text:
-        head, _, rest = text.partition(".")
-        digits = "".join(ch for ch in rest if ch.isdigit())
-        zone = rest[len(digits) :]
-        text = f"{head}.{digits[:6].ljust(6, '0')}{zone}"
-    try:
-        parsed = dt.datetime.fromisoformat(text)
-    except ValueError as exc:
-        raise EventError(f"{field_name} is not an RFC 3339 timestamp: {value!r}", field=field_name) from exc
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.UTC)
 
 
 def cloud_event_parts(cloud_event: Any) -> tuple[dict[str, Any], Any]:
@@ -305,18 +282,6 @@ class MessageEvent:
             "event_id": self.event_id,
             "event_time": iso(self.event_time),
         }
-
-
-def iso(value: dt.datetime | None) -> str | None:
-    """RFC 3339 UTC text with ``Z``, milliseconds precision."""
-    if value is None:
-        return None
-    return value.astimezone(dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-def age_seconds(event_time: dt.datetime, now: dt.datetime | None = None) -> float:
-    """How old an event is (``now`` defaults to the current time)."""
-    return ((now or dt.datetime.now(dt.UTC)) - event_time).total_seconds()
 
 
 def _event_time(attrs: Mapping[str, Any], *candidates: Any) -> dt.datetime:

@@ -191,7 +191,7 @@ class Template:
 def _format(value: Any, part: Field) -> str:
     if part.is_time:
         if isinstance(value, str):
-            from handlers.model.events import parse_time
+            from handlers.core.times import parse_time
 
             value = parse_time(value, part.path)
         if isinstance(value, dt.datetime):

@@ -13,6 +13,7 @@ from typing import Any
 
 import requests
 
+from handlers.backends.contract import FindSemantics
 from handlers.backends.datafusion import RUN_KEY_ARG, DataFusion
 from tests.support.emulator_client import EmulatorHarness
 
@@ -81,7 +82,9 @@ class DataFusionHarness(EmulatorHarness):
             session = requests.Session()
             session.headers["Authorization"] = FAKE_TOKEN
         backend = DataFusion(session=session, endpoint=self.url)
-        backend.settle_seconds = 0.5  # the emulator lists new runs at once unless told otherwise
+        backend.find_semantics = FindSemantics(
+            exact=True, settle_seconds=0.5
+        )  # the emulator lists new runs at once unless told otherwise
         return backend
 
     def set_outcome(self, pipeline_name: str, *, succeed: bool, reason: str = "") -> None:

@@ -54,7 +54,7 @@ class FabricHarness(EmulatorHarness):
         self._settings = self.control("settings", method="GET")  # restored by reset()
 
     def environment(self) -> dict[str, str]:
-        """Env vars for code that builds its own backend (``backend_class("fabric")()``, main.py):
+        """Env vars for code that builds its own backend (``registry.spec("fabric").build()``, main.py):
         both endpoint overrides and the fake credentials. Set them with monkeypatch if needed."""
         return {"FABRIC_API_ENDPOINT": self.url, "FABRIC_TOKEN_ENDPOINT": self.url, **self.env}
 

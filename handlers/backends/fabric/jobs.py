@@ -31,7 +31,7 @@ time, so only that owner can have started an instance for it since the claim, an
 itself dedupes concurrent runs of one item (the second becomes ``Deduped``). Instances this process
 launched for *another* run key are never adopted (a bounded in-memory map), ids another run owns are
 skipped (``exclude``: the launch service claims each instance id in the ledger, see
-``exact_find``), and without ``requested_at`` only still-active instances are considered (never an
+``FindSemantics.exact``), and without ``requested_at`` only still-active instances are considered (never an
 old finished run). The residual risk: two runs of one item losing their answers at the same moment
 may follow each other's instance (never the same one).
 
@@ -51,11 +51,22 @@ import os
 import re
 import threading
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 from urllib.parse import quote, urlparse
 
-from handlers.backends.contract import JobRef, JobStatus, LaunchRequest, RunState
+from handlers.backends.contract import (
+    BackendSpec,
+    Credentials,
+    DeployNeeds,
+    FindSemantics,
+    JobRef,
+    JobStatus,
+    LaunchRequest,
+    PipelineTarget,
+    RunState,
+)
+from handlers.backends.fabric import entra
 from handlers.backends.fabric.entra import DEFAULT_PREFIX, DELEGATED, SERVICE_PRINCIPAL
 from handlers.core import http, logs
 from handlers.core.errors import BackendRejected, BackendUnavailable, EventError, NotFound
@@ -107,7 +118,7 @@ def auth_mode(options: Mapping[str, Any]) -> str:
     return str(options.get("auth") or (DELEGATED if is_execute(job_type) else SERVICE_PRINCIPAL))
 
 
-def check_options(options: Mapping[str, Any], backend: str = "fabric") -> list[str]:
+def check_options(options: Mapping[str, Any]) -> list[str]:
     """Config problems of a Fabric pipeline's backend-specific fields."""
     problems = []
     for key, what in (("workspace", "workspace"), ("item", "item (dataflow, pipeline, notebook...)")):
@@ -164,7 +175,7 @@ def execution_body(
 
 def _parse_time(value: Any) -> dt.datetime | None:
     """Fabric times (``2026-03-13T10:00:00.1234567``, UTC, usually without an offset) as aware UTC."""
-    from handlers.model.events import parse_time
+    from handlers.core.times import parse_time
 
     try:
         return parse_time(value, "startTimeUtc")
@@ -202,15 +213,48 @@ def fabric_error(response: Any, *, what: str, **ctx: Any) -> None:
     http.raise_for_status(response, what=what, **ctx)
 
 
+# ---------------------------------------------------------------------------------------------
+# What Fabric declares (handlers.backends.contract)
+# ---------------------------------------------------------------------------------------------
+def credentials(pipelines: Sequence[PipelineTarget]) -> Credentials:
+    """The Entra credential env vars the pipelines read (see :mod:`handlers.backends.fabric.entra`)."""
+    secrets: set[str] = set()
+    optional: set[str] = set()
+    ids: set[str] = set()
+    for p in pipelines:
+        names = entra.env_names(str(p.options.get("credentials") or DEFAULT_PREFIX))
+        ids |= {names["tenant"], names["client_id"]}
+        if auth_mode(p.options) == DELEGATED:
+            secrets.add(names["refresh_token"])
+            optional.add(names["client_secret"])
+        else:
+            secrets.add(names["client_secret"])
+    return Credentials(tuple(sorted(secrets)), tuple(sorted(optional - secrets)), tuple(sorted(ids)))
+
+
+SPEC = BackendSpec(
+    name="fabric",
+    title="Microsoft Fabric item job (Dataflow Gen2, pipeline, notebook)",
+    implementation="handlers.backends.fabric.jobs:Fabric",
+    option_keys=OPTION_KEYS,
+    check_options=check_options,
+    endpoint_envs=(ENDPOINT_ENV, entra.ENDPOINT_ENV),
+    auth="entra",
+    # Instances carry no run key: find() matches by time (module docstring). After an uncertain
+    # start the launch service waits a moment before trusting "not found", in case the instance
+    # list lags the 202 (a relaunch would only be Deduped anyway).
+    find=FindSemantics(exact=False, settle_seconds=1.0),
+    deploy=DeployNeeds(credentials=credentials),
+    job_noun="job instance",
+)
+SPECS = (SPEC,)
+
+
 class Fabric:
     """Fabric item jobs through the Job Scheduler REST API."""
 
-    exact_find = False  # instances carry no run key: find() matches by time (module docstring)
-
-    name = "fabric"
-    # After an uncertain start the launch service waits this long before trusting "not found": a
-    # precaution in case the instance list lags the 202 (a relaunch would only be Deduped anyway).
-    settle_seconds = 1.0
+    spec = SPEC
+    name = SPEC.name
 
     def __init__(
         self,
@@ -221,6 +265,7 @@ class Fabric:
         *,
         find_skew_seconds: float = FIND_SKEW_SECONDS,
     ) -> None:
+        self.find_semantics = self.spec.find
         self._session = session
         self.endpoint = (endpoint or os.environ.get(ENDPOINT_ENV) or DEFAULT_ENDPOINT).rstrip("/")
         self._tokens = tokens
@@ -245,8 +290,6 @@ class Fabric:
         if self._tokens is None:
             with self._lock:
                 if self._tokens is None:
-                    from handlers.backends.fabric import entra
-
                     self._tokens = entra.TokenProvider()  # one per backend: the runtime keeps one per process
         return self._tokens
 
