@@ -138,11 +138,11 @@ def test_find_returns_the_job_a_run_started(world, harness):
 def test_a_crashed_launch_whose_job_already_finished_is_adopted_not_relaunched(world, harness):
     from handlers.core.times import iso, now
     from handlers.launch.ledger import Run
-    from handlers.route.render import job_name, run_key
+    from handlers.route.identity import RunKey
 
     runtime, trigger = setup(world, harness)
     event = object_event("in/crash.csv")
-    key = run_key(trigger.name, event.identity)
+    key = str(RunKey.of(trigger.name, event.identity))
     pipeline = runtime.config.pipelines["contract"]
     # GIVEN an invocation that claimed the run, started the job, and crashed before recording it
     stale = runtime.ledger.create(
@@ -152,7 +152,7 @@ def test_a_crashed_launch_whose_job_already_finished_is_adopted_not_relaunched(w
             "contract",
             harness.name,
             RunState.CLAIMED,
-            job_name("contract", key),
+            RunKey.parse(key).job_name("contract"),
             owner="crashed",
             lease_until=iso(now()),
             attempts=1,

@@ -653,15 +653,15 @@ def test_the_secret_oracle_finds_a_planted_leak(suite, monkeypatch):
 
 
 def test_the_launch_oracle_catches_a_mangled_name(suite, monkeypatch):
-    from handlers.route import render as params
+    from handlers.model import events
 
-    original = params._object_lookup
+    original = events.object_lookup
 
     def truncating(event):
         lookup = original(event)
         return lambda path: lookup(path)[:20] if path == "name" else lookup(path)
 
-    monkeypatch.setattr(params, "_object_lookup", truncating)
+    monkeypatch.setattr(events, "object_lookup", truncating)
     result = suite.run_case(corpus.example_storage_case(900_002, now(), "incoming/" + "\u202e" * 30 + ".txt"))
     assert (
         result.launch_verdict == "wrong" and "launched with parameters no oracle allows" in result.violations
@@ -678,12 +678,12 @@ def test_the_launch_oracle_catches_a_launch_for_a_non_matching_event(suite, monk
 
 def test_the_exception_oracle_catches_an_unhandled_error_and_a_retry(suite, monkeypatch):
     from handlers.core.errors import LedgerUnavailable
-    from handlers.route import match as routing
+    from handlers.route import plan
 
     def boom(config, event):
         raise ValueError("planted")
 
-    monkeypatch.setattr(routing, "match_message", boom)
+    monkeypatch.setattr(plan, "match_message", boom)
     result = suite.run_case(corpus.example_message_case(900_004, now(), "o-1"))
     assert result.outcome == "unhandled" and result.statuses == [500]
     assert any("ValueError: planted" in e for e in result.exceptions)
@@ -691,7 +691,7 @@ def test_the_exception_oracle_catches_an_unhandled_error_and_a_retry(suite, monk
     def transient(config, event):
         raise LedgerUnavailable("planted")
 
-    monkeypatch.setattr(routing, "match_message", transient)
+    monkeypatch.setattr(plan, "match_message", transient)
     result = suite.run_case(corpus.example_message_case(900_005, now(), "o-2"))
     assert result.outcome == "retried" and result.failed
 

@@ -31,7 +31,7 @@ from handlers.launch.ledger import Run
 from handlers.launch.service import LaunchService
 from handlers.model.config import load_config
 from handlers.model.events import ObjectEvent, parse_object_finalized
-from handlers.route.render import run_key
+from handlers.route.identity import RunKey
 from tests.support import events as ev
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -228,7 +228,7 @@ def test_explain_storage_shows_matches_with_rendered_parameters_and_near_miss_re
     argv += ["--size", "12", "--generation", "7", "--time", when]
     code, out, err = run(capsys, *argv)
     assert code == 0 and err == ""
-    key = run_key("csv-landing", "landing/in/2026/orders.csv#7")
+    key = str(RunKey.of("csv-landing", "landing/in/2026/orders.csv#7"))
     assert "MATCH  csv-landing  (storage) -> load [dataflow]" in out
     assert f"run key   {key}" in out and f"job name  load-{key.rsplit('-', 1)[1]}" in out
     assert "input  gs://landing/in/2026/orders.csv" in out and f"day    {day}" in out
@@ -370,7 +370,9 @@ def test_explain_message_checks_data_and_attribute_conditions(capsys, tmp_path):
     assert "- topic is 'orders', trigger wants 'payments'" in out
     code, doc = run_json(capsys, *argv)
     new = doc["triggers"][0]
-    assert new["run_key"] == run_key("new-orders", "data.order.id=A-17")  # dedupe_by, not the message id
+    assert new["run_key"] == str(
+        RunKey.of("new-orders", "data.order.id=A-17")
+    )  # dedupe_by, not the message id
     assert doc["event"]["data"]["order"]["id"] == "A-17" and doc["event"]["topic"] == "orders"
     # data conditions that fail are near misses with their reasons
     code, doc = explain_json(
@@ -415,7 +417,7 @@ def test_explain_message_routes_storage_notifications_as_objects_and_drops_old_e
         argv += ["--attribute", f"{k}={v}"]
     code, doc = run_json(capsys, *argv)
     assert code == 0 and doc["kind"] == "storage" and "notification" in doc["notes"][0]
-    assert doc["triggers"][0]["run_key"] == run_key("csv-landing", "landing/in/x.csv#3")
+    assert doc["triggers"][0]["run_key"] == str(RunKey.of("csv-landing", "landing/in/x.csv#3"))
     code, out, _ = run(capsys, *argv, "--time", "2020-01-01T00:00:00Z")
     assert code == 1 and "older than max_event_age (3600s): it would be dropped" in out
 
@@ -492,7 +494,7 @@ def test_explain_completion_for_a_chain(capsys, tmp_path):
     (tmp_path / "done.json").write_text(json.dumps(event))
     code, doc = explain_json(capsys, path, "--completion", str(tmp_path / "done.json"))
     (after,) = [t for t in doc["triggers"] if t["matched"]]
-    assert after["run_key"] == run_key("after-ingest", f"completion:{event['id']}")
+    assert after["run_key"] == str(RunKey.of("after-ingest", f"completion:{event['id']}"))
     assert after["parameters"] == {
         "source": "raw.d",
         "day": "2026-05-01",
@@ -531,7 +533,7 @@ def test_explain_completion_for_a_fan_in_shows_the_join_key_and_who_it_waits_for
         "waiting_for": ["enrich"],
         "pending_parameters": fan["join"]["pending_parameters"],
     }
-    assert fan["run_key"] == run_key("report-when-both", "join:2026-05-01")
+    assert fan["run_key"] == str(RunKey.of("report-when-both", "join:2026-05-01"))
     # a failed upstream abandons the join for that key
     broken = completion_event("audit", "FAILED", trigger="audit-landing", parameters={"day": "2026-05-01"})
     code, doc = explain_json(capsys, path, "--completion", json.dumps(broken))

@@ -19,7 +19,7 @@ from cloudevents.conversion import to_binary
 from handlers.backends.contract import RunState
 from handlers.core.times import iso, now
 from handlers.launch.ledger import Run
-from handlers.route.render import run_key
+from handlers.route.identity import RunKey
 from local.services import (
     GCS_NOTIFICATION_TOPIC,
     LOCAL_PROJECT,
@@ -359,7 +359,7 @@ def test_hostile_object_names_give_valid_job_names_and_exact_parameters(world, d
 # Crashed invocations, stale and malformed events
 # --------------------------------------------------------------------------------------------
 def _stale_claim(runtime, trigger: str, pipeline: str, identity: str) -> Run:
-    key = run_key(trigger, identity)
+    key = str(RunKey.of(trigger, identity))
     run = Run(
         run_key=key,
         trigger=trigger,

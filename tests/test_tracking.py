@@ -16,9 +16,9 @@ import pytest
 import requests
 
 from handlers.backends.contract import RunState
-from handlers.follow.completion import completion_id
 from handlers.follow.tracking import Tracker
 from handlers.launch.service import LaunchService
+from handlers.model.completions import completion_id
 from local.services import FunctionServer
 from tests.support import events as ev
 from tests.support.world import wait_until

@@ -111,8 +111,7 @@ def _big_config(n: int) -> Any:
 
 def bench_routing(quick: bool) -> dict[str, Any]:
     from handlers.model import events
-    from handlers.route import match as routing
-    from handlers.route import render as params
+    from handlers.route.plan import plan_object
 
     config = _big_config(50)
     raw = {
@@ -139,10 +138,7 @@ def bench_routing(quick: bool) -> dict[str, Any]:
 
     def route() -> None:
         for _ in range(n):
-            ev = events.parse_object_finalized(json.loads(text))
-            for m in routing.match_object(config, ev):
-                if m.matched:
-                    params.render(config, m.trigger, config.pipelines[m.trigger.pipeline], ev, "k-0")
+            plan_object(config, events.parse_object_finalized(json.loads(text)))
 
     b, r = _median_time(baseline, 5), _median_time(route, 5)
     return {

@@ -634,12 +634,12 @@ def find_secrets(blobs: Sequence[bytes], values: Mapping[str, str]) -> list[str]
 # An accepted config must route events without failing
 # ---------------------------------------------------------------------------------------------
 def probe_config(config: Any) -> list[str]:
-    """Route and render a few events per trigger; anything but ParameterError is a failure."""
+    """Plan a few events per trigger (the decision path: route, identity, render); anything but
+    ParameterError is a failure."""
     from handlers.core.errors import ParameterError
-    from handlers.follow.completion import Completion
+    from handlers.model.completions import Completion
     from handlers.model.events import MessageEvent, ObjectEvent, StorageObject
-    from handlers.route import match as routing
-    from handlers.route import render as params
+    from handlers.route.plan import plan_completion, plan_message, plan_object
 
     now = dt.datetime.now(dt.UTC)
     failures: list[str] = []
@@ -651,13 +651,6 @@ def probe_config(config: Any) -> list[str]:
             pass
         except Exception as exc:
             failures.append(f"{what}: {type(exc).__name__}: {str(exc)[:160]}")
-
-    def launch_all(event: Any, matches: list[Any]) -> None:
-        for match in matches:
-            if match.matched and match.trigger.pipeline in config.pipelines:
-                pipeline = config.pipelines[match.trigger.pipeline]
-                key = params.run_key(match.trigger.name, params.identity_of(match.trigger, event))
-                params.render(config, match.trigger, pipeline, event, key)
 
     for trigger in config.triggers.values():
         if trigger.storage is not None:
@@ -671,9 +664,7 @@ def probe_config(config: Any) -> list[str]:
                     metadata={"owner": "o"},
                 )
                 event = ObjectEvent("probe", now, obj)
-                attempt(
-                    f"storage {trigger.name}", lambda e=event: launch_all(e, routing.match_object(config, e))
-                )
+                attempt(f"storage {trigger.name}", lambda e=event: plan_object(config, e))
         if trigger.pubsub is not None:
             paths = [c.path for c in (*trigger.pubsub.attributes, *trigger.pubsub.data)]
             for data in (b"", b"{}", json.dumps({p: "x" for p in paths}).encode(), b"not json"):
@@ -681,10 +672,7 @@ def probe_config(config: Any) -> list[str]:
                     message = MessageEvent(
                         "probe", now, corpus.PROJECT, trigger.pubsub.topic, "1", data, attributes, now
                     )
-                    attempt(
-                        f"pubsub {trigger.name}",
-                        lambda m=message: launch_all(m, routing.match_message(config, m)),
-                    )
+                    attempt(f"pubsub {trigger.name}", lambda m=message: plan_message(config, m))
         if trigger.completion is not None and not trigger.completion.is_fan_in:
             pipeline = config.pipelines.get(trigger.pipeline)
             if pipeline is None:
@@ -701,10 +689,7 @@ def probe_config(config: Any) -> list[str]:
                         "outputs": {},
                     },
                 )
-                attempt(
-                    f"completion {trigger.name}",
-                    lambda c=comp, p=pipeline, t=trigger: params.render(config, t, p, c, "probe-1"),
-                )
+                attempt(f"completion {trigger.name}", lambda c=comp: plan_completion(config, c))
     return failures
 
 

@@ -145,19 +145,15 @@ def check_options(options: Mapping[str, Any], *, flex: bool = False) -> list[str
 # ---------------------------------------------------------------------------------------------
 # What Dataflow declares (handlers.backends.contract)
 # ---------------------------------------------------------------------------------------------
-LABEL_TRIGGER, LABEL_RUN_HASH = "pipeline-trigger", "run-key-hash"  # written by the launch (job labels)
-
-
 def parse_status_changed(attributes: Mapping[str, Any], data: Any) -> PushedStatus | None:
-    """Eventarc's ``statusChanged``: ``{"payload": Job}``; the run is named by the job's labels."""
+    """Eventarc's ``statusChanged``: ``{"payload": Job}``; the run is named by the labels the launch
+    wrote on the job (``additionalUserLabels``)."""
     job = data.get("payload") if isinstance(data, Mapping) else None
     if not isinstance(job, Mapping):
         raise EventError("statusChanged event without a Job payload", field="data.payload")
     labels = job.get("labels")
     labels = labels if isinstance(labels, Mapping) else {}
-    mine = {k: v for k, v in labels.items() if k in (LABEL_TRIGGER, LABEL_RUN_HASH) and isinstance(v, str)}
-    if len(mine) < 2:
-        return None
+    mine = {str(k): v for k, v in labels.items() if isinstance(v, str)}
     job_id = job.get("id")
     state = job.get("currentState")
     return PushedStatus(

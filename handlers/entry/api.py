@@ -35,9 +35,10 @@ from handlers.entry.manual import (
 )
 from handlers.launch.runtime import Runtime
 from handlers.model.events import invalid_text_path
+from handlers.route.identity import RunKey
 
 MAX_BODY_BYTES = 64 * 1024
-_RUN_PATH = re.compile(r"^/runs/(?P<key>[a-z][a-z0-9_-]{0,62}-[0-9a-f]{20})(?P<cancel>:cancel)?$")
+_RUN_PATH = re.compile(rf"^/runs/(?P<key>{RunKey.PATTERN})(?P<cancel>:cancel)?$")
 GOOGLE_ISSUERS = ("accounts.google.com", "https://accounts.google.com")
 DEFAULT_CERTS_URL = "https://www.googleapis.com/oauth2/v1/certs"
 

@@ -1,4 +1,9 @@
-"""From a delivered CloudEvent to launches: parse, drop stale events, route, launch each match.
+"""The functions' services: from a delivered CloudEvent to plans, and from plans to launches.
+
+Each entry point of ``main.py`` calls one ``handle_*`` here. An event is parsed into its typed form
+(:mod:`handlers.model.events`), planned by the one decision path (:mod:`handlers.route.plan`) and
+the plan carried out: launches by :mod:`handlers.launch.service`, completions by
+:mod:`handlers.follow.chaining`, pushed backend status by :mod:`handlers.follow.tracking`.
 
 The error policy lives here, once for every entry point:
 
@@ -13,79 +18,54 @@ The error policy lives here, once for every entry point:
 
 from __future__ import annotations
 
-import datetime as dt
-import re
-from collections.abc import Iterable, Mapping
 from typing import Any
 
+from handlers.backends import registry
+from handlers.backends.contract import BackendSpec, PushedStatus
 from handlers.core import logs
-from handlers.core.errors import EventError, EventTooOld, PermanentError, RetryableError
-from handlers.core.times import age_seconds
-from handlers.follow import completion
+from handlers.core.errors import EventError, EventTooOld, PermanentError
 from handlers.launch.runtime import Runtime
 from handlers.launch.service import LaunchService, Outcome
 from handlers.model import events
-from handlers.model.config import Trigger
-from handlers.route import match as routing
-
-_TRIGGER_LABEL = re.compile(r"[a-z][a-z0-9_-]{0,62}")
-_RUN_HASH = re.compile(r"[0-9a-f]{20}")
+from handlers.route.identity import InvalidRunKey, RunKey
+from handlers.route.plan import EventPlan, plan_message, plan_object
 
 
-def _too_old(runtime: Runtime, event: Any, now: dt.datetime | None = None) -> bool:
-    age = age_seconds(event.event_time, now)
-    limit = runtime.config.settings.max_event_age_seconds
-    if age > limit:
-        err = EventTooOld(f"event is {age:.0f}s old, older than max_event_age {limit:.0f}s: dropped")
-        logs.warning(err.message, event_id=event.event_id, event=event.summary(), **err.context())
-        return True
-    return False
+def _too_old(plan: EventPlan) -> bool:
+    if plan.too_old:
+        err = EventTooOld(
+            f"event is {plan.age_seconds:.0f}s old, older than max_event_age {plan.max_age_seconds:.0f}s: dropped"
+        )
+        logs.warning(err.message, event_id=plan.event.event_id, event=plan.event.summary(), **err.context())
+    return plan.too_old
 
 
-def launch_matches(
-    runtime: Runtime, event: Any, triggers: Iterable[Trigger], service: LaunchService | None = None
-) -> list[Outcome]:
-    """Launch every trigger; raise the first retryable error only after all had their turn."""
-    service = service or LaunchService(runtime)
-    outcomes: list[Outcome] = []
-    pending: RetryableError | None = None
-    for trigger in triggers:
-        try:
-            outcomes.append(service.start(trigger, event))
-        except RetryableError as exc:
-            logs.warning(
-                "transient failure: the event will be redelivered",
-                **{**exc.context(), "trigger": trigger.name},
-            )
-            pending = pending or exc
-        except PermanentError as exc:
-            logs.error(
-                "permanent failure before a run was recorded: acknowledged",
-                **{**exc.context(), "trigger": trigger.name},
-            )
-    if pending is not None:
-        raise pending
-    return outcomes
+def carry_out(runtime: Runtime, plan: EventPlan, service: LaunchService | None = None) -> list[Outcome]:
+    """Act on an event's plan: nothing when it is too old or ignored, the completion triggers for a
+    completion, else every matched trigger's launch (near misses logged when nothing matched)."""
+    if _too_old(plan):
+        return []
+    if plan.ignored:
+        logs.info(f"{plan.kind} event ignored: {plan.ignored}")
+        return []
+    if plan.kind == "completion":
+        from handlers.follow.chaining import handle_completion  # only on_message chains: cold start
 
-
-def _launch_hits(runtime: Runtime, event: Any, matches: list[routing.Match], what: str) -> list[Outcome]:
-    """Launch the matched triggers; log the near misses when nothing matched."""
-    hits = [m.trigger for m in matches if m.matched]
-    if not hits:
+        return handle_completion(runtime, plan, service)
+    if not plan.matched:
         logs.info(
-            f"no trigger matches this {what}",
-            event=event.summary(),
-            near_misses={m.trigger.name: list(m.reasons) for m in matches},
+            f"no trigger matches this {'object' if plan.kind == 'storage' else 'message'}",
+            event=plan.event.summary(),
+            near_misses={d.trigger.name: list(d.match.reasons) for d in plan.decisions},
         )
         return []
-    return launch_matches(runtime, event, hits)
+    launches = [d.launch for d in plan.matched if d.launch is not None]
+    return (service or LaunchService(runtime)).launch_all(launches)
 
 
 def handle_object(runtime: Runtime, event: events.ObjectEvent) -> list[Outcome]:
     with logs.bind(event_id=event.event_id):
-        if _too_old(runtime, event):
-            return []
-        return _launch_hits(runtime, event, routing.match_object(runtime.config, event), "object")
+        return carry_out(runtime, plan_object(runtime.config, event))
 
 
 def handle_object_finalized(cloud_event: Any, runtime: Runtime) -> list[Outcome]:
@@ -99,7 +79,8 @@ def handle_object_finalized(cloud_event: Any, runtime: Runtime) -> list[Outcome]
 
 
 def handle_message(cloud_event: Any, runtime: Runtime) -> list[Outcome]:
-    """``on_message``: a Pub/Sub message; storage notifications count as finalize events."""
+    """``on_message``: a Pub/Sub message; storage notifications count as finalize events, completion
+    events go to the completion triggers, a backend's pushed status completes its run."""
     try:
         return _handle_message(cloud_event, runtime)
     except PermanentError as exc:
@@ -114,58 +95,71 @@ def _handle_message(cloud_event: Any, runtime: Runtime) -> list[Outcome]:
         logs.error("malformed Pub/Sub event: acknowledged", **exc.context())
         return []
     with logs.bind(event_id=message.event_id):
-        if message.is_storage_notification():
-            try:
-                obj_event = events.object_event_from_notification(message)
-            except EventError as exc:
-                logs.error("malformed storage notification: acknowledged", **exc.context())
-                return []
-            if obj_event is None:
-                logs.info(
-                    "storage notification ignored: only OBJECT_FINALIZE launches",
-                    event_type=message.attributes.get("eventType"),
-                )
-                return []
-            return handle_object(runtime, obj_event)
-        if _too_old(runtime, message):
+        try:
+            plan = plan_message(runtime.config, message)
+        except EventError as exc:
+            what = "storage notification" if message.is_storage_notification() else "completion event"
+            logs.error(f"malformed {what}: acknowledged", **exc.context())
             return []
-        if completion.is_completion_message(message):
-            from handlers.follow.chaining import handle_completion
+        return carry_out(runtime, plan)
 
-            return handle_completion(runtime, message)
-        return _launch_hits(runtime, message, routing.match_message(runtime.config, message), "message")
+
+def _pushing_backend(runtime: Runtime, event_type: Any) -> BackendSpec | None:
+    """The configured backend whose status events arrive as CloudEvents of ``event_type``."""
+    for name in sorted({p.backend for p in runtime.config.pipelines.values()}):
+        spec = registry.spec(name)
+        if spec.push is not None and spec.push.event_type == event_type:
+            return spec
+    return None
 
 
 def handle_job_status(cloud_event: Any, runtime: Runtime) -> str | None:
-    """``on_job_status``: Eventarc's Dataflow ``statusChanged``; completes the run without waiting."""
-    from handlers.follow.tracking import Tracker
+    """``on_job_status``: a backend's own status event (Eventarc); completes the run without waiting.
+
+    The backend that declares the event's type parses it (:class:`~handlers.backends.contract.StatusPush`);
+    only a run key this project could have written names a run: anything else, forged or foreign,
+    is ignored with a log line."""
+    from handlers.follow.tracking import Tracker  # the sweep's module: loaded by the two functions using it
 
     attrs, data = events.cloud_event_parts(cloud_event)
-    job = (data or {}).get("payload") if isinstance(data, dict) else None
-    if not isinstance(job, dict):
-        logs.error("statusChanged event without a Job payload: acknowledged", event_id=attrs.get("id"))
-        return None
-    labels = job.get("labels")
-    labels = labels if isinstance(labels, Mapping) else {}
-    trigger, run_hash = labels.get("pipeline-trigger"), labels.get("run-key-hash")
-    # Only labels this project writes (params.job_labels) name a run; anything else, forged or
-    # foreign, would make a ledger object name of arbitrary text.
-    if not (isinstance(trigger, str) and _TRIGGER_LABEL.fullmatch(trigger)) or not (
-        isinstance(run_hash, str) and _RUN_HASH.fullmatch(run_hash)
-    ):
-        logs.info(
-            "job was not launched by this project: ignored", job_id=job.get("id"), job_name=job.get("name")
+    spec = _pushing_backend(runtime, attrs.get("type"))
+    if spec is None or spec.push is None:
+        logs.error(
+            "status event of a type no configured backend pushes: acknowledged", event_type=attrs.get("type")
         )
         return None
-    run_key = f"{trigger}-{run_hash}"
-    with logs.bind(event_id=attrs.get("id"), run_key=run_key, job_id=job.get("id")):
-        logs.info("job status changed", backend_state=job.get("currentState"))
-        return Tracker(runtime).check(run_key)
+    try:
+        pushed = spec.push.parse(attrs, data)
+    except EventError as exc:
+        logs.error("malformed status event: acknowledged", event_id=attrs.get("id"), **exc.context())
+        return None
+    key = _run_key(pushed)
+    if pushed is None or key is None:
+        logs.info(
+            "job was not launched by this project: ignored",
+            job_id=pushed.job_id if pushed else None,
+            backend=spec.name,
+        )
+        return None
+    with logs.bind(event_id=attrs.get("id"), run_key=str(key), job_id=pushed.job_id):
+        logs.info("job status changed", backend_state=pushed.raw_state)
+        return Tracker(runtime).check(str(key))
+
+
+def _run_key(pushed: PushedStatus | None) -> RunKey | None:
+    if pushed is None:
+        return None
+    if pushed.run_key is not None:
+        try:
+            return RunKey.parse(pushed.run_key)
+        except InvalidRunKey:
+            return None
+    return RunKey.from_labels(pushed.labels)
 
 
 def handle_sweep(cloud_event: Any, runtime: Runtime) -> Any:
     """``check_runs``: the scheduled sweep over active runs."""
-    from handlers.follow.tracking import Tracker
+    from handlers.follow.tracking import Tracker  # the sweep's module: loaded by the two functions using it
 
     attrs, _ = events.cloud_event_parts(cloud_event)
     with logs.bind(event_id=attrs.get("id")):

@@ -8,7 +8,6 @@ retried request never launches twice. The run's trigger is the reserved name ``a
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -16,13 +15,14 @@ from typing import Any
 
 from handlers.backends.contract import RunState
 from handlers.core.errors import BackendRejected, NotFound, ParameterError, PipelineError
+from handlers.core.ids import digest
 from handlers.core.times import iso
 from handlers.launch.ledger import Run
 from handlers.launch.runtime import Runtime
 from handlers.launch.service import LaunchService, Outcome
 from handlers.model.config import Pipeline, Trigger
 from handlers.model.templates import placeholder_problem
-from handlers.route.render import run_key
+from handlers.route.identity import RunKey
 
 API_TRIGGER = "api"
 MAX_KEY_LENGTH = 200
@@ -56,7 +56,7 @@ class ManualEvent:
     @property
     def request_hash(self) -> str:
         body = json.dumps({"pipeline": self.pipeline, "inputs": dict(self.inputs)}, sort_keys=True)
-        return hashlib.sha256(body.encode()).hexdigest()[:32]
+        return digest(body, length=32)
 
     @property
     def identity(self) -> str:
@@ -64,7 +64,7 @@ class ManualEvent:
 
     @property
     def event_id(self) -> str:
-        return hashlib.sha256(self.identity.encode()).hexdigest()[:32]
+        return digest(self.pipeline, self.idempotency_key, length=32)
 
     @property
     def event_time(self) -> dt.datetime:
@@ -175,7 +175,7 @@ def start_run(
     values = _check_inputs(pipeline, inputs)
     event = ManualEvent(pipeline_name, values, idempotency_key, dt.datetime.now(dt.UTC), caller)
     trigger = Trigger(name=API_TRIGGER, kind="api", pipeline=pipeline_name)
-    key = run_key(API_TRIGGER, event.identity)
+    key = str(RunKey.of(API_TRIGGER, event.identity))
     existing = runtime.ledger.get(key)
     if existing is not None and existing.event.get("request_hash") not in (None, event.request_hash):
         raise IdempotencyConflict(

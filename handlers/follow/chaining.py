@@ -8,34 +8,40 @@ A ``completion`` trigger names its upstream pipeline(s) and the states it reacts
         pipeline: report
         parameters: {input: "{upstream.outputs.table}", day: "{upstream.parameters.day}"}
 
+Which completion triggers a completion satisfies, and what each would do, is decided by the one
+decision path (:func:`handlers.route.plan.plan_completion`); this module carries the decisions out.
+
 One upstream: each completion event launches the trigger's pipeline once; the run identity is the
 completion's deterministic event id, so however often the message arrives the ledger sees one run.
 
-Several upstreams (**fan-in**): every completion renders the trigger's ``join_key`` (for example the
-day it processed) and records its arrival in ``joins/<trigger>/<hash>.json`` by compare-and-swap.
-When all upstreams have SUCCEEDED for a key, the pipeline launches once (identity: the join key).
-If one of them ends in any other state, the join is ABANDONED for that key: it never launches, and
-a ``join.abandoned`` event is published on the completion topic.
+Several upstreams (**fan-in**): every completion brings the trigger's ``join_key`` (for example the
+day it processed), and its arrival is recorded in the join document ``joins/<trigger>/<hash>.json``
+(:class:`JoinDoc`) by compare-and-swap. When all upstreams have SUCCEEDED for a key, the pipeline
+launches once (identity: the join key). If one of them ends in any other state, the join is
+ABANDONED for that key: it never launches, and a ``join.abandoned`` event is published on the
+completion topic.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from handlers.core import logs
-from handlers.core.errors import EventError, ParameterError
-from handlers.core.times import iso, parse_time
+from handlers.core.ids import digest
+from handlers.core.times import iso, now, parse_time
 from handlers.follow import completion
 from handlers.launch.ledger import Conflict
 from handlers.launch.runtime import Runtime
 from handlers.launch.service import LaunchService, Outcome
+from handlers.model.completions import JOIN_ABANDONED, SCHEMA_VERSION, FanInEvent
 from handlers.model.config import Trigger
-from handlers.model.events import MessageEvent
+from handlers.route.plan import Action, EventPlan, JoinPlan
 
+# What a fan-in keeps of each upstream's completion (its template values, see FanInEvent).
 _KEEP = (
     "run_key",
     "pipeline",
@@ -53,107 +59,86 @@ _KEEP = (
 )
 
 
+class JoinState(enum.StrEnum):
+    WAITING = "WAITING"  # some upstreams have not succeeded yet
+    LAUNCHED = "LAUNCHED"  # every upstream succeeded: the pipeline was launched (once)
+    ABANDONED = "ABANDONED"  # an upstream did not succeed: the join never launches
+
+
 @dataclass(frozen=True)
-class FanInEvent:
-    """The input of a fan-in launch: the join key and every upstream's completion."""
+class JoinDoc:
+    """The fan-in join document of one trigger and join key (stored as JSON in the ledger)."""
 
     trigger: str
     join_key: str
-    upstreams: Mapping[str, Mapping[str, Any]]
-    event_time: dt.datetime
-    kind = "fanin"
+    state: JoinState = JoinState.WAITING
+    arrived: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    created_at: str | None = None
+    run_key: str | None = None
+    abandoned_by: Mapping[str, Any] | None = None
+    notice_published: bool = False
 
-    @property
-    def event_id(self) -> str:
-        return hashlib.sha256(f"{self.trigger}\n{self.join_key}".encode()).hexdigest()[:32]
+    @staticmethod
+    def name(trigger: str, join_key: str) -> str:
+        return f"joins/{trigger}/{digest(join_key, length=24)}.json"
 
-    @property
-    def identity(self) -> str:
-        return f"join:{self.join_key}"
+    @classmethod
+    def from_json(cls, doc: Mapping[str, Any]) -> JoinDoc:
+        return cls(
+            trigger=str(doc["trigger"]),
+            join_key=str(doc["join_key"]),
+            state=JoinState(doc.get("state") or JoinState.WAITING),
+            arrived=dict(doc.get("arrived") or {}),
+            created_at=doc.get("created_at"),
+            run_key=doc.get("run_key"),
+            abandoned_by=doc.get("abandoned_by"),
+            notice_published=bool(doc.get("notice_published")),
+        )
 
-    def summary(self) -> dict[str, Any]:
-        return {
-            "kind": "fanin",
+    def to_json(self) -> dict[str, Any]:
+        doc: dict[str, Any] = {
+            "trigger": self.trigger,
             "join_key": self.join_key,
-            "event_id": self.event_id,
-            "upstream_run_keys": {p: d.get("run_key") for p, d in self.upstreams.items()},
-            "event_time": iso(self.event_time),
+            "state": str(self.state),
+            "arrived": {k: dict(v) for k, v in self.arrived.items()},
+            "created_at": self.created_at,
         }
-
-    @property
-    def lookup(self) -> Callable[[str], Any]:
-        lookups = {
-            p: completion.upstream_lookup(d, prefix=f"upstreams.{p}.") for p, d in self.upstreams.items()
-        }
-
-        def lookup(path: str) -> Any:
-            if path == "join_key":
-                return self.join_key
-            if path.startswith("upstreams."):
-                name = path.split(".", 2)[1]
-                if name in lookups:
-                    return lookups[name](path)
-            raise KeyError(path)
-
-        return lookup
+        if self.run_key is not None:
+            doc["run_key"] = self.run_key
+        if self.abandoned_by is not None:
+            doc["abandoned_by"] = dict(self.abandoned_by)
+        if self.notice_published:
+            doc["notice_published"] = True
+        return doc
 
 
 def handle_completion(
-    runtime: Runtime, message: MessageEvent, service: LaunchService | None = None
+    runtime: Runtime, plan: EventPlan, service: LaunchService | None = None
 ) -> list[Outcome]:
-    """Route one completion message to the completion triggers it satisfies."""
-    from handlers.entry.functions import launch_matches
-
-    try:
-        comp = completion.parse_completion(message)
-    except EventError as exc:
-        logs.error("malformed completion event: acknowledged", **exc.context())
-        return []
-    if comp is None:
-        logs.info("join-abandoned notice received: nothing to launch")
-        return []
-    triggers = [
-        t
-        for t in runtime.config.triggers_of("completion")
-        if t.completion and comp.pipeline in t.completion.upstream
-    ]
-    singles = [
-        t
-        for t in triggers
-        if t.completion and not t.completion.is_fan_in and comp.state in t.completion.states
-    ]
+    """Carry out a completion's plan: launch the single chains, record fan-in arrivals."""
+    comp = plan.event
     service = service or LaunchService(runtime)
-    outcomes = launch_matches(runtime, comp, singles, service) if singles else []
-    for trigger in triggers:
-        if trigger.completion and trigger.completion.is_fan_in:
-            outcomes.extend(FanIn(runtime, service).arrive(trigger, comp))
-    if not triggers:
-        logs.info("no completion trigger waits for this pipeline", upstream_pipeline=comp.pipeline)
-    elif not singles and not any(t.completion and t.completion.is_fan_in for t in triggers):
-        logs.info(
-            "no completion trigger waits for this state: acknowledged",
-            upstream_pipeline=comp.pipeline,
-            state=comp.state,
-            triggers={t.name: sorted(t.completion.states) for t in triggers if t.completion},
-        )
+    singles = [d.launch for d in plan.matched if d.launch is not None]
+    outcomes = service.launch_all(singles) if singles else []
+    for decision in plan.matched:
+        if decision.join is not None:
+            outcomes.extend(FanIn(runtime, service).arrive(decision.join))
+    if not plan.matched:
+        waiting = [
+            d.trigger
+            for d in plan.decisions
+            if comp.pipeline in (d.trigger.completion.upstream if d.trigger.completion else ())
+        ]
+        if not waiting:
+            logs.info("no completion trigger waits for this pipeline", upstream_pipeline=comp.pipeline)
+        else:
+            logs.info(
+                "no completion trigger waits for this state: acknowledged",
+                upstream_pipeline=comp.pipeline,
+                state=comp.state,
+                triggers={t.name: sorted(t.completion.states) for t in waiting if t.completion},
+            )
     return outcomes
-
-
-def join_key_for(trigger: Trigger, comp: completion.Completion) -> str:
-    """The fan-in join key ``comp`` brings to ``trigger`` (rendered from that one completion)."""
-    assert trigger.completion is not None and trigger.completion.join_key is not None
-    common = {
-        "event_id": comp.event_id,
-        "event_time": comp.event_time,
-        "trigger": trigger.name,
-        "pipeline": trigger.pipeline,
-    }
-    upstream = comp.lookup
-
-    def lookup(path: str) -> Any:
-        return common[path] if path in common else upstream(path)
-
-    return trigger.completion.join_key.render(lookup, name="join_key")
 
 
 class FanIn:
@@ -161,82 +146,67 @@ class FanIn:
         self.rt = runtime
         self.service = service
 
-    def arrive(self, trigger: Trigger, comp: completion.Completion) -> list[Outcome]:
-        assert trigger.completion is not None
-        try:
-            join_key = join_key_for(trigger, comp)
-        except ParameterError as exc:
+    def arrive(self, join: JoinPlan) -> list[Outcome]:
+        trigger = join.trigger
+        if join.action is Action.SKIP or join.join_key is None:
+            assert join.error is not None
             logs.error(
-                "fan-in join key could not be rendered: acknowledged", trigger=trigger.name, **exc.context()
+                "fan-in join key could not be rendered: acknowledged",
+                trigger=trigger.name,
+                **join.error.context(),
             )
             return []
-        doc_name = f"joins/{trigger.name}/{hashlib.sha256(join_key.encode()).hexdigest()[:24]}.json"
-        with logs.bind(trigger=trigger.name, join_key=join_key):
+        name = JoinDoc.name(trigger.name, join.join_key)
+        with logs.bind(trigger=trigger.name, join_key=join.join_key):
             for _ in range(20):
-                found = self.rt.ledger.read_doc(doc_name)
-                doc, generation = (
-                    found
-                    if found
-                    else (
-                        {
-                            "trigger": trigger.name,
-                            "join_key": join_key,
-                            "state": "WAITING",
-                            "arrived": {},
-                            "created_at": iso(dt.datetime.now(dt.UTC)),
-                        },
-                        0,
-                    )
-                )
+                found = self.rt.ledger.read_doc(name)
+                if found:
+                    doc, generation = JoinDoc.from_json(found[0]), found[1]
+                else:
+                    doc, generation = JoinDoc(trigger.name, join.join_key, created_at=iso(now())), 0
                 try:
-                    return self._step(trigger, comp, join_key, doc_name, doc, generation)
+                    return self._step(join, name, doc, generation)
                 except Conflict:
                     continue
-            raise Conflict(doc_name)
+            raise Conflict(name)
 
-    def _step(
-        self,
-        trigger: Trigger,
-        comp: completion.Completion,
-        join_key: str,
-        name: str,
-        doc: dict[str, Any],
-        generation: int,
-    ) -> list[Outcome]:
+    def _write(self, name: str, doc: JoinDoc, generation: int) -> int:
+        return self.rt.ledger.write_doc(name, doc.to_json(), generation)
+
+    def _step(self, join: JoinPlan, name: str, doc: JoinDoc, generation: int) -> list[Outcome]:
+        trigger, comp = join.trigger, join.completion
         assert trigger.completion is not None
-        ledger = self.rt.ledger
-        if doc["state"] == "ABANDONED":
-            if not doc.get("notice_published"):
+        if doc.state is JoinState.ABANDONED:
+            if not doc.notice_published:
                 self._announce_abandoned(trigger, doc)
-                doc["notice_published"] = True
-                ledger.write_doc(name, doc, generation)
+                self._write(name, replace(doc, notice_published=True), generation)
             logs.info("fan-in already abandoned for this key", upstream_pipeline=comp.pipeline)
             return []
-        if comp.state != "SUCCEEDED":
-            if doc["state"] == "LAUNCHED":
+        if join.action is Action.ABANDON:
+            if doc.state is JoinState.LAUNCHED:
                 logs.warning(
                     "upstream failed after the fan-in already launched", upstream_pipeline=comp.pipeline
                 )
                 return []
-            doc = {
-                **doc,
-                "state": "ABANDONED",
-                "abandoned_by": {"pipeline": comp.pipeline, "run_key": comp.run_key, "state": comp.state},
-            }
-            generation = ledger.write_doc(name, doc, generation)
+            doc = replace(
+                doc,
+                state=JoinState.ABANDONED,
+                abandoned_by={"pipeline": comp.pipeline, "run_key": comp.run_key, "state": comp.state},
+            )
+            generation = self._write(name, doc, generation)
             logs.warning(
                 "fan-in abandoned: an upstream did not succeed",
                 upstream_pipeline=comp.pipeline,
                 upstream_state=comp.state,
             )
             self._announce_abandoned(trigger, doc)
-            ledger.write_doc(name, {**doc, "notice_published": True}, generation)
+            self._write(name, replace(doc, notice_published=True), generation)
             return []
-        arrived = dict(doc.get("arrived") or {})
+        arrived = dict(doc.arrived)
         if comp.pipeline not in arrived:
             arrived[comp.pipeline] = {k: comp.data.get(k) for k in _KEEP}
-            doc = {**doc, "arrived": arrived}
-            generation = ledger.write_doc(name, doc, generation)
+            doc = replace(doc, arrived=arrived)
+            generation = self._write(name, doc, generation)
             logs.info(
                 "fan-in: upstream arrived",
                 upstream_pipeline=comp.pipeline,
@@ -246,37 +216,37 @@ class FanIn:
             return []
         ends = [parse_time(arrived[u].get("ended_at")) for u in trigger.completion.upstream]
         event_time = max((e for e in ends if e is not None), default=comp.event_time)
+        assert join.join_key is not None
         event = FanInEvent(
-            trigger.name, join_key, {u: arrived[u] for u in trigger.completion.upstream}, event_time
+            trigger.name, join.join_key, {u: arrived[u] for u in trigger.completion.upstream}, event_time
         )
         outcome = self.service.start(trigger, event)
-        if doc["state"] != "LAUNCHED":
+        if doc.state is not JoinState.LAUNCHED:
             try:
-                ledger.write_doc(name, {**doc, "state": "LAUNCHED", "run_key": outcome.run_key}, generation)
+                self._write(name, replace(doc, state=JoinState.LAUNCHED, run_key=outcome.run_key), generation)
             except Conflict:
                 pass  # another delivery recorded it; the run ledger already made the launch unique
         return [outcome]
 
-    def _announce_abandoned(self, trigger: Trigger, doc: Mapping[str, Any]) -> None:
+    def _announce_abandoned(self, trigger: Trigger, doc: JoinDoc) -> None:
         topic = self.rt.config.settings.completion_topic_path
         if not topic:
             return
-        by = doc.get("abandoned_by") or {}
         event = {
             "specversion": "1.0",
-            "type": completion.JOIN_ABANDONED,
+            "type": JOIN_ABANDONED,
             "source": f"//eventpipelines/projects/{self.rt.config.settings.project}/triggers/{trigger.name}",
             "subject": f"joins/{trigger.name}",
-            "id": hashlib.sha256(f"{trigger.name}\n{doc['join_key']}\nabandoned".encode()).hexdigest()[:32],
+            "id": digest(trigger.name, doc.join_key, "abandoned", length=32),
             "time": iso(dt.datetime.now(dt.UTC)),
             "datacontenttype": "application/json",
             "data": {
-                "schema_version": completion.SCHEMA_VERSION,
+                "schema_version": SCHEMA_VERSION,
                 "trigger": trigger.name,
                 "pipeline": trigger.pipeline,
-                "join_key": doc["join_key"],
-                "arrived": sorted((doc.get("arrived") or {}).keys()),
-                "abandoned_by": dict(by),
+                "join_key": doc.join_key,
+                "arrived": sorted(doc.arrived),
+                "abandoned_by": dict(doc.abandoned_by or {}),
             },
         }
         completion.publish(self.rt.publisher, topic, event)

@@ -17,27 +17,21 @@ A fan-in that can never complete publishes ``io.eventpipelines.join.abandoned.v1
 
 from __future__ import annotations
 
-import datetime as dt
-import hashlib
 import json
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Mapping
 from typing import Any
 
-from handlers.core.errors import EventError, PublishUnavailable
-from handlers.core.times import from_iso, parse_time
+from handlers.core.errors import PublishUnavailable
+from handlers.core.times import from_iso
 from handlers.launch.ledger import Run
-from handlers.model.events import MessageEvent
-
-SCHEMA_VERSION = 1
-RUN_COMPLETED = "io.eventpipelines.run.completed.v1"
-JOIN_ABANDONED = "io.eventpipelines.join.abandoned.v1"
-DATASCHEMA = "urn:eventpipelines:schema:run-completed:1"
-EVENT_TYPE_ATTR = "event_type"
-
-
-def completion_id(run_key: str, state: str) -> str:
-    return hashlib.sha256(f"{run_key}\n{state}".encode()).hexdigest()[:32]
+from handlers.model.completions import (
+    DATASCHEMA,
+    EVENT_TYPE_ATTR,
+    JOIN_ABANDONED,
+    RUN_COMPLETED,
+    SCHEMA_VERSION,
+    completion_id,
+)
 
 
 def build_event(run: Run, project: str) -> dict[str, Any]:
@@ -114,103 +108,3 @@ def publish(publisher: Any, topic_path: str, event: Mapping[str, Any], timeout: 
         return str(future.result(timeout=timeout))
     except Exception as exc:
         raise PublishUnavailable(f"publish to {topic_path} failed: {exc.__class__.__name__}: {exc}") from exc
-
-
-@dataclass(frozen=True)
-class Completion:
-    """A received completion event, as the input of a ``completion`` trigger."""
-
-    event_id: str
-    event_time: dt.datetime
-    data: Mapping[str, Any]
-    kind = "completion"
-
-    @property
-    def pipeline(self) -> str:
-        return str(self.data["pipeline"])
-
-    @property
-    def state(self) -> str:
-        return str(self.data["state"])
-
-    @property
-    def run_key(self) -> str:
-        return str(self.data["run_key"])
-
-    @property
-    def identity(self) -> str:
-        return f"completion:{self.event_id}"
-
-    def summary(self) -> dict[str, Any]:
-        return {
-            "kind": "completion",
-            "upstream_run_key": self.run_key,
-            "upstream_pipeline": self.pipeline,
-            "upstream_state": self.state,
-            "event_id": self.event_id,
-            "event_time": self.event_time.isoformat().replace("+00:00", "Z"),
-        }
-
-    @property
-    def lookup(self) -> Callable[[str], Any]:
-        return upstream_lookup(self.data, prefix="upstream.")
-
-
-def upstream_lookup(data: Mapping[str, Any], prefix: str) -> Callable[[str], Any]:
-    """Template values ``<prefix>run_key``, ``<prefix>parameters.X``, ... from completion data."""
-    job = data.get("job") or {}
-    simple = {
-        "run_key": data.get("run_key"),
-        "pipeline": data.get("pipeline"),
-        "state": data.get("state"),
-        "backend": data.get("backend"),
-        "trigger": data.get("trigger"),
-        "job_id": job.get("id"),
-        "job_url": job.get("url"),
-        "reason": data.get("reason"),
-        "duration_seconds": data.get("duration_seconds"),
-        "start_time": parse_time(data.get("started_at")),
-        "end_time": parse_time(data.get("ended_at")),
-    }
-
-    def lookup(path: str) -> Any:
-        if not path.startswith(prefix):
-            raise KeyError(path)
-        rest = path[len(prefix) :]
-        if rest in simple:
-            return simple[rest]
-        for section in ("parameters", "outputs", "event"):
-            if rest.startswith(section + "."):
-                return (data.get(section) or {})[rest[len(section) + 1 :]]
-        raise KeyError(path)
-
-    return lookup
-
-
-def is_completion_message(message: MessageEvent) -> bool:
-    if message.attributes.get(EVENT_TYPE_ATTR) in ("run.completed", "join.abandoned"):
-        return True
-    body = message.json
-    return isinstance(body, Mapping) and body.get("type") in (RUN_COMPLETED, JOIN_ABANDONED)
-
-
-def parse_completion(message: MessageEvent) -> Completion | None:
-    """The completion carried by ``message`` (``None`` for a join-abandoned notice)."""
-    body = message.json
-    if not isinstance(body, Mapping) or not isinstance(body.get("data"), Mapping):
-        raise EventError("completion message data is not a CloudEvent JSON object", field="message.data")
-    if body.get("type") == JOIN_ABANDONED:
-        return None
-    if body.get("type") != RUN_COMPLETED:
-        raise EventError(f"unknown completion event type {body.get('type')!r}", field="type")
-    data = body["data"]
-    for required in ("run_key", "pipeline", "state"):
-        if not data.get(required):
-            raise EventError(f"completion event has no {required}", field=f"data.{required}")
-        if not isinstance(data[required], str):
-            raise EventError(f"completion event {required} is not text", field=f"data.{required}")
-    for nested in ("job", "parameters", "outputs", "event", "error"):
-        if data.get(nested) is not None and not isinstance(data[nested], Mapping):
-            raise EventError(f"completion event {nested} is not an object", field=f"data.{nested}")
-    when = parse_time(body.get("time")) or message.event_time
-    return Completion(event_id=str(body.get("id") or message.message_id), event_time=when, data=data)

@@ -34,6 +34,7 @@ from handlers.core.times import from_iso, iso, now
 from handlers.follow import completion
 from handlers.launch.ledger import Marker, Run, new_owner
 from handlers.launch.runtime import Runtime
+from handlers.model.completions import completion_id
 from handlers.model.config import Pipeline
 
 SWEEP_WORKERS = 64  # concurrent checks: each is mostly waiting on one backend call
@@ -218,7 +219,7 @@ class Tracker:
     ) -> str | None:
         """Decide the terminal state once (CAS), publish the completion, mark it published."""
         now = self.clock()
-        event_id = completion.completion_id(run.run_key, str(state))
+        event_id = completion_id(run.run_key, str(state))
         token = new_owner()
         won = False
 

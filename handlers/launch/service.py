@@ -25,8 +25,9 @@ folds the marker in for every reader until then, see :mod:`handlers.launch.ledge
 from __future__ import annotations
 
 import datetime as dt
+import enum
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -45,9 +46,19 @@ from handlers.core.times import from_iso, iso, now
 from handlers.launch.ledger import Conflict, Marker, Run, new_owner
 from handlers.launch.runtime import Runtime
 from handlers.model.config import Pipeline, Trigger
-from handlers.route.render import Rendered, identity_of, render, run_key
+from handlers.route.plan import LaunchPlan, plan_launch
+from handlers.route.render import Rendered
 
 MAX_FIND_CANDIDATES = 5  # jobs an inexact find() may offer before the launch service gives up looking
+
+
+class LaunchResult(enum.StrEnum):
+    """What one delivery did to its run."""
+
+    LAUNCHED = "launched"  # this delivery started the job
+    ADOPTED = "adopted"  # the job already existed (a lost answer, a takeover): now followed
+    DUPLICATE = "duplicate"  # another delivery had claimed the run: nothing done
+    FAILED = "failed"  # no job: recorded LAUNCH_FAILED, or no identity (acknowledged)
 
 
 @dataclass(frozen=True)
@@ -57,7 +68,7 @@ class Outcome:
     trigger: str
     pipeline: str
     run_key: str | None
-    result: str  # launched | adopted | duplicate | failed
+    result: LaunchResult
     job_id: str | None = None
     reason: str | None = None
 
@@ -85,23 +96,53 @@ class LaunchService:
         self, trigger: Trigger, event: Any, *, on_launched: Callable[[Run], None] | None = None
     ) -> Outcome:
         """Launch ``trigger``'s pipeline for ``event`` exactly once. Raises only RetryableError."""
-        pipeline = self.rt.config.pipelines[trigger.pipeline]
+        return self.launch(plan_launch(self.rt.config, trigger, event), on_launched=on_launched)
+
+    def launch(self, plan: LaunchPlan, *, on_launched: Callable[[Run], None] | None = None) -> Outcome:
+        """Carry out a plan made by :func:`handlers.route.plan.plan_launch` (the same plan ``explain``
+        shows): claim its run and launch its job once, or record why it cannot launch."""
+        trigger, pipeline, event = plan.trigger, plan.pipeline, plan.event
         with logs.bind(
             trigger=trigger.name, pipeline=pipeline.name, event_id=getattr(event, "event_id", None)
         ):
-            try:
-                key = run_key(trigger.name, identity_of(trigger, event))
-            except ParameterError as exc:
+            if plan.run_key is None:
+                assert plan.error is not None
                 logs.error(
-                    "event has no identity for this trigger: acknowledged without a run", **exc.context()
+                    "event has no identity for this trigger: acknowledged without a run",
+                    **plan.error.context(),
                 )
-                return Outcome(trigger.name, pipeline.name, None, "failed", reason=exc.message)
+                return Outcome(
+                    trigger.name, pipeline.name, None, LaunchResult.FAILED, reason=plan.error.message
+                )
+            key = str(plan.run_key)
             with logs.bind(run_key=key):
-                try:
-                    rendered = render(self.rt.config, trigger, pipeline, event, key)
-                except ParameterError as exc:
-                    return self._record_unlaunchable(trigger, pipeline, event, key, exc)
-                return self._claim_and_launch(trigger, pipeline, event, rendered, on_launched)
+                if plan.rendered is None:
+                    assert plan.error is not None
+                    return self._record_unlaunchable(trigger, pipeline, event, key, plan.error)
+                return self._claim_and_launch(trigger, pipeline, event, plan.rendered, on_launched)
+
+    def launch_all(self, plans: Iterable[LaunchPlan]) -> list[Outcome]:
+        """Launch every plan; raise the first retryable error only after all had their turn (the
+        platform redelivers; triggers that already launched see a duplicate next time)."""
+        outcomes: list[Outcome] = []
+        pending: RetryableError | None = None
+        for plan in plans:
+            try:
+                outcomes.append(self.launch(plan))
+            except RetryableError as exc:
+                logs.warning(
+                    "transient failure: the event will be redelivered",
+                    **{**exc.context(), "trigger": plan.trigger.name},
+                )
+                pending = pending or exc
+            except PermanentError as exc:
+                logs.error(
+                    "permanent failure before a run was recorded: acknowledged",
+                    **{**exc.context(), "trigger": plan.trigger.name},
+                )
+        if pending is not None:
+            raise pending
+        return outcomes
 
     # -- claim ---------------------------------------------------------------------------------
     def _new_run(
@@ -192,7 +233,11 @@ class LaunchService:
                 job_id=job.job_id if job else None,
             )
             return Outcome(
-                trigger.name, pipeline.name, rendered.run_key, "duplicate", job_id=job.job_id if job else None
+                trigger.name,
+                pipeline.name,
+                rendered.run_key,
+                LaunchResult.DUPLICATE,
+                job_id=job.job_id if job else None,
             )
         backend = self.rt.backend(pipeline.backend)
         request = LaunchRequest(
@@ -270,7 +315,7 @@ class LaunchService:
             failed = self._mark_failed(run, exc)
             if on_launched and failed is not None:
                 on_launched(failed)
-            return Outcome(trigger.name, pipeline.name, run.run_key, "failed", reason=exc.message)
+            return Outcome(trigger.name, pipeline.name, run.run_key, LaunchResult.FAILED, reason=exc.message)
         except RetryableError:
             self._release(run)
             raise
@@ -289,7 +334,11 @@ class LaunchService:
         if on_launched:
             on_launched(recorded)
         return Outcome(
-            trigger.name, pipeline.name, run.run_key, "adopted" if adopted else "launched", job_id=ref.job_id
+            trigger.name,
+            pipeline.name,
+            run.run_key,
+            LaunchResult.ADOPTED if adopted else LaunchResult.LAUNCHED,
+            job_id=ref.job_id,
         )
 
     def _record_job(self, run: Run, ref: JobRef, pipeline: Pipeline) -> Run:
@@ -365,4 +414,4 @@ class LaunchService:
             self.rt.ledger.mark_active(key)  # so the completion of a LAUNCH_FAILED run is published once
         except Conflict:
             pass
-        return Outcome(trigger.name, pipeline.name, key, "failed", reason=exc.message)
+        return Outcome(trigger.name, pipeline.name, key, LaunchResult.FAILED, reason=exc.message)

@@ -27,12 +27,13 @@ import datetime as dt
 import functools
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from handlers.core.errors import EventError
 from handlers.core.times import iso, parse_time
+from handlers.model.templates import dotted
 
 STORAGE_FINALIZED = "google.cloud.storage.object.v1.finalized"
 PUBSUB_PUBLISHED = "google.cloud.pubsub.topic.v1.messagePublished"
@@ -217,6 +218,10 @@ class ObjectEvent:
     def identity(self) -> str:
         return self.object.identity
 
+    @property
+    def lookup(self) -> Callable[[str], Any]:
+        return object_lookup(self)
+
     def summary(self) -> dict[str, Any]:
         o = self.object
         return {
@@ -249,6 +254,10 @@ class MessageEvent:
     @property
     def identity(self) -> str:
         return self.message_id
+
+    @property
+    def lookup(self) -> Callable[[str], Any]:
+        return message_lookup(self)
 
     @property
     def text(self) -> str:
@@ -399,3 +408,63 @@ def _json_object(data: Any, field_name: str) -> Mapping[str, Any]:
     if not isinstance(data, Mapping):
         raise EventError(f"{field_name} must be a JSON object", field=field_name)
     return data
+
+
+def object_lookup(event: ObjectEvent) -> Callable[[str], Any]:
+    """Template values of an object event (see :mod:`handlers.model.templates`)."""
+    o = event.object
+    simple = {
+        "bucket": o.bucket,
+        "name": o.name,
+        "dirname": o.dirname,
+        "basename": o.basename,
+        "stem": o.stem,
+        "extension": o.extension,
+        "generation": o.generation,
+        "metageneration": o.metageneration,
+        "size": o.size,
+        "content_type": o.content_type,
+        "md5_hash": o.md5_hash,
+        "crc32c": o.crc32c,
+        "time_created": o.time_created,
+    }
+
+    def lookup(path: str) -> Any:
+        if path in simple:
+            return simple[path]
+        if path.startswith("metadata."):
+            return o.metadata[path[len("metadata.") :]]
+        raise KeyError(path)
+
+    return lookup
+
+
+def message_lookup(event: MessageEvent) -> Callable[[str], Any]:
+    """Template values of a message (``data.a.b``: a JSON field by dotted path)."""
+    simple = {
+        "topic": event.topic,
+        "message_id": event.message_id,
+        "ordering_key": event.ordering_key,
+        "publish_time": event.publish_time,
+    }
+
+    def lookup(path: str) -> Any:
+        if path in simple:
+            return simple[path]
+        if path == "data":
+            # The payload as text only when it is text: U+FFFD replacements would be a parameter the
+            # message never said (a binary payload has no value here; use {data|...} for a default).
+            try:
+                return event.data.decode("utf-8")
+            except UnicodeDecodeError:
+                raise KeyError(path) from None
+        if path.startswith("attributes."):
+            return event.attributes[path[len("attributes.") :]]
+        if path.startswith("data."):
+            payload = event.json
+            if payload is None:
+                raise KeyError(path)
+            return dotted(payload, path[len("data.") :])
+        raise KeyError(path)
+
+    return lookup

@@ -1,8 +1,8 @@
 """Which triggers an event matches, and why the others did not.
 
-Every trigger of the event's kind is evaluated; the result keeps the reasons of a near miss so the
-command line's ``explain`` can show them. One event may match several triggers: each launches its
-own pipeline once.
+Every trigger of the event's kind is evaluated (objects, messages, and completions against the
+``completion`` triggers); the result keeps the reasons of a near miss, which the functions log and
+``explain`` shows. One event may match several triggers: each launches its own pipeline once.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from handlers.model.completions import Completion
 from handlers.model.config import Condition, Config, Trigger
 from handlers.model.events import MessageEvent, ObjectEvent
 from handlers.model.templates import dotted
@@ -114,3 +115,19 @@ def match_object(config: Config, event: ObjectEvent) -> list[Match]:
 
 def match_message(config: Config, event: MessageEvent) -> list[Match]:
     return [Match(t, tuple(message_reasons(t, event))) for t in config.triggers_of("pubsub")]
+
+
+def completion_reasons(trigger: Trigger, comp: Completion) -> list[str]:
+    """Why ``trigger`` does not act on this completion (empty when it does). A fan-in acts on every
+    state of its upstreams: a failure abandons the join."""
+    spec = trigger.completion
+    assert spec is not None
+    if comp.pipeline not in spec.upstream:
+        return [f"upstream pipeline is {comp.pipeline!r}, trigger waits for {list(spec.upstream)}"]
+    if not spec.is_fan_in and comp.state not in spec.states:
+        return [f"upstream state is {comp.state!r}, trigger wants one of {list(spec.states)}"]
+    return []
+
+
+def match_completion(config: Config, comp: Completion) -> list[Match]:
+    return [Match(t, tuple(completion_reasons(t, comp))) for t in config.triggers_of("completion")]

@@ -1,0 +1,46 @@
+"""``validate``: check a routing config and list every problem."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from handlers.entry.cli.args import EXIT_OK
+from handlers.entry.cli.output import Output, clean
+from handlers.model.config import Config, load_config
+
+
+# ---------------------------------------------------------------------------------------------
+# validate
+# ---------------------------------------------------------------------------------------------
+def summarize(config: Config) -> dict[str, Any]:
+    """Counts of pipelines (by backend) and triggers (by kind; fan-ins counted apart)."""
+    kinds: dict[str, int] = {}
+    for trig in config.triggers.values():
+        kind = "fan-in" if trig.scope == "fanin" else trig.kind
+        kinds[kind] = kinds.get(kind, 0) + 1
+    backends: dict[str, int] = {}
+    for p in config.pipelines.values():
+        backends[p.backend] = backends.get(p.backend, 0) + 1
+    return {
+        "pipelines": len(config.pipelines),
+        "triggers": len(config.triggers),
+        "triggers_by_kind": dict(sorted(kinds.items())),
+        "pipelines_by_backend": dict(sorted(backends.items())),
+    }
+
+
+def cmd_validate(args: argparse.Namespace, out: Output) -> int:
+    path = args.file or getattr(args, "config", None)
+    config = load_config(path)  # a ConfigError is reported by main() with every problem
+    summary = summarize(config)
+    if out.json:
+        out.emit({"valid": True, "source": config.source, **summary})
+        return EXIT_OK
+    by_kind = ", ".join(f"{n} {k}" for k, n in summary["triggers_by_kind"].items())
+    out.line(
+        f"{clean(config.source)}: {out.paint('OK', 'green')}: {summary['pipelines']} pipeline"
+        f"{'' if summary['pipelines'] == 1 else 's'}, {summary['triggers']} trigger"
+        f"{'' if summary['triggers'] == 1 else 's'}" + (f" ({by_kind})" if by_kind else "")
+    )
+    return EXIT_OK
