@@ -1,13 +1,49 @@
-"""Event-driven pipeline launcher for Google Cloud Functions.
+"""Event-driven pipeline launcher for Google Cloud Functions (what is deployed).
 
-Modules, one concept each (read them in this order to follow an event):
+The folders follow an event, from the ways in to the completion event it ends with; the shared
+plumbing is at the bottom. Each layer imports only itself and the layers below it in this list
+(``tests/test_layout.py`` holds the code to it)::
 
-- ``events``      typed, read-only wrappers over the CloudEvent shapes the functions receive
-- ``config``      the routing YAML, loaded and validated once into frozen dataclasses
-- ``templates``   parameter templates: placeholders checked at load, rendered from an event
-- ``routing``     event -> matching triggers, with the reason for each near miss
-- ``ledger``      run records in a GCS bucket: create-only claim, compare-and-swap updates
-- ``launch``      the launch service: claim -> backend.launch -> record, with the error policy
-- ``backends``    one module per pipeline system behind one small contract
-- ``errors``      the error tree (retryable vs permanent); ``logs`` structured JSON logging
+    entry/        ways in: no decisions of their own
+      functions     the five functions' services: parse, plan, carry the plan out (error policy)
+      api           the REST API (POST /runs, GET /runs/{key}, cancel, GET /pipelines)
+      manual        runs started by hand, shared by the REST API and the command line
+      cli/          python -m handlers: validate, explain, runs, launch, cancel, graph
+                    (__init__ parser and main; output, args, validate, explain, runs, launch, graph)
+    follow/       following a run to its end
+      tracking      the sweep and the push path: backend status -> run state, timeouts, stalls
+      completion    the completion event of a finished run: built once, published with one id
+      chaining      completion triggers: chains and fan-in joins
+    launch/       one launch per event
+      service       claim -> launch -> record, exactly once, with the retry and error policy
+      ledger        run records and active markers over a small store contract
+      store         that store: the Cloud Storage JSON API (create-only and CAS writes)
+      runtime       the per-process wiring: config, ledger, backends, publisher (built lazily)
+    route/        what an event means, decided before anything is written
+      match         event -> matching triggers (objects, messages, completions), near-miss reasons
+      identity      run identity and RunKey: format, parse (labels, REST paths), validate; job names
+      render        the rendered launch: parameters, outputs, job name, labels
+      plan          the one decision path the functions act on and explain renders
+    model/        the routing config and the events, typed
+      config        the YAML config, validated once (every problem listed) into frozen dataclasses
+      templates     parameter templates: placeholders checked at load, rendered from an event
+      events        the CloudEvents the functions receive (storage, Pub/Sub, notifications), typed
+      completions   the completion event format; completions and fan-ins as trigger inputs
+    backends/     the pipeline systems, behind one declared contract
+      contract      Backend protocol, BackendSpec (everything a backend declares), run states
+      registry      backend name -> the module declaring it
+      dataflow      Dataflow classic and Flex Templates (REST v1b3)
+      datafusion    Cloud Data Fusion / CDAP pipelines
+      fabric/       Microsoft Fabric item jobs (fabric/jobs) and Entra ID tokens (fabric/entra)
+    core/         plumbing every layer shares
+      errors        the one error tree: retryable vs permanent
+      http          HTTP answers -> the error tree; timeouts
+      retry         capped exponential backoff honouring Retry-After, within a budget
+      clients       Google HTTP session and Pub/Sub publisher, built once per process
+      logs          JSON log lines Cloud Logging understands, secrets masked
+      times         one way to read and write times
+      ids           one recipe for derived ids
+
+``main.py`` holds the thin entry points; ``schemas/`` the published completion-event schema and the
+REST API's OpenAPI contract.
 """

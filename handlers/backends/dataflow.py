@@ -38,7 +38,7 @@ from handlers.backends.contract import (
     RunState,
     StatusPush,
 )
-from handlers.core import http
+from handlers.core import clients, http
 from handlers.core.errors import EventError, ParameterError
 from handlers.core.times import parse_time
 
@@ -293,8 +293,6 @@ class _Dataflow:
     @property
     def session(self) -> Any:
         if self._session is None:
-            from handlers.core import clients
-
             self._session = clients.google_session()
         return self._session
 

@@ -61,7 +61,7 @@ from handlers.backends.contract import (
     PipelineTarget,
     RunState,
 )
-from handlers.core import http, logs
+from handlers.core import clients, http, logs
 from handlers.core.clients import is_loopback
 from handlers.core.errors import AlreadyExists, BackendRejected, BackendUnavailable, NotFound
 from handlers.core.times import from_epoch
@@ -317,8 +317,6 @@ class DataFusion:
     @property
     def session(self) -> Any:
         if self._session is None:
-            from handlers.core import clients
-
             self._session = clients.google_session()
         return self._session
 

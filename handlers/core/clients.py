@@ -18,6 +18,9 @@ import threading
 from typing import Any
 from urllib.parse import urlparse
 
+from handlers.core import http
+from handlers.core.errors import BackendUnavailable
+
 _lock = threading.RLock()  # re-entrant: one client may be built from another (publisher -> session)
 _cache: dict[str, Any] = {}
 
@@ -145,8 +148,6 @@ class RestPublisher:
     def publish(self, topic: str, data: bytes, **attributes: str) -> _Published:
         import base64
 
-        from handlers.core import http
-
         body = {"messages": [{"data": base64.b64encode(data).decode(), "attributes": attributes}]}
         answer = http.send_json(
             self.session,
@@ -157,8 +158,6 @@ class RestPublisher:
         )
         ids = answer.get("messageIds") or []
         if not ids:
-            from handlers.core.errors import BackendUnavailable
-
             raise BackendUnavailable("pubsub topics.publish: no message id in the answer")
         return _Published(str(ids[0]))
 

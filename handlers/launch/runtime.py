@@ -13,6 +13,7 @@ from typing import Any
 
 from handlers.backends import registry
 from handlers.backends.contract import Backend
+from handlers.core import clients
 from handlers.launch.ledger import Ledger
 from handlers.launch.store import GcsStore
 from handlers.model.config import Config, cached_config
@@ -38,8 +39,6 @@ class Runtime:
     @property
     def publisher(self) -> Any:
         if self._publisher is None:
-            from handlers.core import clients
-
             self._publisher = clients.publisher()
         return self._publisher
 

@@ -29,7 +29,7 @@ from collections.abc import Callable, Iterator, Mapping
 from typing import Any, TypeVar
 from urllib.parse import quote
 
-from handlers.core import http, retry
+from handlers.core import clients, http, retry
 from handlers.core.errors import BackendRejected, BackendUnavailable, LedgerUnavailable, NotFound
 
 GCS_ENDPOINT = "https://storage.googleapis.com"
@@ -49,8 +49,6 @@ def endpoint() -> str:
 
 
 def default_session() -> Any:
-    from handlers.core import clients
-
     return clients.plain_session() if os.environ.get("STORAGE_EMULATOR_HOST") else clients.google_session()
 
 

@@ -573,7 +573,9 @@ def _settings(raw: Any, problems: _Problems) -> Settings:
         problems.add(f"{where}.project", "is required (or set GOOGLE_CLOUD_PROJECT)")
     region = _text(spec.get("region"), f"{where}.region", problems)
     if not region and f"{where}.region" not in problems.where():
-        problems.add(f"{where}.region", "is required (Dataflow uses regional endpoints only)")
+        problems.add(
+            f"{where}.region", "is required (every pipeline runs in a region, through regional endpoints)"
+        )
     bucket = _text(ledger.get("bucket"), f"{where}.ledger.bucket", problems)
     if not bucket and f"{where}.ledger.bucket" not in problems.where():
         problems.add(f"{where}.ledger.bucket", "is required (the run ledger makes launches exactly-once)")

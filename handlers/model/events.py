@@ -37,7 +37,6 @@ from handlers.model.templates import dotted
 
 STORAGE_FINALIZED = "google.cloud.storage.object.v1.finalized"
 PUBSUB_PUBLISHED = "google.cloud.pubsub.topic.v1.messagePublished"
-DATAFLOW_STATUS_CHANGED = "google.cloud.dataflow.job.v1beta3.statusChanged"
 NOTIFICATION_FINALIZE = "OBJECT_FINALIZE"
 _NOTIFICATION_ATTRS = ("eventType", "bucketId", "objectId")
 

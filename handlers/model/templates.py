@@ -38,6 +38,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from handlers.core.errors import ParameterError
+from handlers.core.times import parse_time
 
 COMMON = frozenset({"event_id", "trigger", "pipeline", "run_key", "project", "region"})
 COMMON_TIMES = frozenset({"event_time"})
@@ -191,8 +192,6 @@ class Template:
 def _format(value: Any, part: Field) -> str:
     if part.is_time:
         if isinstance(value, str):
-            from handlers.core.times import parse_time
-
             value = parse_time(value, part.path)
         if isinstance(value, dt.datetime):
             if part.spec:

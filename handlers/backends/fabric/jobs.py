@@ -70,6 +70,7 @@ from handlers.backends.fabric import entra
 from handlers.backends.fabric.entra import DEFAULT_PREFIX, DELEGATED, SERVICE_PRINCIPAL
 from handlers.core import http, logs
 from handlers.core.errors import BackendRejected, BackendUnavailable, EventError, NotFound
+from handlers.core.times import parse_time
 
 DEFAULT_ENDPOINT = "https://api.fabric.microsoft.com"
 ENDPOINT_ENV = "FABRIC_API_ENDPOINT"
@@ -175,8 +176,6 @@ def execution_body(
 
 def _parse_time(value: Any) -> dt.datetime | None:
     """Fabric times (``2026-03-13T10:00:00.1234567``, UTC, usually without an offset) as aware UTC."""
-    from handlers.core.times import parse_time
-
     try:
         return parse_time(value, "startTimeUtc")
     except EventError:

@@ -62,6 +62,7 @@ def _load(args: argparse.Namespace) -> Config:
 
 
 def _runtime(config: Config) -> Any:
+    # Only the commands that read the ledger or call a backend load the launch stack.
     from handlers.launch.runtime import make_runtime
 
     return make_runtime(config)

@@ -14,6 +14,7 @@ from handlers.core.errors import (
 )
 from handlers.entry.cli.args import EXIT_FAILURE, EXIT_OK, _load, _runtime
 from handlers.entry.cli.output import Output, Progress, clean
+from handlers.entry.manual import cancel_run, run_status, start_run
 
 
 # ---------------------------------------------------------------------------------------------
@@ -52,7 +53,6 @@ def wait_for(
 
     Returns ``(state, backend_state, reason, timed_out)``.
     """
-    from handlers.entry.manual import run_status
 
     started = time.monotonic()
     last = ""
@@ -72,7 +72,6 @@ def wait_for(
 
 
 def cmd_launch(args: argparse.Namespace, out: Output) -> int:
-    from handlers.entry.manual import start_run
 
     config = _load(args)
     runtime = _runtime(config)
@@ -136,7 +135,6 @@ def cmd_launch(args: argparse.Namespace, out: Output) -> int:
 
 
 def cmd_cancel(args: argparse.Namespace, out: Output) -> int:
-    from handlers.entry.manual import cancel_run
 
     runtime = _runtime(_load(args))
     run = cancel_run(runtime, args.run_key)
