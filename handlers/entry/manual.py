@@ -20,7 +20,7 @@ from handlers.core.times import iso
 from handlers.launch.ledger import Run
 from handlers.launch.runtime import Runtime
 from handlers.launch.service import LaunchService, Outcome
-from handlers.model.config import Pipeline, Trigger
+from handlers.model.config import Pipeline, Trigger, TriggerKind
 from handlers.model.templates import placeholder_problem
 from handlers.route.identity import RunKey
 
@@ -174,7 +174,7 @@ def start_run(
         )
     values = _check_inputs(pipeline, inputs)
     event = ManualEvent(pipeline_name, values, idempotency_key, dt.datetime.now(dt.UTC), caller)
-    trigger = Trigger(name=API_TRIGGER, kind="api", pipeline=pipeline_name)
+    trigger = Trigger(name=API_TRIGGER, kind=TriggerKind.API, pipeline=pipeline_name)
     key = str(RunKey.of(API_TRIGGER, event.identity))
     existing = runtime.ledger.get(key)
     if existing is not None and existing.event.get("request_hash") not in (None, event.request_hash):

@@ -25,6 +25,7 @@ problem, each naming the trigger or pipeline and the field. The result is frozen
 
 from __future__ import annotations
 
+import enum
 import functools
 import math
 import os
@@ -96,10 +97,19 @@ class CompletionMatch:
         return len(self.upstream) > 1
 
 
+class TriggerKind(enum.StrEnum):
+    """What starts a trigger's runs."""
+
+    STORAGE = "storage"  # an object finalized in a bucket
+    PUBSUB = "pubsub"  # a message on a topic
+    COMPLETION = "completion"  # an upstream run's completion event (a chain or a fan-in)
+    API = "api"  # a run started by hand (REST API or CLI); never configured
+
+
 @dataclass(frozen=True)
 class Trigger:
     name: str
-    kind: str  # storage | pubsub | completion
+    kind: TriggerKind
     pipeline: str
     parameters: Mapping[str, Template] = field(default_factory=dict)
     storage: StorageMatch | None = None
@@ -168,7 +178,7 @@ class Config:
     triggers: Mapping[str, Trigger]
     source: str = "<config>"
 
-    def triggers_of(self, kind: str) -> list[Trigger]:
+    def triggers_of(self, kind: TriggerKind | str) -> list[Trigger]:
         return [t for t in self.triggers.values() if t.kind == kind]
 
     def pipeline(self, name: str) -> Pipeline:
@@ -537,7 +547,7 @@ def _trigger(name: str, raw: Any, problems: _Problems) -> Trigger | None:
         return None
     return Trigger(
         name=name,
-        kind=kind,
+        kind=TriggerKind(kind),
         pipeline=pipeline,
         parameters=_templates(spec.get("parameters"), f"{where}.parameters", problems),
         storage=_storage(spec[kind], f"{where}.storage", problems) if kind == "storage" else None,

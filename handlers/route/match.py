@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from handlers.model.completions import Completion
-from handlers.model.config import Condition, Config, Trigger
+from handlers.model.config import Condition, Config, Trigger, TriggerKind
 from handlers.model.events import MessageEvent, ObjectEvent
 from handlers.model.templates import dotted
 
@@ -110,11 +110,11 @@ def message_reasons(trigger: Trigger, event: MessageEvent) -> list[str]:
 
 
 def match_object(config: Config, event: ObjectEvent) -> list[Match]:
-    return [Match(t, tuple(object_reasons(t, event))) for t in config.triggers_of("storage")]
+    return [Match(t, tuple(object_reasons(t, event))) for t in config.triggers_of(TriggerKind.STORAGE)]
 
 
 def match_message(config: Config, event: MessageEvent) -> list[Match]:
-    return [Match(t, tuple(message_reasons(t, event))) for t in config.triggers_of("pubsub")]
+    return [Match(t, tuple(message_reasons(t, event))) for t in config.triggers_of(TriggerKind.PUBSUB)]
 
 
 def completion_reasons(trigger: Trigger, comp: Completion) -> list[str]:
@@ -130,4 +130,4 @@ def completion_reasons(trigger: Trigger, comp: Completion) -> list[str]:
 
 
 def match_completion(config: Config, comp: Completion) -> list[Match]:
-    return [Match(t, tuple(completion_reasons(t, comp))) for t in config.triggers_of("completion")]
+    return [Match(t, tuple(completion_reasons(t, comp))) for t in config.triggers_of(TriggerKind.COMPLETION)]
