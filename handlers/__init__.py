@@ -42,6 +42,7 @@ plumbing is at the bottom. Each layer imports only itself and the layers below i
       clients       Google HTTP session and Pub/Sub publisher, built once per process
       logs          JSON log lines Cloud Logging understands, secrets masked
       times         one way to read and write times
+      patterns      globs and regular expressions matched in linear time (no backtracking)
       ids           one recipe for derived ids
 
 ``main.py`` holds the thin entry points; ``schemas/`` the published completion-event schema and the

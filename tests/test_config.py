@@ -8,7 +8,8 @@ import pytest
 import yaml
 
 from handlers.core.errors import ConfigError, ParameterError
-from handlers.model.config import build_config, glob_to_regex, load_config, parse_duration
+from handlers.core.patterns import Glob
+from handlers.model.config import build_config, load_config, parse_duration
 from handlers.model.templates import Template
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -145,7 +146,7 @@ def test_durations(text, seconds):
     ],
 )
 def test_glob_semantics(pattern, name, matches):
-    assert bool(glob_to_regex(pattern).match(name)) is matches
+    assert Glob(pattern).match(name) is matches
 
 
 def test_templates_render_time_formats_defaults_and_literal_braces():

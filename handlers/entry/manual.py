@@ -115,7 +115,7 @@ def describe(pipeline: Pipeline) -> dict[str, Any]:
             {
                 "name": i.name,
                 "required": i.required,
-                "pattern": i.pattern.pattern[3:-3] if i.pattern else None,
+                "pattern": i.pattern.pattern if i.pattern else None,
                 "description": i.description,
                 "default": i.default,
             }
@@ -142,8 +142,10 @@ def _check_inputs(pipeline: Pipeline, given: Mapping[str, Any]) -> dict[str, str
                 values[spec.name] = spec.default
             elif spec.required:
                 problems[f"parameters.{spec.name}"] = "is required"
-        elif spec.name in values and spec.pattern is not None and not spec.pattern.match(values[spec.name]):
-            problems[f"parameters.{spec.name}"] = f"does not match the pattern {spec.pattern.pattern[3:-3]}"
+        elif (
+            spec.name in values and spec.pattern is not None and not spec.pattern.fullmatch(values[spec.name])
+        ):
+            problems[f"parameters.{spec.name}"] = f"does not match the pattern {spec.pattern.pattern}"
     if problems:
         raise InvalidRequest(problems)
     return values

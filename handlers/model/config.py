@@ -38,6 +38,7 @@ from typing import Any
 from handlers.backends import registry
 from handlers.backends.contract import TERMINAL_STATES
 from handlers.core.errors import ConfigError
+from handlers.core.patterns import Glob, PatternError, Regex, compile_regex
 from handlers.model.templates import Template, placeholder_problem
 
 CONFIG_ENV = "PIPELINES_CONFIG"
@@ -59,7 +60,7 @@ class Condition:
     path: str
     equals: str | None = None
     one_of: tuple[str, ...] | None = None
-    regex: re.Pattern[str] | None = None
+    regex: Regex | None = None
     prefix: str | None = None
     suffix: str | None = None
     exists: bool | None = None
@@ -69,8 +70,8 @@ class Condition:
 class StorageMatch:
     bucket: str
     glob: str | None = None
-    glob_re: re.Pattern[str] | None = None
-    regex: re.Pattern[str] | None = None
+    glob_matcher: Glob | None = None
+    regex: Regex | None = None
     prefix: str | None = None
     suffix: str | None = None
     content_types: tuple[str, ...] = ()
@@ -129,7 +130,7 @@ class Input:
 
     name: str
     required: bool = True
-    pattern: re.Pattern[str] | None = None
+    pattern: Regex | None = None  # the whole value must match
     description: str = ""
     default: str | None = None
 
@@ -206,39 +207,6 @@ def parse_duration(value: Any) -> float:
     return float(m.group(1)) * _UNITS[m.group(2)]
 
 
-def glob_to_regex(pattern: str) -> re.Pattern[str]:
-    """``*`` within one path segment, ``**`` across segments, ``?`` one character, ``[...]`` a set."""
-    out, i = [], 0
-    while i < len(pattern):
-        c = pattern[i]
-        if pattern.startswith("**/", i):
-            out.append("(?:.*/)?")
-            i += 3
-            continue
-        if pattern.startswith("**", i):
-            out.append(".*")
-            i += 2
-            continue
-        if c == "*":
-            out.append("[^/]*")
-        elif c == "?":
-            out.append("[^/]")
-        elif c == "[":
-            j = pattern.find("]", i + 1)
-            if j == -1:
-                out.append(re.escape(c))
-            else:
-                body = pattern[i + 1 : j]
-                if body.startswith("!"):
-                    body = "^" + body[1:]
-                out.append(f"[{body}]")
-                i = j
-        else:
-            out.append(re.escape(c))
-        i += 1
-    return re.compile("".join(out) + r"\Z", re.DOTALL)
-
-
 class _Problems:
     """Collects every problem with its location, so one load reports them all."""
 
@@ -304,11 +272,11 @@ def _duration(
     return seconds
 
 
-def _regex(value: Any, where: str, problems: _Problems) -> re.Pattern[str] | None:
+def _regex(value: Any, where: str, problems: _Problems) -> Regex | None:
     try:
-        return re.compile(str(value), re.DOTALL)
-    except re.error as exc:
-        problems.add(where, f"invalid regular expression: {exc}")
+        return compile_regex(str(value))
+    except PatternError as exc:
+        problems.add(where, str(exc))
         return None
 
 
@@ -382,17 +350,17 @@ def _storage(raw: Any, where: str, problems: _Problems) -> StorageMatch | None:
         problems.add(f"{where}.content_type", "must be a content type or a list of them")
         content_types = ()
     glob = _text(spec.get("glob"), f"{where}.glob", problems)
-    glob_re = None
+    glob_matcher = None
     if glob:
         try:
-            glob_re = glob_to_regex(glob)
-        except re.error as exc:
+            glob_matcher = Glob(glob)
+        except PatternError as exc:
             problems.add(f"{where}.glob", f"invalid glob: {exc}")
     regex = _text(spec.get("regex"), f"{where}.regex", problems)
     m = StorageMatch(
         bucket=bucket,
         glob=glob,
-        glob_re=glob_re,
+        glob_matcher=glob_matcher,
         regex=_regex(regex, f"{where}.regex", problems) if regex else None,
         prefix=_text(spec.get("prefix"), f"{where}.prefix", problems),
         suffix=_text(spec.get("suffix"), f"{where}.suffix", problems),
@@ -480,7 +448,7 @@ def _inputs(raw: Any, where: str, problems: _Problems) -> dict[str, Input]:
         result[str(name)] = Input(
             name=str(name),
             required=bool(spec.get("required", "default" not in spec)),
-            pattern=_regex(f"(?:{pattern})\\Z", f"{here}.pattern", problems) if pattern else None,
+            pattern=_regex(pattern, f"{here}.pattern", problems) if pattern else None,
             description=str(spec.get("description", "")),
             default=_text(spec.get("default"), f"{here}.default", problems),
         )

@@ -32,14 +32,14 @@ def object_reasons(trigger: Trigger, event: ObjectEvent) -> list[str]:
     m = trigger.storage
     assert m is not None
     obj = event.object
+    if obj.bucket != m.bucket:  # nothing else is evaluated: a name costs work only in its own bucket
+        return [f"bucket is {obj.bucket!r}, trigger wants {m.bucket!r}"]
     reasons = []
-    if obj.bucket != m.bucket:
-        reasons.append(f"bucket is {obj.bucket!r}, trigger wants {m.bucket!r}")
     if m.prefix and not obj.name.startswith(m.prefix):
         reasons.append(f"name does not start with {m.prefix!r}")
     if m.suffix and not obj.name.endswith(m.suffix):
         reasons.append(f"name does not end with {m.suffix!r}")
-    if m.glob_re is not None and not m.glob_re.match(obj.name):
+    if m.glob_matcher is not None and not m.glob_matcher.match(obj.name):
         reasons.append(f"name does not match glob {m.glob!r}")
     if m.regex is not None and not m.regex.search(obj.name):
         reasons.append(f"name does not match regex {m.regex.pattern!r}")
