@@ -9,6 +9,7 @@ only stand-in: Google's signing keys cannot be used offline).
 from __future__ import annotations
 
 import json
+import socket
 import threading
 import time
 from pathlib import Path
@@ -187,12 +188,16 @@ def signing():
         .decode()
     )
     certs = json.dumps({"test-key": public_pem})
-    server = make_server(
-        "127.0.0.1", 0, lambda env, sr: Response(certs, mimetype="application/json")(env, sr)
-    )
+    fetches: list[str] = []
+
+    def serve(env, sr):
+        fetches.append(env["PATH_INFO"])
+        return Response(certs, mimetype="application/json")(env, sr)
+
+    server = make_server("127.0.0.1", 0, serve)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     signer = crypt.RSASigner.from_string(private_pem, key_id="test-key")
-    yield signer, f"http://127.0.0.1:{server.server_port}/certs"
+    yield signer, f"http://127.0.0.1:{server.server_port}/certs", fetches
     server.shutdown()
 
 
@@ -239,3 +244,50 @@ def test_id_tokens_are_checked_for_audience_issuer_expiry_and_caller(locked_api,
 def test_without_a_token_the_locked_api_answers_401(locked_api):
     response = locked_api.get("/pipelines")
     assert response.status_code == 401 and response.headers["WWW-Authenticate"] == "Bearer"
+
+
+def test_google_certificates_are_fetched_once_per_process_not_per_request(locked_api, signing, monkeypatch):
+    from handlers.entry import api as rest
+
+    monkeypatch.setattr(rest, "_certs", {})
+    url = f"{signing[1]}?fresh=1"  # a URL no other test warmed
+    monkeypatch.setenv("API_ID_TOKEN_CERTS_URL", url)
+    before = len(signing[2])
+    for _ in range(5):
+        token = id_token(signing[0])
+        assert locked_api.get("/pipelines", headers={"Authorization": f"Bearer {token}"}).status_code == 200
+    assert len(signing[2]) - before == 1
+
+
+def test_unreachable_certificates_answer_503_try_again_not_401(locked_api, signing, monkeypatch):
+    from handlers.core.clients import is_loopback  # the closed port below is on this machine
+    from handlers.entry import api as rest
+
+    monkeypatch.setattr(rest, "_certs", {})
+    closed = socket.socket()
+    closed.bind(("127.0.0.1", 0))
+    port = closed.getsockname()[1]
+    closed.close()  # nobody listens there now
+    url = f"http://127.0.0.1:{port}/certs"
+    assert is_loopback(url)
+    monkeypatch.setenv("API_ID_TOKEN_CERTS_URL", url)
+    token = id_token(signing[0])
+    response = locked_api.get("/pipelines", headers={"Authorization": f"Bearer {token}"})
+    assert response.status_code == 503 and response.headers["Retry-After"]
+    assert response.get_json()["error"]["status"] == "UNAVAILABLE"
+
+
+def test_verifying_tokens_while_allowing_every_caller_is_warned_about(api, signing, monkeypatch, capsys):
+    from handlers.entry import api as rest
+
+    monkeypatch.setattr(rest, "_open_api_warned", False)
+    monkeypatch.setenv("API_AUDIENCE", "https://api.example")
+    monkeypatch.setenv("API_ID_TOKEN_CERTS_URL", signing[1])
+    monkeypatch.delenv("API_ALLOWED_CALLERS", raising=False)
+    token = id_token(signing[0], email="anyone@example.com")
+    assert api.get("/pipelines", headers={"Authorization": f"Bearer {token}"}).status_code == 200
+    assert api.get("/pipelines", headers={"Authorization": f"Bearer {token}"}).status_code == 200
+    warnings = [
+        line for line in capsys.readouterr().out.splitlines() if "API_ALLOWED_CALLERS is empty" in line
+    ]
+    assert len(warnings) == 1

@@ -21,9 +21,11 @@ from __future__ import annotations
 import json
 import os
 import re
+import threading
+import time
 from typing import Any
 
-from handlers.core import logs
+from handlers.core import http, logs
 from handlers.core.errors import BackendRejected, NotFound, PipelineError, RetryableError
 from handlers.entry.manual import (
     IdempotencyConflict,
@@ -72,11 +74,51 @@ def _json(status: int, body: Any, headers: dict[str, str] | None = None) -> tupl
     )
 
 
+CERTS_TTL_SECONDS = 3600.0  # Google rotates its signing keys over days; an unknown key id refetches
+_certs_lock = threading.Lock()
+_certs: dict[str, tuple[float, dict[str, str]]] = {}  # certs URL -> (fetched at, key id -> PEM)
+_open_api_warned = False
+
+
+def _google_certs(url: str, *, refresh: bool = False) -> dict[str, str]:
+    """Google's ID-token signing certificates, fetched once per hour per process (not per request).
+    Unreachable or unreadable certificates are a 503 (try again), never a 401 (your token is bad)."""
+    import requests
+
+    with _certs_lock:
+        cached = _certs.get(url)
+        if cached and not refresh and time.monotonic() - cached[0] < CERTS_TTL_SECONDS:
+            return cached[1]
+        try:
+            answer = requests.get(url, timeout=http.default_timeout())
+            answer.raise_for_status()
+            certs = answer.json()
+        except (requests.RequestException, ValueError) as exc:
+            raise ApiError(
+                503,
+                "UNAVAILABLE",
+                f"the ID-token certificates could not be fetched ({type(exc).__name__}): try again",
+                headers={"Retry-After": "5"},
+            ) from None
+        if not isinstance(certs, dict) or not all(isinstance(v, str) for v in certs.values()):
+            raise ApiError(503, "UNAVAILABLE", "the ID-token certificates are not readable: try again")
+        _certs[url] = (time.monotonic(), certs)
+        return certs
+
+
 def verify_caller(authorization: str | None) -> str | None:
     """Verify the Google-signed ID token when ``API_AUDIENCE`` is set; returns the caller's email."""
+    global _open_api_warned
     audience = os.environ.get("API_AUDIENCE")
     if not audience:
         return None
+    allowed = {e.strip().lower() for e in os.environ.get("API_ALLOWED_CALLERS", "").split(",") if e.strip()}
+    if not allowed and not _open_api_warned:
+        _open_api_warned = True
+        logs.warning(
+            "the API verifies ID tokens but API_ALLOWED_CALLERS is empty: every caller with a Google ID "
+            "token for this audience may launch pipelines"
+        )
     if not authorization or not authorization.startswith("Bearer "):
         raise ApiError(
             401,
@@ -85,20 +127,24 @@ def verify_caller(authorization: str | None) -> str | None:
             headers={"WWW-Authenticate": "Bearer"},
         )
     from google.auth import exceptions as gexc
-    from google.auth.transport import requests as grequests
-    from google.oauth2 import id_token
+    from google.auth import jwt
 
+    token = authorization[len("Bearer ") :]
     certs_url = os.environ.get("API_ID_TOKEN_CERTS_URL", DEFAULT_CERTS_URL)
     try:
-        claims = id_token.verify_token(
-            authorization[len("Bearer ") :], grequests.Request(), audience=audience, certs_url=certs_url
-        )
+        header = jwt.decode_header(token)
     except (ValueError, gexc.GoogleAuthError) as exc:
-        raise ApiError(401, "UNAUTHENTICATED", f"invalid ID token: {exc}") from exc
+        raise ApiError(401, "UNAUTHENTICATED", f"invalid ID token ({type(exc).__name__})") from None
+    certs = _google_certs(certs_url)
+    if header.get("kid") not in certs:  # a key Google rotated in since the last fetch
+        certs = _google_certs(certs_url, refresh=True)
+    try:
+        claims = jwt.decode(token, certs=certs, audience=audience, clock_skew_in_seconds=10)
+    except (ValueError, gexc.GoogleAuthError) as exc:
+        raise ApiError(401, "UNAUTHENTICATED", f"invalid ID token ({type(exc).__name__})") from None
     if claims.get("iss") not in GOOGLE_ISSUERS:
         raise ApiError(401, "UNAUTHENTICATED", "the ID token was not issued by Google")
     email = claims.get("email")
-    allowed = {e.strip().lower() for e in os.environ.get("API_ALLOWED_CALLERS", "").split(",") if e.strip()}
     if allowed and (not email or not claims.get("email_verified") or email.lower() not in allowed):
         raise ApiError(403, "PERMISSION_DENIED", "this caller may not use the API")
     return str(email) if email else None
