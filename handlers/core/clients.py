@@ -19,7 +19,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 from handlers.core import http
-from handlers.core.errors import BackendUnavailable
+from handlers.core.errors import BackendUnavailable, PermanentError
 
 _lock = threading.RLock()  # re-entrant: one client may be built from another (publisher -> session)
 _cache: dict[str, Any] = {}
@@ -61,8 +61,9 @@ def anonymous_auth() -> bool:
     return os.environ.get("PIPELINES_ANONYMOUS_AUTH", "").lower() in ("1", "true", "yes")
 
 
-class LoopbackOnly(Exception):
-    """An unauthenticated session was asked to reach a host that is not this machine."""
+class LoopbackOnly(PermanentError):
+    """An unauthenticated session was asked to reach a host that is not this machine (permanent: a
+    deployment that sets ``PIPELINES_ANONYMOUS_AUTH`` is misconfigured, and no retry cures it)."""
 
 
 def _loopback_only(session: Any) -> Any:
