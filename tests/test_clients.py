@@ -29,7 +29,7 @@ def test_an_anonymous_session_refuses_any_host_that_is_not_loopback_before_sendi
     clients.reset()
     try:
         session = clients.google_session()
-        with pytest.raises(clients.LoopbackOnly, match="dataflow.googleapis.com"):
+        with pytest.raises(clients.LoopbackOnly, match=r"dataflow\.googleapis\.com"):
             session.get("https://dataflow.googleapis.com/v1b3/projects/p/locations/l/jobs", timeout=1)
         with pytest.raises(clients.LoopbackOnly):
             session.get("http://127.evil.example/", timeout=1)
