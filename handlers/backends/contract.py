@@ -21,6 +21,8 @@ Everything else the rest of the project needs to know about a backend is *declar
                    without being polled, and the parser that names the run such an event is about
 ``deploy``         :class:`DeployNeeds`: APIs to enable, IAM grants, credentials to mount, problems
 ``job_noun``       what a run is called there (job, run, instance, batch), for people
+``parameter_limit_bytes``
+                   the most rendered parameter text one launch may carry
 =================  ===============================================================================
 
 Tracking, completion events, chaining, the deploy plan and the local world only ever read these,
@@ -293,6 +295,9 @@ class BackendSpec:
     push: StatusPush | None = None
     deploy: DeployNeeds = DeployNeeds()
     job_noun: str = "job"
+    # The most rendered parameter text (names and values, UTF-8) one launch may carry: a bigger
+    # launch is recorded LAUNCH_FAILED with the reason instead of being sent.
+    parameter_limit_bytes: int = 256 * 1024
 
     def build(self, **kwargs: Any) -> Backend:
         """A new instance of the implementation (clients injected through ``kwargs``)."""

@@ -66,17 +66,61 @@ def build_event(run: Run, project: str) -> dict[str, Any]:
         "reason": (run.error or {}).get("message") if run.error else None,
         "attempts": run.attempts,
     }
-    return {
-        "specversion": "1.0",
-        "type": RUN_COMPLETED,
-        "source": f"//eventpipelines/projects/{project}/pipelines/{run.pipeline}",
-        "subject": f"runs/{run.run_key}",
-        "id": completion_id(run.run_key, run.state),
-        "time": run.ended_at,
-        "datacontenttype": "application/json",
-        "dataschema": DATASCHEMA,
-        "data": data,
-    }
+    return fit(
+        {
+            "specversion": "1.0",
+            "type": RUN_COMPLETED,
+            "source": f"//eventpipelines/projects/{project}/pipelines/{run.pipeline}",
+            "subject": f"runs/{run.run_key}",
+            "id": completion_id(run.run_key, run.state),
+            "time": run.ended_at,
+            "datacontenttype": "application/json",
+            "dataschema": DATASCHEMA,
+            "data": data,
+        }
+    )
+
+
+# A completion is delivered to the chained triggers through Eventarc, which drops events over 512 KB
+# (Pub/Sub's own limit is 10 MB): an event stays well under it, trimming its largest texts first.
+MAX_EVENT_BYTES = 256 * 1024
+TRIMMED_VALUE_CHARS = 4096
+
+
+def _size(event: Mapping[str, Any]) -> int:
+    return len(json.dumps(event, sort_keys=True, ensure_ascii=False).encode())
+
+
+def fit(event: dict[str, Any], limit: int = MAX_EVENT_BYTES) -> dict[str, Any]:
+    """``event`` within ``limit`` bytes: the longest texts of ``reason``, ``parameters``,
+    ``outputs`` and ``event`` are cut to :data:`TRIMMED_VALUE_CHARS` (saying how much was cut), then
+    whole blocks are dropped if that is not enough; ``data.trimmed`` lists what was trimmed. The run's
+    full record stays in the ledger."""
+    if _size(event) <= limit:
+        return event
+    data = event["data"]
+    trimmed: list[str] = []
+    texts: list[tuple[int, str, Any, Any]] = []
+    if isinstance(data.get("reason"), str):
+        texts.append((len(data["reason"]), "reason", data, "reason"))
+    for block in ("parameters", "outputs", "event"):
+        for key, value in (data.get(block) or {}).items():
+            if isinstance(value, str):
+                texts.append((len(value), f"{block}.{key}", data[block], key))
+    for length, path, holder, key in sorted(texts, key=lambda x: x[0], reverse=True):
+        if length <= TRIMMED_VALUE_CHARS or _size(event) <= limit:
+            break
+        holder[key] = (
+            f"{holder[key][:TRIMMED_VALUE_CHARS]}...[{length - TRIMMED_VALUE_CHARS} more characters trimmed]"
+        )
+        trimmed.append(path)
+    for block in ("parameters", "outputs"):
+        if _size(event) <= limit:
+            break
+        data[block] = {}
+        trimmed.append(block)
+    data["trimmed"] = sorted(trimmed)
+    return event
 
 
 def attributes_for(event: Mapping[str, Any]) -> dict[str, str]:

@@ -12,10 +12,22 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from handlers.backends import registry
 from handlers.core.errors import ParameterError
 from handlers.model.config import Config, Pipeline, Trigger
 from handlers.model.templates import render_all
 from handlers.route.identity import RunKey
+
+
+def _within_limit(parameters: Mapping[str, str], limit: int) -> None:
+    size = sum(len(k.encode()) + len(v.encode()) for k, v in parameters.items())
+    if size > limit:
+        largest = max(parameters, key=lambda k: len(parameters[k].encode()))
+        raise ParameterError(
+            f"the rendered parameters are {size} bytes, over the {limit} bytes one launch may carry "
+            f"(largest: {largest}, {len(parameters[largest].encode())} bytes)",
+            field=largest,
+        )
 
 
 @dataclass(frozen=True)
@@ -49,6 +61,7 @@ def render(config: Config, trigger: Trigger, pipeline: Pipeline, event: Any, key
 
     try:
         parameters = render_all(config.templates_for(trigger), lookup)
+        _within_limit(parameters, registry.spec(pipeline.backend).parameter_limit_bytes)
 
         def output_lookup(path: str) -> Any:
             if path.startswith("params."):
