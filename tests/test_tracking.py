@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import datetime as dt
+import json
 import os
 from pathlib import Path
 
 import pytest
 import requests
+from cloudevents.http import from_http
 
 from handlers.backends.contract import RunState
 from handlers.follow.tracking import Tracker
@@ -87,6 +89,7 @@ def test_a_successful_run_publishes_one_completion_with_the_full_contract(world,
     (c,) = events_of(world, 1)
     event, attrs = c["event"], c["attributes"]
     assert attrs == {
+        "content-type": "application/cloudevents+json; charset=UTF-8",
         "event_type": "run.completed",
         "pipeline": "wc",
         "state": "SUCCEEDED",
@@ -95,6 +98,16 @@ def test_a_successful_run_publishes_one_completion_with_the_full_contract(world,
         "backend": "dataflow",
         "schema_version": "1",
     }
+    # a generic CloudEvents consumer (the cloudevents SDK) reads the message as the event it is:
+    # the Pub/Sub binding's structured mode, told by the content-type attribute
+    read = from_http({"content-type": attrs["content-type"]}, json.dumps(event).encode())
+    assert (read["id"], read["type"], read["source"], read["subject"]) == (
+        event["id"],
+        "io.eventpipelines.run.completed.v1",
+        event["source"],
+        f"runs/{key}",
+    )
+    assert read["dataschema"] == event["dataschema"] and read.data == event["data"]
     data = event["data"]
     assert event["id"] == completion_id(key, "SUCCEEDED") and event["subject"] == f"runs/{key}"
     assert data["parameters"] == {"inputFile": "gs://landing/file-0.txt"}

@@ -84,6 +84,10 @@ def build_event(run: Run, project: str) -> dict[str, Any]:
 # A completion is delivered to the chained triggers through Eventarc, which drops events over 512 KB
 # (Pub/Sub's own limit is 10 MB): an event stays well under it, trimming its largest texts first.
 MAX_EVENT_BYTES = 256 * 1024
+# The CloudEvents Pub/Sub protocol binding, structured content mode: the message data is the JSON
+# event, and this attribute says so, so a generic CloudEvents consumer reads it as one.
+CONTENT_TYPE_ATTR = "content-type"
+STRUCTURED_CONTENT_TYPE = "application/cloudevents+json; charset=UTF-8"
 TRIMMED_VALUE_CHARS = 4096
 
 
@@ -127,6 +131,7 @@ def attributes_for(event: Mapping[str, Any]) -> dict[str, str]:
     data = event["data"]
     if event["type"] == JOIN_ABANDONED:
         return {
+            CONTENT_TYPE_ATTR: STRUCTURED_CONTENT_TYPE,
             EVENT_TYPE_ATTR: "join.abandoned",
             "trigger": data["trigger"],
             "pipeline": data["pipeline"],
@@ -134,6 +139,7 @@ def attributes_for(event: Mapping[str, Any]) -> dict[str, str]:
             "schema_version": str(SCHEMA_VERSION),
         }
     return {
+        CONTENT_TYPE_ATTR: STRUCTURED_CONTENT_TYPE,
         EVENT_TYPE_ATTR: "run.completed",
         "pipeline": data["pipeline"],
         "state": data["state"],
