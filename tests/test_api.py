@@ -291,3 +291,32 @@ def test_verifying_tokens_while_allowing_every_caller_is_warned_about(api, signi
         line for line in capsys.readouterr().out.splitlines() if "API_ALLOWED_CALLERS is empty" in line
     ]
     assert len(warnings) == 1
+
+
+def test_a_manual_run_that_failed_permanently_can_be_retried_with_the_same_key(api, dataflow):
+    from handlers.follow.tracking import Tracker
+    from handlers.launch.runtime import default_runtime
+
+    # GIVEN a manual launch the backend refuses once (400: a permanent failure)
+    dataflow.inject("launch", 400)
+    failed = start(api, {"pipeline": "backfill", "parameters": {"day": "2026-11-02"}}, key="retry-me")
+    assert failed.status_code == 202 and failed.get_json()["result"] == "failed"
+    # WHILE its failure is not announced yet, the same request is asked to come back shortly
+    early = start(api, {"pipeline": "backfill", "parameters": {"day": "2026-11-02"}}, key="retry-me")
+    assert early.status_code == 503 and early.headers["Retry-After"]
+    # WHEN the failure was announced (the sweep publishes the LAUNCH_FAILED completion)
+    key = failed.get_json()["run_key"]
+    assert Tracker(default_runtime()).sweep().finished == {key: "LAUNCH_FAILED"}
+    # THEN the same idempotency key launches it, as the same run, once
+    again = start(api, {"pipeline": "backfill", "parameters": {"day": "2026-11-02"}}, key="retry-me")
+    body = check_openapi("/runs", "post", again)
+    assert body["result"] == "launched" and body["run_key"] == key
+    assert (
+        start(api, {"pipeline": "backfill", "parameters": {"day": "2026-11-02"}}, key="retry-me").get_json()[
+            "result"
+        ]
+        == "duplicate"
+    )
+    assert len([launch for launch in dataflow.launches() if launch["status"] == 200]) == 1
+    record = api.get(f"/runs/{key}").get_json()["run"]
+    assert record["attempts"] == 2 and record["completion"] is None

@@ -183,7 +183,7 @@ def start_run(
         raise IdempotencyConflict(
             f"Idempotency-Key {idempotency_key!r} was already used for a different request", run_key=key
         )
-    outcome = (service or LaunchService(runtime)).start(trigger, event)
+    outcome = (service or LaunchService(runtime)).start(trigger, event, retry_failed=True)
     return outcome, runtime.ledger.get(key)
 
 

@@ -93,14 +93,31 @@ class LaunchService:
 
     # -- public -------------------------------------------------------------------------------
     def start(
-        self, trigger: Trigger, event: Any, *, on_launched: Callable[[Run], None] | None = None
+        self,
+        trigger: Trigger,
+        event: Any,
+        *,
+        on_launched: Callable[[Run], None] | None = None,
+        retry_failed: bool = False,
     ) -> Outcome:
         """Launch ``trigger``'s pipeline for ``event`` exactly once. Raises only RetryableError."""
-        return self.launch(plan_launch(self.rt.config, trigger, event), on_launched=on_launched)
+        return self.launch(
+            plan_launch(self.rt.config, trigger, event), on_launched=on_launched, retry_failed=retry_failed
+        )
 
-    def launch(self, plan: LaunchPlan, *, on_launched: Callable[[Run], None] | None = None) -> Outcome:
+    def launch(
+        self,
+        plan: LaunchPlan,
+        *,
+        on_launched: Callable[[Run], None] | None = None,
+        retry_failed: bool = False,
+    ) -> Outcome:
         """Carry out a plan made by :func:`handlers.route.plan.plan_launch` (the same plan ``explain``
-        shows): claim its run and launch its job once, or record why it cannot launch."""
+        shows): claim its run and launch its job once, or record why it cannot launch.
+
+        ``retry_failed``: a run that ended LAUNCH_FAILED (no job ever started) may be claimed again
+        by this request, once its failure was announced: a person retrying a manual run with the same
+        idempotency key after fixing the cause. Events never retry a failure this way."""
         trigger, pipeline, event = plan.trigger, plan.pipeline, plan.event
         with logs.bind(
             trigger=trigger.name, pipeline=pipeline.name, event_id=getattr(event, "event_id", None)
@@ -119,7 +136,9 @@ class LaunchService:
                 if plan.rendered is None:
                     assert plan.error is not None
                     return self._record_unlaunchable(trigger, pipeline, event, key, plan.error)
-                return self._claim_and_launch(trigger, pipeline, event, plan.rendered, on_launched)
+                return self._claim_and_launch(
+                    trigger, pipeline, event, plan.rendered, on_launched, retry_failed=retry_failed
+                )
 
     def launch_all(self, plans: Iterable[LaunchPlan]) -> list[Outcome]:
         """Launch every plan; raise the first retryable error only after all had their turn (the
@@ -163,7 +182,7 @@ class LaunchService:
             attempts=1,
         ).with_state(RunState.CLAIMED, "claimed")
 
-    def _claim(self, fresh: Run) -> tuple[Run | None, bool, Run | None]:
+    def _claim(self, fresh: Run, *, retry_failed: bool = False) -> tuple[Run | None, bool, Run | None]:
         """(our run, taken_over, existing run if we lost). Raises RunInProgress while another owns it."""
         ledger = self.rt.ledger
         for _ in range(10):
@@ -176,6 +195,11 @@ class LaunchService:
                 continue
             if existing.owner == fresh.owner and existing.state == RunState.CLAIMED:
                 return existing, False, None  # our own create, whose answer was lost and retried
+            if retry_failed and existing.state == RunState.LAUNCH_FAILED and existing.job is None:
+                again = self._retry_failed(fresh, existing)
+                if again is None:
+                    continue
+                return again, False, None
             if existing.state != RunState.CLAIMED:
                 return None, False, existing
             if not existing.lease_expired(self.clock()):
@@ -199,6 +223,28 @@ class LaunchService:
             return run, True, None
         raise RunInProgress(f"run {fresh.run_key}: claim contention", run_key=fresh.run_key)
 
+    def _retry_failed(self, fresh: Run, failed: Run) -> Run | None:
+        """Claim a LAUNCH_FAILED run again as a new attempt (``None``: lost a race, read again)."""
+        if not (failed.completion or {}).get("published"):
+            raise RunInProgress(
+                f"run {fresh.run_key}: its launch failure is still being announced; retry in a moment",
+                run_key=fresh.run_key,
+                retry_after=5,
+            )
+        again = replace(
+            fresh,
+            attempts=failed.attempts + 1,
+            created_at=failed.created_at,
+            history=failed.history,
+            generation=failed.generation,
+        ).with_state(RunState.CLAIMED, "claimed again by hand after LAUNCH_FAILED")
+        try:
+            run = self.rt.ledger.update(again)
+        except Conflict:
+            return None
+        logs.warning("a LAUNCH_FAILED run is launched again by hand", previous_attempts=failed.attempts)
+        return run
+
     def _wait_for_owner(self, run: Run) -> Run:
         deadline = time.monotonic() + self.wait_for_owner_seconds
         delay = 0.1
@@ -221,9 +267,11 @@ class LaunchService:
         event: Any,
         rendered: Rendered,
         on_launched: Callable[[Run], None] | None,
+        *,
+        retry_failed: bool = False,
     ) -> Outcome:
         fresh = self._new_run(trigger, pipeline, event, rendered, new_owner())
-        run, taken_over, existing = self._claim(fresh)
+        run, taken_over, existing = self._claim(fresh, retry_failed=retry_failed)
         if run is None:
             assert existing is not None
             job = existing.job_ref
