@@ -21,6 +21,7 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from typing import Any, ClassVar
 from urllib.parse import quote
 
@@ -251,7 +252,6 @@ _DEPLOY = DeployNeeds(
         ),
     ),
 )
-_PUSH = StatusPush(parse=parse_status_changed, event_type=STATUS_CHANGED)
 CLASSIC = BackendSpec(
     name="dataflow",
     title="Dataflow classic template",
@@ -259,18 +259,15 @@ CLASSIC = BackendSpec(
     option_keys=OPTION_KEYS,
     check_options=check_classic_options,
     endpoint_envs=(ENDPOINT_ENV,),
-    push=_PUSH,
+    push=StatusPush(parse=parse_status_changed, event_type=STATUS_CHANGED),
     deploy=_DEPLOY,
 )
-FLEX = BackendSpec(
+FLEX = replace(
+    CLASSIC,
     name="dataflow-flex",
     title="Dataflow Flex Template",
     implementation="handlers.backends.dataflow:FlexTemplate",
-    option_keys=OPTION_KEYS,
     check_options=check_flex_options,
-    endpoint_envs=(ENDPOINT_ENV,),
-    push=_PUSH,
-    deploy=_DEPLOY,
 )
 SPECS = (CLASSIC, FLEX)
 
