@@ -13,8 +13,8 @@ Protocol (base URL = server root; every path starts ``/v1b3/projects/{project}/l
   ``{"requestedState": "JOB_STATE_CANCELLED"|"JOB_STATE_DRAINED"}``; ``GET .../jobs/{jobId}/messages
   ?minimumImportance=&pageSize=&pageToken=``.
 
-Request bodies are checked against the official discovery document bundled with
-google-api-python-client (unknown field at any depth or a wrongly typed value -> 400 INVALID_ARGUMENT
+Follows the ``dataflow v1b3`` discovery document, revision 20261018, as bundled with
+google-api-python-client; request bodies are checked against that document (unknown field at any depth or a wrongly typed value -> 400 INVALID_ARGUMENT
 naming the field path, as Google's JSON transcoder words it). Job names must match
 ``[a-z]([-a-z0-9]{0,1022}[a-z0-9])?``; labels: keys ``[a-z][a-z0-9_-]{0,62}``, values
 ``[a-z0-9_-]{0,63}``, at most 64. Only one non-terminal job per name per project and location: a
