@@ -181,6 +181,9 @@ def test_batch_start_answers_one_result_per_item_with_its_own_status_code(
     ok, no_app, no_program = r.json()
     assert ok["statusCode"] == 200 and uuid.UUID(ok["runId"]) and "error" not in ok
     assert ok["programType"] == "Workflow"  # CDAP echoes the type's serialized name
+    # the fields of CDAP's BatchProgramResult (cdap-proto, which extends BatchProgram: cdapio/cdap 2fd8cba2)
+    assert set(ok) == {"appId", "programType", "programId", "appVersion", "statusCode", "runId"}
+    assert set(no_app) == {"appId", "programType", "programId", "appVersion", "statusCode", "error"}
     assert no_app["statusCode"] == 404 and no_app["error"] and "runId" not in no_app
     assert no_program["statusCode"] == 404 and no_program["programType"] == "Spark"
     # AND the run was started with the runtime arguments, numbers read as text

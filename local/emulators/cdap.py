@@ -10,8 +10,8 @@ One server plays both parts (point ``DATAFUSION_API_ENDPOINT`` at its root):
 
   ========================================================  ================================================
   ``POST .../start`` body ``[{appId, programType,           HTTP 200 and one result per item:
-  programId, runtimeargs}]`` (batch start)                   ``{appId, programType, programId, statusCode,
-                                                             runId}`` or ``{..., statusCode: 404|400, error}``
+  programId, runtimeargs}]`` (batch start)                   ``{appId, programType, programId, appVersion,
+                                                             statusCode, runId}`` or ``{..., statusCode: 404|400, error}``
   ``POST .../apps/{app}/{category}/{program}/start``         200, empty body, no run id (single-program start)
   ``GET  .../apps/{app}/{category}/{program}/runs/{run}``    a run record; 404 for ``visible_after_seconds``
   ``GET  .../apps/{app}/{category}/{program}/runs``          run records, newest first; ``status``, ``start``,
@@ -659,10 +659,14 @@ class StartItem:
     error: str | None = None
 
     def result(self) -> dict[str, Any]:
+        # BatchProgramResult extends BatchProgram (cdap-proto, cdapio/cdap commit 2fd8cba2): appId,
+        # programType, programId, appVersion ("-SNAPSHOT" when the request names none), then
+        # statusCode, error and runId.
         body: dict[str, Any] = {
             "appId": self.app,
             "programType": PROGRAM_TYPES[self.program_type][0],
             "programId": self.program_id,
+            "appVersion": "-SNAPSHOT",
             "statusCode": self.status,
         }
         if self.error is not None:
