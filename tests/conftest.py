@@ -110,7 +110,7 @@ def dataflow_emulator(gcs_server: FakeGcs) -> Iterator[object]:
 @pytest.fixture
 def dataflow(dataflow_emulator: object) -> Iterator[object]:
     """A clean Dataflow emulator (jobs, faults and requests forgotten) behind the harness interface."""
-    from tests.support.dataflow_harness import DataflowHarness
+    from local.kits.dataflow import DataflowHarness
 
     harness = DataflowHarness(dataflow_emulator)
     harness.reset()
@@ -175,21 +175,15 @@ def fabric_emulator() -> Iterator[object]:
 
 @pytest.fixture(params=["dataflow", "dataflow-flex", "datafusion", "fabric"])
 def harness(request: pytest.FixtureRequest, dataflow_emulator: object) -> Iterator[object]:
-    """Each backend's emulator behind one harness interface (tests/support/*_harness.py)."""
-    if request.param.startswith("dataflow"):
-        from tests.support.dataflow_harness import DataflowHarness
+    """Each backend's emulator behind one harness interface (its kit's, :mod:`local.kits`)."""
+    from handlers.backends import registry
+    from local.kits import kit
 
-        h: object = DataflowHarness(dataflow_emulator, flex=request.param == "dataflow-flex")
-    elif request.param == "datafusion":
-        from tests.support.datafusion_harness import DataFusionHarness
-
-        h = DataFusionHarness(request.getfixturevalue("cdap_emulator"))
-    else:
-        from tests.support.fabric_harness import FabricHarness
-
-        h = FabricHarness(request.getfixturevalue("fabric_emulator"))
-    if request.param != "fabric":
-        h.google_auth = True  # type: ignore[attr-defined]  # real google-auth token refresh on 401
-    h.reset()  # type: ignore[attr-defined]
+    name = request.param
+    emulators = {"dataflow": "dataflow_emulator", "datafusion": "cdap_emulator", "fabric": "fabric_emulator"}
+    handle = request.getfixturevalue(emulators[kit(name).backends[0]])
+    h = kit(name).harness(handle, name)
+    h.google_auth = registry.spec(name).auth == "google"  # real google-auth token refresh on 401
+    h.reset()
     yield h
-    h.reset()  # type: ignore[attr-defined]
+    h.reset()
