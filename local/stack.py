@@ -55,6 +55,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any, TextIO
 
+from handlers.backends import registry
 from local.demo import (
     CHAIN_PREFERENCE,
     DEMO_CONFIG,
@@ -342,8 +343,8 @@ def print_client_env(stack: Stack, out: TextIO) -> None:
     """The variables and commands a client needs to use the running stack."""
     plan = stack.plan
     print("Use it from another shell:", file=out)
-    keys = ("STORAGE_EMULATOR_HOST", "PUBSUB_EMULATOR_HOST", "GOOGLE_CLOUD_PROJECT", "DATAFLOW_API_ENDPOINT",
-            "DATAFUSION_API_ENDPOINT", "FABRIC_API_ENDPOINT", "FABRIC_TOKEN_ENDPOINT", "PIPELINES_CONFIG")  # fmt: skip
+    keys = ("STORAGE_EMULATOR_HOST", "PUBSUB_EMULATOR_HOST", "GOOGLE_CLOUD_PROJECT",
+            *registry.endpoint_envs(), "PIPELINES_CONFIG")  # fmt: skip
     for key in keys:
         if stack.client_env.get(key):
             print(f"  export {key}={stack.client_env[key]}", file=out)
