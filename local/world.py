@@ -44,7 +44,6 @@ from local.services import (
 _S = TypeVar("_S", bound=ManagedService)
 ROOT = Path(__file__).resolve().parents[1]
 REGION = "europe-west1"
-LOOPBACK_NO_PROXY = "127.0.0.1,localhost"
 
 
 class LocalWorld:
