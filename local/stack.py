@@ -503,12 +503,10 @@ def run_up(args: argparse.Namespace, out: TextIO) -> int:
     """``up``: serve a config (default: the demo's) until Ctrl-C, streaming the timeline."""
     config_path = Path(args.config) if args.config else DEMO_CONFIG
     registrations: dict[str, Sequence[Path]] = dict(DEMO_FIXTURES) if not args.config else {}
-    if args.templates:
-        registrations["dataflow"] = [Path(p) for p in args.templates]
-    if args.apps:
-        registrations["datafusion"] = [Path(p) for p in args.apps]
-    if args.items:
-        registrations["fabric"] = [Path(p) for p in args.items]
+    for backend, found in kits_for(names()).items():
+        files = getattr(args, found.fixtures_option)
+        if files:
+            registrations[backend] = [Path(p) for p in files]
 
     def plan_for(work_dir: Path) -> Plan:
         return make_plan(
@@ -595,11 +593,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--keep-going", action="store_true", help="keep the stack up after the demo, like `up`")
     up = sub.add_parser("up", help="keep the stack running for your own experiments (Ctrl-C stops it)")
     up.add_argument("--config", help="routing config to serve (default: examples/demo/pipelines.yaml)")
-    up.add_argument(
-        "--templates", action="append", help="Dataflow emulator templates file (YAML/JSON); repeatable"
-    )
-    up.add_argument("--apps", action="append", help="CDAP emulator apps file (YAML/JSON); repeatable")
-    up.add_argument("--items", action="append", help="Fabric emulator items file (YAML/JSON); repeatable")
+    for found in kits_for(names()).values():  # --templates (Dataflow), --apps (CDAP), --items (Fabric)
+        up.add_argument(f"--{found.fixtures_option}", action="append", help=found.fixtures_help)
     for p in (demo, up):
         p.add_argument(
             "--chain-backend",

@@ -145,7 +145,7 @@ class LocalWorld:
         return proxy
 
     def add_function(
-        self, target: str, env: Mapping[str, str], *, log_name: str | None = None, signature_type: str = ""
+        self, target: str, env: Mapping[str, str], *, log_name: str | None = None
     ) -> FunctionServer:
         """A functions-framework process for ``main.py``'s ``target`` (not started yet); it replaces
         an earlier one of the same target (the platform starting a new instance)."""
@@ -153,7 +153,7 @@ class LocalWorld:
             FunctionServer(
                 self.functions_dir,
                 target,
-                signature_type=signature_type or ("http" if target == "api" else "cloudevent"),
+                signature_type="http" if target == "api" else "cloudevent",
                 env=env,
                 log_dir=self.logs_dir / (log_name or target),
             )

@@ -30,6 +30,8 @@ class Kit(Protocol):
 
     backends: tuple[str, ...]  # the registry's backend names it serves
     emulator_module: str  # where its emulator lives (``python -m`` runs it on its own)
+    fixtures_option: str  # ``local.stack up --<option> FILE`` adds a fixtures file
+    fixtures_help: str
 
     def title(self, backend: str) -> str:
         """A short name for people (``Data Fusion``)."""

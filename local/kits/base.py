@@ -112,6 +112,8 @@ class EmulatorKit:
     backends: ClassVar[tuple[str, ...]]
     titles: ClassVar[Mapping[str, str]]
     emulator_module: ClassVar[str]
+    fixtures_option: ClassVar[str]  # ``local.stack up --<option> FILE`` (the emulator's ``serve`` keyword)
+    fixtures_help: ClassVar[str]
     serve_options: ClassVar[Mapping[str, Any]] = {}  # always passed to its ``serve``
     launch_path: ClassVar[re.Pattern[str]]
     jobs_path: ClassVar[str]  # GET /_emulator/<jobs_path> answers {jobs_path: [...]}

@@ -23,6 +23,8 @@ class DataflowKit(EmulatorKit):
     backends = ("dataflow", "dataflow-flex")
     titles = {"dataflow": "Dataflow", "dataflow-flex": "Dataflow Flex"}
     emulator_module = "local.emulators.dataflow"
+    fixtures_option = "templates"
+    fixtures_help = "Dataflow emulator templates file (YAML/JSON); repeatable"
     launch_path = re.compile(r"/(templates|flexTemplates):launch$")
     jobs_path = "jobs"
 

@@ -32,6 +32,8 @@ class DataFusionKit(EmulatorKit):
     backends = ("datafusion",)
     titles = {"datafusion": "Data Fusion"}
     emulator_module = "local.emulators.cdap"
+    fixtures_option = "apps"
+    fixtures_help = "CDAP emulator apps file (YAML/JSON); repeatable"
     serve_options = {"require_auth": False}
     launch_path = re.compile(r"/v3/namespaces/[^/]+/(start|apps/[^/]+/[^/]+/[^/]+/start)$")
     jobs_path = "runs"

@@ -39,6 +39,8 @@ class FabricKit(EmulatorKit):
     backends = ("fabric",)
     titles = {"fabric": "Fabric"}
     emulator_module = "local.emulators.fabric"
+    fixtures_option = "items"
+    fixtures_help = "Fabric emulator items file (YAML/JSON); repeatable"
     launch_path = re.compile(r"/v1/workspaces/[^/]+/(items|dataflows)/[^/]+/jobs/([^/]+/)?instances$")
     jobs_path = "instances"
 
