@@ -1,6 +1,8 @@
 """Shared pytest fixtures: real local services over loopback.
 
-Session-scoped: ``local_project_env`` (autouse), ``pubsub_emulator``, ``gcs_server``.
+Session-scoped: ``local_project_env`` (autouse), ``local_world`` (the one assembler,
+:mod:`local.world`) and the services it starts on demand: ``pubsub_emulator``, ``gcs_server``,
+``dataflow_emulator``, ``cdap_emulator``, ``fabric_emulator``.
 Function-scoped: ``gcs`` (a storage client for fake-gcs-server), ``unique_name``.
 
 The Pub/Sub emulator is required: when it is missing the fixtures FAIL (never skip) with install
@@ -28,9 +30,9 @@ from local.services import (  # noqa: E402
     FakeGcs,
     PubSubEmulator,
     ServiceError,
-    ensure_topic,
     storage_client,
 )
+from local.world import LocalWorld  # noqa: E402
 
 
 def _start_or_fail(what: str, start: Callable[[], object]) -> None:
@@ -53,31 +55,32 @@ def local_project_env() -> Iterator[str]:
 
 
 @pytest.fixture(scope="session")
-def pubsub_emulator() -> Iterator[PubSubEmulator]:
-    """Google's Pub/Sub emulator, started once; PUBSUB_EMULATOR_HOST is set while it runs."""
-    emulator = PubSubEmulator()
-    _start_or_fail("Pub/Sub emulator", emulator.start)
-    with emulator, pytest.MonkeyPatch.context() as mp:
-        mp.setenv("PUBSUB_EMULATOR_HOST", emulator.host)
-        yield emulator
+def local_world() -> Iterator[LocalWorld]:
+    """The session's local world (:mod:`local.world`): each service starts when a test first needs it."""
+    with LocalWorld() as world:
+        yield world
 
 
 @pytest.fixture(scope="session")
-def gcs_server(pubsub_emulator: PubSubEmulator) -> Iterator[FakeGcs]:
+def pubsub_emulator(local_world: LocalWorld) -> Iterator[PubSubEmulator]:
+    """Google's Pub/Sub emulator, started once; PUBSUB_EMULATOR_HOST is set while it runs."""
+    _start_or_fail("Pub/Sub emulator", local_world.start_pubsub)
+    assert local_world.pubsub is not None
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("PUBSUB_EMULATOR_HOST", local_world.pubsub.host)
+        yield local_world.pubsub
+
+
+@pytest.fixture(scope="session")
+def gcs_server(local_world: LocalWorld, pubsub_emulator: PubSubEmulator) -> Iterator[FakeGcs]:
     """fake-gcs-server, started once, publishing OBJECT_FINALIZE notifications to
     ``projects/local-project/topics/gcs-notifications``; STORAGE_EMULATOR_HOST is set while it runs.
     """
-    ensure_topic(LOCAL_PROJECT, GCS_NOTIFICATION_TOPIC, emulator_host=pubsub_emulator.host)
-    server = FakeGcs()
-    _start_or_fail(
-        "fake-gcs-server",
-        lambda: server.start(
-            pubsub_host=pubsub_emulator.host, project=LOCAL_PROJECT, topic=GCS_NOTIFICATION_TOPIC
-        ),
-    )
-    with server, pytest.MonkeyPatch.context() as mp:
-        mp.setenv("STORAGE_EMULATOR_HOST", server.url)
-        yield server
+    _start_or_fail("fake-gcs-server", lambda: local_world.start_gcs(notify_topic=GCS_NOTIFICATION_TOPIC))
+    assert local_world.gcs is not None
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("STORAGE_EMULATOR_HOST", local_world.gcs.url)
+        yield local_world.gcs
 
 
 @pytest.fixture
@@ -96,12 +99,10 @@ def unique_name() -> str:
 # Pipeline backends and the test world (lead's fixtures)
 # ---------------------------------------------------------------------------------------------
 @pytest.fixture(scope="session")
-def dataflow_emulator(gcs_server: FakeGcs) -> Iterator[object]:
+def dataflow_emulator(local_world: LocalWorld, gcs_server: FakeGcs) -> Iterator[object]:
     """The project's Dataflow v1b3 emulator; DATAFLOW_API_ENDPOINT points at it for the session."""
-    from local.emulators.dataflow import serve
-
-    handle = serve(port=0)
-    with handle, pytest.MonkeyPatch.context() as mp:
+    handle = local_world.start_backends(["dataflow"])["dataflow"]
+    with pytest.MonkeyPatch.context() as mp:
         mp.setenv("DATAFLOW_API_ENDPOINT", handle.url)
         mp.setenv("PIPELINES_ANONYMOUS_AUTH", "true")
         yield handle
@@ -110,7 +111,7 @@ def dataflow_emulator(gcs_server: FakeGcs) -> Iterator[object]:
 @pytest.fixture
 def dataflow(dataflow_emulator: object) -> Iterator[object]:
     """A clean Dataflow emulator (jobs, faults and requests forgotten) behind the harness interface."""
-    from tests.support.dataflow_harness import DataflowHarness
+    from local.kits.dataflow import DataflowHarness
 
     harness = DataflowHarness(dataflow_emulator)
     harness.reset()
@@ -120,8 +121,8 @@ def dataflow(dataflow_emulator: object) -> Iterator[object]:
 
 @pytest.fixture
 def world(
+    local_world: LocalWorld,
     gcs: storage.Client,
-    pubsub_emulator: PubSubEmulator,
     unique_name: str,
     tmp_path: Path,
     dataflow_emulator: object,
@@ -133,7 +134,7 @@ def world(
 
     clients.reset()
     reset_default()
-    yield World(gcs, pubsub_emulator.host, unique_name, tmp_path)
+    yield World(local_world, gcs, unique_name, tmp_path)
     reset_default()
 
 
@@ -156,40 +157,28 @@ def call(monkeypatch: pytest.MonkeyPatch) -> Callable[..., object]:
 
 
 @pytest.fixture(scope="session")
-def cdap_emulator() -> Iterator[object]:
-    """The project's Data Fusion / CDAP emulator, started once."""
-    from local.emulators.cdap import serve
-
-    with serve(port=0) as handle:
-        yield handle
+def cdap_emulator(local_world: LocalWorld) -> object:
+    """The project's Data Fusion / CDAP emulator, started once (checking bearer tokens, like Data Fusion)."""
+    return local_world.start_backends(["datafusion"], require_auth=True)["datafusion"]
 
 
 @pytest.fixture(scope="session")
-def fabric_emulator() -> Iterator[object]:
+def fabric_emulator(local_world: LocalWorld) -> object:
     """The project's Microsoft Fabric + Entra ID emulator, started once."""
-    from local.emulators.fabric import serve
-
-    with serve(port=0) as handle:
-        yield handle
+    return local_world.start_backends(["fabric"])["fabric"]
 
 
 @pytest.fixture(params=["dataflow", "dataflow-flex", "datafusion", "fabric"])
 def harness(request: pytest.FixtureRequest, dataflow_emulator: object) -> Iterator[object]:
-    """Each backend's emulator behind one harness interface (tests/support/*_harness.py)."""
-    if request.param.startswith("dataflow"):
-        from tests.support.dataflow_harness import DataflowHarness
+    """Each backend's emulator behind one harness interface (its kit's, :mod:`local.kits`)."""
+    from handlers.backends import registry
+    from local.kits import kit
 
-        h: object = DataflowHarness(dataflow_emulator, flex=request.param == "dataflow-flex")
-    elif request.param == "datafusion":
-        from tests.support.datafusion_harness import DataFusionHarness
-
-        h = DataFusionHarness(request.getfixturevalue("cdap_emulator"))
-    else:
-        from tests.support.fabric_harness import FabricHarness
-
-        h = FabricHarness(request.getfixturevalue("fabric_emulator"))
-    if request.param != "fabric":
-        h.google_auth = True  # type: ignore[attr-defined]  # real google-auth token refresh on 401
-    h.reset()  # type: ignore[attr-defined]
+    name = request.param
+    emulators = {"dataflow": "dataflow_emulator", "datafusion": "cdap_emulator", "fabric": "fabric_emulator"}
+    handle = request.getfixturevalue(emulators[kit(name).backends[0]])
+    h = kit(name).harness(handle, name)
+    h.google_auth = registry.spec(name).auth == "google"  # real google-auth token refresh on 401
+    h.reset()
     yield h
-    h.reset()  # type: ignore[attr-defined]
+    h.reset()

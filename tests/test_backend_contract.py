@@ -2,7 +2,7 @@
 
 Every backend (Dataflow classic, Dataflow flex, Data Fusion/CDAP, Fabric) is driven through the same
 launch service, ledger, tracker and completion topic, against its own local emulator. The harnesses
-(tests/support/*_harness.py) only know how to steer each emulator; every assertion is on what the
+(the kits' harnesses, local/kits/*.py) only know how to steer each emulator; every assertion is on what the
 emulator received or on the published completion events.
 """
 

@@ -13,9 +13,9 @@ import json
 from handlers.entry import functions as dispatch
 from handlers.follow.tracking import Tracker
 from handlers.launch.service import LaunchService
+from local.kits.datafusion import DataFusionHarness
+from local.kits.fabric import FabricHarness
 from tests.support import events as ev
-from tests.support.datafusion_harness import DataFusionHarness
-from tests.support.fabric_harness import FabricHarness
 
 
 def test_dataflow_then_data_fusion_then_fabric(world, dataflow, cdap_emulator, fabric_emulator):

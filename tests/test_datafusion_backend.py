@@ -26,7 +26,7 @@ from handlers.core.errors import AlreadyExists, BackendRejected, BackendUnavaila
 from handlers.model.config import Pipeline, build_config
 from local.emulators.base import ServerHandle
 from local.emulators.cdap import serve
-from tests.support.datafusion_harness import DataFusionHarness
+from local.kits.datafusion import DataFusionHarness
 from tests.support.emulator_client import (
     advance,
     control,

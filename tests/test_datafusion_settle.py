@@ -5,8 +5,8 @@ import requests
 
 from handlers.backends.contract import FindSemantics
 from handlers.launch.service import LaunchService
+from local.kits.datafusion import DataFusionHarness
 from tests.support import events as ev
-from tests.support.datafusion_harness import DataFusionHarness
 
 
 def test_lost_start_answer_with_a_slow_runs_listing_still_starts_one_run(world, cdap_emulator):

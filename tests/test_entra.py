@@ -19,9 +19,9 @@ from handlers.core import logs
 from handlers.core.errors import BackendUnavailable, ConfigError, PermanentError
 from local.emulators.base import ServerHandle
 from local.emulators.fabric import serve
+from local.kits.fabric import entra_clients
 from tests.support import emulator_client
 from tests.support.emulator_client import emulator_fixture, recorded_requests, reset_emulator
-from tests.support.fabric_harness import entra_clients
 
 TENANT = "3c3c3c3c-0000-4000-8000-00000000000a"
 USER_APP = "entra-user-app"

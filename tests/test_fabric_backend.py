@@ -27,8 +27,8 @@ from handlers.core.errors import AlreadyExists, BackendRejected, BackendUnavaila
 from handlers.model.config import Pipeline, build_config
 from local.emulators.base import ServerHandle
 from local.emulators.fabric import serve
+from local.kits.fabric import FabricHarness
 from tests.support.emulator_client import emulator_fixture
-from tests.support.fabric_harness import FabricHarness
 
 WS = "0f1e2d3c-4b5a-4697-8877-665544332211"
 ITEM = "d0d0d0d0-1111-4222-8333-444444444444"

@@ -19,9 +19,9 @@ import requests
 
 from local.emulators.base import ServerHandle
 from local.emulators.fabric import schema_book, serve
+from local.kits.fabric import entra_clients
 from tests.support import emulator_client
 from tests.support.emulator_client import advance, emulator_fixture, reset_emulator
-from tests.support.fabric_harness import entra_clients
 
 ROOT = Path(__file__).resolve().parent.parent
 WS = "0f1e2d3c-4b5a-4697-8877-665544332211"

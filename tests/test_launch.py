@@ -41,7 +41,7 @@ def wordcount_setup(
     name = "wordcount"
     opts = dataflow.pipeline_options(name)
     if flex:
-        from tests.support.dataflow_harness import DataflowHarness
+        from local.kits.dataflow import DataflowHarness
 
         flex_h = DataflowHarness(dataflow.emulator, flex=True)
         opts = flex_h.pipeline_options(name)

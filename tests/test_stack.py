@@ -1,4 +1,4 @@
-"""The local stack (``local/stack.py``): ``make demo`` and ``make up`` end to end.
+"""The local stack (``local/stack.py``, ``local/demo.py``, ``local/timeline.py``): ``make demo`` and ``make up`` end to end.
 
 The demo runs as a subprocess exactly as ``make demo`` runs it: it must exit 0, print the chain's
 timeline and the word counts of the sample, and leave no process behind (every pid of the Pub/Sub
@@ -17,9 +17,10 @@ import threading
 import time
 from pathlib import Path
 
+from local.demo import DEMO_SAMPLE, emulator_available
 from local.emulators.wordcount import count_words, format_counts
 from local.services import live_processes_in_group
-from local.stack import DEMO_SAMPLE, Timeline, emulator_available
+from local.timeline import Timeline
 
 ROOT = Path(__file__).resolve().parents[1]
 # What the test session exports must not steer the stack: it brings its own services.
@@ -206,24 +207,26 @@ def test_the_timeline_prints_in_time_order_once_per_key() -> None:
 
 
 def test_every_chain_variant_of_the_demo_is_a_valid_config_with_its_registrations(tmp_path: Path) -> None:
-    from local import stack
+    from local import demo
+    from local.kits import kit
 
     for backend in ("dataflow", "datafusion", "fabric"):
         if not emulator_available(backend):
             continue
         work = tmp_path / backend
         work.mkdir()
-        plan = stack.make_plan(stack.DEMO_CONFIG, work, demo_variants=True, chain_backend=backend)
+        plan = demo.make_plan(demo.DEMO_CONFIG, work, demo_variants=True, chain_backend=backend)
         assert plan.chain() == ["wordcount", "publish-counts"]
         assert plan.config.pipelines["publish-counts"].backend == backend
         assert set(plan.buckets) == {"demo-landing", "demo-ledger", "demo-output"}
-        files = stack.DEMO_REGISTRATIONS
-        templates = {t["gcsPath"] for t in stack.dataflow_templates(plan, files["dataflow"])}
-        assert "gs://demo-templates/wordcount" in templates
+        files, pipelines = demo.DEMO_FIXTURES, plan.config.pipelines.values()
+        dataflow = kit("dataflow").fixtures(pipelines, files["dataflow"])
+        assert "gs://demo-templates/wordcount" in {t["gcsPath"] for t in dataflow.registrations["templates"]}
         if backend == "datafusion":
-            (app,) = stack.cdap_apps(plan, files["datafusion"])
+            (app,) = kit("datafusion").fixtures(pipelines, files["datafusion"]).registrations["apps"]
             assert app["app"] == plan.config.pipelines["publish-counts"].options["app"]
         if backend == "fabric":
-            items, clients, env = stack.fabric_registrations(plan, files["fabric"])
+            fabric = kit("fabric").fixtures(pipelines, files["fabric"])
+            items, clients = fabric.registrations["items"], fabric.registrations["clients"]
             assert [i["item"] for i in items] == [plan.config.pipelines["publish-counts"].options["item"]]
-            assert env["FABRIC_CLIENT_ID"] == clients[0]["client_id"]
+            assert fabric.env["FABRIC_CLIENT_ID"] == clients[0]["client_id"]

@@ -21,7 +21,8 @@ from typing import Any
 
 import requests
 
-from evidence.bench.stack import REGION, TEMPLATE, CallCounter, Services, local_services, write_config
+from evidence.bench.stack import TEMPLATE, CallCounter, Services, local_services, write_config
+from local.world import REGION
 
 ROOT = Path(__file__).resolve().parents[2]
 CALLS_GOAL = 3

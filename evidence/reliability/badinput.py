@@ -119,19 +119,15 @@ class Services:
 
 
 @contextlib.contextmanager
-def started_services(log_dir: Path | None = None) -> Iterator[Services]:
-    """Start the Pub/Sub emulator, fake-gcs-server and the Dataflow and Fabric emulators."""
-    from local.emulators import dataflow as dataflow_emulator
-    from local.emulators import fabric as fabric_emulator
-    from local.services import FakeGcs, PubSubEmulator
+def started_services(work_dir: Path | None = None) -> Iterator[Services]:
+    """The Pub/Sub emulator, fake-gcs-server and the Dataflow and Fabric emulators, assembled by
+    :class:`local.world.LocalWorld` (the run registers its own fixtures: canary credentials)."""
+    from local.world import LocalWorld
 
-    with (
-        PubSubEmulator(log_dir=log_dir) as pubsub,
-        FakeGcs(log_dir=log_dir).start() as gcs,
-        dataflow_emulator.serve(port=0) as dataflow,
-        fabric_emulator.serve(port=0) as fabric,
-    ):
-        yield Services(pubsub.host, gcs.url, dataflow, fabric)
+    with LocalWorld(work_dir) as world:
+        pubsub, gcs = world.start_pubsub(), world.start_gcs()
+        emulators = world.start_backends(["dataflow", "fabric"])
+        yield Services(pubsub.host, gcs.url, emulators["dataflow"], emulators["fabric"])
 
 
 def _control(handle: Any, method: str, path: str, body: Any = None) -> Any:

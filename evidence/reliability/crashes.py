@@ -50,10 +50,10 @@ from evidence.reliability.rig import (
     RigSettings,
     event_name,
     exactly_once,
-    is_launch_path,
     report_run,
 )
 from local.faultproxy import Exchange
+from local.kits import kit
 
 CRASH_SETTINGS = RigSettings(lease="3s", publish_lease="2s", launch_budget="6s", http_timeout="1,2")
 
@@ -76,7 +76,7 @@ def launch_request(proxy: str, ex: Exchange) -> bool:
     return (
         proxy in BACKENDS
         and ex.method == "POST"
-        and is_launch_path(proxy, ex.path)
+        and kit(proxy).is_launch_path(ex.path)
         and 200 <= (ex.status or 0) < 300
     )
 

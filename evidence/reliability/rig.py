@@ -1,5 +1,6 @@
 """The test rig shared by the fault- and crash-injection suites: real services, fault proxies, the
-real functions in functions-framework processes, and a stand-in for the platform that delivers.
+real functions in functions-framework processes (all assembled by :class:`local.world.LocalWorld`,
+the emulators through their kits), and a stand-in for the platform that delivers.
 
 ::
 
@@ -25,16 +26,12 @@ their ledger records beyond "one JSON object per run under ``<prefix>runs/`` wit
 from __future__ import annotations
 
 import base64
-import concurrent.futures as cf
 import contextlib
 import datetime as dt
 import json
 import os
 import random
-import re
-import shutil
 import signal
-import tempfile
 import threading
 import time
 import uuid
@@ -47,41 +44,33 @@ from typing import Any
 import requests
 import yaml
 
+from handlers.backends import registry
+from handlers.backends.contract import TERMINAL_STATES
+from handlers.model.config import build_config
 from local.faultproxy import AfterUpstream, FaultProxy
+from local.kits import EmulatorHandle, Timing, kit, kits_for
+from local.kits import names as kit_names
 from local.services import (
     LOCAL_PROJECT,
     FakeGcs,
     FunctionServer,
     PubSubEmulator,
-    ensure_bucket,
-    ensure_pull_subscription,
-    ensure_topic,
     live_processes_in_group,
     pull_all,
     storage_client,
 )
+from local.world import LocalWorld, pipeline_doc
+from local.world import config_doc as world_config_doc
 
 ROOT = Path(__file__).resolve().parents[2]
-REGION = "europe-west1"
 LEDGER_BUCKET = "rig-ledger"
 LEDGER_PREFIX = "ledger/"
 LANDING_BUCKET = "rig-landing"
 COMPLETION_TOPIC = "rig-completions"
 COMPLETION_SUB = "rig-completions-watch"
-BACKENDS = ("dataflow", "datafusion", "fabric")
-TEMPLATE = "gs://rig-templates/ingest"
-CDAP_APP = "rig_ingest"
-FABRIC_WORKSPACE = "0f1e2d3c-4b5a-4697-8877-665544332211"
-FABRIC_ITEM = "d0d0d0d0-1111-4222-8333-444444444444"
-FABRIC_TENANT = "7a7a7a7a-0000-4000-8000-0000000000fa"
-FABRIC_CLIENT = "rig-fabric-app"
-FABRIC_SECRET = "rig-fake-client-secret"  # a fake local credential for the Fabric emulator only
-ENDPOINT_ENVS = {
-    "dataflow": ("DATAFLOW_API_ENDPOINT",),
-    "datafusion": ("DATAFUSION_API_ENDPOINT",),
-    "fabric": ("FABRIC_API_ENDPOINT", "FABRIC_TOKEN_ENDPOINT"),
-}
-TERMINAL = frozenset({"SUCCEEDED", "FAILED", "CANCELLED", "TIMED_OUT", "LAUNCH_FAILED"})
+# The backends a rig can run: one per kit (their emulators, fixtures and job listings).
+BACKENDS = tuple(kits_for(kit_names()))
+TERMINAL = frozenset(str(state) for state in TERMINAL_STATES)
 STORAGE_FINALIZED = "google.cloud.storage.object.v1.finalized"
 
 
@@ -195,17 +184,8 @@ def event_name(backend: str, tag: str) -> str:
 
 def config_doc(settings: RigSettings) -> dict[str, Any]:
     """The routing config: one pipeline and one storage trigger (``in/<backend>/**``) per backend."""
-    backend_fields: dict[str, dict[str, Any]] = {
-        "dataflow": {"template": TEMPLATE},
-        "datafusion": {"instance": "rig-instance", "namespace": "default", "app": CDAP_APP},
-        "fabric": {"workspace": FABRIC_WORKSPACE, "item": FABRIC_ITEM, "job_type": "Pipeline"},
-    }
     pipelines = {
-        pipeline_name(b): {
-            "backend": b,
-            **backend_fields[b],
-            "parameters": {"inputFile": "gs://{bucket}/{name}"},
-        }
+        pipeline_name(b): pipeline_doc(b, pipeline_name(b), parameters={"inputFile": "gs://{bucket}/{name}"})
         for b in settings.backends
     }
     triggers = {
@@ -215,123 +195,21 @@ def config_doc(settings: RigSettings) -> dict[str, Any]:
         }
         for b in settings.backends
     }
-    return {
-        "settings": {
-            "project": LOCAL_PROJECT,
-            "region": REGION,
-            "ledger": {"bucket": LEDGER_BUCKET, "prefix": LEDGER_PREFIX, "lease": settings.lease},
-            "completion_topic": COMPLETION_TOPIC,
-            "max_event_age": "1h",
-            "launch_budget": settings.launch_budget,
-            "publish_lease": settings.publish_lease,
-        },
-        "pipelines": pipelines,
-        "triggers": triggers,
-    }
-
-
-def serve_emulator(backend: str, settings: RigSettings) -> Any:
-    """Start ``backend``'s emulator in this process with the rig's one pipeline registered."""
-    pending, running = settings.pending_seconds, settings.run_seconds
-    if backend == "dataflow":
-        from local.emulators import dataflow as dataflow_emulator
-
-        template = {
-            "gcsPath": TEMPLATE,
-            "kind": "classic",
-            "name": "Ingest",
-            "parameters": [
-                {"name": "inputFile", "label": "Input", "helpText": "gs:// object", "regexes": ["^gs://.+$"]}
-            ],
-            "behavior": {"pending_seconds": pending, "run_seconds": running, "outcome": "DONE"},
-        }
-        return dataflow_emulator.serve(port=0, templates=[template], speed=settings.speed)
-    if backend == "datafusion":
-        from local.emulators import cdap as cdap_emulator
-
-        app = {
-            "namespace": "default",
-            "app": CDAP_APP,
-            "mode": "batch",
-            "behavior": {
-                "pending_seconds": pending / 2,
-                "starting_seconds": pending / 2,
-                "run_seconds": running,
-            },
-        }
-        return cdap_emulator.serve(port=0, apps=[app], require_auth=False, speed=settings.speed)
-    if backend == "fabric":
-        from local.emulators import fabric as fabric_emulator
-
-        item = {
-            "workspace": FABRIC_WORKSPACE,
-            "item": FABRIC_ITEM,
-            "type": "DataPipeline",
-            "displayName": "Ingest",
-            # One instance per event: Fabric's dedupe of concurrent runs of one item would turn
-            # most of a thousand concurrent events into Deduped (CANCELLED) runs.
-            "behavior": {
-                "not_started_seconds": pending,
-                "run_seconds": running,
-                "dedupe": False,
-                "poll_after_seconds": 0,
-            },
-        }
-        client = {"tenant": FABRIC_TENANT, "client_id": FABRIC_CLIENT, "client_secret": FABRIC_SECRET}
-        return fabric_emulator.serve(port=0, items=[item], clients=[client], speed=settings.speed)
-    raise ValueError(f"unknown backend {backend!r}; known: {', '.join(BACKENDS)}")
-
-
-def jobs_of(backend: str, url: str) -> list[dict[str, Any]]:
-    """Every job/run/instance the emulator holds, as ``{"backend", "id", "input", "raw"}``."""
-    if backend == "dataflow":
-        items = requests.get(f"{url}/_emulator/jobs", timeout=60).json()["jobs"]
-        inputs = [(j.get("parameters") or {}).get("inputFile") for j in items]
-    elif backend == "datafusion":
-        items = requests.get(f"{url}/_emulator/runs", timeout=60).json()["runs"]
-        inputs = [(r.get("runtimeargs") or {}).get("inputFile") for r in items]
-    else:
-        items = requests.get(f"{url}/_emulator/instances", timeout=60).json()["instances"]
-        inputs = [(i.get("parameters") or {}).get("inputFile") for i in items]
-    ids = {
-        "dataflow": lambda j: (j.get("job") or {}).get("id"),
-        "datafusion": lambda r: (r.get("record") or {}).get("runid"),
-        "fabric": lambda i: i.get("id"),
-    }[backend]
-    return [
-        {"backend": backend, "id": str(ids(item)), "input": str(i), "raw": item}
-        for i, item in zip(inputs, items, strict=True)
-    ]
-
-
-def launch_statuses(backend: str, url: str) -> Counter[str]:
-    """The answers the emulator gave to launch requests (``"<backend> <status>"``)."""
-    if backend == "datafusion":
-        starts = requests.get(f"{url}/_emulator/starts", timeout=60).json()["starts"]
-        return Counter(f"{backend} {s.get('status')}" for s in starts)
-    recorded = requests.get(f"{url}/_emulator/requests", timeout=60).json()["requests"]
-    return Counter(
-        f"{backend} {r['status']}"
-        for r in recorded
-        if r["method"] == "POST" and is_launch_path(backend, r["path"])
+    return world_config_doc(
+        ledger_bucket=LEDGER_BUCKET,
+        completion_topic=COMPLETION_TOPIC,
+        pipelines=pipelines,
+        triggers=triggers,
+        ledger_prefix=LEDGER_PREFIX,
+        lease=settings.lease,
+        launch_budget=settings.launch_budget,
+        publish_lease=settings.publish_lease,
     )
 
 
-_LAUNCH_PATHS = {
-    "dataflow": re.compile(r"/(templates|flexTemplates):launch$"),
-    "datafusion": re.compile(r"/v3/namespaces/[^/]+/(start|apps/[^/]+/[^/]+/[^/]+/start)$"),
-    "fabric": re.compile(r"/v1/workspaces/[^/]+/(items|dataflows)/[^/]+/jobs/([^/]+/)?instances$"),
-}
-
-
-def is_launch_path(backend: str, path: str) -> bool:
-    """Whether ``path`` (no query) is ``backend``'s launch (run/start) request."""
-    pattern = _LAUNCH_PATHS.get(backend)
-    return bool(pattern and pattern.search(path))
-
-
 class Rig:
-    """Every service of one suite run; :meth:`start` brings them up, :meth:`close` stops them all."""
+    """Every service of one suite run, assembled by a :class:`~local.world.LocalWorld`:
+    :meth:`start` brings them up, :meth:`close` stops them all."""
 
     def __init__(
         self,
@@ -342,19 +220,37 @@ class Rig:
         keep_dir: bool = False,
     ) -> None:
         self.settings = settings or RigSettings()
-        self.functions_dir = functions_dir or ROOT  # where main.py and handlers/ are served from
-        self.keep_dir = keep_dir
-        self._own_dir = work_dir is None
-        self.work_dir = work_dir or Path(tempfile.mkdtemp(prefix="rig-"))
-        self.pubsub = PubSubEmulator(log_dir=self.work_dir / "logs")
-        self.gcs = FakeGcs(log_dir=self.work_dir / "logs")
-        self.emulators: dict[str, Any] = {}  # backend -> ServerHandle
-        self.proxies: dict[str, FaultProxy] = {}  # "ledger" and one per backend
-        self.functions: dict[str, FunctionServer] = {}
+        # functions_dir: where main.py and handlers/ are served from
+        self.world = LocalWorld(work_dir, functions_dir=functions_dir or ROOT, keep_dir=keep_dir)
+        self.work_dir = self.world.work_dir
         self.instances_started: Counter[str] = Counter()
         self._function_lock = threading.Lock()
         self.config_path = self.work_dir / "pipelines.yaml"
         self.startup_seconds = 0.0
+
+    @property
+    def gcs(self) -> FakeGcs:
+        assert self.world.gcs is not None
+        return self.world.gcs
+
+    @property
+    def pubsub(self) -> PubSubEmulator:
+        assert self.world.pubsub is not None
+        return self.world.pubsub
+
+    @property
+    def emulators(self) -> dict[str, EmulatorHandle]:
+        """Backend -> its running emulator."""
+        return self.world.emulators
+
+    @property
+    def proxies(self) -> dict[str, FaultProxy]:
+        """``ledger`` (in front of fake-gcs-server) and one per backend."""
+        return self.world.proxies
+
+    @property
+    def functions(self) -> dict[str, FunctionServer]:
+        return self.world.functions
 
     # -- lifecycle ------------------------------------------------------------------------------
     def start(self, *, seed: int = 0, hooks: Mapping[str, AfterUpstream] | None = None) -> Rig:
@@ -362,98 +258,70 @@ class Rig:
         ``after_upstream`` hook."""
         started = time.monotonic()
         hooks = hooks or {}
-        (self.work_dir / "logs").mkdir(parents=True, exist_ok=True)
+        settings, world = self.settings, self.world
+        world.logs_dir.mkdir(parents=True, exist_ok=True)
         os.environ.setdefault("NO_PROXY", "127.0.0.1,localhost")
+        doc = config_doc(settings)
         with contextlib.ExitStack() as undo:
             undo.callback(self.close)
-            self.pubsub.start()
-            self.gcs.start()
-            client = storage_client(self.gcs.url)
-            ensure_bucket(client, LEDGER_BUCKET)
-            ensure_bucket(client, LANDING_BUCKET)
-            ensure_topic(LOCAL_PROJECT, COMPLETION_TOPIC, emulator_host=self.pubsub.host)
-            ensure_pull_subscription(
-                LOCAL_PROJECT, COMPLETION_TOPIC, COMPLETION_SUB, emulator_host=self.pubsub.host
+            world.start_pubsub()
+            world.start_gcs()
+            world.create(
+                buckets=[LEDGER_BUCKET, LANDING_BUCKET],
+                topics=[COMPLETION_TOPIC],
+                pull={COMPLETION_SUB: COMPLETION_TOPIC},
             )
-            upstreams = {"ledger": self.gcs.url}
-            for backend in self.settings.backends:
-                self.emulators[backend] = serve_emulator(backend, self.settings)
-                upstreams[backend] = self.emulators[backend].url
+            # One instance per event: Fabric's dedupe of concurrent runs of one item would turn
+            # most of a thousand concurrent events into Deduped (CANCELLED) runs.
+            timing = Timing(
+                settings.pending_seconds, settings.run_seconds, dedupe=False, poll_after_seconds=0
+            )
+            pipelines = build_config(doc).pipelines.values()
+            world.start_backends(settings.backends, pipelines=pipelines, timing=timing, speed=settings.speed)
+            upstreams = {"ledger": self.gcs.url, **{b: h.url for b, h in self.emulators.items()}}
             for i, (name, upstream) in enumerate(upstreams.items()):
-                self.proxies[name] = FaultProxy(
-                    upstream, name=name, seed=seed + i, after_upstream=hooks.get(name), hold_seconds=30
-                ).start()
+                world.add_fault_proxy(
+                    name, upstream, seed=seed + i, after_upstream=hooks.get(name), hold_seconds=30
+                )
+            self.config_path.write_text(yaml.safe_dump(doc, sort_keys=False))
             self._start_functions()
             undo.pop_all()
         self.startup_seconds = time.monotonic() - started
         return self
 
     def _start_functions(self) -> None:
-        self.config_path.write_text(yaml.safe_dump(config_doc(self.settings), sort_keys=False))
         targets = ["on_object_finalized", "check_runs"]
-        push = self.settings.status_push and "dataflow" in self.emulators
-        if push:
+        pushing = [b for b in self.emulators if registry.spec(b).push is not None]
+        if self.settings.status_push and pushing:
             targets.append("on_job_status")
-        servers = [self._new_instance(t) for t in targets]
-        with cf.ThreadPoolExecutor(len(servers)) as pool:  # each one imports the functions: in parallel
-            for done in [pool.submit(server.start, timeout=60) for server in servers]:
-                done.result()
-        if push:
-            requests.post(
-                f"{self.emulators['dataflow'].url}/_emulator/notify",
-                json={"url": self.url("on_job_status") + "/"},
-                timeout=5,
-            ).raise_for_status()
+        self.world.start_functions([self._new_instance(t) for t in targets], timeout=60)
+        if "on_job_status" in targets:
+            for backend in pushing:
+                requests.post(
+                    f"{self.emulators[backend].url}/_emulator/notify",
+                    json={"url": self.url("on_job_status") + "/"},
+                    timeout=5,
+                ).raise_for_status()
 
     def function_env(self) -> dict[str, str]:
-        env = {
+        """The functions reach the ledger and every backend through the fault proxies."""
+        extra = {
             "PIPELINES_CONFIG": str(self.config_path),
-            "STORAGE_EMULATOR_HOST": self.proxies["ledger"].url,
-            **{name: "" for names in ENDPOINT_ENVS.values() for name in names},
-            **{name: self.proxies[b].url for b in self.emulators for name in ENDPOINT_ENVS[b]},
-            "PUBSUB_EMULATOR_HOST": self.pubsub.host,
-            "GOOGLE_CLOUD_PROJECT": LOCAL_PROJECT,
-            "PIPELINES_ANONYMOUS_AUTH": "true",
             "PIPELINES_HTTP_TIMEOUT": self.settings.http_timeout,
             "NO_PROXY": "127.0.0.1,localhost",
             "no_proxy": "127.0.0.1,localhost",
         }
-        if "fabric" in self.emulators:  # fake local credentials for the Fabric emulator
-            env.update(
-                FABRIC_TENANT_ID=FABRIC_TENANT,
-                FABRIC_CLIENT_ID=FABRIC_CLIENT,
-                FABRIC_CLIENT_SECRET=FABRIC_SECRET,
-            )
         if self.settings.threads:
-            env["THREADS"] = str(self.settings.threads)
-        return env
+            extra["THREADS"] = str(self.settings.threads)
+        return self.world.function_env(through_proxies=True, **extra)
 
     def _new_instance(self, target: str) -> FunctionServer:
         self.instances_started[target] += 1
-        server = FunctionServer(
-            self.functions_dir,
-            target,
-            env=self.function_env(),
-            log_dir=self.work_dir / "logs" / f"{target}-{self.instances_started[target]}",
-        )
-        self.functions[target] = server
-        return server
+        log_name = f"{target}-{self.instances_started[target]}"
+        return self.world.add_function(target, self.function_env(), log_name=log_name)
 
     def close(self) -> None:
-        for server in list(self.functions.values()):
-            with contextlib.suppress(Exception):
-                server.stop(grace=1.5)
-        for proxy in self.proxies.values():
-            proxy.stop()
-        for handle in self.emulators.values():
-            with contextlib.suppress(Exception):
-                handle.shutdown()
-        self.emulators.clear()
-        for service in (self.gcs, self.pubsub):
-            with contextlib.suppress(Exception):
-                service.stop(grace=3)
-        if self._own_dir and not self.keep_dir:
-            shutil.rmtree(self.work_dir, ignore_errors=True)
+        self.world.close()
 
     def __enter__(self) -> Rig:
         return self
@@ -618,8 +486,8 @@ class Observed:
         jobs: list[dict[str, Any]] = []
         launches: Counter[str] = Counter()
         for backend, handle in rig.emulators.items():
-            jobs += jobs_of(backend, handle.url)
-            launches += launch_statuses(backend, handle.url)
+            jobs += kit(backend).jobs(handle.url)
+            launches += kit(backend).launch_statuses(handle.url)
         runs, active = cls.ledger_runs(rig)
         return cls(jobs, launches, runs, active, list(completions))
 

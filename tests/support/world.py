@@ -14,17 +14,11 @@ import yaml
 from handlers.launch.ledger import Run
 from handlers.launch.runtime import Runtime, make_runtime
 from handlers.model.config import Config, build_config
-from local.services import (
-    LOCAL_PROJECT,
-    ensure_bucket,
-    ensure_pull_subscription,
-    ensure_topic,
-    pull_all,
-)
+from local.services import LOCAL_PROJECT, pull_all
+from local.world import LocalWorld, config_doc
 
 ROOT = Path(__file__).resolve().parents[2]
 SCHEMA = json.loads((ROOT / "handlers" / "schemas" / "run-completed.v1.json").read_text())
-REGION = "europe-west1"
 
 
 def wait_until(
@@ -41,19 +35,22 @@ def wait_until(
 
 
 class World:
-    def __init__(self, gcs: Any, pubsub_host: str, name: str, tmp_path: Path) -> None:
+    """One test's corner of the session's :class:`~local.world.LocalWorld`."""
+
+    def __init__(self, local: LocalWorld, gcs: Any, name: str, tmp_path: Path) -> None:
+        assert local.pubsub is not None
         self.gcs = gcs
-        self.pubsub_host = pubsub_host
+        self.pubsub_host = local.pubsub.host
         self.name = name
         self.tmp_path = tmp_path
         self.project = LOCAL_PROJECT
         self.ledger_bucket = f"{name}-ledger"
         self.completion_topic = f"{name}-completions"
         self.completion_sub = f"{name}-completions-watch"
-        ensure_bucket(gcs, self.ledger_bucket)
-        ensure_topic(self.project, self.completion_topic, emulator_host=pubsub_host)
-        ensure_pull_subscription(
-            self.project, self.completion_topic, self.completion_sub, emulator_host=pubsub_host
+        local.create(
+            buckets=[self.ledger_bucket],
+            topics=[self.completion_topic],
+            pull={self.completion_sub: self.completion_topic},
         )
         self._seen_completions: list[dict[str, Any]] = []
 
@@ -61,16 +58,13 @@ class World:
     def config_doc(
         self, pipelines: dict[str, Any], triggers: dict[str, Any], **settings: Any
     ) -> dict[str, Any]:
-        base = {
-            "project": self.project,
-            "region": REGION,
-            "ledger": {"bucket": self.ledger_bucket, "prefix": "ledger/", "lease": "10m"},
-            "completion_topic": self.completion_topic,
-            "max_event_age": "1h",
-            "launch_budget": "20s",
-        }
-        base.update(settings)
-        return {"settings": base, "pipelines": pipelines, "triggers": triggers}
+        return config_doc(
+            ledger_bucket=self.ledger_bucket,
+            completion_topic=self.completion_topic,
+            pipelines=pipelines,
+            triggers=triggers,
+            **{"launch_budget": "20s", **settings},
+        )
 
     def config(self, pipelines: dict[str, Any], triggers: dict[str, Any], **settings: Any) -> Config:
         return build_config(self.config_doc(pipelines, triggers, **settings))

@@ -1,19 +1,83 @@
-"""The Dataflow emulator behind the cross-backend harness interface (see tests/test_backend_contract.py)."""
+"""The Dataflow kit (backends ``dataflow`` and ``dataflow-flex``): the emulator of
+:mod:`local.emulators.dataflow` with one template per pipeline, and its contract-test harness."""
 
 from __future__ import annotations
 
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import requests
 
 from handlers.backends.dataflow import ClassicTemplate, FlexTemplate
-from tests.support.emulator_client import EmulatorHarness
+from local.kits.base import EmulatorHandle, EmulatorKit, Fixtures, Timing, load_files
+from local.kits.harness import EmulatorHarness
+
+# Parameters the harness's templates accept (the contract tests' pipelines use these names).
+HARNESS_PARAMETERS = ("input", "output", "inputFile", "day", "orderId", "region", "key", "upstream",
+                      "source", "a", "b", "name", "stem", "owner")  # fmt: skip
+
+
+class DataflowKit(EmulatorKit):
+    backends = ("dataflow", "dataflow-flex")
+    titles = {"dataflow": "Dataflow", "dataflow-flex": "Dataflow Flex"}
+    emulator_module = "local.emulators.dataflow"
+    fixtures_option = "templates"
+    fixtures_help = "Dataflow emulator templates file (YAML/JSON); repeatable"
+    launch_path = re.compile(r"/(templates|flexTemplates):launch$")
+    jobs_path = "jobs"
+
+    def fixtures(
+        self, pipelines: Iterable[Any], files: Sequence[Path] = (), timing: Timing | None = None
+    ) -> Fixtures:
+        """Templates from ``files``, plus a stand-in for every pipeline whose template none of them
+        registers (every parameter optional; 1 s pending, 3 s running unless ``timing`` says)."""
+        from local.emulators.dataflow import load_templates
+
+        timing = timing or Timing()
+        templates = load_files(load_templates, files, "Dataflow templates")
+        known = {t["gcsPath"] for t in templates}
+        for pipeline in self.ours(pipelines):
+            gcs_path = str(pipeline.options.get("template"))
+            if gcs_path in known:
+                continue
+            templates.append(
+                {
+                    "gcsPath": gcs_path,
+                    "kind": "flex" if pipeline.backend == "dataflow-flex" else "classic",
+                    "name": pipeline.name,
+                    "description": "registered by the local stack for this config",
+                    "parameters": [
+                        {"name": n, "label": n, "helpText": n, "isOptional": True}
+                        for n in pipeline.parameters
+                    ],
+                    "behavior": {
+                        "pending_seconds": timing.pending_seconds,
+                        "run_seconds": timing.run_seconds,
+                    },
+                }
+            )
+            known.add(gcs_path)
+        return Fixtures({"templates": templates})
+
+    def pipeline_fields(self, backend: str, pipeline: str) -> dict[str, Any]:
+        return {"template": f"gs://local-templates/{backend}/{pipeline}"}
+
+    def job_id(self, job: Mapping[str, Any]) -> Any:
+        return (job.get("job") or {}).get("id")
+
+    def harness(self, handle: EmulatorHandle, backend: str) -> DataflowHarness:
+        return DataflowHarness(handle, flex=backend == "dataflow-flex")
+
+
+KIT = DataflowKit()
 
 
 class DataflowHarness(EmulatorHarness):
-    """Drives local/emulators/dataflow.py for classic (``flex=False``) or flex templates."""
+    """Drives the Dataflow emulator for classic (``flex=False``) or flex templates."""
 
-    def __init__(self, emulator: Any, *, flex: bool = False) -> None:
+    def __init__(self, emulator: EmulatorHandle, *, flex: bool = False) -> None:
         super().__init__(emulator)
         self.flex = flex
         self.name = "dataflow-flex" if flex else "dataflow"
@@ -60,23 +124,7 @@ class DataflowHarness(EmulatorHarness):
             template["parameters"] = params
         else:
             template["parameters"] = [
-                {"name": n, "label": n, "helpText": n, "isOptional": True}
-                for n in (
-                    "input",
-                    "output",
-                    "inputFile",
-                    "day",
-                    "orderId",
-                    "region",
-                    "key",
-                    "upstream",
-                    "source",
-                    "a",
-                    "b",
-                    "name",
-                    "stem",
-                    "owner",
-                )
+                {"name": n, "label": n, "helpText": n, "isOptional": True} for n in HARNESS_PARAMETERS
             ]
         self._control("POST", "templates", template)
 

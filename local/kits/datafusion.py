@@ -1,21 +1,24 @@
-"""The CDAP / Data Fusion emulator behind the cross-backend harness interface (see tests/test_backend_contract.py).
+"""The Data Fusion kit: the CDAP emulator of :mod:`local.emulators.cdap` (it plays both the Data
+Fusion instance API and the instance's CDAP API) with one app per pipeline, and its harness.
 
-One emulator (``local.emulators.cdap.serve()``) plays both the Data Fusion instance API and the
-instance's CDAP API. Each pipeline becomes a CDAP app of the same name in the ``default`` namespace,
-reached through the instance ``events-local``. The backend talks to it with a plain
-``requests.Session`` carrying a fake bearer token, since the emulator (like Data Fusion) refuses CDAP
-calls without an ``Authorization`` header and anonymous Google credentials send none.
+Instances need no registration: the emulator answers ACTIVE for any name. The functions use
+anonymous credentials (no Authorization header), so the world's emulator does not check bearers.
 """
 
 from __future__ import annotations
 
+import re
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import requests
 
 from handlers.backends.contract import FindSemantics
 from handlers.backends.datafusion import RUN_KEY_ARG, DataFusion
-from tests.support.emulator_client import EmulatorHarness
+from local.kits.base import EmulatorHandle, EmulatorKit, Fixtures, Timing, control, load_files
+from local.kits.harness import EmulatorHarness
 
 INSTANCE = "events-local"
 NAMESPACE = "default"
@@ -25,13 +28,73 @@ FAKE_TOKEN = "Bearer local-fake-token"
 OPERATIONS = {"launch": "start", "status": "runs.get", "find": "runs.list", "cancel": "runs.stop"}
 
 
+class DataFusionKit(EmulatorKit):
+    backends = ("datafusion",)
+    titles = {"datafusion": "Data Fusion"}
+    emulator_module = "local.emulators.cdap"
+    fixtures_option = "apps"
+    fixtures_help = "CDAP emulator apps file (YAML/JSON); repeatable"
+    serve_options = {"require_auth": False}
+    launch_path = re.compile(r"/v3/namespaces/[^/]+/(start|apps/[^/]+/[^/]+/[^/]+/start)$")
+    jobs_path = "runs"
+
+    def fixtures(
+        self, pipelines: Iterable[Any], files: Sequence[Path] = (), timing: Timing | None = None
+    ) -> Fixtures:
+        """Apps from ``files``, plus one for every pipeline none of them registers (1 s pending,
+        1 s starting, 3 s running unless ``timing`` says: its pending time split in two)."""
+        from local.emulators.cdap import load_apps
+
+        if timing is None:
+            behavior = {"pending_seconds": 1.0, "starting_seconds": 1.0, "run_seconds": 3.0}
+        else:
+            half = timing.pending_seconds / 2
+            behavior = {"pending_seconds": half, "starting_seconds": half, "run_seconds": timing.run_seconds}
+        apps = load_files(load_apps, files, "CDAP apps")
+        known = {(a["namespace"], a["app"]) for a in apps}
+        for pipeline in self.ours(pipelines):
+            key = (str(pipeline.options.get("namespace", NAMESPACE)), str(pipeline.options.get("app")))
+            if key in known:
+                continue
+            apps.append({"namespace": key[0], "app": key[1], "mode": pipeline.mode, "behavior": behavior})
+            known.add(key)
+        # to_json() adds programType/programId, which registration does not take back.
+        return Fixtures({"apps": [{k: a[k] for k in ("namespace", "app", "mode", "behavior")} for a in apps]})
+
+    def pipeline_fields(self, backend: str, pipeline: str) -> dict[str, Any]:
+        return {"instance": INSTANCE, "namespace": NAMESPACE, "app": pipeline.replace("-", "_")}
+
+    def job_id(self, job: Mapping[str, Any]) -> Any:
+        return (job.get("record") or {}).get("runid")
+
+    def job_input(self, job: Mapping[str, Any]) -> Any:
+        return (job.get("runtimeargs") or {}).get("inputFile")
+
+    def launch_statuses(self, url: str) -> Counter[str]:
+        """The start items the emulator answered (a batch start answers per item, not per request)."""
+        starts = control(url, "GET", "starts")["starts"]
+        return Counter(f"datafusion {s.get('status')}" for s in starts)
+
+    def harness(self, handle: EmulatorHandle, backend: str) -> DataFusionHarness:
+        return DataFusionHarness(handle)
+
+
+KIT = DataFusionKit()
+
+
 class DataFusionHarness(EmulatorHarness):
-    """Drives local/emulators/cdap.py for the backend contract suite."""
+    """Drives the CDAP emulator for the backend contract suite.
+
+    Each pipeline becomes a CDAP app of the same name in the ``default`` namespace, reached through
+    the instance ``events-local``. The backend talks to it with a plain ``requests.Session`` carrying
+    a fake bearer token, since the emulator (like Data Fusion) refuses CDAP calls without an
+    ``Authorization`` header and anonymous Google credentials send none.
+    """
 
     name = "datafusion"
     fault_operations = OPERATIONS
 
-    def __init__(self, emulator_handle: Any) -> None:
+    def __init__(self, emulator_handle: EmulatorHandle) -> None:
         super().__init__(emulator_handle)
         self._modes: dict[str, str] = {}
 

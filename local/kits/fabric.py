@@ -1,32 +1,133 @@
-"""The Fabric emulator behind the cross-backend harness interface (see tests/test_backend_contract.py).
+"""The Fabric kit: the emulator of :mod:`local.emulators.fabric` (Fabric jobs and the Entra ID
+token endpoint on one server) with one item per pipeline and fake app registrations, and its harness.
 
-Every pipeline is a Dataflow Gen2 item (job type ``Execute``, delegated auth) in one workspace; its
-item id is derived from the pipeline name. Credentials are fake and live in an explicit env mapping
-handed to the :class:`~handlers.backends.fabric.entra.TokenProvider`: the process environment is never touched.
-
-Fabric semantics worth knowing in a cross-backend suite: a second run of an item while one is still
-NotStarted/InProgress is ``Deduped`` by Fabric (normalized to CANCELLED). Set ``dedupe = False`` on
-the harness before ``pipeline_options`` to let concurrent runs of one item proceed.
+Credentials are fake, local values only: every ``credentials`` prefix a config uses gets an app
+registration (tenant, client id, secret, refresh token) in the emulator and the matching
+``<PREFIX>_*`` variables for the functions.
 """
 
 from __future__ import annotations
 
 import re
 import uuid
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import requests
 
 from handlers.backends.fabric.entra import TokenProvider
 from handlers.backends.fabric.jobs import Fabric
-from tests.support.emulator_client import EmulatorHarness, reset_emulator
+from local.kits.base import EmulatorHandle, EmulatorKit, Fixtures, Timing, load_files
+from local.kits.harness import EmulatorHarness
 
+FAKE_TENANT = "7a7a7a7a-0000-4000-8000-00000000000a"
+FAKE_SECRET = "local-stack-fake-client-secret"
+ITEM_TYPES = {"execute": "Dataflow", "refresh": "Dataflow", "pipeline": "DataPipeline"}
 _NAMESPACE = uuid.UUID("6f1c3b1e-5a7d-4f57-9a51-5f0d3c2b8e10")
-_RUN_PATH = re.compile(r"/items/[^/]+/jobs/(?:[^/]+/instances|instances)$|/dataflows/[^/]+/jobs/")
+
+
+def item_id(pipeline_name: str) -> str:
+    """A stable item id for a pipeline name."""
+    return str(uuid.uuid5(_NAMESPACE, f"item/{pipeline_name}"))
+
+
+WORKSPACE = str(uuid.uuid5(_NAMESPACE, "workspace"))
+
+
+class FabricKit(EmulatorKit):
+    backends = ("fabric",)
+    titles = {"fabric": "Fabric"}
+    emulator_module = "local.emulators.fabric"
+    fixtures_option = "items"
+    fixtures_help = "Fabric emulator items file (YAML/JSON); repeatable"
+    launch_path = re.compile(r"/v1/workspaces/[^/]+/(items|dataflows)/[^/]+/jobs/([^/]+/)?instances$")
+    jobs_path = "instances"
+
+    def fixtures(
+        self, pipelines: Iterable[Any], files: Sequence[Path] = (), timing: Timing | None = None
+    ) -> Fixtures:
+        """Items from ``files``, plus one for every pipeline none of them registers (its type follows
+        the job type: Execute -> Dataflow, Pipeline -> DataPipeline, RunNotebook -> Notebook), and a
+        fake app registration with its env vars for every credentials prefix."""
+        from local.emulators.fabric import load_items
+
+        timing = timing or Timing()
+        behavior: dict[str, Any] = {
+            "not_started_seconds": timing.pending_seconds,
+            "run_seconds": timing.run_seconds,
+            "poll_after_seconds": timing.poll_after_seconds,
+        }
+        if not timing.dedupe:
+            behavior["dedupe"] = False
+        items = load_files(load_items, files, "Fabric items")
+        known = {(i["workspace"], i["item"]) for i in items}
+        prefixes: set[str] = set()
+        for pipeline in self.ours(pipelines):
+            options = pipeline.options
+            prefixes.add(str(options.get("credentials") or "FABRIC"))
+            key = (str(options["workspace"]).lower(), str(options["item"]).lower())
+            if key in known:
+                continue
+            job_type = str(options.get("job_type") or "Execute").lower()
+            items.append(
+                {
+                    "workspace": key[0],
+                    "item": key[1],
+                    "type": ITEM_TYPES.get(job_type, "Notebook"),
+                    "displayName": pipeline.name,
+                    "behavior": behavior,
+                }
+            )
+            known.add(key)
+        clients: list[dict[str, Any]] = []
+        env: dict[str, str] = {}
+        for prefix in sorted(prefixes):
+            client_id = f"local-stack-{prefix.lower().replace('_', '-')}"
+            refresh = f"local-stack-fake-refresh-token-{prefix.lower()}"
+            clients.append(
+                {
+                    "tenant": FAKE_TENANT,
+                    "client_id": client_id,
+                    "client_secret": FAKE_SECRET,
+                    "refresh_tokens": [refresh],
+                }
+            )
+            env.update(
+                {
+                    f"{prefix}_TENANT_ID": FAKE_TENANT,
+                    f"{prefix}_CLIENT_ID": client_id,
+                    f"{prefix}_CLIENT_SECRET": FAKE_SECRET,
+                    f"{prefix}_REFRESH_TOKEN": refresh,
+                }
+            )
+        return Fixtures({"items": items, "clients": clients}, env)
+
+    def pipeline_fields(self, backend: str, pipeline: str) -> dict[str, Any]:
+        return {"workspace": WORKSPACE, "item": item_id(pipeline), "job_type": "Pipeline"}
+
+    def job_id(self, job: Mapping[str, Any]) -> Any:
+        return job.get("id")
+
+    def harness(self, handle: EmulatorHandle, backend: str) -> FabricHarness:
+        return FabricHarness(handle)
+
+
+KIT = FabricKit()
 
 
 class FabricHarness(EmulatorHarness):
-    """Drives local/emulators/fabric.py (Fabric jobs + Entra token endpoint on one server)."""
+    """Drives the Fabric emulator for the backend contract suite.
+
+    Every pipeline is a Dataflow Gen2 item (job type ``Execute``, delegated auth) in one workspace;
+    its item id is derived from the pipeline name. Credentials are fake and live in an explicit env
+    mapping handed to the :class:`~handlers.backends.fabric.entra.TokenProvider`: the process
+    environment is never touched.
+
+    A second run of an item while one is still NotStarted/InProgress is ``Deduped`` by Fabric
+    (normalized to CANCELLED). Set ``dedupe = False`` before ``pipeline_options`` to let concurrent
+    runs of one item proceed.
+    """
 
     name = "fabric"
     fault_operations = {
@@ -40,9 +141,9 @@ class FabricHarness(EmulatorHarness):
     CLIENT_SECRET = "harness-client-secret-not-real"
     REFRESH_TOKEN = "harness-refresh-token-not-real"
 
-    def __init__(self, emulator_handle: Any) -> None:
+    def __init__(self, emulator_handle: EmulatorHandle) -> None:
         super().__init__(emulator_handle)
-        self.workspace = str(uuid.uuid5(_NAMESPACE, "workspace"))
+        self.workspace = WORKSPACE
         self.dedupe = True
         self.env: dict[str, str] = {
             "FABRIC_TENANT_ID": self.TENANT,
@@ -56,7 +157,7 @@ class FabricHarness(EmulatorHarness):
     def environment(self) -> dict[str, str]:
         """Env vars for code that builds its own backend (``registry.spec("fabric").build()``, main.py):
         both endpoint overrides and the fake credentials. Set them with monkeypatch if needed."""
-        return {"FABRIC_API_ENDPOINT": self.url, "FABRIC_TOKEN_ENDPOINT": self.url, **self.env}
+        return {**KIT.endpoint_env("fabric", self.url), **self.env}
 
     # -- emulator control ------------------------------------------------------------------------
     def control(self, path: str, body: Any = None, method: str = "POST") -> Any:
@@ -79,7 +180,7 @@ class FabricHarness(EmulatorHarness):
         )
 
     def item_id(self, pipeline_name: str) -> str:
-        return str(uuid.uuid5(_NAMESPACE, f"item/{pipeline_name}"))
+        return item_id(pipeline_name)
 
     def register(
         self,
@@ -136,7 +237,7 @@ class FabricHarness(EmulatorHarness):
         """Every run request the emulator received: ``{"parameters": {name: value}, "status", "body"}``."""
         out = []
         for r in self.requests_received():
-            if r["method"] != "POST" or not _RUN_PATH.search(r["path"]):
+            if r["method"] != "POST" or not KIT.is_launch_path(r["path"]):
                 continue
             body: dict[str, Any] = r["body"] if isinstance(r.get("body"), dict) else {}
             raw = (body.get("executionData") or {}).get("parameters")
@@ -158,9 +259,9 @@ class FabricHarness(EmulatorHarness):
         self.control("tokens/expire")
         return True
 
-    def reset(self) -> None:
+    def reset(self, settings: Any = None) -> None:
         """Forget instances, faults and recorded requests, restore the settings (items, client, tokens stay)."""
-        reset_emulator(self, self._settings, timeout=10)
+        super().reset(self._settings if settings is None else settings)
 
 
 def entra_clients(tenant: str, user_app: str, sp_app: str, secret: str, refresh: str) -> list[dict[str, Any]]:
