@@ -10,8 +10,10 @@ revision 20261023 (``googleapiclient.discovery_cache.get_static_doc("dataproc", 
 Idempotency rests on the client-chosen ``batchId``: a batch id is unique in its project and location
 for as long as the batch exists, whatever its state, so a second create answers 409 ALREADY_EXISTS
 (:class:`AlreadyExists`) and ``find`` is one exact ``batches.get``. The id is derived from the run's
-job name (:func:`batch_id`), keeping its run hash. ``requestId`` (derived from the same id) makes a
-repeated create after a lost answer return the first create's operation instead of a 409.
+job name (:func:`batch_id`), keeping its run hash. Each create also sends a fresh ``requestId``, so a
+transport-level resend of that one request answers its operation; it is deliberately not derived
+from the run: a second launch of a run must answer 409, which the launch service records as
+"already launched" and follows with ``find``, rather than pass for a first launch.
 
 Run parameters reach the batch as driver arguments ``--NAME=VALUE`` appended, in name order, to the
 configured ``args`` (PySpark, Spark, SparkR), or as ``queryVariables`` of a Spark SQL batch (its
@@ -27,9 +29,9 @@ already finished answers FAILED_PRECONDITION, which counts as done.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
+import uuid
 from collections.abc import Mapping, Sequence
 from typing import Any
 from urllib.parse import quote
@@ -123,8 +125,6 @@ _BUCKET_RE = re.compile(r"[a-z0-9][a-z0-9._-]{1,220}[a-z0-9]")
 # batchId: "4-63 characters. Valid characters are /[a-z][0-9]-/" (discovery document).
 BATCH_ID_RE = re.compile(r"[a-z0-9-]{4,63}")
 BATCH_ID_MAX = 63
-# requestId: letters, digits, _ and -, at most 40 characters.
-REQUEST_ID_LENGTH = 40
 
 # Batch states -> normalized states. Anything not listed (STATE_UNSPECIFIED, new values) is not
 # terminal and maps to PENDING.
@@ -154,9 +154,9 @@ def batch_id(job_name: str) -> str:
     return f"{head[: BATCH_ID_MAX - len(tail) - 1].rstrip('-')}-{tail}"
 
 
-def request_id(project: str, region: str, batch: str) -> str:
-    """A create's ``requestId``: the same for every attempt of one batch (letters and digits, 40)."""
-    return hashlib.sha256(f"{project}/{region}/{batch}".encode()).hexdigest()[:REQUEST_ID_LENGTH]
+def request_id() -> str:
+    """A create's ``requestId``: new for every create call (32 hex digits; the API allows 40)."""
+    return uuid.uuid4().hex
 
 
 # ---------------------------------------------------------------------------------------------
@@ -455,7 +455,7 @@ class DataprocBatches:
             self.session,
             "POST",
             f"{self.endpoint}/v1/{self._parent(p.project, p.region)}/batches",
-            params={"batchId": bid, "requestId": request_id(p.project, p.region, bid)},
+            params={"batchId": bid, "requestId": request_id()},
             json=batch_body(request),
             what=f"dataproc batches.create {bid}",
             timeout=self.timeout,
