@@ -123,7 +123,6 @@ _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 _BUCKET_RE = re.compile(r"[a-z0-9][a-z0-9._-]{1,220}[a-z0-9]")
 
 # batchId: "4-63 characters. Valid characters are /[a-z][0-9]-/" (discovery document).
-BATCH_ID_RE = re.compile(r"[a-z0-9-]{4,63}")
 BATCH_ID_MAX = 63
 
 # Batch states -> normalized states. Anything not listed (STATE_UNSPECIFIED, new values) is not
