@@ -35,6 +35,7 @@ plumbing is at the bottom. Each layer imports only itself and the layers below i
       dataflow      Dataflow classic and Flex Templates (REST v1b3)
       datafusion    Cloud Data Fusion / CDAP pipelines
       fabric/       Microsoft Fabric item jobs (fabric/jobs) and Entra ID tokens (fabric/entra)
+      dataproc      Dataproc Serverless Spark batches (a client-chosen batch id: exact find)
     core/         plumbing every layer shares
       errors        the one error tree: retryable vs permanent
       http          HTTP answers -> the error tree; timeouts

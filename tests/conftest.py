@@ -168,14 +168,25 @@ def fabric_emulator(local_world: LocalWorld) -> object:
     return local_world.start_backends(["fabric"])["fabric"]
 
 
-@pytest.fixture(params=["dataflow", "dataflow-flex", "datafusion", "fabric"])
+@pytest.fixture(scope="session")
+def dataproc_emulator(local_world: LocalWorld) -> object:
+    """The project's Dataproc Serverless batches emulator, started once."""
+    return local_world.start_backends(["dataproc"])["dataproc"]
+
+
+@pytest.fixture(params=["dataflow", "dataflow-flex", "datafusion", "fabric", "dataproc"])
 def harness(request: pytest.FixtureRequest, dataflow_emulator: object) -> Iterator[object]:
     """Each backend's emulator behind one harness interface (its kit's, :mod:`local.kits`)."""
     from handlers.backends import registry
     from local.kits import kit
 
     name = request.param
-    emulators = {"dataflow": "dataflow_emulator", "datafusion": "cdap_emulator", "fabric": "fabric_emulator"}
+    emulators = {
+        "dataflow": "dataflow_emulator",
+        "datafusion": "cdap_emulator",
+        "fabric": "fabric_emulator",
+        "dataproc": "dataproc_emulator",
+    }
     handle = request.getfixturevalue(emulators[kit(name).backends[0]])
     h = kit(name).harness(handle, name)
     h.google_auth = registry.spec(name).auth == "google"  # real google-auth token refresh on 401

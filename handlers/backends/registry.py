@@ -19,6 +19,7 @@ DECLARED_IN: dict[str, str] = {
     "dataflow-flex": "handlers.backends.dataflow",
     "datafusion": "handlers.backends.datafusion",
     "fabric": "handlers.backends.fabric.jobs",
+    "dataproc": "handlers.backends.dataproc",
 }
 
 

@@ -92,6 +92,7 @@ KITS: Mapping[str, str] = {
     "dataflow-flex": "local.kits.dataflow",
     "datafusion": "local.kits.datafusion",
     "fabric": "local.kits.fabric",
+    "dataproc": "local.kits.dataproc",
 }
 
 
