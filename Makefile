@@ -28,7 +28,7 @@ lint: $(STAMP)
 	$(PY) -m mypy
 
 demo: $(STAMP) prereqs
-	$(PY) -m local.stack demo
+	$(PY) -m local.stack demo $(DEMO_ARGS)
 
 up: $(STAMP) prereqs
 	$(PY) -m local.stack up $(if $(CONFIG),--config $(CONFIG))

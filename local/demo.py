@@ -36,7 +36,7 @@ DEMO_FIXTURES = {
 DEMO_SAMPLE = DEMO_DIR / "sample.txt"
 DEMO_OBJECT = "incoming/sample.txt"
 # The backends the demo prefers for its chained step, in order.
-CHAIN_PREFERENCE = ("datafusion", "fabric", "dataflow")
+CHAIN_PREFERENCE = ("datafusion", "fabric", "dataflow", "dataproc")
 _LITERAL_BUCKET = re.compile(r"^gs://([a-z0-9][a-z0-9._-]{1,220}[a-z0-9])/")
 
 

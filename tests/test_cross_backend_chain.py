@@ -91,3 +91,72 @@ def test_dataflow_then_data_fusion_then_fabric(world, dataflow, cdap_emulator, f
         "Upstream": enrich["attributes"]["run_key"],
     }
     assert ingest["event"]["data"]["outputs"] == {"table": "raw.orders"}
+
+
+def test_a_chain_through_dataproc_from_dataflow_and_back(world, dataflow, dataproc_emulator):
+    """Dataflow -> Dataproc (a Spark batch) -> Dataflow: chaining from and to the fifth backend,
+    every completion delivered twice."""
+    from local.kits.dataproc import DataprocHarness
+
+    spark = DataprocHarness(dataproc_emulator)
+    spark.reset()
+    pipelines = {
+        "ingest": {
+            **dataflow.pipeline_options("ingest"),
+            "parameters": {"input": "gs://{bucket}/{name}"},
+            "outputs": {"table": "raw.{stem}"},
+        },
+        "aggregate": {
+            **spark.pipeline_options("aggregate"),
+            "parameters": {"source": "{upstream.outputs.table}"},
+            "outputs": {"table": "agg.{upstream.outputs.table}"},
+        },
+        "publish": {
+            **dataflow.pipeline_options("publish"),
+            "parameters": {"input": "{upstream.outputs.table}", "upstream": "{upstream.run_key}"},
+        },
+    }
+    triggers = {
+        "landing": {"storage": {"bucket": "landing"}, "pipeline": "ingest"},
+        "after-ingest": {"completion": {"upstream": "ingest"}, "pipeline": "aggregate"},
+        "after-aggregate": {"completion": {"upstream": "aggregate"}, "pipeline": "publish"},
+    }
+    runtime = world.runtime(world.config(pipelines, triggers), dataproc=spark.backend())
+    from handlers.model.events import parse_object_finalized
+
+    LaunchService(runtime).start(
+        runtime.config.triggers["landing"],
+        parse_object_finalized(ev.storage_finalized("landing", "in/sales.csv")),
+    )
+
+    def finish(expect: int) -> dict:
+        for h in (dataflow, spark):
+            h.advance(120)
+        Tracker(runtime).sweep()
+        return world.completions(expect=expect)[-1]
+
+    def forward(completion: dict) -> None:
+        message = ev.pubsub_message(
+            world.completion_topic,
+            json.dumps(completion["event"]).encode(),
+            attributes=completion["attributes"],
+            message_id=completion["message_id"],
+        )
+        for _ in range(2):
+            dispatch.handle_message(message, runtime)
+
+    forward(finish(1))
+    aggregate = finish(2)
+    forward(aggregate)
+    finish(3)
+    assert [(c["attributes"]["pipeline"], c["attributes"]["backend"]) for c in world.completions()] == [
+        ("ingest", "dataflow"),
+        ("aggregate", "dataproc"),
+        ("publish", "dataflow"),
+    ]
+    (batch,) = [x for x in spark.launches() if x["status"] == 200]
+    assert batch["parameters"] == {"source": "raw.sales"}
+    publishes = [x for x in dataflow.launches() if x["status"] == 200 and x["parameters"].get("upstream")]
+    assert [p["parameters"] for p in publishes] == [
+        {"input": "agg.raw.sales", "upstream": aggregate["attributes"]["run_key"]}
+    ]

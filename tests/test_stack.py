@@ -230,3 +230,29 @@ def test_every_chain_variant_of_the_demo_is_a_valid_config_with_its_registration
             items, clients = fabric.registrations["items"], fabric.registrations["clients"]
             assert [i["item"] for i in items] == [plan.config.pipelines["publish-counts"].options["item"]]
             assert fabric.env["FABRIC_CLIENT_ID"] == clients[0]["client_id"]
+
+
+def test_the_demo_chains_into_a_dataproc_batch_when_asked(tmp_path: Path) -> None:
+    """The documented variant: ``make demo DEMO_ARGS="--chain-backend dataproc"``."""
+    proc = subprocess.run(
+        _stack(
+            "demo", "--chain-backend", "dataproc", "--timeout", "60", "--pids-file", str(tmp_path / "p.json")
+        ),
+        cwd=ROOT,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=110,
+    )
+    assert proc.returncode == 0, f"exit {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
+    assert "chain: wordcount (Dataflow) -> publish-counts (Dataproc)" in proc.stdout
+    _in_order(
+        "\n".join(_timeline_lines(proc.stdout)),
+        [
+            "completion published   wordcount SUCCEEDED",
+            "job launched           publish-counts  Dataproc batch ",
+            "run finished           publish-counts SUCCEEDED",
+            "completion published   publish-counts SUCCEEDED",
+        ],
+    )
+    _assert_nothing_left(tmp_path / "p.json")
