@@ -6,12 +6,16 @@ platform starts a new instance and redelivers (``evidence/reliability/crashes.py
 from __future__ import annotations
 
 import json
+from dataclasses import replace
+
+import pytest
 
 from evidence.reliability import crashes
 
 
-def test_a_kill_at_every_step_boundary_still_gives_one_job_and_one_completion_per_event(tmp_path):
-    figures = crashes.run(per_boundary=1)
+@pytest.mark.parametrize("backend", ["dataflow", "datafusion", "fabric", "dataproc"])
+def test_a_kill_at_every_step_boundary_still_gives_one_job_and_one_completion_per_event(tmp_path, backend):
+    figures = crashes.run(per_boundary=1, settings=replace(crashes.CRASH_SETTINGS, backends=(backend,)))
 
     rows = {row["boundary"]: row for row in figures["boundaries"]}
     assert set(rows) == {b.name for b in crashes.BOUNDARIES}
