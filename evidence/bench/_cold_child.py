@@ -16,7 +16,8 @@ Phases (ms, each from the end of the previous one; they add up to ``ms``):
 - ``config``: with ``--config-phase`` only (our functions): ``cached_config()``, the load and
   validation the first event would otherwise do (cached, so the event does not repeat it);
 - ``first_event``: the first request, end to end (for ours: the runtime, the credential path, the
-  HTTP calls).
+  HTTP calls). With ``--auth-phase``, ``http_calls`` and ``http_ms`` count the requests sent and the
+  time spent waiting for their answers (all of them are sent during the first event).
 
 Nothing is imported before the clock starts but the standard library's json/sys/time. Peak RSS is
 the kernel's high-water mark of this process image (``VmHWM``): ``getrusage``'s ``ru_maxrss`` would
@@ -36,6 +37,28 @@ def peak_rss_mb() -> float:
     raise RuntimeError("no VmHWM in /proc/self/status")
 
 
+HTTP = {"calls": 0, "seconds": 0.0}
+
+
+def _time_http() -> None:
+    """Count the requests this process sends and the time spent waiting for their answers (inside
+    ``requests``' transport adapter: connect, send, the server's work, the answer's headers), so the
+    first event's time splits into waiting on the (local) services and the rest."""
+    from requests.adapters import HTTPAdapter
+
+    send = HTTPAdapter.send
+
+    def timed(self, request, **kwargs):
+        started = time.perf_counter()
+        try:
+            return send(self, request, **kwargs)
+        finally:
+            HTTP["calls"] += 1
+            HTTP["seconds"] += time.perf_counter() - started
+
+    HTTPAdapter.send = timed  # type: ignore[method-assign,assignment]
+
+
 def main() -> None:
     source, target, signature, request_file = sys.argv[1:5]
     auth_phase = "--auth-phase" in sys.argv[5:]
@@ -52,6 +75,7 @@ def main() -> None:
         import google.auth.transport.requests  # noqa: F401
 
         marks.append(("auth_libs", time.perf_counter()))
+        _time_http()
     app = functions_framework.create_app(target, source, signature)
     marks.append(("import", time.perf_counter()))
     if config_phase:
@@ -74,6 +98,8 @@ def main() -> None:
                 "status": answer.status_code,
                 "ms": round((marks[-1][1] - marks[0][1]) * 1000, 1),
                 "phases": phases,
+                "http_calls": HTTP["calls"],
+                "http_ms": round(HTTP["seconds"] * 1000, 2),
                 "peak_rss_mb": peak_rss_mb(),
                 "body": answer.get_data(as_text=True)[:300],
             }

@@ -31,6 +31,8 @@ ROOT = Path(__file__).resolve().parents[2]
 FUNCTIONS = ("on_object_finalized", "on_message", "on_job_status", "check_runs", "api")
 TIME_GOAL, RSS_GOAL = 0.75, 0.85
 SHARE_GOAL_MS = 100.0
+# on_object_finalized once more, its config without the compiled form: what reading the YAML costs
+YAML_ONLY = "on_object_finalized:yaml"
 PHASES = ("functions_framework", "auth_libs", "import", "config", "first_event")
 
 
@@ -63,7 +65,14 @@ class Cases:
         self.work = work
 
     def config(self, fn: str, rep: int) -> Path:
-        return write_config(self.work / f"{fn}-{rep}.yaml", self.services.project, f"cold/{fn}/{rep}/")
+        """The function's config as deploy ships it: the YAML and its compiled form beside it
+        (handlers.model.config.compile_config); for the ``YAML_ONLY`` variant, the YAML alone."""
+        from handlers.model.config import compile_config
+
+        path = write_config(self.work / f"{fn}-{rep}.yaml", self.services.project, f"cold/{fn}/{rep}/")
+        if fn != YAML_ONLY:
+            assert compile_config(path) is not None
+        return path
 
     def request(self, fn: str, rep: int) -> tuple[str, str, str, dict[str, Any], dict[str, str]]:
         """(source, target, signature, request, extra env)."""
@@ -79,6 +88,7 @@ class Cases:
             event = ev.storage_finalized("landing", f"floor/{tag}.csv", generation=rep + 1)
             return "evidence/bench/floor_function.py", "floor", "cloudevent", _structured(event), {}
         config = self.config(fn, rep)
+        fn = fn.partition(":")[0]  # a variant runs the same function
         # the production credential path: google.auth.default() against the local metadata server
         env = {"PIPELINES_CONFIG": str(config), "PIPELINES_ANONYMOUS_AUTH": ""}
         if fn == "on_object_finalized":
@@ -177,7 +187,8 @@ def measure(
         "baseline": venvs.python("sample", progress) if isolated else sys.executable,
         "ours": venvs.python("ours", progress) if isolated else sys.executable,
     }
-    sides = ("baseline", "floor", *functions)
+    variants = (YAML_ONLY,) if "on_object_finalized" in functions else ()
+    sides = ("baseline", "floor", *functions, *variants)
     samples: dict[str, list[dict[str, Any]]] = {fn: [] for fn in sides}
     with local_services() as services, tempfile.TemporaryDirectory() as tmp:
         cases = Cases(services, Path(tmp))
@@ -219,6 +230,8 @@ def measure(
                 "meets_share_goal": share <= SHARE_GOAL_MS,
                 "share_breakdown_ms": _share_breakdown(samples[fn], floor),
                 "phases_ms": _phase_medians(samples[fn]),
+                "http_calls": statistics.median(s.get("http_calls", 0) for s in samples[fn]),
+                "http_wait_ms": round(statistics.median(s.get("http_ms", 0.0) for s in samples[fn]), 1),
             }
         )
     return {
@@ -233,14 +246,32 @@ def measure(
             "peak_rss_mb": statistics.median(f["peak_rss_mb"] for f in floor),
             "spread_ms": _spread([f["ms"] for f in floor]),
             "phases_ms": _phase_medians(floor),
+            "http_calls": statistics.median(f.get("http_calls", 0) for f in floor),
+            "http_wait_ms": round(statistics.median(f.get("http_ms", 0.0) for f in floor), 1),
         },
         "share_goal_ms": SHARE_GOAL_MS,
         "repetitions": repeat,
         "baseline_wall_ms": base_ms,
         "baseline_peak_rss_mb": base_rss,
         "functions": rows,
+        "config_paths": _config_paths(samples) if variants else {},
         "import_breakdown": breakdown(pythons["ours"], 3 if repeat < 3 else 5),
         "heavy_modules_loaded_at_import": heavy_modules_at_import(),
+    }
+
+
+def _config_paths(samples: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
+    """on_object_finalized with its compiled config (as deployed) against the YAML alone, same run."""
+    compiled, yaml_only = samples["on_object_finalized"], samples[YAML_ONLY]
+    return {
+        "what": "on_object_finalized cold start: config with its compiled form (JSON, no PyYAML) vs the YAML alone",
+        "compiled_config_phase_ms": round(statistics.median(r["phases"]["config"] for r in compiled), 1),
+        "yaml_only_config_phase_ms": round(statistics.median(r["phases"]["config"] for r in yaml_only), 1),
+        "compiled_wall_ms": statistics.median(r["ms"] for r in compiled),
+        "yaml_only_wall_ms": statistics.median(r["ms"] for r in yaml_only),
+        "yaml_only_minus_compiled_ms": round(
+            statistics.median(y["ms"] - c["ms"] for y, c in zip(yaml_only, compiled, strict=True)), 1
+        ),
     }
 
 
@@ -271,7 +302,7 @@ def _share_breakdown(runs: list[dict[str, Any]], floor: list[dict[str, Any]]) ->
     that phase: ``import`` is ``main`` and the handlers it loads, ``config`` the load and validation,
     ``first_event`` the event end to end beyond the floor's credential path. The medians need not add
     up to the median share exactly."""
-    return {
+    breakdown = {
         p: round(
             statistics.median(
                 r["phases"].get(p, 0.0) - f["phases"].get(p, 0.0) for r, f in zip(runs, floor, strict=True)
@@ -280,14 +311,30 @@ def _share_breakdown(runs: list[dict[str, Any]], floor: list[dict[str, Any]]) ->
         )
         for p in PHASES
     }
+    # the first event split: waiting on the local services' answers, and everything else
+    breakdown["first_event_http_wait"] = round(
+        statistics.median(
+            r.get("http_ms", 0.0) - f.get("http_ms", 0.0) for r, f in zip(runs, floor, strict=True)
+        ),
+        1,
+    )
+    breakdown["first_event_rest"] = round(
+        statistics.median(
+            (r["phases"]["first_event"] - r.get("http_ms", 0.0))
+            - (f["phases"]["first_event"] - f.get("http_ms", 0.0))
+            for r, f in zip(runs, floor, strict=True)
+        ),
+        1,
+    )
+    return breakdown
 
 
 BREAKDOWN_STEPS = (
     ("functions-framework", "import functions_framework"),
     ("+ google-auth credential path (compute engine, requests transport)",
      "import google.auth, google.auth.compute_engine, google.auth.transport.requests"),
-    ("+ this project's modules for a launch (yaml, tenacity included)",
-     "import main, handlers.entry.functions, handlers.launch.service, handlers.launch.store, handlers.backends.dataflow, yaml"),
+    ("+ this project's modules for a launch (tenacity included; PyYAML is not: the compiled config is JSON)",
+     "import main, handlers.entry.functions, handlers.launch.service, handlers.launch.store, handlers.backends.dataflow"),
 )  # fmt: skip
 
 
