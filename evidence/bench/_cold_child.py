@@ -19,14 +19,30 @@ Phases (ms, each from the end of the previous one; they add up to ``ms``):
   HTTP calls). With ``--auth-phase``, ``http_calls`` and ``http_ms`` count the requests sent and the
   time spent waiting for their answers (all of them are sent during the first event).
 
-Nothing is imported before the clock starts but the standard library's json/sys/time. Peak RSS is
+Every child also reports its garbage collections (``gc_collections``, ``gc_full``: full passes,
+``gc_ms``). Nothing is imported before the clock starts but the standard library's gc/json/sys/time. Peak RSS is
 the kernel's high-water mark of this process image (``VmHWM``): ``getrusage``'s ``ru_maxrss`` would
 carry the parent's peak over ``fork``/``exec`` and report the launcher's size, not ours.
 """
 
+import gc
 import json
 import sys
 import time
+
+GC = {"collections": 0, "full": 0, "seconds": 0.0}
+_gc_started = [0.0]
+
+
+def _time_gc(phase: str, info: dict[str, int]) -> None:
+    """Count the garbage collector's passes and their time (a full pass walks every object the
+    imports created: it shows up as a cost of whichever phase happens to trigger it)."""
+    if phase == "start":
+        _gc_started[0] = time.perf_counter()
+        return
+    GC["collections"] += 1
+    GC["full"] += info.get("generation") == 2
+    GC["seconds"] += time.perf_counter() - _gc_started[0]
 
 
 def peak_rss_mb() -> float:
@@ -65,6 +81,7 @@ def main() -> None:
     config_phase = "--config-phase" in sys.argv[5:]
     with open(request_file) as fh:
         request = json.load(fh)
+    gc.callbacks.append(_time_gc)
     marks = [("start", time.perf_counter())]
     import functions_framework
 
@@ -100,6 +117,9 @@ def main() -> None:
                 "phases": phases,
                 "http_calls": HTTP["calls"],
                 "http_ms": round(HTTP["seconds"] * 1000, 2),
+                "gc_collections": GC["collections"],
+                "gc_full": GC["full"],
+                "gc_ms": round(GC["seconds"] * 1000, 2),
                 "peak_rss_mb": peak_rss_mb(),
                 "body": answer.get_data(as_text=True)[:300],
             }

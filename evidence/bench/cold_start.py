@@ -232,6 +232,8 @@ def measure(
                 "phases_ms": _phase_medians(samples[fn]),
                 "http_calls": statistics.median(s.get("http_calls", 0) for s in samples[fn]),
                 "http_wait_ms": round(statistics.median(s.get("http_ms", 0.0) for s in samples[fn]), 1),
+                "gc_ms": round(statistics.median(s.get("gc_ms", 0.0) for s in samples[fn]), 1),
+                "gc_full_passes": statistics.median(s.get("gc_full", 0) for s in samples[fn]),
             }
         )
     return {
@@ -248,6 +250,8 @@ def measure(
             "phases_ms": _phase_medians(floor),
             "http_calls": statistics.median(f.get("http_calls", 0) for f in floor),
             "http_wait_ms": round(statistics.median(f.get("http_ms", 0.0) for f in floor), 1),
+            "gc_ms": round(statistics.median(f.get("gc_ms", 0.0) for f in floor), 1),
+            "gc_full_passes": statistics.median(f.get("gc_full", 0) for f in floor),
         },
         "share_goal_ms": SHARE_GOAL_MS,
         "repetitions": repeat,
@@ -269,6 +273,10 @@ def _config_paths(samples: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
         "yaml_only_config_phase_ms": round(statistics.median(r["phases"]["config"] for r in yaml_only), 1),
         "compiled_wall_ms": statistics.median(r["ms"] for r in compiled),
         "yaml_only_wall_ms": statistics.median(r["ms"] for r in yaml_only),
+        "compiled_gc_full_passes": statistics.median(r.get("gc_full", 0) for r in compiled),
+        "yaml_only_gc_full_passes": statistics.median(r.get("gc_full", 0) for r in yaml_only),
+        "compiled_gc_ms": round(statistics.median(r.get("gc_ms", 0.0) for r in compiled), 1),
+        "yaml_only_gc_ms": round(statistics.median(r.get("gc_ms", 0.0) for r in yaml_only), 1),
         "yaml_only_minus_compiled_ms": round(
             statistics.median(y["ms"] - c["ms"] for y, c in zip(yaml_only, compiled, strict=True)), 1
         ),
