@@ -46,6 +46,8 @@ def test_a_cold_import_of_main_loads_no_backend_pubsub_or_jsonschema_module_and_
             f["wall_ms"] - f["floor_ms"], 1
         )  # one repetition: the pair's difference
         assert set(f["share_spread_ms"]) == {"min", "p25", "p75", "max"}
+        own = sum(f["share_breakdown_ms"][p] for p in ("import", "config", "first_event"))
+        assert abs(f["share_own_phases_ms"] - own) < 0.5  # one repetition: the phases' differences add up
         assert isinstance(f["meets_share_goal"], bool)
         assert set(f["share_breakdown_ms"]) == {
             "functions_framework",
@@ -53,6 +55,8 @@ def test_a_cold_import_of_main_loads_no_backend_pubsub_or_jsonschema_module_and_
             "import",
             "config",
             "first_event",
+            "first_event_http_wait",
+            "first_event_rest",
         }
         assert f["phases_ms"]["import"] > 0 and f["phases_ms"]["config"] > 0
 
