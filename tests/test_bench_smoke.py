@@ -37,6 +37,28 @@ def test_a_cold_import_of_main_loads_no_backend_pubsub_or_jsonschema_module_and_
         "api",
     }
     assert all(f["wall_ms"] > 0 and f["peak_rss_mb"] > 0 for f in result["functions"])
+    # the project's own share: each function's cold start minus the floor of the same run, with its
+    # goal and the phases it breaks down into
+    assert result["floor"]["wall_ms"] > 0 and result["share_goal_ms"] == 100
+    for f in result["functions"]:
+        assert f["floor_ms"] == result["floor"]["wall_ms"]
+        assert f["share_ms"] == round(
+            f["wall_ms"] - f["floor_ms"], 1
+        )  # one repetition: the pair's difference
+        assert set(f["share_spread_ms"]) == {"min", "p25", "p75", "max"}
+        own = sum(f["share_breakdown_ms"][p] for p in ("import", "config", "first_event"))
+        assert abs(f["share_own_phases_ms"] - own) < 0.5  # one repetition: the phases' differences add up
+        assert isinstance(f["meets_share_goal"], bool)
+        assert set(f["share_breakdown_ms"]) == {
+            "functions_framework",
+            "auth_libs",
+            "import",
+            "config",
+            "first_event",
+            "first_event_http_wait",
+            "first_event_rest",
+        }
+        assert f["phases_ms"]["import"] > 0 and f["phases_ms"]["config"] > 0
 
 
 def test_a_quiet_sweep_costs_the_same_ledger_calls_however_many_finished_runs_exist():

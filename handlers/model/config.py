@@ -711,21 +711,112 @@ def build_config(raw: Any, source: str = "<config>") -> Config:
 
 
 def load_config(path: str | os.PathLike[str] | None = None) -> Config:
-    """Read and validate the YAML config at ``path`` (default: ``$PIPELINES_CONFIG`` or pipelines.yaml)."""
-    import yaml
+    """Read and validate the YAML config at ``path`` (default: ``$PIPELINES_CONFIG`` or pipelines.yaml).
+
+    When the compiled form beside it (:func:`compile_config`) records this exact text, its document
+    is read with the standard library's ``json`` instead of parsing the YAML: PyYAML is not even
+    imported. Either way the document is validated by :func:`build_config`, the same as always; the
+    compiled form only saves the YAML parse, and is ignored whenever it does not match.
+    """
+    target = Path(path or os.environ.get(CONFIG_ENV) or DEFAULT_CONFIG)
+    try:
+        text = target.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError([f"cannot read {target}: {exc.strerror or exc}"], source=str(target)) from exc
+    compiled = _compiled_document(target, text)
+    raw = compiled[0] if compiled else _parse_yaml(text, target)
+    return build_config(raw, source=str(target))
+
+
+def _parse_yaml(text: str, target: Path) -> Any:
+    import yaml  # only when no compiled form matches (cold start: PyYAML costs about 15 ms to import)
+
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError([f"not valid YAML: {exc}"], source=str(target)) from exc
+    except RecursionError as exc:  # the YAML composer recurses once per nesting level
+        raise ConfigError(["not a usable config: nested too deeply"], source=str(target)) from exc
+
+
+COMPILED_SUFFIX = ".compiled.json"  # pipelines.yaml -> pipelines.yaml.compiled.json
+COMPILED_FORMAT = 1
+
+
+def compiled_path(path: str | os.PathLike[str]) -> Path:
+    """Where the compiled form of the config at ``path`` lives: beside it."""
+    target = Path(path)
+    return target.with_name(target.name + COMPILED_SUFFIX)
+
+
+def _source_digest(text: str) -> str:
+    import hashlib  # loaded already by handlers.core.ids; local like the rest of the loading path
+
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def compile_config(path: str | os.PathLike[str] | None = None) -> Path | None:
+    """Validate the YAML config at ``path`` and write its compiled form beside it (what deploy ships
+    with the config): the parsed document as JSON with the SHA-256 of the text it came from, so that
+    :func:`load_config` can skip the YAML parse on every cold start.
+
+    Raises :class:`ConfigError` (nothing written) when the config is invalid. Returns the path
+    written, or ``None`` when the document does not survive a JSON round trip exactly (a YAML date,
+    a non-string key...): then nothing is written, a stale compiled form is removed, and
+    ``load_config`` keeps parsing the YAML.
+    """
+    import json  # the loading path keeps its imports local (see _parse_yaml)
 
     target = Path(path or os.environ.get(CONFIG_ENV) or DEFAULT_CONFIG)
     try:
         text = target.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError([f"cannot read {target}: {exc.strerror or exc}"], source=str(target)) from exc
+    raw = _parse_yaml(text, target)
+    build_config(raw, source=str(target))  # validate: a config that does not load is never compiled
+    out = compiled_path(target)
     try:
-        raw = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise ConfigError([f"not valid YAML: {exc}"], source=str(target)) from exc
-    except RecursionError as exc:  # the YAML composer recurses once per nesting level
-        raise ConfigError(["not a usable config: nested too deeply"], source=str(target)) from exc
-    return build_config(raw, source=str(target))
+        encoded = json.dumps(raw, ensure_ascii=False, allow_nan=False, sort_keys=False)
+        lossless = _same_document(json.loads(encoded), raw)
+    except (TypeError, ValueError, RecursionError):
+        lossless = False
+    if not lossless:
+        out.unlink(missing_ok=True)
+        return None
+    record = {"format": COMPILED_FORMAT, "source_sha256": _source_digest(text), "document": raw}
+    tmp = out.with_name(out.name + ".tmp")
+    tmp.write_text(json.dumps(record, ensure_ascii=False, allow_nan=False), encoding="utf-8")
+    tmp.replace(out)
+    return out
+
+
+def _same_document(a: Any, b: Any) -> bool:
+    """Equal with the same types all the way down (``1 == 1.0 == True`` would hide a change)."""
+    if type(a) is not type(b):
+        return False
+    if isinstance(a, dict):
+        return a.keys() == b.keys() and all(type(k) is str and _same_document(a[k], b[k]) for k in a)
+    if isinstance(a, list):
+        return len(a) == len(b) and all(_same_document(x, y) for x, y in zip(a, b, strict=True))
+    return bool(a == b)
+
+
+def _compiled_document(target: Path, text: str) -> tuple[Any] | None:
+    """The document of ``target``'s compiled form when it was compiled from exactly ``text``."""
+    import json  # stdlib, loaded already by the functions' modules; local like the rest
+
+    try:
+        record = json.loads(compiled_path(target).read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError):
+        return None
+    if (
+        not isinstance(record, dict)
+        or record.get("format") != COMPILED_FORMAT
+        or record.get("source_sha256") != _source_digest(text)
+        or "document" not in record
+    ):
+        return None
+    return (record["document"],)
 
 
 @functools.lru_cache(maxsize=4)
