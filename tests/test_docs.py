@@ -15,6 +15,7 @@ import yaml
 from handlers.model.config import build_config
 from local.emulators.cdap import load_apps, load_instances
 from local.emulators.dataflow import load_templates
+from local.emulators.dataproc import load_mains
 from local.emulators.fabric import load_clients, load_items
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -26,6 +27,7 @@ LOADERS = {
     "instances": load_instances,
     "items": load_items,
     "clients": load_clients,
+    "mains": load_mains,
 }
 
 
