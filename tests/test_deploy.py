@@ -9,6 +9,7 @@ python-hcl2.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 import shlex
@@ -748,10 +749,12 @@ def test_every_terraform_file_parses_and_declares_the_key_resources():
         ("google_service_account", "trigger"),
         ("google_storage_bucket_iam_member", "ledger_runtime"),
         ("google_pubsub_topic_iam_member", "completion_runtime"),
-        ("google_project_iam_member", "dataflow_developer"),
-        ("google_service_account_iam_member", "dataflow_worker_user"),
-        ("google_data_fusion_instance_iam_member", "viewer"),
-        ("google_secret_manager_secret_iam_member", "fabric"),
+        ("google_project_iam_member", "runtime_project"),
+        ("google_storage_bucket_iam_member", "runtime_bucket"),
+        ("google_service_account_iam_member", "runtime_service_account"),
+        ("google_data_fusion_instance_iam_member", "runtime_instance"),
+        ("terraform_data", "runtime_command"),
+        ("google_secret_manager_secret_iam_member", "runtime_secret"),
         ("google_project_iam_member", "trigger_event_receiver"),
         ("google_project_iam_member", "gcs_pubsub_publisher"),
         ("google_pubsub_topic_iam_member", "dead_letter_publisher"),
@@ -774,11 +777,11 @@ def test_every_terraform_file_parses_and_declares_the_key_resources():
     assert event["build_config"][0]["entry_point"] == "${each.value.entry_point}"
     assert "event_trigger" not in resources[("google_cloudfunctions2_function", "api")]
     specs = next(e["event_functions"] for e in parsed["main.tf"]["locals"] if "event_functions" in e)
-    event_types = dict(re.findall(r'entry_point = "(\w+)", event_type = "([^"]+)"', specs))
+    event_types = dict(re.findall(r'entry_point = "(\w+)", event_type = "?([^",]+)"?', specs))
     assert event_types == {
         "on_object_finalized": functions.STORAGE_FINALIZED,
         "on_message": "google.cloud.pubsub.topic.v1.messagePublished",
-        "on_job_status": registry.spec("dataflow").push.event_type,
+        "on_job_status": "s.event_type",  # from var.status_triggers (the backends' declarations)
         "check_runs": "google.cloud.pubsub.topic.v1.messagePublished",
     }
     assert '{attribute = "bucket", value = b}' in specs  # storage triggers filter on their bucket
@@ -824,7 +827,8 @@ def test_terraform_grants_no_broad_role_and_matches_the_script():
     project_roles = {
         _unquote(b["role"]) for (t, _), b in resources.items() if t == "google_project_iam_member"
     }
-    assert project_roles <= PROJECT_LEVEL_ALLOWED
+    # the backends' project roles come from var.backend_grants (checked with the gcloud plan's)
+    assert project_roles - {"${each.value.role}"} <= PROJECT_LEVEL_ALLOWED
     # the same API list and function base names as deploy.py
     apis_expr = parsed["main.tf"]["locals"][0]["apis"]
     for api in build.BASE_APIS:
@@ -832,3 +836,59 @@ def test_terraform_grants_no_broad_role_and_matches_the_script():
     for base in ("on-object-finalized", "on-message", "on-job-status", '"check-runs"', '"api"'):
         assert base in code
     assert names.MAX_SERVICE_NAME == 49 and "<= 49" in code and "substr(sha256(" in code
+
+
+# ---------------------------------------------------------------------------------------------
+# Backends are declared, never named, in what ships
+# ---------------------------------------------------------------------------------------------
+def test_no_backend_is_named_in_the_deploy_code_or_the_terraform_module():
+    files = [*sorted((ROOT / "deploy").glob("*.py")), *sorted(TERRAFORM.glob("*.tf"))]
+    assert files
+    for path in files:
+        text = path.read_text(encoding="utf-8")
+        for name in registry.names():
+            found = re.search(rf"(?<![\w-]){re.escape(name)}(?![\w])", text, re.I)
+            assert found is None, f"{path.relative_to(ROOT)} names backend {name!r}"
+
+
+def test_the_generic_secret_flag_and_its_declared_alias_give_the_same_plan(tmp_path, rich_config):
+    generic = [f.replace("--fabric-secret=", "--secret=") for f in RICH_FLAGS]
+    assert generic != RICH_FLAGS
+    assert dry_run(rich_config, tmp_path, *generic) == dry_run(rich_config, tmp_path, *RICH_FLAGS)
+
+
+def test_the_terraform_variables_carry_the_same_backend_needs_as_the_gcloud_plan(tmp_path, rich_config):
+    # GIVEN the rich config WHEN the module writes its Terraform variables
+    out = tmp_path / "backends.auto.tfvars.json"
+    done = run_cli(["--config", str(rich_config), "--terraform-vars", str(out), *RICH_FLAGS], tmp_path)
+    assert done.returncode == 0, done.stderr
+    tfvars = json.loads(out.read_text(encoding="utf-8"))
+    plan = build.build_plan(load_config(rich_config), rich_options(rich_config, tmp_path))
+    runtime = "serviceAccount:pipelines-runtime@acme-data.iam.gserviceaccount.com"
+    # THEN the runtime account's grants besides the ledger and the completion topic (which the
+    # module makes itself) are exactly the declared grants and the secret accessors
+    own = {("roles/storage.objectUser", "acme-ledger"), ("roles/pubsub.publisher", "pipeline-completions")}
+    planned = {
+        (b.role, b.scope, b.resource)
+        for b in plan.bindings
+        if b.member == runtime and (b.role, b.resource) not in own
+    }
+    declared = {(g["role"], g["kind"], g["resource"]) for g in tfvars["backend_grants"]}
+    secrets = {
+        ("roles/secretmanager.secretAccessor", "secret", f"{s['project']}/{s['secret']}")
+        for s in tfvars["backend_secrets"].values()
+    }
+    assert declared | secrets == planned
+    assert len(tfvars["backend_grants"]) + len(secrets) == len(planned)  # nothing granted twice
+    assert {"roles/datafusion.operator", "roles/dataflow.developer"} <= {r for r, _, _ in declared}
+    # the same secrets mounted, the same APIs, the same status functions' regions and event types
+    deploy_argv = next(s.argv for s in plan.steps if s.function and s.function.name == "api")
+    mounted = flag(deploy_argv, "set-secrets")[0].split(",")
+    assert sorted(
+        f"{env}={s['secret']}:{s['version']}" for env, s in tfvars["backend_secrets"].items()
+    ) == sorted(mounted)
+    enabled = next(s.argv for s in plan.steps if s.argv[:3] == ("gcloud", "services", "enable"))
+    assert set(tfvars["backend_apis"]) <= set(enabled)
+    status = {(f.source, f.trigger) for f in plan.functions if f.entry_point == "on_job_status"}
+    assert {(r, t["backend"]) for t in tfvars["status_triggers"] for r in t["regions"]} == status
+    assert [t["event_type"] for t in tfvars["status_triggers"]] == [registry.spec("dataflow").push.event_type]
