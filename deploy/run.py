@@ -17,6 +17,10 @@ from deploy.render import VAR_RE, shell_command
 # gcloud has no machine-readable error codes on its command line: a create that lost a race with
 # another deploy is recognised by these markers (only ever after `describe` said "absent").
 ALREADY_EXISTS_MARKERS = ("ALREADY_EXISTS", "already exists")
+# gcloud exits 2 when it rejects the command line itself (its argparse parser: unrecognized
+# arguments, an invalid choice, a missing required flag) and 1 for every error of the call. A
+# usage error ran nothing and no retry can change it, so it stops the deploy at once.
+USAGE_ERROR = 2
 
 
 @dataclass(frozen=True)
@@ -108,12 +112,14 @@ def run_plan(
         attempts = step.retries + 1
         for attempt in range(1, attempts + 1):
             result = executor.run(argv)
-            if result.ok or attempt == attempts:
+            if result.ok or result.returncode == USAGE_ERROR or attempt == attempts:
                 break
             echo(
                 f"  attempt {attempt} failed, retrying in {retry_delay:.0f}s (new accounts take a moment to appear)"
             )
             sleep(retry_delay)
+        if result.returncode == USAGE_ERROR:
+            raise StepFailed(index, step, argv, result, "gcloud rejected the command line: not retried")
         if not result.ok:
             if step.check is not None and _already_exists(result):
                 echo("  already exists (created concurrently): fine")

@@ -589,6 +589,30 @@ def test_iam_bindings_are_retried_while_a_new_account_propagates(tmp_path):
     assert sleeps == [10.0, 10.0]
 
 
+def test_a_usage_error_is_never_retried(tmp_path):
+    # GIVEN a gcloud that rejects an IAM binding's command line (exit 2, like argparse)
+    plan = build.build_plan(load_config(EXAMPLE), example_options(tmp_path))
+
+    class Rejecting(FakeCloud):
+        def run(self, argv: Sequence[str]) -> run.Result:
+            if "add-iam-policy-binding" in argv:
+                self.calls.append(list(argv))
+                return run.Result(
+                    2, "", "ERROR: (gcloud.projects.add-iam-policy-binding) unrecognized arguments"
+                )
+            return super().run(argv)
+
+    cloud = Rejecting()
+    sleeps: list[float] = []
+    # WHEN the plan runs THEN the first binding fails at once: one attempt, no wait
+    with pytest.raises(run.StepFailed) as failed:
+        run.run_plan(plan, cloud, echo=lambda _: None, sleep=sleeps.append)
+    assert sleeps == []
+    assert sum("add-iam-policy-binding" in c for c in cloud.calls) == 1
+    assert "exit code: 2 (gcloud rejected the command line: not retried)" in str(failed.value)
+    assert "unrecognized arguments" in str(failed.value)
+
+
 # ---------------------------------------------------------------------------------------------
 # Refusals: exit 2 with every problem
 # ---------------------------------------------------------------------------------------------
