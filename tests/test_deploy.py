@@ -1,7 +1,7 @@
-"""Specification: the deployment derived from the routing config (deploy/deploy.py, deploy/terraform).
+"""Specification: the deployment derived from the routing config (deploy/, deploy/terraform).
 
 Nothing here talks to Google Cloud: the gcloud plan is checked as printed by ``--dry-run`` (the
-module run as a subprocess) and as built by :func:`deploy.deploy.build_plan`, and executed against
+module run as a subprocess) and as built by :func:`deploy.build.build_plan`, and executed against
 a fake ``gcloud`` that keeps the state of what exists. The Terraform module is parse-checked with
 python-hcl2.
 """
