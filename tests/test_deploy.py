@@ -1,13 +1,15 @@
-"""Specification: the deployment derived from the routing config (deploy/deploy.py, deploy/terraform).
+"""Specification: the deployment derived from the routing config (deploy/, deploy/terraform).
 
 Nothing here talks to Google Cloud: the gcloud plan is checked as printed by ``--dry-run`` (the
-module run as a subprocess) and as built by :func:`deploy.deploy.build_plan`, and executed against
+module run as a subprocess) and as built by :func:`deploy.build.build_plan`, and executed against
 a fake ``gcloud`` that keeps the state of what exists. The Terraform module is parse-checked with
 python-hcl2.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import re
 import shlex
@@ -19,7 +21,11 @@ from pathlib import Path
 
 import pytest
 
+from deploy import build, functions, names, render, run
 from deploy import deploy as d
+from deploy.options import DeployOptions
+from deploy.plan import PlanError
+from handlers.backends import registry
 from handlers.model.config import load_config
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -192,7 +198,7 @@ def flag(argv: Sequence[str], name: str) -> list[str]:
     return [a.split("=", 1)[1] for a in argv if a.startswith(f"--{name}=")]
 
 
-def options(config: Path, tmp_path: Path, **kw: object) -> d.DeployOptions:
+def options(config: Path, tmp_path: Path, **kw: object) -> DeployOptions:
     cfg = load_config(config)
     base: dict[str, object] = {
         "project": cfg.settings.project,
@@ -202,20 +208,20 @@ def options(config: Path, tmp_path: Path, **kw: object) -> d.DeployOptions:
         "build_dir": str(tmp_path / "build"),
     }
     base.update(kw)
-    return d.DeployOptions(**base)  # type: ignore[arg-type]
+    return DeployOptions(**base)  # type: ignore[arg-type]
 
 
-def example_options(tmp_path: Path, **kw: object) -> d.DeployOptions:
+def example_options(tmp_path: Path, **kw: object) -> DeployOptions:
     return options(
         EXAMPLE,
         tmp_path,
         env={"FABRIC_TENANT_ID": "tenant-1", "FABRIC_CLIENT_ID": "client-1"},
-        fabric_secrets={"FABRIC_REFRESH_TOKEN": "fabric-refresh-token"},
+        secrets={"FABRIC_REFRESH_TOKEN": "fabric-refresh-token"},
         **kw,
     )
 
 
-def rich_options(config: Path, tmp_path: Path, **kw: object) -> d.DeployOptions:
+def rich_options(config: Path, tmp_path: Path, **kw: object) -> DeployOptions:
     return options(
         config,
         tmp_path,
@@ -225,9 +231,9 @@ def rich_options(config: Path, tmp_path: Path, **kw: object) -> d.DeployOptions:
             "FABRIC_SALES_TENANT_ID": "tenant-2",
             "FABRIC_SALES_CLIENT_ID": "client-2",
         },
-        fabric_secrets={"FABRIC_CLIENT_SECRET": "fabric-sp-secret:3"},
+        secrets={"FABRIC_CLIENT_SECRET": "fabric-sp-secret:3"},
         api_invokers=("group:data-eng@acme.example",),
-        datafusion_rbac=True,
+        flags={"datafusion_rbac": True},
         **kw,
     )
 
@@ -255,30 +261,30 @@ class FakeCloud:
             name = f"{name}@{project}.iam.gserviceaccount.com"
         return kind, name
 
-    def run(self, argv: Sequence[str]) -> d.Result:
+    def run(self, argv: Sequence[str]) -> run.Result:
         argv = list(argv)
         self.calls.append(argv)
         if self.fail_on and argv[: len(self.fail_on)] == self.fail_on:
-            return d.Result(1, "", "ERROR: (gcloud) PERMISSION_DENIED: caller lacks permission")
+            return run.Result(1, "", "ERROR: (gcloud) PERMISSION_DENIED: caller lacks permission")
         if argv[:3] == ["gcloud", "projects", "describe"]:
-            return d.Result(0, "123456789012\n")
+            return run.Result(0, "123456789012\n")
         if argv[:3] == ["gcloud", "storage", "service-agent"]:
-            return d.Result(0, "service-123456789012@gs-project-accounts.iam.gserviceaccount.com\n")
+            return run.Result(0, "service-123456789012@gs-project-accounts.iam.gserviceaccount.com\n")
         if argv[:4] == ["gcloud", "storage", "buckets", "describe"] and "--format=value(location)" in argv:
-            return d.Result(0, "EUROPE-WEST1\n")
+            return run.Result(0, "EUROPE-WEST1\n")
         if argv[:3] == ["gcloud", "functions", "describe"]:
-            return d.Result(0, f"projects/acme/locations/europe-west1/triggers/{argv[3]}-123\n")
+            return run.Result(0, f"projects/acme/locations/europe-west1/triggers/{argv[3]}-123\n")
         if argv[:4] == ["gcloud", "eventarc", "triggers", "describe"]:
-            return d.Result(0, f"projects/acme/subscriptions/eventarc-{argv[4].rsplit('/', 1)[-1]}-sub\n")
+            return run.Result(0, f"projects/acme/subscriptions/eventarc-{argv[4].rsplit('/', 1)[-1]}-sub\n")
         if "describe" in argv:
             exists = self._key(argv, "describe") in self.existing and not self.lying_describe
-            return d.Result(0 if exists else 1, "", "" if exists else "ERROR: NOT_FOUND")
+            return run.Result(0 if exists else 1, "", "" if exists else "ERROR: NOT_FOUND")
         if "create" in argv and argv[:3] != ["gcloud", "functions", "deploy"]:
             key = self._key(argv, "create")
             if key in self.existing:
-                return d.Result(1, "", f"ERROR: (gcloud) ALREADY_EXISTS: Resource already exists: {key[1]}")
+                return run.Result(1, "", f"ERROR: (gcloud) ALREADY_EXISTS: Resource already exists: {key[1]}")
             self.existing.add(key)
-        return d.Result(0, "")
+        return run.Result(0, "")
 
 
 def creates(calls: Sequence[Sequence[str]]) -> list[list[str]]:
@@ -392,15 +398,15 @@ def test_dry_run_of_a_rich_config_covers_every_trigger_source(tmp_path, rich_con
 
 
 def test_the_plan_builder_lists_the_functions_the_rich_config_needs(tmp_path, rich_config):
-    plan = d.build_plan(load_config(rich_config), rich_options(rich_config, tmp_path))
+    plan = build.build_plan(load_config(rich_config), rich_options(rich_config, tmp_path))
     got = {(f.entry_point, f.trigger, f.source): f.name for f in plan.functions}
     assert got == {
         ("on_object_finalized", "storage", "acme-landing"): "on-object-finalized-acme-landing",
-        ("on_object_finalized", "storage", "acme.partner.drop"): d.service_name(
+        ("on_object_finalized", "storage", "acme.partner.drop"): names.service_name(
             "on-object-finalized", "acme.partner.drop"
         ),
         ("on_message", "pubsub", "orders"): "on-message-orders",
-        ("on_message", "pubsub", "partner_events"): d.service_name("on-message", "partner_events"),
+        ("on_message", "pubsub", "partner_events"): names.service_name("on-message", "partner_events"),
         ("on_message", "pubsub", "pipeline-completions"): "on-message-pipeline-completions",
         ("on_job_status", "dataflow", "europe-west1"): "on-job-status",
         ("on_job_status", "dataflow", "us-central1"): "on-job-status-us-central1",
@@ -417,7 +423,7 @@ def test_the_plan_builder_lists_the_functions_the_rich_config_needs(tmp_path, ri
 
 
 def test_every_role_is_bound_on_the_narrowest_resource(tmp_path, rich_config):
-    plan = d.build_plan(load_config(rich_config), rich_options(rich_config, tmp_path))
+    plan = build.build_plan(load_config(rich_config), rich_options(rich_config, tmp_path))
     runtime = "serviceAccount:pipelines-runtime@acme-data.iam.gserviceaccount.com"
     trigger = "serviceAccount:pipelines-trigger@acme-data.iam.gserviceaccount.com"
     for b in plan.bindings:
@@ -490,10 +496,10 @@ def test_without_dataflow_there_is_no_status_trigger_and_no_dataflow_role(tmp_pa
         ),
         encoding="utf-8",
     )
-    plan = d.build_plan(load_config(config), options(config, tmp_path))
+    plan = build.build_plan(load_config(config), options(config, tmp_path))
     assert {f.entry_point for f in plan.functions} == {"on_object_finalized", "check_runs", "api"}
     assert not any(s.function and s.function.trigger == "dataflow" for s in plan.steps)
-    script = d.render_plan(plan)
+    script = render.render_plan(plan)
     for needle in ("statusChanged", "dataflow.googleapis.com", "roles/dataflow", "on-job-status"):
         assert needle not in script
     # no completion trigger: the completion topic exists (runs publish to it) but nothing listens
@@ -506,9 +512,9 @@ def test_without_dataflow_there_is_no_status_trigger_and_no_dataflow_role(tmp_pa
 # Executing the plan
 # ---------------------------------------------------------------------------------------------
 def test_running_the_plan_twice_creates_nothing_the_second_time(tmp_path, rich_config):
-    plan = d.build_plan(load_config(rich_config), rich_options(rich_config, tmp_path))
+    plan = build.build_plan(load_config(rich_config), rich_options(rich_config, tmp_path))
     cloud = FakeCloud()
-    first = d.run_plan(plan, cloud, echo=lambda _: None, sleep=lambda _: None)
+    first = run.run_plan(plan, cloud, echo=lambda _: None, sleep=lambda _: None)
     made = creates(cloud.calls)
     assert {" ".join(c[:4]) for c in made} >= {
         "gcloud storage buckets create",
@@ -525,7 +531,7 @@ def test_running_the_plan_twice_creates_nothing_the_second_time(tmp_path, rich_c
     assert not any("${" in a for c in cloud.calls for a in c)
     # WHEN the same plan runs again against the state the first run left
     cloud.calls.clear()
-    second = d.run_plan(plan, cloud, echo=lambda _: None, sleep=lambda _: None)
+    second = run.run_plan(plan, cloud, echo=lambda _: None, sleep=lambda _: None)
     # THEN no create is issued at all: every describe found its resource (the scheduler job is updated)
     assert creates(cloud.calls) == []
     assert any(c[:5] == ["gcloud", "scheduler", "jobs", "update", "pubsub"] for c in cloud.calls)
@@ -538,13 +544,13 @@ def test_running_the_plan_twice_creates_nothing_the_second_time(tmp_path, rich_c
 
 
 def test_a_create_that_loses_a_race_is_tolerated(tmp_path):
-    plan = d.build_plan(load_config(EXAMPLE), example_options(tmp_path))
+    plan = build.build_plan(load_config(EXAMPLE), example_options(tmp_path))
     cloud = FakeCloud()
-    d.run_plan(plan, cloud, echo=lambda _: None, sleep=lambda _: None)
+    run.run_plan(plan, cloud, echo=lambda _: None, sleep=lambda _: None)
     # WHEN describes fail although everything exists (another deploy just created it)
     cloud.lying_describe = True
     cloud.calls.clear()
-    d.run_plan(plan, cloud, echo=lambda _: None, sleep=lambda _: None)
+    run.run_plan(plan, cloud, echo=lambda _: None, sleep=lambda _: None)
     # THEN the creates answer ALREADY_EXISTS and the deploy goes on to the end
     assert creates(cloud.calls)
     assert cloud.calls[-1][:4] == ["gcloud", "pubsub", "subscriptions", "add-iam-policy-binding"]
@@ -564,23 +570,47 @@ def test_the_first_real_failure_stops_the_deploy_with_a_clear_message(tmp_path, 
 
 
 def test_iam_bindings_are_retried_while_a_new_account_propagates(tmp_path):
-    plan = d.build_plan(load_config(EXAMPLE), example_options(tmp_path))
+    plan = build.build_plan(load_config(EXAMPLE), example_options(tmp_path))
 
     class Flaky(FakeCloud):
         failures = 2
 
-        def run(self, argv: Sequence[str]) -> d.Result:
+        def run(self, argv: Sequence[str]) -> run.Result:
             if "add-iam-policy-binding" in argv and self.failures:
                 self.failures -= 1
                 self.calls.append(list(argv))
-                return d.Result(
+                return run.Result(
                     1, "", "ERROR: INVALID_ARGUMENT: Service account pipelines-runtime does not exist."
                 )
             return super().run(argv)
 
     sleeps: list[float] = []
-    d.run_plan(plan, Flaky(), echo=lambda _: None, sleep=sleeps.append)
+    run.run_plan(plan, Flaky(), echo=lambda _: None, sleep=sleeps.append)
     assert sleeps == [10.0, 10.0]
+
+
+def test_a_usage_error_is_never_retried(tmp_path):
+    # GIVEN a gcloud that rejects an IAM binding's command line (exit 2, like argparse)
+    plan = build.build_plan(load_config(EXAMPLE), example_options(tmp_path))
+
+    class Rejecting(FakeCloud):
+        def run(self, argv: Sequence[str]) -> run.Result:
+            if "add-iam-policy-binding" in argv:
+                self.calls.append(list(argv))
+                return run.Result(
+                    2, "", "ERROR: (gcloud.projects.add-iam-policy-binding) unrecognized arguments"
+                )
+            return super().run(argv)
+
+    cloud = Rejecting()
+    sleeps: list[float] = []
+    # WHEN the plan runs THEN the first binding fails at once: one attempt, no wait
+    with pytest.raises(run.StepFailed) as failed:
+        run.run_plan(plan, cloud, echo=lambda _: None, sleep=sleeps.append)
+    assert sleeps == []
+    assert sum("add-iam-policy-binding" in c for c in cloud.calls) == 1
+    assert "exit code: 2 (gcloud rejected the command line: not retried)" in str(failed.value)
+    assert "unrecognized arguments" in str(failed.value)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -638,8 +668,8 @@ def test_options_that_do_not_fit_the_config_exit_2_listing_every_problem(tmp_pat
 
 def test_fabric_ids_are_required_and_credentials_never_go_in_plain_env(tmp_path, rich_config):
     opts = options(rich_config, tmp_path, env={"FABRIC_CLIENT_SECRET": "s3cret"})
-    with pytest.raises(d.PlanError) as err:
-        d.build_plan(load_config(rich_config), opts)
+    with pytest.raises(PlanError) as err:
+        build.build_plan(load_config(rich_config), opts)
     text = "\n".join(err.value.problems)
     assert "FABRIC_TENANT_ID" in text and "FABRIC_SALES_CLIENT_ID" in text
     assert "--env FABRIC_CLIENT_SECRET: a credential goes through Secret Manager only" in text
@@ -658,17 +688,19 @@ def test_fabric_ids_are_required_and_credentials_never_go_in_plain_env(tmp_path,
     ],
 )
 def test_function_names_are_valid_short_and_distinct(key, expected):
-    name = d.service_name("on-object-finalized", key)
+    name = names.service_name("on-object-finalized", key)
     assert re.fullmatch(r"[a-z]([-a-z0-9]*[a-z0-9])?", name) and len(name) <= 49
     if expected:
         assert name == expected
     else:
-        assert name.endswith(d.hashlib.sha256(key.encode()).hexdigest()[:8])
-    assert d.service_name("on-object-finalized", "a.b") != d.service_name("on-object-finalized", "a_b")
+        assert name.endswith(hashlib.sha256(key.encode()).hexdigest()[:8])
+    assert names.service_name("on-object-finalized", "a.b") != names.service_name(
+        "on-object-finalized", "a_b"
+    )
 
 
 def test_shell_rendering_keeps_variables_expandable_and_everything_else_literal():
-    line = d.shell_command(
+    line = render.shell_command(
         ["echo", "--member=serviceAccount:${GCS_SERVICE_AGENT}", "$HOME", "a b", "x$y${Z}"]
     )
     out = subprocess.run(
@@ -678,8 +710,8 @@ def test_shell_rendering_keeps_variables_expandable_and_everything_else_literal(
 
 
 def test_env_values_with_commas_switch_the_gcloud_delimiter():
-    assert d._kv_flag({"A": "1", "B": "2"}) == "A=1,B=2"
-    flagged = d._kv_flag({"API_ALLOWED_CALLERS": "a@x,b@y", "C": "3"})
+    assert names.kv_flag({"A": "1", "B": "2"}) == "A=1,B=2"
+    flagged = names.kv_flag({"API_ALLOWED_CALLERS": "a@x,b@y", "C": "3"})
     delim = flagged[1]
     assert delim not in "a@x,b@y"
     assert flagged == f"^{delim}^API_ALLOWED_CALLERS=a@x,b@y{delim}C=3"
@@ -687,9 +719,9 @@ def test_env_values_with_commas_switch_the_gcloud_delimiter():
 
 def test_fabric_credential_names_follow_handlers_entra():
     entra = pytest.importorskip("handlers.backends.fabric.entra")
-    names = entra.env_names("FABRIC_SALES")
-    assert d.default_secret_name(names["refresh_token"]) == "fabric-sales-refresh-token"
-    assert {names["tenant"], names["client_id"]} == {"FABRIC_SALES_TENANT_ID", "FABRIC_SALES_CLIENT_ID"}
+    envs = entra.env_names("FABRIC_SALES")
+    assert names.default_secret_name(envs["refresh_token"]) == "fabric-sales-refresh-token"
+    assert {envs["tenant"], envs["client_id"]} == {"FABRIC_SALES_TENANT_ID", "FABRIC_SALES_CLIENT_ID"}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -741,10 +773,12 @@ def test_every_terraform_file_parses_and_declares_the_key_resources():
         ("google_service_account", "trigger"),
         ("google_storage_bucket_iam_member", "ledger_runtime"),
         ("google_pubsub_topic_iam_member", "completion_runtime"),
-        ("google_project_iam_member", "dataflow_developer"),
-        ("google_service_account_iam_member", "dataflow_worker_user"),
-        ("google_data_fusion_instance_iam_member", "viewer"),
-        ("google_secret_manager_secret_iam_member", "fabric"),
+        ("google_project_iam_member", "runtime_project"),
+        ("google_storage_bucket_iam_member", "runtime_bucket"),
+        ("google_service_account_iam_member", "runtime_service_account"),
+        ("google_data_fusion_instance_iam_member", "runtime_instance"),
+        ("terraform_data", "runtime_command"),
+        ("google_secret_manager_secret_iam_member", "runtime_secret"),
         ("google_project_iam_member", "trigger_event_receiver"),
         ("google_project_iam_member", "gcs_pubsub_publisher"),
         ("google_pubsub_topic_iam_member", "dead_letter_publisher"),
@@ -767,11 +801,11 @@ def test_every_terraform_file_parses_and_declares_the_key_resources():
     assert event["build_config"][0]["entry_point"] == "${each.value.entry_point}"
     assert "event_trigger" not in resources[("google_cloudfunctions2_function", "api")]
     specs = next(e["event_functions"] for e in parsed["main.tf"]["locals"] if "event_functions" in e)
-    event_types = dict(re.findall(r'entry_point = "(\w+)", event_type = "([^"]+)"', specs))
+    event_types = dict(re.findall(r'entry_point = "(\w+)", event_type = "?([^",]+)"?', specs))
     assert event_types == {
-        "on_object_finalized": d.STORAGE_FINALIZED,
+        "on_object_finalized": functions.STORAGE_FINALIZED,
         "on_message": "google.cloud.pubsub.topic.v1.messagePublished",
-        "on_job_status": d.DATAFLOW_STATUS_CHANGED,
+        "on_job_status": "s.event_type",  # from var.status_triggers (the backends' declarations)
         "check_runs": "google.cloud.pubsub.topic.v1.messagePublished",
     }
     assert '{attribute = "bucket", value = b}' in specs  # storage triggers filter on their bucket
@@ -817,11 +851,68 @@ def test_terraform_grants_no_broad_role_and_matches_the_script():
     project_roles = {
         _unquote(b["role"]) for (t, _), b in resources.items() if t == "google_project_iam_member"
     }
-    assert project_roles <= PROJECT_LEVEL_ALLOWED
+    # the backends' project roles come from var.backend_grants (checked with the gcloud plan's)
+    assert project_roles - {"${each.value.role}"} <= PROJECT_LEVEL_ALLOWED
     # the same API list and function base names as deploy.py
     apis_expr = parsed["main.tf"]["locals"][0]["apis"]
-    for api in d.BASE_APIS:
+    for api in build.BASE_APIS:
         assert f'"{api}"' in apis_expr
     for base in ("on-object-finalized", "on-message", "on-job-status", '"check-runs"', '"api"'):
         assert base in code
-    assert d.MAX_SERVICE_NAME == 49 and "<= 49" in code and "substr(sha256(" in code
+    assert names.MAX_SERVICE_NAME == 49 and "<= 49" in code and "substr(sha256(" in code
+
+
+# ---------------------------------------------------------------------------------------------
+# Backends are declared, never named, in what ships
+# ---------------------------------------------------------------------------------------------
+def test_no_backend_is_named_in_the_deploy_code_or_the_terraform_module():
+    files = [*sorted((ROOT / "deploy").glob("*.py")), *sorted(TERRAFORM.glob("*.tf"))]
+    assert files
+    for path in files:
+        text = path.read_text(encoding="utf-8")
+        for name in registry.names():
+            found = re.search(rf"(?<![\w-]){re.escape(name)}(?![\w])", text, re.I)
+            assert found is None, f"{path.relative_to(ROOT)} names backend {name!r}"
+
+
+def test_the_generic_secret_flag_and_its_declared_alias_give_the_same_plan(tmp_path, rich_config):
+    generic = [f.replace("--fabric-secret=", "--secret=") for f in RICH_FLAGS]
+    assert generic != RICH_FLAGS
+    assert dry_run(rich_config, tmp_path, *generic) == dry_run(rich_config, tmp_path, *RICH_FLAGS)
+
+
+def test_the_terraform_variables_carry_the_same_backend_needs_as_the_gcloud_plan(tmp_path, rich_config):
+    # GIVEN the rich config WHEN the module writes its Terraform variables
+    out = tmp_path / "backends.auto.tfvars.json"
+    done = run_cli(["--config", str(rich_config), "--terraform-vars", str(out), *RICH_FLAGS], tmp_path)
+    assert done.returncode == 0, done.stderr
+    tfvars = json.loads(out.read_text(encoding="utf-8"))
+    plan = build.build_plan(load_config(rich_config), rich_options(rich_config, tmp_path))
+    runtime = "serviceAccount:pipelines-runtime@acme-data.iam.gserviceaccount.com"
+    # THEN the runtime account's grants besides the ledger and the completion topic (which the
+    # module makes itself) are exactly the declared grants and the secret accessors
+    own = {("roles/storage.objectUser", "acme-ledger"), ("roles/pubsub.publisher", "pipeline-completions")}
+    planned = {
+        (b.role, b.scope, b.resource)
+        for b in plan.bindings
+        if b.member == runtime and (b.role, b.resource) not in own
+    }
+    declared = {(g["role"], g["kind"], g["resource"]) for g in tfvars["backend_grants"]}
+    secrets = {
+        ("roles/secretmanager.secretAccessor", "secret", f"{s['project']}/{s['secret']}")
+        for s in tfvars["backend_secrets"].values()
+    }
+    assert declared | secrets == planned
+    assert len(tfvars["backend_grants"]) + len(secrets) == len(planned)  # nothing granted twice
+    assert {"roles/datafusion.operator", "roles/dataflow.developer"} <= {r for r, _, _ in declared}
+    # the same secrets mounted, the same APIs, the same status functions' regions and event types
+    deploy_argv = next(s.argv for s in plan.steps if s.function and s.function.name == "api")
+    mounted = flag(deploy_argv, "set-secrets")[0].split(",")
+    assert sorted(
+        f"{env}={s['secret']}:{s['version']}" for env, s in tfvars["backend_secrets"].items()
+    ) == sorted(mounted)
+    enabled = next(s.argv for s in plan.steps if s.argv[:3] == ("gcloud", "services", "enable"))
+    assert set(tfvars["backend_apis"]) <= set(enabled)
+    status = {(f.source, f.trigger) for f in plan.functions if f.entry_point == "on_job_status"}
+    assert {(r, t["backend"]) for t in tfvars["status_triggers"] for r in t["regions"]} == status
+    assert [t["event_type"] for t in tfvars["status_triggers"]] == [registry.spec("dataflow").push.event_type]

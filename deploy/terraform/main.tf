@@ -5,10 +5,9 @@
 # What the routing config asks for
 # ---------------------------------------------------------------------------------------------
 locals {
-  cfg       = yamldecode(file(var.config_path))
-  settings  = local.cfg.settings
-  pipelines = try(local.cfg.pipelines, {})
-  triggers  = try(local.cfg.triggers, {})
+  cfg      = yamldecode(file(var.config_path))
+  settings = local.cfg.settings
+  triggers = try(local.cfg.triggers, {})
 
   config_project = try(local.settings.project, var.project)
   config_region  = try(local.settings.region, var.region)
@@ -25,54 +24,23 @@ locals {
   message_topics  = local.has_completion ? setunion(local.pubsub_topics, [local.completion_topic]) : local.pubsub_topics
   user_topics     = var.create_trigger_topics ? setsubtract(local.pubsub_topics, [local.completion_topic, var.sweep_topic, var.dead_letter_topic]) : toset([])
 
-  pipeline_list = [for name, p in local.pipelines : {
-    name        = name
-    backend     = p.backend
-    project     = try(p.project, local.config_project)
-    region      = try(p.region, local.config_region)
-    template    = try(p.template, null)
-    worker_sa   = try(p.environment.serviceAccountEmail, null)
-    instance    = try(p.instance, null)
-    namespace   = try(p.namespace, "default")
-    credentials = try(p.credentials, "FABRIC")
-    job_type    = try(p.job_type, "Execute")
-    auth        = try(p.auth, null)
-  }]
-
-  # Dataflow: developer role per project, actAs on each worker account, read on template buckets.
-  dataflow          = [for p in local.pipeline_list : p if contains(["dataflow", "dataflow-flex"], p.backend)]
-  dataflow_projects = toset([for p in local.dataflow : p.project])
-  status_regions    = toset([for p in local.dataflow : p.region if p.project == var.project])
-  default_worker_sa = coalesce(var.dataflow_worker_service_account, "${data.google_project.this.number}-compute@developer.gserviceaccount.com")
-  worker_sa_keys    = distinct([for p in local.dataflow : "${p.project}|${p.worker_sa != null ? p.worker_sa : local.default_worker_sa}"])
-  worker_sas        = { for k in local.worker_sa_keys : k => { project = split("|", k)[0], email = split("|", k)[1] } }
-  template_buckets  = toset([for p in local.dataflow : split("/", trimprefix(p.template, "gs://"))[0] if p.template != null])
-
-  # Data Fusion: roles on each instance (and namespace, with RBAC).
-  datafusion_keys       = distinct([for p in local.pipeline_list : "${p.project}|${p.region}|${p.instance}|${p.namespace}" if p.backend == "datafusion" && p.instance != null])
-  datafusion_namespaces = { for k in local.datafusion_keys : k => { project = split("|", k)[0], region = split("|", k)[1], instance = split("|", k)[2], namespace = split("|", k)[3] } }
-  datafusion_instances  = { for k, v in local.datafusion_namespaces : "${v.project}|${v.region}|${v.instance}" => v... }
-
-  # Fabric: the credential secrets its pipelines read (handlers/backends/fabric/entra.py: <PREFIX>_REFRESH_TOKEN for
-  # delegated runs, <PREFIX>_CLIENT_SECRET for service principals), overridable by var.fabric_secrets.
-  fabric = [for p in local.pipeline_list : p if p.backend == "fabric"]
-  fabric_secret_envs = distinct([for p in local.fabric : (
-    coalesce(p.auth, contains(["execute", "refresh"], lower(p.job_type)) ? "delegated" : "service_principal") == "delegated"
-    ? "${p.credentials}_REFRESH_TOKEN" : "${p.credentials}_CLIENT_SECRET"
-  )])
-  fabric_secrets = merge({ for e in local.fabric_secret_envs : e => lower(replace(e, "_", "-")) }, var.fabric_secrets)
-  secret_env = { for env, ref in local.fabric_secrets : env => {
-    project = startswith(ref, "projects/") ? split("/", ref)[1] : var.project
-    secret  = split(":", startswith(ref, "projects/") ? split("/", ref)[3] : ref)[0]
-    version = length(split(":", ref)) > 1 ? element(split(":", ref), length(split(":", ref)) - 1) : "latest"
-  } }
-
+  # What the backends need comes from their declarations (var.backend_*, var.status_triggers),
+  # written by `python -m deploy.deploy --terraform-vars`: this module names no backend.
   apis = toset(concat(
     ["cloudfunctions", "run", "eventarc", "pubsub", "storage", "cloudscheduler", "cloudbuild", "artifactregistry", "iam"],
-    length(local.dataflow) > 0 ? ["dataflow"] : [],
-    length([for p in local.pipeline_list : p if p.backend == "datafusion"]) > 0 ? ["datafusion"] : [],
-    length(local.secret_env) > 0 ? ["secretmanager"] : [],
+    [for api in var.backend_apis : trimsuffix(api, ".googleapis.com")],
+    length(var.backend_secrets) > 0 ? ["secretmanager"] : [],
   ))
+
+  # The runtime account's declared grants, keyed, by the resource type that binds them.
+  grants = { for g in var.backend_grants : "${g.kind}|${g.resource}|${g.role}" => merge(g, {
+    resource = replace(g.resource, "$${PROJECT_NUMBER}", data.google_project.this.number)
+  }) }
+  project_grants         = { for k, g in local.grants : k => g if g.kind == "project" && g.terraform == "" }
+  bucket_grants          = { for k, g in local.grants : k => g if g.kind == "bucket" && g.terraform == "" }
+  service_account_grants = { for k, g in local.grants : k => g if g.kind == "service-account" && g.terraform == "" }
+  instance_grants        = { for k, g in local.grants : k => g if g.terraform == "google_data_fusion_instance_iam_member" }
+  command_grants         = { for k, g in local.grants : k => g if g.terraform == "" && !contains(["project", "bucket", "service-account"], g.kind) }
 
   runtime_member      = "serviceAccount:${google_service_account.runtime.email}"
   trigger_member      = "serviceAccount:${google_service_account.trigger.email}"
@@ -90,11 +58,19 @@ locals {
     s == t && length("on-message-${s}") <= 49 ? "on-message-${s}"
     : "${trim(substr("on-message-${s}", 0, 40), "-")}-${substr(sha256(t), 0, 8)}"
   ) }
-  status_fn_names = { for r in local.status_regions : r => (
-    r == var.region ? "on-job-status" : (
-      length("on-job-status-${r}") <= 49 ? "on-job-status-${r}" : "${trim(substr("on-job-status-${r}", 0, 40), "-")}-${substr(sha256(r), 0, 8)}"
+  # on_job_status per region per pushed status event type: on-job-status in var.region,
+  # on-job-status-<region> elsewhere; a second event type's functions add its first backend's name.
+  status_bases = { for i, t in var.status_triggers : t.event_type => (
+    i == 0 ? "on-job-status" : (
+      trim(replace(lower(t.backend), "/[^a-z0-9-]+/", "-"), "-") == t.backend && length("on-job-status-${t.backend}") <= 49
+      ? "on-job-status-${t.backend}" : "${trim(substr("on-job-status-${trim(replace(lower(t.backend), "/[^a-z0-9-]+/", "-"), "-")}", 0, 40), "-")}-${substr(sha256(t.backend), 0, 8)}"
     )
   ) }
+  status_functions = merge([for t in var.status_triggers : { for r in t.regions : (
+    r == var.region ? local.status_bases[t.event_type] : (
+      length("${local.status_bases[t.event_type]}-${r}") <= 49 ? "${local.status_bases[t.event_type]}-${r}" : "${trim(substr("${local.status_bases[t.event_type]}-${r}", 0, 40), "-")}-${substr(sha256(r), 0, 8)}"
+    )
+  ) => { event_type = t.event_type, region = r } }]...)
 
   # The functions learn their project from the config; only a config without one needs the env var.
   function_env = merge(
@@ -237,64 +213,49 @@ resource "google_pubsub_topic_iam_member" "completion_runtime" {
   member  = local.runtime_member
 }
 
-resource "google_project_iam_member" "dataflow_developer" {
-  for_each = local.dataflow_projects
-  project  = each.key
-  role     = "roles/dataflow.developer"
+# What the configured backends declare (var.backend_grants), by the resource type that binds it.
+resource "google_project_iam_member" "runtime_project" {
+  for_each = local.project_grants
+  project  = each.value.resource
+  role     = each.value.role
   member   = local.runtime_member
 }
 
-resource "google_service_account_iam_member" "dataflow_worker_user" {
-  for_each           = local.worker_sas
-  service_account_id = "projects/${each.value.project}/serviceAccounts/${each.value.email}"
-  role               = "roles/iam.serviceAccountUser"
+resource "google_storage_bucket_iam_member" "runtime_bucket" {
+  for_each = local.bucket_grants
+  bucket   = each.value.resource
+  role     = each.value.role
+  member   = local.runtime_member
+}
+
+resource "google_service_account_iam_member" "runtime_service_account" {
+  for_each           = local.service_account_grants
+  service_account_id = "projects/${each.value.project}/serviceAccounts/${each.value.resource}"
+  role               = each.value.role
   member             = local.runtime_member
 }
 
-resource "google_storage_bucket_iam_member" "dataflow_templates" {
-  for_each = local.template_buckets
-  bucket   = each.key
-  role     = "roles/storage.objectViewer"
+resource "google_data_fusion_instance_iam_member" "runtime_instance" {
+  for_each = local.instance_grants
+  project  = each.value.attributes.project
+  region   = each.value.attributes.region
+  name     = each.value.attributes.name
+  role     = each.value.role
   member   = local.runtime_member
 }
 
-resource "google_data_fusion_instance_iam_member" "viewer" {
-  for_each = local.datafusion_instances
-  project  = each.value[0].project
-  region   = each.value[0].region
-  name     = each.value[0].instance
-  role     = "roles/datafusion.viewer"
-  member   = local.runtime_member
-}
-
-resource "google_data_fusion_instance_iam_member" "accessor" {
-  for_each = { for k, v in local.datafusion_instances : k => v if var.datafusion_rbac }
-  project  = each.value[0].project
-  region   = each.value[0].region
-  name     = each.value[0].instance
-  role     = "roles/datafusion.accessor"
-  member   = local.runtime_member
-}
-
-# Namespace-level RBAC grants have no provider resource: gcloud does it (idempotent).
-resource "terraform_data" "datafusion_namespace_operator" {
-  for_each         = { for k, v in local.datafusion_namespaces : k => v if var.datafusion_rbac }
+# Grants no provider resource can make (a resource inside an instance): their gcloud command.
+resource "terraform_data" "runtime_command" {
+  for_each         = local.command_grants
   triggers_replace = [each.key, local.runtime_member]
 
   provisioner "local-exec" {
-    command = "gcloud beta data-fusion add-iam-policy-binding \"$INSTANCE\" --location=\"$LOCATION\" --project=\"$PROJECT\" --namespace=\"$NAMESPACE\" --member=\"$MEMBER\" --role=roles/datafusion.operator"
-    environment = {
-      INSTANCE  = each.value.instance
-      LOCATION  = each.value.region
-      PROJECT   = each.value.project
-      NAMESPACE = each.value.namespace
-      MEMBER    = local.runtime_member
-    }
+    command = join(" ", [for a in concat(each.value.command, ["--member=${local.runtime_member}", "--role=${each.value.role}"]) : format("'%s'", a)])
   }
 }
 
-resource "google_secret_manager_secret_iam_member" "fabric" {
-  for_each  = local.secret_env
+resource "google_secret_manager_secret_iam_member" "runtime_secret" {
+  for_each  = var.backend_secrets
   project   = each.value.project
   secret_id = each.value.secret
   role      = "roles/secretmanager.secretAccessor"
@@ -305,7 +266,7 @@ resource "google_secret_manager_secret_iam_member" "fabric" {
 # IAM of event delivery
 # ---------------------------------------------------------------------------------------------
 resource "google_project_iam_member" "trigger_event_receiver" {
-  count   = length(local.storage_buckets) + length(local.status_regions) > 0 ? 1 : 0
+  count   = length(local.storage_buckets) + length(local.status_functions) > 0 ? 1 : 0
   project = var.project
   role    = "roles/eventarc.eventReceiver"
   member  = local.trigger_member
@@ -377,7 +338,7 @@ resource "google_storage_bucket_object" "source" {
 
 # ---------------------------------------------------------------------------------------------
 # Functions: one on_object_finalized per bucket, one on_message per topic, on_job_status per
-# Dataflow region and check_runs, all in google_cloudfunctions2_function.event keyed by their name
+# region per pushed status event type and check_runs, all in google_cloudfunctions2_function.event keyed by their name
 # in GCP; the HTTP api apart. Every event function retries (RETRY_POLICY_RETRY) and is delivered
 # as the trigger account.
 # ---------------------------------------------------------------------------------------------
@@ -401,10 +362,10 @@ locals {
       trigger_region = var.region
       pubsub_topic   = "projects/${var.project}/topics/${t}"
     } },
-    { for r, name in local.status_fn_names : name => {
+    { for name, s in local.status_functions : name => {
       entry_point    = "on_job_status"
-      event_type     = "google.cloud.dataflow.job.v1beta3.statusChanged"
-      trigger_region = r
+      event_type     = s.event_type
+      trigger_region = s.region
     } },
     { "check-runs" = {
       entry_point    = "check_runs"
@@ -440,7 +401,7 @@ resource "google_cloudfunctions2_function" "event" {
     environment_variables = local.function_env
 
     dynamic "secret_environment_variables" {
-      for_each = local.secret_env
+      for_each = var.backend_secrets
       content {
         key        = secret_environment_variables.key
         project_id = secret_environment_variables.value.project
@@ -468,15 +429,15 @@ resource "google_cloudfunctions2_function" "event" {
 
   # The union of what each kind waits for (depends_on cannot differ per instance): storage
   # triggers need the event receiver and GCS publisher grants, message triggers their topics,
-  # status triggers the Dataflow role; all need the ledger and the secrets.
+  # status triggers the backends' project roles; all need the ledger and the secrets.
   depends_on = [
     google_project_iam_member.trigger_event_receiver,
     google_project_iam_member.gcs_pubsub_publisher,
-    google_project_iam_member.dataflow_developer,
+    google_project_iam_member.runtime_project,
     google_pubsub_topic.trigger,
     google_pubsub_topic.completion,
     google_storage_bucket_iam_member.ledger_runtime,
-    google_secret_manager_secret_iam_member.fabric,
+    google_secret_manager_secret_iam_member.runtime_secret,
   ]
 }
 
@@ -506,7 +467,7 @@ resource "google_cloudfunctions2_function" "api" {
     environment_variables = local.function_env
 
     dynamic "secret_environment_variables" {
-      for_each = local.secret_env
+      for_each = var.backend_secrets
       content {
         key        = secret_environment_variables.key
         project_id = secret_environment_variables.value.project
@@ -518,7 +479,7 @@ resource "google_cloudfunctions2_function" "api" {
 
   depends_on = [
     google_storage_bucket_iam_member.ledger_runtime,
-    google_secret_manager_secret_iam_member.fabric,
+    google_secret_manager_secret_iam_member.runtime_secret,
   ]
 }
 

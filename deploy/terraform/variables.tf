@@ -1,5 +1,6 @@
 # Inputs of the event-pipelines module. Everything the routing config already says (buckets,
-# topics, pipelines, backends) is read from config_path; these only say where and how to deploy.
+# topics) is read from config_path and what its backends need from backend_* and status_triggers
+# (written by deploy --terraform-vars); the rest say where and how to deploy.
 
 variable "project" {
   description = "Project to deploy into. Must equal settings.project of the config."
@@ -34,20 +35,53 @@ variable "source_object" {
   default     = null
 }
 
-variable "dataflow_worker_service_account" {
-  description = "Worker account of Dataflow pipelines whose environment names no serviceAccountEmail. Default: the project's Compute Engine default account."
-  type        = string
-  default     = null
+# What the configured backends need, written from their declarations (handlers/backends) by
+#   python -m deploy.deploy --config X --project P --region R --terraform-vars backends.auto.tfvars.json
+# Regenerate the file whenever the config (or a backend flag) changes.
+
+variable "backend_apis" {
+  description = "Services the configured backends need enabled (like \"x.googleapis.com\")."
+  type        = list(string)
+  default     = []
 }
 
-variable "fabric_secrets" {
-  description = "Env var => Secret Manager secret (name, name:version or projects/P/secrets/name:version) mounted into every function. Defaults cover the credentials the Fabric pipelines need (FABRIC_REFRESH_TOKEN => fabric-refresh-token...)."
-  type        = map(string)
-  default     = {}
+variable "backend_grants" {
+  description = "The runtime account's grants the configured backends declare: role on a resource of a kind (project, bucket, service-account, or a provider resource type named by terraform with its attributes; a grant with neither is made by its gcloud command). \"$${PROJECT_NUMBER}\" in a resource stands for the project's number."
+  type = list(object({
+    role       = string
+    kind       = string
+    resource   = string
+    project    = string
+    why        = string
+    terraform  = string
+    attributes = map(string)
+    command    = list(string)
+  }))
+  default = []
+}
+
+variable "backend_secrets" {
+  description = "Env var => Secret Manager secret mounted into every function: the credentials the configured pipelines read (and any --secret)."
+  type = map(object({
+    project = string
+    secret  = string
+    version = string
+  }))
+  default = {}
+}
+
+variable "status_triggers" {
+  description = "Eventarc event types backends push job status as, with the regions of this project that run such pipelines: one on_job_status function per region per event type."
+  type = list(object({
+    backend    = string
+    event_type = string
+    regions    = list(string)
+  }))
+  default = []
 }
 
 variable "env" {
-  description = "Extra plain env vars for every function (for example FABRIC_TENANT_ID, FABRIC_CLIENT_ID, API_AUDIENCE). Never secrets."
+  description = "Extra plain env vars for every function (for example a credential's tenant and client ids, API_AUDIENCE). Never secrets."
   type        = map(string)
   default     = {}
 }
@@ -173,12 +207,6 @@ variable "max_instances" {
   description = "Maximum instances per function (null: the platform default)."
   type        = number
   default     = null
-}
-
-variable "datafusion_rbac" {
-  description = "Data Fusion instances use RBAC: also grant Instance Accessor and the namespace Operator role (the namespace grant runs gcloud)."
-  type        = bool
-  default     = false
 }
 
 variable "pubsub_token_creator" {

@@ -4,8 +4,9 @@ terraform {
 
   required_providers {
     google = {
-      source  = "hashicorp/google"
-      version = ">= 5.0"
+      source = "hashicorp/google"
+      # major version 5 pinned: the module uses its resource schemas
+      version = ">= 5.0, < 6.0"
     }
     archive = {
       source  = "hashicorp/archive"

@@ -234,13 +234,18 @@ class Credentials:
 
 @dataclass(frozen=True)
 class DeployFlag:
-    """A deploy command-line flag a backend adds (``dest`` is where its value arrives)."""
+    """A deploy command-line flag a backend adds (``dest`` is where its value arrives).
+
+    ``alias``: another spelling of one of the deploy's own repeatable ``KEY=VALUE`` flags (``dest``
+    names it), kept working but hidden from ``--help``.
+    """
 
     flag: str
     dest: str
     help: str
     metavar: str | None = None
     boolean: bool = False
+    alias: bool = False
 
 
 @dataclass(frozen=True)

@@ -212,7 +212,8 @@ def _instance_grant(role: str, t: _Target, why: str, namespace: str = "") -> Gra
         project=t.project,
         location=t.location,
         command=command,
-        terraform="google_data_fusion_instance_iam_member",
+        # the provider binds on an instance only: a namespace grant is made by its command
+        terraform="" if namespace else "google_data_fusion_instance_iam_member",
         attributes={"name": t.instance, "region": t.location, "project": t.project},
     )
 

@@ -58,6 +58,7 @@ from urllib.parse import quote, urlparse
 from handlers.backends.contract import (
     BackendSpec,
     Credentials,
+    DeployFlag,
     DeployNeeds,
     FindSemantics,
     JobRef,
@@ -243,7 +244,11 @@ SPEC = BackendSpec(
     # start the launch service waits a moment before trusting "not found", in case the instance
     # list lags the 202 (a relaunch would only be Deduped anyway).
     find=FindSemantics(exact=False, settle_seconds=1.0),
-    deploy=DeployNeeds(credentials=credentials),
+    deploy=DeployNeeds(
+        credentials=credentials,
+        # the deploy's --secret, under the name it had when only Fabric read secrets
+        flags=(DeployFlag("--fabric-secret", "secret", "alias of --secret", alias=True),),
+    ),
     job_noun="job instance",
 )
 SPECS = (SPEC,)

@@ -1,0 +1,92 @@
+"""The two service accounts and their IAM: ``pipelines-runtime`` (what the functions run as: the
+ledger, the completion topic, and what the configured backends declare) and ``pipelines-trigger``
+(what Eventarc delivers as), each role on the narrowest resource that works."""
+
+from __future__ import annotations
+
+from deploy import backends, iam
+from deploy.context import Deployment
+from deploy.plan import Binding
+
+
+def service_account(d: Deployment, name: str, email: str, display: str) -> None:
+    d.ensure(
+        ["gcloud", "iam", "service-accounts", "describe", email, f"--project={d.p}"],
+        [
+            "gcloud",
+            "iam",
+            "service-accounts",
+            "create",
+            name,
+            f"--project={d.p}",
+            f"--display-name={display}",
+        ],
+        f"service account {email}",
+    )
+
+
+def section_service_accounts(d: Deployment) -> None:
+    service_account(d, d.o.runtime_sa_name, d.runtime_sa, "event pipelines: functions runtime")
+    service_account(d, d.o.trigger_sa_name, d.trigger_sa, "event pipelines: Eventarc delivery")
+
+
+def section_runtime_iam(d: Deployment) -> None:
+    s = d.cfg.settings
+    rt = d.runtime
+    why = "read, create, replace, list and delete run records"
+    iam.grant(d, Binding(rt, "roles/storage.objectUser", "bucket", s.ledger_bucket, why))
+    iam.grant(
+        d, Binding(rt, "roles/pubsub.publisher", "topic", d.completion_topic, "publish completion events")
+    )
+    for g in backends.grants(d.cfg, d.backend_ctx):
+        iam.grant_declared(d, g)
+    for ref in d.secrets:
+        resource = f"{ref.project}/{ref.secret}"
+        binding = Binding(rt, "roles/secretmanager.secretAccessor", "secret", resource, f"read {ref.env}")
+        iam.grant(d, binding, ref.project)
+
+
+def section_event_iam(d: Deployment) -> None:
+    if d.buckets or d.status_triggers:
+        iam.grant(
+            d,
+            Binding(
+                d.trigger,
+                "roles/eventarc.eventReceiver",
+                "project",
+                d.p,
+                "receive direct Cloud Storage and job status events (granted on the project only)",
+            ),
+        )
+    if d.buckets:
+        iam.grant(
+            d,
+            Binding(
+                "serviceAccount:${GCS_SERVICE_AGENT}",
+                "roles/pubsub.publisher",
+                "project",
+                d.p,
+                "Cloud Storage publishes bucket events to the topics Eventarc creates",
+            ),
+        )
+    iam.grant(
+        d,
+        Binding(
+            d.pubsub_agent,
+            "roles/pubsub.publisher",
+            "topic",
+            d.o.dead_letter_topic,
+            "forward undeliverable events to the dead-letter topic",
+        ),
+    )
+    if d.o.pubsub_token_creator:
+        iam.grant(
+            d,
+            Binding(
+                d.pubsub_agent,
+                "roles/iam.serviceAccountTokenCreator",
+                "service-account",
+                d.trigger_sa,
+                "projects whose Pub/Sub agent predates 2021-04-08 mint push tokens",
+            ),
+        )
