@@ -7,6 +7,8 @@ checked by tests without touching the cloud.
 
 from __future__ import annotations
 
+import compileall
+import py_compile
 import shlex
 import shutil
 from collections.abc import Iterable
@@ -43,7 +45,10 @@ class FunctionSpec:
 
 @dataclass(frozen=True)
 class StageSource:
-    """Copy ``main.py``, ``requirements.txt`` and ``handlers/`` to ``dest``, with the config as pipelines.yaml."""
+    """Copy ``main.py``, ``requirements.txt`` and ``handlers/`` to ``dest``, with the config as
+    pipelines.yaml and its compiled, hash-checked JSON form beside it (a cold start then skips the
+    YAML parse: docs/PERFORMANCE.md), and the sources compiled to bytecode (a cold start then skips
+    compiling them: about 30 to 45 ms)."""
 
     source: str
     config: str
@@ -52,9 +57,16 @@ class StageSource:
     def shell(self) -> str:
         items = " ".join(shlex.quote(f"{self.source}/{item}") for item in SOURCE_ITEMS)
         dest = shlex.quote(self.dest)
+        staged = shlex.quote(self.dest + "/" + CONFIG_IN_SOURCE)
+        compile_config = (
+            f"import sys; sys.path.insert(0, {self.source!r}); "
+            f"from handlers.model.config import compile_config; compile_config({self.dest + '/' + CONFIG_IN_SOURCE!r})"
+        )
         return (
             f"rm -rf {dest} && mkdir -p {dest} && cp -R {items} {dest}/ && "
-            f"cp {shlex.quote(self.config)} {shlex.quote(self.dest + '/' + CONFIG_IN_SOURCE)}"
+            f"cp {shlex.quote(self.config)} {staged} && "
+            f"python3 -c {shlex.quote(compile_config)} && "
+            f"python3 -m compileall -q --invalidation-mode unchecked-hash {dest}"
         )
 
     def apply(self) -> None:
@@ -70,6 +82,12 @@ class StageSource:
             else:
                 shutil.copy2(src, dest / item)
         shutil.copy2(self.config, dest / CONFIG_IN_SOURCE)
+        from handlers.model.config import compile_config  # deploy-time only
+
+        compile_config(dest / CONFIG_IN_SOURCE)
+        compileall.compile_dir(
+            str(dest), quiet=1, invalidation_mode=py_compile.PycInvalidationMode.UNCHECKED_HASH
+        )
 
 
 @dataclass(frozen=True)

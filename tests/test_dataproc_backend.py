@@ -477,8 +477,6 @@ def test_the_deploy_declaration_grants_the_narrowest_roles() -> None:
             "etl@data-project.iam.gserviceaccount.com",
             "data-project",
         ),
-        ("roles/storage.objectViewer", "bucket", "jobs-bucket", ""),
-        ("roles/storage.objectViewer", "bucket", "jars", ""),
     }
     assert spec.deploy.problems(pipelines, ctx) == []
     # a pipeline in another project without an execution account is a problem

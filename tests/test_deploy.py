@@ -540,7 +540,12 @@ def test_running_the_plan_twice_creates_nothing_the_second_time(tmp_path, rich_c
     stage = Path(rich_options(rich_config, tmp_path).stage_dir)
     assert (stage / "main.py").is_file() and (stage / "handlers" / "model" / "config.py").is_file()
     assert (stage / "pipelines.yaml").read_text(encoding="utf-8") == RICH
-    assert not list(stage.rglob("__pycache__"))
+    # with the config's compiled form (a cold start skips the YAML parse) ...
+    compiled = json.loads((stage / "pipelines.yaml.compiled.json").read_text(encoding="utf-8"))
+    assert compiled["source_sha256"] == hashlib.sha256(RICH.encode()).hexdigest()
+    # ... and the sources' bytecode, fresh (no developer's cache) and never re-checked at start
+    pycs = list(stage.rglob("*.pyc"))
+    assert pycs and all(int.from_bytes(p.read_bytes()[4:8], "little") == 1 for p in pycs)  # unchecked hash
 
 
 def test_a_create_that_loses_a_race_is_tolerated(tmp_path):

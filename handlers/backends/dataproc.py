@@ -335,18 +335,6 @@ def _bucket(uri: Any) -> str | None:
     return None
 
 
-def _main_buckets(pipelines: Sequence[PipelineTarget]) -> list[str]:
-    buckets = set()
-    for p in pipelines:
-        for kind in WORKLOADS:
-            config = p.options.get(kind)
-            if isinstance(config, Mapping):
-                for key in ("main", "main_jar", "query_file"):
-                    if bucket := _bucket(config.get(key)):
-                        buckets.add(bucket)
-    return sorted(buckets)
-
-
 def deploy_grants(pipelines: Sequence[PipelineTarget], ctx: DeployContext) -> list[Grant]:
     grants = [
         Grant(
@@ -368,10 +356,8 @@ def deploy_grants(pipelines: Sequence[PipelineTarget], ctx: DeployContext) -> li
         )
         for project, email in _execution_accounts(pipelines, ctx)
     ]
-    grants += [
-        Grant("roles/storage.objectViewer", "bucket", bucket, "read the Dataproc batch main files it submits")
-        for bucket in _main_buckets(pipelines)
-    ]
+    # No grant on the main files' buckets: the batch reads them as its execution account, not the
+    # account that submits it (least privilege: the launcher never needs to read Spark code).
     return grants
 
 
