@@ -256,6 +256,12 @@ class DeployContext:
     flags: Mapping[str, Any] = field(default_factory=dict)
     project_number: str = "${PROJECT_NUMBER}"  # the plan looks it up before any grant
 
+    @property
+    def default_compute_account(self) -> str:
+        """The project's default compute service account: what Dataflow workers and Dataproc
+        batches run as when a pipeline names no account."""
+        return f"{self.project_number}-compute@developer.gserviceaccount.com"
+
 
 def _no_grants(pipelines: Sequence[PipelineTarget], ctx: DeployContext) -> list[Grant]:
     return []

@@ -170,11 +170,7 @@ def _worker_accounts(pipelines: Sequence[PipelineTarget], ctx: DeployContext) ->
     for p in pipelines:
         env = p.options.get("environment") or {}
         email = env.get("serviceAccountEmail") if isinstance(env, Mapping) else None
-        email = (
-            email
-            or ctx.flags.get("dataflow_worker_sa")
-            or f"{ctx.project_number}-compute@developer.gserviceaccount.com"
-        )
+        email = email or ctx.flags.get("dataflow_worker_sa") or ctx.default_compute_account
         out.add((p.project, str(email)))
     return sorted(out)
 

@@ -325,14 +325,8 @@ def _execution_accounts(pipelines: Sequence[PipelineTarget], ctx: DeployContext)
     for p in pipelines:
         env = p.options.get("environment") or {}
         email = env.get("service_account") if isinstance(env, Mapping) else None
-        out.add((p.project, str(email or f"{ctx.project_number}-compute@developer.gserviceaccount.com")))
+        out.add((p.project, str(email or ctx.default_compute_account)))
     return sorted(out)
-
-
-def _bucket(uri: Any) -> str | None:
-    if isinstance(uri, str) and uri.startswith("gs://"):
-        return uri[5:].split("/", 1)[0] or None
-    return None
 
 
 def deploy_grants(pipelines: Sequence[PipelineTarget], ctx: DeployContext) -> list[Grant]:
