@@ -10,11 +10,13 @@ from __future__ import annotations
 import io
 import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from pathlib import Path
 
 from local.demo import DEMO_SAMPLE, emulator_available
@@ -162,10 +164,13 @@ def test_up_streams_the_timeline_and_stops_cleanly_on_sigint(tmp_path: Path) -> 
             "export STORAGE_EMULATOR_HOST=http://127.0.0.1:",
             "export PUBSUB_EMULATOR_HOST=127.0.0.1:",
             "export DATAFLOW_API_ENDPOINT=http://127.0.0.1:",
+            "export PIPELINES_ANONYMOUS_AUTH=true",
             "upload_from_string",
             "publish(",
+            "-m handlers runs",
         ):
             assert needle in out
+        _use_it_as_printed(out)
         proc.send_signal(signal.SIGINT)
         assert proc.wait(timeout=20) == 0
     finally:
@@ -176,6 +181,24 @@ def test_up_streams_the_timeline_and_stops_cleanly_on_sigint(tmp_path: Path) -> 
     assert "Stopped every service in" in "".join(lines)
     assert proc.stderr is not None and "Traceback" not in proc.stderr.read()
     _assert_nothing_left(pids)
+
+
+def _use_it_as_printed(out: str) -> None:
+    """What a newcomer does with ``up``'s output: paste the ``export`` lines into a shell that has
+    nothing else set, run the CLI and the first curl; both work."""
+    exports = [line.strip() for line in out.splitlines() if line.strip().startswith("export ")]
+    shell = " && ".join([*exports, f"{shlex.quote(sys.executable)} -m handlers runs"])
+    env = {k: v for k, v in _env().items() if k != "GOOGLE_CLOUD_PROJECT"}
+    env["GOOGLE_APPLICATION_CREDENTIALS"] = "/nonexistent"  # no credentials to fall back on
+    runs = subprocess.run(
+        ["bash", "-c", shell], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60
+    )
+    assert runs.returncode == 0, runs.stderr
+    assert "no runs" in runs.stdout or "RUN KEY" in runs.stdout
+    curl = next(line.strip() for line in out.splitlines() if line.strip().startswith("curl -s http"))
+    url = curl.split()[-1]
+    with urllib.request.urlopen(url, timeout=10) as answer:
+        assert {p["name"] for p in json.load(answer)["pipelines"]} == {"wordcount", "publish-counts"}
 
 
 def test_a_missing_pubsub_emulator_is_a_clear_message_and_starts_nothing(tmp_path: Path) -> None:
@@ -256,3 +279,13 @@ def test_the_demo_chains_into_a_dataproc_batch_when_asked(tmp_path: Path) -> Non
         ],
     )
     _assert_nothing_left(tmp_path / "p.json")
+
+
+def test_the_timeline_escapes_control_characters_from_outside() -> None:
+    out = io.StringIO()
+    timeline = Timeline(out, origin=1000.0, window=0.0)
+    timeline.add(1001.0, "storage notification", "OBJECT_FINALIZE gs://b/x\x1b[31mred\u202e.txt\nfake line")
+    timeline.flush(everything=True)
+    assert out.getvalue() == (
+        "   1.00s  storage notification   OBJECT_FINALIZE gs://b/x\\x1b[31mred\\u202e.txt\\nfake line\n"
+    )
