@@ -11,6 +11,7 @@ import io
 import json
 import os
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -288,4 +289,54 @@ def test_the_timeline_escapes_control_characters_from_outside() -> None:
     timeline.flush(everything=True)
     assert out.getvalue() == (
         "   1.00s  storage notification   OBJECT_FINALIZE gs://b/x\\x1b[31mred\\u202e.txt\\nfake line\n"
+    )
+
+
+def _prereqs_with_java(tmp_path: Path, version_line: str) -> subprocess.CompletedProcess[str]:
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    java = bin_dir / "java"
+    java.write_text(f"#!/bin/sh\necho '{version_line}' >&2\n")
+    java.chmod(0o755)
+    env = {k: v for k, v in _env().items() if k != "JAVA_HOME"}
+    env.update(PATH=f"{bin_dir}:/usr/bin:/bin", PUBSUB_EMULATOR_BIN=str(java))  # any executable will do
+    return subprocess.run(
+        ["bash", "local/prereqs.sh"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=30
+    )
+
+
+def test_prereqs_refuses_a_java_too_old_for_the_emulator_and_says_what_to_do(tmp_path: Path) -> None:
+    old = _prereqs_with_java(tmp_path, 'java version "1.8.0_292"')
+    assert old.returncode == 1
+    assert "is Java 8; the Pub/Sub emulator needs Java 11+" in old.stderr
+    assert "sudo apt-get install default-jre-headless" in old.stderr
+
+
+def test_prereqs_accepts_a_current_java_silently(tmp_path: Path) -> None:
+    current = _prereqs_with_java(tmp_path, 'openjdk version "17.0.15" 2025-04-15')
+    assert (current.returncode, current.stderr) == (0, "")
+
+
+def test_prereqs_says_what_it_will_install_before_sudo_asks(tmp_path: Path) -> None:
+    bin_dir = tmp_path / "bin"  # no java here; a sudo and an apt-get that only record their call
+    bin_dir.mkdir()
+    for tool in ("sed", "head", "id"):
+        (bin_dir / tool).symlink_to(shutil.which(tool) or f"/usr/bin/{tool}")
+    for fake in ("sudo", "apt-get"):
+        (bin_dir / fake).write_text(f'#!/bin/sh\necho "{fake} called: $*" >&2\nexit 1\n')
+        (bin_dir / fake).chmod(0o755)
+    env = {k: v for k, v in _env().items() if k != "JAVA_HOME"}
+    env["PATH"] = str(bin_dir)
+    proc = subprocess.run(
+        ["/bin/bash", "local/prereqs.sh"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=30
+    )
+    assert proc.returncode == 1
+    _in_order(
+        proc.stderr,
+        [
+            "Java not found; the Pub/Sub emulator needs Java 11+",
+            "will install the Debian/Ubuntu package default-jre-headless",
+            "apt-get update",  # the sudo line (not root) or apt-get itself (root): after the announcement
+            "the install failed; install Java 11 or newer",
+        ],
     )
