@@ -12,9 +12,9 @@ from handlers.backends.contract import TERMINAL_STATES
 from handlers.core.errors import (
     RetryableError,
 )
-from handlers.entry.cli.args import EXIT_FAILURE, EXIT_OK, _load, _runtime
+from handlers.entry.cli.args import EXIT_FAILURE, EXIT_OK, Missing, _load, _runtime
 from handlers.entry.cli.output import Output, Progress, clean
-from handlers.entry.manual import cancel_run, run_status, start_run
+from handlers.entry.manual import cancel_run, launchable, run_status, start_run
 
 
 # ---------------------------------------------------------------------------------------------
@@ -78,7 +78,15 @@ def cmd_launch(args: argparse.Namespace, out: Output) -> int:
     key = args.idempotency_key or str(uuid.uuid4())
     generated = args.idempotency_key is None
     inputs = dict(args.param or [])
-    if generated and not out.json:
+    pipeline = config.pipelines.get(args.pipeline)
+    if pipeline is None:
+        known = ", ".join(sorted(p.name for p in config.pipelines.values() if launchable(p))) or "none"
+        raise Missing(
+            f"unknown pipeline {args.pipeline!r}",
+            hint=f"the pipelines this config can launch by hand: {known} (`python -m handlers graph` shows them all)",
+        )
+    if generated and not out.json and launchable(pipeline):
+        # Said before the launch, so an interrupted command can be retried as the same run.
         out.note(f"idempotency key {key} (retry with --idempotency-key {key} to reuse this run)")
     try:
         outcome, run = start_run(runtime, args.pipeline, inputs, key, caller=_caller())
