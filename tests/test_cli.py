@@ -1038,3 +1038,79 @@ def test_launch_of_an_unknown_pipeline_prints_no_idempotency_key_and_names_the_l
         "  what to do: the pipelines this config can launch by hand: none (`python -m handlers graph` shows "
         "them all)",
     ]
+
+
+# ---------------------------------------------------------------------------------------------
+# explain says which values it made up
+# ---------------------------------------------------------------------------------------------
+def test_explain_marks_the_object_fields_it_made_up(capsys):
+    code, out, _ = run(
+        capsys, "explain", "--config", str(EXAMPLE), "--bucket", "demo-landing", "--name", "incoming/a.txt"
+    )
+    assert code == 0
+    facts = {line.split()[0]: line for line in out.splitlines()[1:5]}
+    assert facts["generation"].endswith(
+        "(assumed: the event time in microseconds, as GCS assigns it; the run key depends on it: --generation)"
+    )
+    assert facts["size"] == "  size          0  (assumed: 0; --size sets it)"
+    assert (
+        facts["content"]
+        == "  content type  text/plain  (assumed: guessed from the name; --content-type sets it)"
+    )
+    assert facts["event"].endswith("(age 0s)  (assumed: now; --time sets it)")
+    code, doc = run_json(
+        capsys, "explain", "--config", str(EXAMPLE), "--bucket", "demo-landing", "--name", "incoming/a.txt"
+    )
+    assert sorted(doc["assumed"]) == ["content_type", "event_time", "generation", "size"]
+
+
+def test_explain_marks_nothing_it_was_given(capsys):
+    given = [
+        "--size",
+        "2048",
+        "--generation",
+        "17",
+        "--content-type",
+        "text/plain",
+        "--time",
+        "2026-05-01T10:00:00Z",
+    ]
+    code, out, _ = run(
+        capsys,
+        "explain",
+        "--config",
+        str(EXAMPLE),
+        "--bucket",
+        "demo-landing",
+        "--name",
+        "incoming/a.txt",
+        *given,
+    )
+    assert code == 0 and "assumed" not in out
+    _, doc = run_json(
+        capsys,
+        "explain",
+        "--config",
+        str(EXAMPLE),
+        "--bucket",
+        "demo-landing",
+        "--name",
+        "incoming/a.txt",
+        *given,
+    )
+    assert doc["assumed"] == {}
+
+
+def test_explain_marks_a_derived_message_id_and_a_completions_delivery_time(capsys, tmp_path):
+    args = ["explain", "--config", str(EXAMPLE), "--topic", "orders", "--attribute", "kind=order"]
+    code, out, _ = run(capsys, *args, "--data", '{"order": {"id": "A-17"}}')
+    assert out.splitlines()[:2] == [
+        "pubsub message  topic orders",
+        "  id          local-e8d44b4605a6c24c  (assumed: derived from topic, data and attributes; --message-id sets it)",
+    ]
+    assert code == 0
+    _, doc = run_json(capsys, *args, "--data", "{}", "--message-id", "m-1")
+    assert sorted(doc["assumed"]) == ["event_time"]
+    path = write(tmp_path, chain_doc())
+    _, doc = explain_json(capsys, path, "--completion", json.dumps(completion_event("ingest")))
+    assert sorted(doc["assumed"]) == ["delivered_at"]  # the end time is the completion's own
