@@ -1073,7 +1073,7 @@ def test_explain_marks_nothing_it_was_given(capsys):
         "--content-type",
         "text/plain",
         "--time",
-        "2026-05-01T10:00:00Z",
+        dt.datetime.now(dt.UTC).isoformat(),  # recent: the event is not too old to act on
     ]
     code, out, _ = run(
         capsys,
