@@ -409,11 +409,21 @@ def print_curl(stack: Stack, out: TextIO) -> None:
     print(f"  curl -s {url}/runs/RUN_KEY        # a run key from `runs` above", file=out)
     pipeline = next((p for p in stack.plan.config.pipelines.values() if launchable(p)), None)
     if pipeline is not None:
-        params = {i.name: i.default or "example" for i in pipeline.inputs.values() if i.required or i.default}
+        params: dict[str, str] = {}
+        fill = []  # inputs whose pattern a made-up value would break: the reader fills them in
+        for i in pipeline.inputs.values():
+            if i.default is not None:
+                params[i.name] = i.default
+            elif i.required and i.pattern is not None:
+                params[i.name] = i.name.upper()
+                fill.append(f"{i.name.upper()} ({i.description or 'matching ' + i.pattern.pattern})")
+            elif i.required:
+                params[i.name] = "example"
         body = json.dumps({"pipeline": pipeline.name, "parameters": params})
+        note = f"  # replace {', '.join(fill)} first" if fill else ""
         print(
             f"  curl -s -X POST {url}/runs -H 'Content-Type: application/json' "
-            f"-H 'Idempotency-Key: try-1' -d {shlex.quote(body)}",
+            f"-H 'Idempotency-Key: try-1' -d {shlex.quote(body)}{note}",
             file=out,
         )
 

@@ -340,3 +340,41 @@ def test_prereqs_says_what_it_will_install_before_sudo_asks(tmp_path: Path) -> N
             "the install failed; install Java 11 or newer",
         ],
     )
+
+
+def test_up_prints_a_post_runs_curl_for_a_pipeline_launchable_by_hand() -> None:
+    from types import SimpleNamespace
+
+    from handlers.model.config import build_config
+    from local.stack import print_curl
+
+    config = build_config(
+        {
+            "settings": {"project": "p", "region": "r", "ledger": {"bucket": "l"}},
+            "pipelines": {
+                "backfill": {
+                    "backend": "dataflow",
+                    "template": "gs://t/backfill",
+                    "parameters": {"day": "{input.day}", "table": "{input.table}"},
+                    "inputs": {
+                        "day": {"pattern": "[0-9]{4}-[0-9]{2}-[0-9]{2}", "description": "YYYY-MM-DD"},
+                        "table": {"required": False, "default": "sales"},
+                    },
+                }
+            },
+        }
+    )
+    stack = SimpleNamespace(
+        functions={"api": SimpleNamespace(url="http://127.0.0.1:9")}, plan=SimpleNamespace(config=config)
+    )
+    out = io.StringIO()
+    print_curl(stack, out)  # type: ignore[arg-type]
+    assert out.getvalue().splitlines() == [
+        "",
+        "The REST API (no token needed locally):",
+        "  curl -s http://127.0.0.1:9/pipelines",
+        "  curl -s http://127.0.0.1:9/runs/RUN_KEY        # a run key from `runs` above",
+        "  curl -s -X POST http://127.0.0.1:9/runs -H 'Content-Type: application/json' -H 'Idempotency-Key: "
+        """try-1' -d '{"pipeline": "backfill", "parameters": {"day": "DAY", "table": "sales"}}'  """
+        "# replace DAY (YYYY-MM-DD) first",
+    ]
