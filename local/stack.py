@@ -56,6 +56,7 @@ from types import FrameType
 from typing import Any, TextIO
 
 from handlers.backends import registry
+from handlers.entry.cli.output import clean
 from handlers.entry.manual import launchable
 from local.demo import (
     CHAIN_PREFERENCE,
@@ -656,6 +657,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _escaped(exc: BaseException) -> str:
+    """An error's text with control characters escaped line by line (a log tail keeps its lines)."""
+    return "\n".join(clean(line) for line in str(exc).splitlines())
+
+
 def main(argv: Sequence[str] | None = None, out: TextIO = sys.stdout) -> int:
     args = build_parser().parse_args(argv)
     run: Callable[[argparse.Namespace, TextIO], int] = run_demo if args.command == "demo" else run_up
@@ -666,10 +672,10 @@ def main(argv: Sequence[str] | None = None, out: TextIO = sys.stdout) -> int:
         print(f"\nstopped by {stop}", file=sys.stderr)
         return 0 if args.command == "up" else 128 + stop.signum
     except ServiceError as exc:
-        print(f"local stack: a service could not start: {exc}", file=sys.stderr)
+        print(f"local stack: a service could not start: {_escaped(exc)}", file=sys.stderr)
         return 1
-    except StackError as exc:
-        print(f"{args.command} failed: {exc}", file=sys.stderr)
+    except StackError as exc:  # may quote a backend's failure reason: escaped like the timeline
+        print(f"{args.command} failed: {_escaped(exc)}", file=sys.stderr)
         return 1
 
 

@@ -59,7 +59,11 @@ def wait_for(
     while True:
         state, raw, reason = _current_state(run_status(runtime, key))
         elapsed = time.monotonic() - started
-        text = f"{state}" + (f" ({raw})" if raw else "") + f"  {int(elapsed // 60)}:{int(elapsed % 60):02d}"
+        text = (
+            f"{state}"
+            + (f" ({clean(raw)})" if raw else "")
+            + f"  {int(elapsed // 60)}:{int(elapsed % 60):02d}"
+        )
         progress.update(f"waiting for {key}: {text}", force=text.split()[0] != last)
         last = state
         if state in TERMINAL_STATES:
