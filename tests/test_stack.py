@@ -188,6 +188,11 @@ def _use_it_as_printed(out: str) -> None:
     """What a newcomer does with ``up``'s output: paste the ``export`` lines into a shell that has
     nothing else set, run the CLI and the first curl; both work."""
     exports = [line.strip() for line in out.splitlines() if line.strip().startswith("export ")]
+    documented = (ROOT / "docs" / "local-stack.md").read_text().split("Use it from another shell:")[1]
+    names = [line.split("=")[0] for line in exports]
+    assert names == [
+        line.strip().split("=")[0] for line in documented.splitlines() if line.startswith("  export ")
+    ]
     shell = " && ".join([*exports, f"{shlex.quote(sys.executable)} -m handlers runs"])
     env = {k: v for k, v in _env().items() if k != "GOOGLE_CLOUD_PROJECT"}
     env["GOOGLE_APPLICATION_CREDENTIALS"] = "/nonexistent"  # no credentials to fall back on
