@@ -8,11 +8,16 @@ STAMP  := $(VENV)/.installed
 
 .PHONY: venv test test-fast lint demo up bench reliability evidence prereqs clean
 
+# The first run installs the dependencies (a minute or two): it says so, and pip shows each package.
 $(STAMP): requirements.txt requirements-dev.txt
-	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@test -x $(PY) || { $(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' \
+	  || { echo "make: $(PYTHON) is Python $$($(PYTHON) -c 'import platform; print(platform.python_version())'); Python 3.11+ is needed: make $(MAKECMDGOALS) PYTHON=python3.11"; exit 1; }; \
+	  echo "Creating $(VENV) with $(PYTHON)..."; $(PYTHON) -m venv $(VENV); }
+	@echo "Installing the dependencies into $(VENV) (requirements-dev.txt; a minute or two the first time)..."
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -r requirements-dev.txt
+	$(PY) -m pip install --disable-pip-version-check -r requirements-dev.txt
 	@touch $(STAMP)
+	@echo "Dependencies installed."
 
 venv: $(STAMP)
 

@@ -19,6 +19,7 @@ from typing import Any, TextIO
 import yaml
 
 from handlers.core.errors import ConfigError
+from handlers.entry.cli.output import clean
 from handlers.model.config import Config, Trigger, build_config
 from local.kits import kit
 from local.timeline import CHAIN_END_LOG, Completion, Observer, Timeline
@@ -314,9 +315,9 @@ def show_output(result: DemoResult, client: Any, out: TextIO, lines: int = 12) -
     except Exception as exc:
         raise StackError(f"the output {result.output_uri} cannot be read: {exc}") from exc
     rows = text.splitlines()
-    print(f"\nOutput of {result.chain[0]}: {result.output_uri} ({len(rows)} lines)", file=out)
+    print(f"\nOutput of {result.chain[0]}: {clean(result.output_uri)} ({len(rows)} lines)", file=out)
     for row in rows[:lines]:
-        print(f"    {row}", file=out)
+        print(f"    {clean(row)}", file=out)  # the words of an uploaded file: escaped, never sent raw
     if len(rows) > lines:
         print(f"    ... {len(rows) - lines} more", file=out)
     out.flush()

@@ -56,6 +56,8 @@ from types import FrameType
 from typing import Any, TextIO
 
 from handlers.backends import registry
+from handlers.entry.cli.output import clean
+from handlers.entry.manual import launchable
 from local.demo import (
     CHAIN_PREFERENCE,
     DEMO_CONFIG,
@@ -207,7 +209,13 @@ class Stack:
             "PIPELINES_ANONYMOUS_AUTH": "true",
             **{k: v for k, v in backend_env.items() if v},
         }
-        function_env = {**backend_env, **self.client_env, "NO_PROXY": no_proxy(), "no_proxy": no_proxy()}
+        function_env = {
+            **backend_env,
+            **self.client_env,
+            "API_AUDIENCE": "",  # an inherited audience would make the local API ask curl for a Google token
+            "NO_PROXY": no_proxy(),
+            "no_proxy": no_proxy(),
+        }
         servers = [world.add_function(name, function_env) for name in names_]
 
         # Slow starts in parallel: the JVM and one Python interpreter per function.
@@ -344,10 +352,12 @@ def print_client_env(stack: Stack, out: TextIO) -> None:
     plan = stack.plan
     print("Use it from another shell:", file=out)
     keys = ("STORAGE_EMULATOR_HOST", "PUBSUB_EMULATOR_HOST", "GOOGLE_CLOUD_PROJECT",
-            *registry.endpoint_envs(), "PIPELINES_CONFIG")  # fmt: skip
+            *registry.endpoint_envs(), "PIPELINES_CONFIG", "PIPELINES_ANONYMOUS_AUTH")  # fmt: skip
+    # then the rest (a Fabric kit's fake app registration): the CLI's cancel and launch need them too
+    keys += tuple(sorted(k for k in stack.client_env if k not in keys))
     for key in keys:
         if stack.client_env.get(key):
-            print(f"  export {key}={stack.client_env[key]}", file=out)
+            print(f"  export {key}={shlex.quote(stack.client_env[key])}", file=out)
     for name, server in stack.functions.items():
         print(f"  export FUNCTION_{name.upper()}_URL={server.url}", file=out)
     q = json.dumps  # a JSON string is a Python string literal in double quotes
@@ -380,10 +390,43 @@ def print_client_env(stack: Stack, out: TextIO) -> None:
     )
     print(f"\nPublish {what}; google-cloud-pubsub finds the emulator through PUBSUB_EMULATOR_HOST:", file=out)
     print(f"  {_python_command(code)}", file=out)
+    print(
+        "\nThe command line reads the same variables (PIPELINES_ANONYMOUS_AUTH=true: no Google "
+        "credentials, loopback only):",
+        file=out,
+    )
+    print(f"  {shlex.quote(sys.executable)} -m handlers runs", file=out)
     if "api" in stack.functions:
-        print("\nThe REST API (pipelines, runs by key):", file=out)
-        print(f"  curl -s {stack.functions['api'].url}/pipelines", file=out)
+        print_curl(stack, out)
     print(file=out, flush=True)
+
+
+def print_curl(stack: Stack, out: TextIO) -> None:
+    """Ready curl calls for the REST API: locally it needs no token (``API_AUDIENCE`` is unset;
+    in the cloud the function's IAM is the lock)."""
+    url = stack.functions["api"].url
+    print("\nThe REST API (no token needed locally):", file=out)
+    print(f"  curl -s {url}/pipelines", file=out)
+    print(f"  curl -s {url}/runs/RUN_KEY        # a run key from `runs` above", file=out)
+    pipeline = next((p for p in stack.plan.config.pipelines.values() if launchable(p)), None)
+    if pipeline is not None:
+        params: dict[str, str] = {}
+        fill = []  # inputs whose pattern a made-up value would break: the reader fills them in
+        for i in pipeline.inputs.values():
+            if i.default is not None:
+                params[i.name] = i.default
+            elif i.required and i.pattern is not None:
+                params[i.name] = i.name.upper()
+                fill.append(f"{i.name.upper()} ({i.description or 'matching ' + i.pattern.pattern})")
+            elif i.required:
+                params[i.name] = "example"
+        body = json.dumps({"pipeline": pipeline.name, "parameters": params})
+        note = f"  # replace {', '.join(fill)} first" if fill else ""
+        print(
+            f"  curl -s -X POST {url}/runs -H 'Content-Type: application/json' "
+            f"-H 'Idempotency-Key: try-1' -d {shlex.quote(body)}{note}",
+            file=out,
+        )
 
 
 def _python_command(code: str) -> str:
@@ -614,6 +657,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _escaped(exc: BaseException) -> str:
+    """An error's text with control characters escaped line by line (a log tail keeps its lines)."""
+    return "\n".join(clean(line) for line in str(exc).splitlines())
+
+
 def main(argv: Sequence[str] | None = None, out: TextIO = sys.stdout) -> int:
     args = build_parser().parse_args(argv)
     run: Callable[[argparse.Namespace, TextIO], int] = run_demo if args.command == "demo" else run_up
@@ -624,10 +672,10 @@ def main(argv: Sequence[str] | None = None, out: TextIO = sys.stdout) -> int:
         print(f"\nstopped by {stop}", file=sys.stderr)
         return 0 if args.command == "up" else 128 + stop.signum
     except ServiceError as exc:
-        print(f"local stack: a service could not start: {exc}", file=sys.stderr)
+        print(f"local stack: a service could not start: {_escaped(exc)}", file=sys.stderr)
         return 1
-    except StackError as exc:
-        print(f"{args.command} failed: {exc}", file=sys.stderr)
+    except StackError as exc:  # may quote a backend's failure reason: escaped like the timeline
+        print(f"{args.command} failed: {_escaped(exc)}", file=sys.stderr)
         return 1
 
 

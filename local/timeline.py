@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any, TextIO
 
 from handlers.backends import registry
+from handlers.entry.cli.output import clean
 from handlers.model.config import Config
 from local.kits import kit
 from local.services import FunctionServer, pull_all, storage_client
@@ -74,9 +75,11 @@ class Timeline:
             return True
 
     def format(self, event: TimelineEvent) -> str:
+        """One terminal line; object names and log text come from outside, so control characters
+        are shown escaped (``\\x1b``), never sent to the terminal."""
         elapsed = max(0.0, event.at - self.origin)
-        text = f"{elapsed:7.2f}s  {event.label:<22} {event.detail}".rstrip()
-        return f"{text}  ({event.source})" if event.source else text
+        text = f"{elapsed:7.2f}s  {clean(event.label):<22} {clean(event.detail)}".rstrip()
+        return f"{text}  ({clean(event.source)})" if event.source else text
 
     def flush(self, *, everything: bool = False) -> list[TimelineEvent]:
         """Print the events older than the reorder window (all of them with ``everything``)."""

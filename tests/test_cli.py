@@ -22,6 +22,7 @@ from typing import Any
 import pytest
 import yaml
 
+from handlers.core import clients
 from handlers.core.errors import ConfigError
 from handlers.entry import cli
 from handlers.entry.manual import start_run
@@ -133,8 +134,8 @@ def test_validate_a_bad_config_lists_every_problem_and_exits_2(capsys, tmp_path)
 
 
 def test_validate_unreadable_or_not_yaml_is_exit_2(capsys, tmp_path):
-    code, out, _ = run(capsys, "validate", str(tmp_path / "missing.yaml"))
-    assert code == 2 and "cannot read" in out
+    code, out, err = run(capsys, "validate", str(tmp_path / "missing.yaml"))
+    assert (code, out, err) == (2, "", f"error: config file {tmp_path / 'missing.yaml'} does not exist\n")
     (tmp_path / "broken.yaml").write_text("settings: [unclosed\n")
     code, out, _ = run(capsys, "validate", str(tmp_path / "broken.yaml"))
     assert code == 2 and "not valid YAML" in out
@@ -962,3 +963,154 @@ def test_json_output_parses_for_config_only_commands(capsys, argv):
     code = cli.main([*argv, "--json"] if "--json" not in argv else argv)
     out = capsys.readouterr().out
     assert isinstance(json.loads(out), dict) and code in (0, 1)
+
+
+# ---------------------------------------------------------------------------------------------
+# errors a newcomer meets: said once, with what to do
+# ---------------------------------------------------------------------------------------------
+def test_no_config_at_all_says_where_it_looked_and_how_to_name_one(capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("PIPELINES_CONFIG", raising=False)
+    code, out, err = run(capsys, "runs")
+    assert (code, out) == (2, "")
+    assert err.splitlines() == [
+        f"error: no config: pipelines.yaml is not in {tmp_path}",
+        "  what to do: pass --config FILE (e.g. --config examples/pipelines.yaml), or set PIPELINES_CONFIG "
+        "(`make up` prints it)",
+    ]
+
+
+def test_a_config_of_a_stopped_stack_says_to_start_it_again(capsys, tmp_path, monkeypatch):
+    monkeypatch.setenv("PIPELINES_CONFIG", str(tmp_path / "gone" / "pipelines.yaml"))
+    code, _, err = run(capsys, "explain", "--bucket", "b", "--name", "n")
+    assert code == 2
+    assert (
+        err.splitlines()[0]
+        == f"error: PIPELINES_CONFIG={tmp_path / 'gone' / 'pipelines.yaml'} does not exist"
+    )
+    assert "start `make up` again and paste its export lines" in err
+
+
+def test_missing_credentials_say_so_once_and_name_the_local_way(capsys, monkeypatch):
+    from google.auth import exceptions as auth_errors
+
+    def no_credentials(*_: Any, **__: Any) -> Any:
+        raise auth_errors.DefaultCredentialsError("Your default credentials were not found. To set up ...")
+
+    for var in ("STORAGE_EMULATOR_HOST", "PIPELINES_ANONYMOUS_AUTH"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setattr("google.auth.default", no_credentials)
+    clients.reset()  # sessions built earlier in this process are anonymous
+    code, out, err = run(capsys, "runs", "--config", str(EXAMPLE))
+    assert (code, out) == (1, "")
+    assert err.splitlines() == [
+        "error: no Google credentials (Application Default Credentials) were found",
+        "  what to do: for the local stack, paste the export lines `make up` prints (they set "
+        "PIPELINES_ANONYMOUS_AUTH=true); for Google Cloud run `gcloud auth application-default login`",
+    ]
+    assert "Traceback" not in err and "credentials were not found" not in err
+    code, doc = run_json(capsys, "runs", "--config", str(EXAMPLE))
+    clients.reset()
+    assert code == 1 and doc["error"]["hint"].startswith("for the local stack")
+
+
+def test_a_stopped_local_stack_is_one_line_and_a_hint(capsys, monkeypatch):
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]  # closed again: nothing listens there
+    monkeypatch.setenv("STORAGE_EMULATOR_HOST", f"http://127.0.0.1:{port}")
+    monkeypatch.setenv("PIPELINES_ANONYMOUS_AUTH", "true")
+    monkeypatch.setattr("handlers.launch.store.RETRY_BUDGET_SECONDS", 0.5)
+    code, _, err = run(capsys, "runs", "--config", str(EXAMPLE))
+    assert code == 1
+    assert err.splitlines() == [
+        "error: ledger gs://demo-ledger: gcs list pipeline-ledger/runs/: connection failed (ConnectionError)",
+        "  what to do: is the local stack still running? start `make up` again and paste its new export "
+        "lines (its ports change each time)",
+    ]
+
+
+def test_launch_of_an_unknown_pipeline_prints_no_idempotency_key_and_names_the_launchable(capsys):
+    code, out, err = run(capsys, "launch", "nope", "--config", str(EXAMPLE))
+    assert (code, out) == (1, "")
+    assert err.splitlines() == [
+        "error: unknown pipeline 'nope'",
+        "  what to do: the pipelines this config can launch by hand: none (`python -m handlers graph` shows "
+        "them all)",
+    ]
+
+
+# ---------------------------------------------------------------------------------------------
+# explain says which values it made up
+# ---------------------------------------------------------------------------------------------
+def test_explain_marks_the_object_fields_it_made_up(capsys):
+    code, out, _ = run(
+        capsys, "explain", "--config", str(EXAMPLE), "--bucket", "demo-landing", "--name", "incoming/a.txt"
+    )
+    assert code == 0
+    facts = {line.split()[0]: line for line in out.splitlines()[1:5]}
+    assert facts["generation"].endswith(
+        "(assumed: the event time in microseconds, as GCS assigns it; the run key depends on it: --generation)"
+    )
+    assert facts["size"] == "  size          0  (assumed: 0; --size sets it)"
+    assert (
+        facts["content"]
+        == "  content type  text/plain  (assumed: guessed from the name; --content-type sets it)"
+    )
+    assert facts["event"].endswith("(age 0s)  (assumed: now; --time sets it)")
+    code, doc = run_json(
+        capsys, "explain", "--config", str(EXAMPLE), "--bucket", "demo-landing", "--name", "incoming/a.txt"
+    )
+    assert sorted(doc["assumed"]) == ["content_type", "event_time", "generation", "size"]
+
+
+def test_explain_marks_nothing_it_was_given(capsys):
+    given = [
+        "--size",
+        "2048",
+        "--generation",
+        "17",
+        "--content-type",
+        "text/plain",
+        "--time",
+        dt.datetime.now(dt.UTC).isoformat(),  # recent: the event is not too old to act on
+    ]
+    code, out, _ = run(
+        capsys,
+        "explain",
+        "--config",
+        str(EXAMPLE),
+        "--bucket",
+        "demo-landing",
+        "--name",
+        "incoming/a.txt",
+        *given,
+    )
+    assert code == 0 and "assumed" not in out
+    _, doc = run_json(
+        capsys,
+        "explain",
+        "--config",
+        str(EXAMPLE),
+        "--bucket",
+        "demo-landing",
+        "--name",
+        "incoming/a.txt",
+        *given,
+    )
+    assert doc["assumed"] == {}
+
+
+def test_explain_marks_a_derived_message_id_and_a_completions_delivery_time(capsys, tmp_path):
+    args = ["explain", "--config", str(EXAMPLE), "--topic", "orders", "--attribute", "kind=order"]
+    code, out, _ = run(capsys, *args, "--data", '{"order": {"id": "A-17"}}')
+    assert out.splitlines()[:2] == [
+        "pubsub message  topic orders",
+        "  id          local-e8d44b4605a6c24c  (assumed: derived from topic, data and attributes; --message-id sets it)",
+    ]
+    assert code == 0
+    _, doc = run_json(capsys, *args, "--data", "{}", "--message-id", "m-1")
+    assert sorted(doc["assumed"]) == ["event_time"]
+    path = write(tmp_path, chain_doc())
+    _, doc = explain_json(capsys, path, "--completion", json.dumps(completion_event("ingest")))
+    assert sorted(doc["assumed"]) == ["delivered_at"]  # the end time is the completion's own

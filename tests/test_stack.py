@@ -10,11 +10,14 @@ from __future__ import annotations
 import io
 import json
 import os
+import shlex
+import shutil
 import signal
 import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from pathlib import Path
 
 from local.demo import DEMO_SAMPLE, emulator_available
@@ -162,10 +165,13 @@ def test_up_streams_the_timeline_and_stops_cleanly_on_sigint(tmp_path: Path) -> 
             "export STORAGE_EMULATOR_HOST=http://127.0.0.1:",
             "export PUBSUB_EMULATOR_HOST=127.0.0.1:",
             "export DATAFLOW_API_ENDPOINT=http://127.0.0.1:",
+            "export PIPELINES_ANONYMOUS_AUTH=true",
             "upload_from_string",
             "publish(",
+            "-m handlers runs",
         ):
             assert needle in out
+        _use_it_as_printed(out)
         proc.send_signal(signal.SIGINT)
         assert proc.wait(timeout=20) == 0
     finally:
@@ -176,6 +182,29 @@ def test_up_streams_the_timeline_and_stops_cleanly_on_sigint(tmp_path: Path) -> 
     assert "Stopped every service in" in "".join(lines)
     assert proc.stderr is not None and "Traceback" not in proc.stderr.read()
     _assert_nothing_left(pids)
+
+
+def _use_it_as_printed(out: str) -> None:
+    """What a newcomer does with ``up``'s output: paste the ``export`` lines into a shell that has
+    nothing else set, run the CLI and the first curl; both work."""
+    exports = [line.strip() for line in out.splitlines() if line.strip().startswith("export ")]
+    documented = (ROOT / "docs" / "local-stack.md").read_text().split("Use it from another shell:")[1]
+    names = [line.split("=")[0] for line in exports]
+    assert names == [
+        line.strip().split("=")[0] for line in documented.splitlines() if line.startswith("  export ")
+    ]
+    shell = " && ".join([*exports, f"{shlex.quote(sys.executable)} -m handlers runs"])
+    env = {k: v for k, v in _env().items() if k != "GOOGLE_CLOUD_PROJECT"}
+    env["GOOGLE_APPLICATION_CREDENTIALS"] = "/nonexistent"  # no credentials to fall back on
+    runs = subprocess.run(
+        ["bash", "-c", shell], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60
+    )
+    assert runs.returncode == 0, runs.stderr
+    assert "no runs" in runs.stdout or "RUN KEY" in runs.stdout
+    curl = next(line.strip() for line in out.splitlines() if line.strip().startswith("curl -s http"))
+    url = curl.split()[-1]
+    with urllib.request.urlopen(url, timeout=10) as answer:
+        assert {p["name"] for p in json.load(answer)["pipelines"]} == {"wordcount", "publish-counts"}
 
 
 def test_a_missing_pubsub_emulator_is_a_clear_message_and_starts_nothing(tmp_path: Path) -> None:
@@ -256,3 +285,101 @@ def test_the_demo_chains_into_a_dataproc_batch_when_asked(tmp_path: Path) -> Non
         ],
     )
     _assert_nothing_left(tmp_path / "p.json")
+
+
+def test_the_timeline_escapes_control_characters_from_outside() -> None:
+    out = io.StringIO()
+    timeline = Timeline(out, origin=1000.0, window=0.0)
+    timeline.add(1001.0, "storage notification", "OBJECT_FINALIZE gs://b/x\x1b[31mred\u202e.txt\nfake line")
+    timeline.flush(everything=True)
+    assert out.getvalue() == (
+        "   1.00s  storage notification   OBJECT_FINALIZE gs://b/x\\x1b[31mred\\u202e.txt\\nfake line\n"
+    )
+
+
+def _prereqs_with_java(tmp_path: Path, version_line: str) -> subprocess.CompletedProcess[str]:
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    java = bin_dir / "java"
+    java.write_text(f"#!/bin/sh\necho '{version_line}' >&2\n")
+    java.chmod(0o755)
+    env = {k: v for k, v in _env().items() if k != "JAVA_HOME"}
+    env.update(PATH=f"{bin_dir}:/usr/bin:/bin", PUBSUB_EMULATOR_BIN=str(java))  # any executable will do
+    return subprocess.run(
+        ["bash", "local/prereqs.sh"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=30
+    )
+
+
+def test_prereqs_refuses_a_java_too_old_for_the_emulator_and_says_what_to_do(tmp_path: Path) -> None:
+    old = _prereqs_with_java(tmp_path, 'java version "1.8.0_292"')
+    assert old.returncode == 1
+    assert "is Java 8; the Pub/Sub emulator needs Java 11+" in old.stderr
+    assert "sudo apt-get install default-jre-headless" in old.stderr
+
+
+def test_prereqs_accepts_a_current_java_silently(tmp_path: Path) -> None:
+    current = _prereqs_with_java(tmp_path, 'openjdk version "17.0.15" 2025-04-15')
+    assert (current.returncode, current.stderr) == (0, "")
+
+
+def test_prereqs_says_what_it_will_install_before_sudo_asks(tmp_path: Path) -> None:
+    bin_dir = tmp_path / "bin"  # no java here; a sudo and an apt-get that only record their call
+    bin_dir.mkdir()
+    for tool in ("sed", "head", "id"):
+        (bin_dir / tool).symlink_to(shutil.which(tool) or f"/usr/bin/{tool}")
+    for fake in ("sudo", "apt-get"):
+        (bin_dir / fake).write_text(f'#!/bin/sh\necho "{fake} called: $*" >&2\nexit 1\n')
+        (bin_dir / fake).chmod(0o755)
+    env = {k: v for k, v in _env().items() if k != "JAVA_HOME"}
+    env["PATH"] = str(bin_dir)
+    proc = subprocess.run(
+        ["/bin/bash", "local/prereqs.sh"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=30
+    )
+    assert proc.returncode == 1
+    _in_order(
+        proc.stderr,
+        [
+            "Java not found; the Pub/Sub emulator needs Java 11+",
+            "will install the Debian/Ubuntu package default-jre-headless",
+            "apt-get update",  # the sudo line (not root) or apt-get itself (root): after the announcement
+            "the install failed; install Java 11 or newer",
+        ],
+    )
+
+
+def test_up_prints_a_post_runs_curl_for_a_pipeline_launchable_by_hand() -> None:
+    from types import SimpleNamespace
+
+    from handlers.model.config import build_config
+    from local.stack import print_curl
+
+    config = build_config(
+        {
+            "settings": {"project": "p", "region": "r", "ledger": {"bucket": "l"}},
+            "pipelines": {
+                "backfill": {
+                    "backend": "dataflow",
+                    "template": "gs://t/backfill",
+                    "parameters": {"day": "{input.day}", "table": "{input.table}"},
+                    "inputs": {
+                        "day": {"pattern": "[0-9]{4}-[0-9]{2}-[0-9]{2}", "description": "YYYY-MM-DD"},
+                        "table": {"required": False, "default": "sales"},
+                    },
+                }
+            },
+        }
+    )
+    stack = SimpleNamespace(
+        functions={"api": SimpleNamespace(url="http://127.0.0.1:9")}, plan=SimpleNamespace(config=config)
+    )
+    out = io.StringIO()
+    print_curl(stack, out)  # type: ignore[arg-type]
+    assert out.getvalue().splitlines() == [
+        "",
+        "The REST API (no token needed locally):",
+        "  curl -s http://127.0.0.1:9/pipelines",
+        "  curl -s http://127.0.0.1:9/runs/RUN_KEY        # a run key from `runs` above",
+        "  curl -s -X POST http://127.0.0.1:9/runs -H 'Content-Type: application/json' -H 'Idempotency-Key: "
+        """try-1' -d '{"pipeline": "backfill", "parameters": {"day": "DAY", "table": "sales"}}'  """
+        "# replace DAY (YYYY-MM-DD) first",
+    ]

@@ -78,7 +78,7 @@ class GcsStore:
         try:
             return retry.call(fn, budget_seconds=RETRY_BUDGET_SECONDS, what=f"ledger {what}")
         except BackendUnavailable as exc:
-            raise LedgerUnavailable(f"ledger gs://{self.bucket}/{what}: {exc.message}") from exc
+            raise LedgerUnavailable(f"ledger gs://{self.bucket}: {exc.message}") from exc  # names `what`
         except BackendRejected as exc:
             if exc.context().get("status") == 412:
                 raise Conflict(what) from exc

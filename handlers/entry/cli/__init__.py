@@ -38,7 +38,7 @@ from typing import Any, TextIO, cast
 from handlers.backends.contract import RunState
 from handlers.core import logs
 from handlers.core.errors import ConfigError, NotFound, ParameterError, PipelineError
-from handlers.entry.cli.args import EXIT_FAILURE, EXIT_USAGE, UsageError, _time_arg, key_value
+from handlers.entry.cli.args import EXIT_FAILURE, EXIT_USAGE, Missing, UsageError, _time_arg, key_value
 from handlers.entry.cli.explain import cmd_explain, explain_object
 from handlers.entry.cli.graph import cmd_graph, graph_mermaid
 from handlers.entry.cli.launch import cmd_cancel, cmd_launch
@@ -155,8 +155,41 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+LOCAL_STACK_HINT = "for the local stack, paste the export lines `make up` prints"
+
+
+def _caused_by(exc: BaseException, names: tuple[str, ...]) -> bool:
+    """Whether ``exc`` or an exception it was raised from is one of the classes ``names``."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if type(seen).__name__ in names:
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+def _problem_and_hint(exc: BaseException) -> tuple[str, str | None]:
+    """What went wrong, said once, and what to do about it (None when the message says it all)."""
+    message = getattr(exc, "message", None) or str(exc)
+    hint = getattr(exc, "hint", None)
+    if _caused_by(exc, ("DefaultCredentialsError",)):
+        # google-auth's own text points at cloud docs only; say it once, with both ways out.
+        message = "no Google credentials (Application Default Credentials) were found"
+        hint = (
+            f"{LOCAL_STACK_HINT} (they set PIPELINES_ANONYMOUS_AUTH=true); "
+            "for Google Cloud run `gcloud auth application-default login`"
+        )
+    elif _caused_by(exc, ("ConnectionError", "ConnectTimeout")):
+        if any(k.endswith("_EMULATOR_HOST") and "127.0.0.1" in v for k, v in os.environ.items()):
+            hint = "is the local stack still running? start `make up` again and paste its new export lines (its ports change each time)"
+    return message, hint
+
+
 def _report_error(out: Output, exc: BaseException, code: int) -> int:
-    doc: dict[str, Any] = {"type": type(exc).__name__, "message": getattr(exc, "message", None) or str(exc)}
+    message, hint = _problem_and_hint(exc)
+    doc: dict[str, Any] = {"type": getattr(exc, "type_name", type(exc).__name__), "message": message}
+    if hint:
+        doc["hint"] = hint
     if isinstance(exc, ConfigError):
         doc.update(source=exc.source, problems=exc.problems)
     problems = getattr(exc, "problems", None)
@@ -178,6 +211,8 @@ def _report_error(out: Output, exc: BaseException, code: int) -> int:
     out.note(f"error: {clean(doc['message'])}")
     for problem in doc.get("problems") or []:
         out.note(f"  {clean(problem)}")
+    if hint:
+        out.note(f"  what to do: {clean(hint)}")
     return code
 
 
@@ -200,6 +235,8 @@ def main(
         return int(args.func(args, out))
     except ConfigError as exc:
         return _report_error(out, exc, EXIT_USAGE)
+    except Missing as exc:
+        return _report_error(out, exc, EXIT_FAILURE)
     except UsageError as exc:
         return _report_error(out, exc, EXIT_USAGE)
     except ParameterError as exc:  # includes manual.InvalidRequest: bad --param values

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import os
 import sys
 from collections.abc import Mapping
 from pathlib import Path
@@ -13,7 +14,7 @@ from handlers.core.errors import (
     EventError,
 )
 from handlers.core.times import parse_time
-from handlers.model.config import Config, load_config
+from handlers.model.config import CONFIG_ENV, DEFAULT_CONFIG, Config, load_config
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -21,7 +22,17 @@ EXIT_USAGE = 2
 
 
 class UsageError(Exception):
-    """A command line the tool cannot act on (exit 2)."""
+    """A command line the tool cannot act on (exit 2); ``hint`` says what to do instead."""
+
+    def __init__(self, message: str, *, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.hint = hint
+
+
+class Missing(UsageError):
+    """Something named on the command line does not exist (exit 1, reported as a NotFound)."""
+
+    type_name = "NotFound"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -57,8 +68,29 @@ def _read_arg(value: str, what: str) -> bytes:
     return value.encode()
 
 
+def config_path(explicit: str | None) -> str:
+    """The config a command reads (``explicit``, else ``$PIPELINES_CONFIG``, else pipelines.yaml);
+    a UsageError saying where the name came from and what to do when there is no such file."""
+    env = os.environ.get(CONFIG_ENV)
+    path = explicit or env or DEFAULT_CONFIG
+    if Path(path).exists():
+        return path
+    if explicit:
+        raise UsageError(f"config file {path} does not exist")
+    if env:
+        raise UsageError(
+            f"{CONFIG_ENV}={path} does not exist",
+            hint="the local stack that printed it has stopped? start `make up` again and paste its export lines",
+        )
+    raise UsageError(
+        f"no config: {DEFAULT_CONFIG} is not in {Path.cwd()}",
+        hint=f"pass --config FILE (e.g. --config examples/pipelines.yaml), or set {CONFIG_ENV} "
+        "(`make up` prints it)",
+    )
+
+
 def _load(args: argparse.Namespace) -> Config:
-    return load_config(getattr(args, "config", None))
+    return load_config(config_path(getattr(args, "config", None)))
 
 
 def _runtime(config: Config) -> Any:

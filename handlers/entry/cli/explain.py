@@ -96,6 +96,8 @@ class Explanation:
     max_event_age_seconds: float
     age_seconds: float
     notes: list[str] = field(default_factory=list)
+    # event fields the command line did not give, and how explain made them up
+    assumed: dict[str, str] = field(default_factory=dict)
 
     @property
     def too_old(self) -> bool:
@@ -115,6 +117,7 @@ class Explanation:
             "age_seconds": round(self.age_seconds, 3),
             "max_event_age_seconds": self.max_event_age_seconds,
             "too_old": self.too_old,
+            "assumed": self.assumed,
             "notes": self.notes,
             "would_act": self.acting,
             "triggers": [t.to_json() for t in self.triggers],
@@ -257,6 +260,16 @@ def explain_completion(
 # ---------------------------------------------------------------------------------------------
 # The command
 # ---------------------------------------------------------------------------------------------
+ASSUMED = {  # event field -> how explain makes it up when its flag is not given
+    "event_time": "now; --time sets it",
+    "generation": "the event time in microseconds, as GCS assigns it; the run key depends on it: --generation",
+    "size": "0; --size sets it",
+    "content_type": "guessed from the name; --content-type sets it",
+    "message_id": "derived from topic, data and attributes; --message-id sets it",
+    "delivered_at": "now; --time sets it",
+}
+
+
 def _completion_from_arg(value: str, delivered_at: dt.datetime, project: str) -> Completion | None:
     """A Completion from a CloudEvent JSON (inline, ``@file``, a path, or ``-``). The bare ``data``
     object of one (with run_key, pipeline, state) is accepted too and given its deterministic id."""
@@ -306,6 +319,7 @@ def cmd_explain(args: argparse.Namespace, out: Output) -> int:
     ]
     if len(given) > 1:
         raise UsageError(f"explain takes one event: {' and '.join(given)} were both given")
+    missing: dict[str, Any] = {}
     if args.bucket is not None:
         if not args.name:
             raise UsageError("explain --bucket needs --name")
@@ -321,6 +335,7 @@ def cmd_explain(args: argparse.Namespace, out: Output) -> int:
             metadata=dict(args.metadata or []),
             time_created=when,
         )
+        missing.update(generation=args.generation, size=args.size, content_type=args.content_type)
         explanation = explain_object(config, ObjectEvent(args.event_id or obj.identity, when, obj), now=now)
     elif args.topic is not None:
         project, topic = split_topic(args.topic)
@@ -342,6 +357,7 @@ def cmd_explain(args: argparse.Namespace, out: Output) -> int:
             attributes=attributes,
             publish_time=when,
         )
+        missing["message_id"] = args.message_id
         try:
             explanation = explain_message(config, message, now=now)
         except EventError as exc:
@@ -353,6 +369,9 @@ def cmd_explain(args: argparse.Namespace, out: Output) -> int:
         explanation = explain_completion(config, comp, delivered_at=when, now=now)
     else:
         raise UsageError("explain needs an event: --bucket/--name, --topic or --completion")
+    # the time given (or not) is a completion's delivery, any other event's own time
+    missing["delivered_at" if explanation.kind == "completion" else "event_time"] = args.time
+    explanation.assumed = {k: ASSUMED[k] for k, v in missing.items() if v is None and k in explanation.event}
     if out.json:
         out.emit(explanation.to_json())
     else:
@@ -362,18 +381,24 @@ def cmd_explain(args: argparse.Namespace, out: Output) -> int:
 
 def print_explanation(ex: Explanation, out: Output) -> None:
     ev = ex.event
+
+    def said(key: str, text: Any) -> str:
+        """``text``, marked when explain made the value up."""
+        how = ex.assumed.get(key)
+        return f"{text}  " + out.paint(f"(assumed: {how})", "yellow") if how else str(text)
+
     if ex.kind == "storage":
         out.line(f"storage event  gs://{clean(ev['bucket'])}/{clean(ev['name'])}")
         facts = [
-            ("generation", ev["generation"]),
-            ("size", ev["size"]),
-            ("content type", ev["content_type"]),
+            ("generation", said("generation", ev["generation"])),
+            ("size", said("size", ev["size"])),
+            ("content type", said("content_type", ev["content_type"])),
         ]
         if ev.get("metadata"):
             facts.append(("metadata", ", ".join(f"{k}={v}" for k, v in sorted(ev["metadata"].items()))))
     elif ex.kind == "pubsub":
-        out.line(f"pubsub message  topic {clean(ev['topic'])}  id {clean(ev['message_id'])}")
-        facts = []
+        out.line(f"pubsub message  topic {clean(ev['topic'])}")
+        facts = [("id", said("message_id", clean(ev["message_id"])))]
         if ev.get("attributes"):
             facts.append(("attributes", ", ".join(f"{k}={v}" for k, v in sorted(ev["attributes"].items()))))
         if "data" in ev:
@@ -392,9 +417,9 @@ def print_explanation(ex: Explanation, out: Output) -> None:
     age = _human_seconds(ex.age_seconds) if ex.age_seconds >= 0 else "in the future"
     if ex.kind == "completion":
         facts.append(("ended at", ev["event_time"]))
-        facts.append(("delivered", f"{ev['delivered_at']}  (age {age})"))
+        facts.append(("delivered", said("delivered_at", f"{ev['delivered_at']}  (age {age})")))
     else:
-        facts.append(("event time", f"{ev['event_time']}  (age {age})"))
+        facts.append(("event time", said("event_time", f"{ev['event_time']}  (age {age})")))
     out.pairs(facts, indent=2)
     for note in ex.notes:
         out.line(out.paint(f"  note: {clean(note)}", "dim"))

@@ -12,9 +12,9 @@ from handlers.backends.contract import TERMINAL_STATES
 from handlers.core.errors import (
     RetryableError,
 )
-from handlers.entry.cli.args import EXIT_FAILURE, EXIT_OK, _load, _runtime
+from handlers.entry.cli.args import EXIT_FAILURE, EXIT_OK, Missing, _load, _runtime
 from handlers.entry.cli.output import Output, Progress, clean
-from handlers.entry.manual import cancel_run, run_status, start_run
+from handlers.entry.manual import cancel_run, launchable, run_status, start_run
 
 
 # ---------------------------------------------------------------------------------------------
@@ -59,7 +59,11 @@ def wait_for(
     while True:
         state, raw, reason = _current_state(run_status(runtime, key))
         elapsed = time.monotonic() - started
-        text = f"{state}" + (f" ({raw})" if raw else "") + f"  {int(elapsed // 60)}:{int(elapsed % 60):02d}"
+        text = (
+            f"{state}"
+            + (f" ({clean(raw)})" if raw else "")
+            + f"  {int(elapsed // 60)}:{int(elapsed % 60):02d}"
+        )
         progress.update(f"waiting for {key}: {text}", force=text.split()[0] != last)
         last = state
         if state in TERMINAL_STATES:
@@ -78,7 +82,15 @@ def cmd_launch(args: argparse.Namespace, out: Output) -> int:
     key = args.idempotency_key or str(uuid.uuid4())
     generated = args.idempotency_key is None
     inputs = dict(args.param or [])
-    if generated and not out.json:
+    pipeline = config.pipelines.get(args.pipeline)
+    if pipeline is None:
+        known = ", ".join(sorted(p.name for p in config.pipelines.values() if launchable(p))) or "none"
+        raise Missing(
+            f"unknown pipeline {args.pipeline!r}",
+            hint=f"the pipelines this config can launch by hand: {known} (`python -m handlers graph` shows them all)",
+        )
+    if generated and not out.json and launchable(pipeline):
+        # Said before the launch, so an interrupted command can be retried as the same run.
         out.note(f"idempotency key {key} (retry with --idempotency-key {key} to reuse this run)")
     try:
         outcome, run = start_run(runtime, args.pipeline, inputs, key, caller=_caller())

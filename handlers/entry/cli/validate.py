@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from handlers.entry.cli.args import EXIT_OK
+from handlers.entry.cli.args import EXIT_OK, config_path
 from handlers.entry.cli.output import Output, clean
 from handlers.model.config import Config, load_config
 
@@ -31,7 +31,7 @@ def summarize(config: Config) -> dict[str, Any]:
 
 
 def cmd_validate(args: argparse.Namespace, out: Output) -> int:
-    path = args.file or getattr(args, "config", None)
+    path = config_path(args.file or getattr(args, "config", None))
     config = load_config(path)  # a ConfigError is reported by main() with every problem
     summary = summarize(config)
     if out.json:
