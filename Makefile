@@ -6,7 +6,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: venv test test-fast lint demo up bench reliability evidence prereqs clean
+.PHONY: venv test lint demo up bench reliability evidence prereqs clean
 
 # The first run installs the dependencies (a minute or two): it says so, and pip shows each package.
 $(STAMP): requirements.txt requirements-dev.txt
