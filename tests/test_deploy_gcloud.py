@@ -29,8 +29,9 @@ import pytest
 import yaml
 
 from deploy import build, run
+from deploy import deploy as d
 from deploy.options import options_from_args, parse_args
-from deploy.plan import Plan
+from deploy.plan import Plan, Step
 from deploy.render import VAR_RE
 from handlers.backends import registry
 from handlers.model.config import load_config
@@ -261,18 +262,45 @@ def test_gcloud_accepts_every_command_of_every_plan(tmp_path):
     print(f"gcloud accepted {len(checked)} commands ({len(distinct)} distinct, {len(commands)} in all)")
 
 
-def test_a_plan_with_every_backend_runs_to_the_end_and_a_second_run_creates_nothing(tmp_path):
+def test_a_usage_error_from_the_real_gcloud_stops_the_deploy_without_a_retry(tmp_path, monkeypatch):
+    # GIVEN a binding step gcloud rejects (the --role the invoker command once carried), retries allowed
+    for key in os.environ:
+        if key.startswith(("CLOUDSDK_", "GOOGLE_")):
+            monkeypatch.delenv(key)
+    for key, value in isolated_env(tmp_path / "gcloud").items():
+        monkeypatch.setenv(key, value)
+    argv = ("gcloud", "functions", "add-invoker-policy-binding", "api", "--region=r", "--project=p")
+    step = Step(
+        (*argv, "--member=user:a@b.c", "--role=roles/run.invoker"), "IAM: the api's invoker", retries=5
+    )
+    sleeps: list[float] = []
+    # WHEN the plan runs through the real gcloud
+    with pytest.raises(run.StepFailed) as failed:
+        run.run_plan(
+            Plan("p", "r", "", [step]), run.SubprocessExecutor(), echo=lambda _: None, sleep=sleeps.append
+        )
+    # THEN gcloud's usage error stops it at once: no wait, no second attempt
+    assert sleeps == []
+    assert "exit code: 2 (gcloud rejected the command line: not retried)" in str(failed.value)
+    assert "unrecognized arguments: --role=roles/run.invoker" in str(failed.value)
+
+
+def test_a_deploy_with_every_backend_runs_to_the_end_and_a_second_run_creates_nothing(tmp_path, capsys):
+    # GIVEN the every-backend, every-option config and a gcloud stand-in recording what exists
     path = tmp_path / "every.yaml"
     path.write_text(EVERY_BACKEND, encoding="utf-8")
+    args = ["--config", str(path), "--build-dir", str(tmp_path / "build"), *EVERY_FLAG]
     plan = plan_for(path, EVERY_FLAG, tmp_path)
-    cloud = FakeCloud()
-    first = run.run_plan(plan, cloud, echo=lambda _: None, sleep=lambda _: None)
-    # every gcloud step ran (a describe that found nothing is followed by its create)
     gcloud_steps = [s for s in plan.steps if s.local is None]
+    cloud = FakeCloud()
+    # WHEN the module deploys it for real
+    assert d.main(args, executor=cloud) == 0
+    # THEN every gcloud step ran, to the last (each create after the describe that found nothing)
     assert len(cloud.calls) == len(gcloud_steps) + sum(s.check is not None for s in gcloud_steps)
     assert cloud.calls[-1][:4] == list(gcloud_steps[-1].argv[:4])
     assert not any("${" in a for c in cloud.calls for a in c)
+    assert f"deployed {len(plan.functions)} functions to acme-data/europe-west1" in capsys.readouterr().out
+    # WHEN it deploys again THEN it creates nothing
     cloud.calls.clear()
-    second = run.run_plan(plan, cloud, echo=lambda _: None, sleep=lambda _: None)
-    assert creates(cloud.calls) == []
-    assert second == first
+    assert d.main(args, executor=cloud) == 0
+    assert cloud.calls and creates(cloud.calls) == []
