@@ -11,6 +11,12 @@ from deploy.context import Deployment
 from deploy.plan import Binding, PlanError
 from handlers.backends.contract import Grant
 
+# Scopes whose gcloud command grants one fixed role and takes no ``--role``: `gcloud functions
+# add-invoker-policy-binding NAME --region=R --member=PRINCIPAL` grants roles/run.invoker on the
+# function's Cloud Run service (its reference page; SDK 528 rejects `--role` with "unrecognized
+# arguments", exit 2).
+IMPLIED_ROLE = {"function": "roles/run.invoker"}
+
 
 def command(scope: str, resource: str, project: str, region: str) -> list[str]:
     """The gcloud command (without ``--member`` and ``--role``) binding on ``resource``.
@@ -46,7 +52,10 @@ def command(scope: str, resource: str, project: str, region: str) -> list[str]:
 def grant(d: Deployment, binding: Binding, project: str = "") -> None:
     """Add the step binding ``binding`` (its resource in ``project``, default the deploy's)."""
     argv = command(binding.scope, binding.resource, project or d.p, d.o.region)
-    add_binding(d, binding, argv)
+    implied = IMPLIED_ROLE.get(binding.scope)
+    if implied is not None and binding.role != implied:
+        raise PlanError([f"a {binding.scope} binding can only grant {implied}, not {binding.role}"])
+    add_binding(d, binding, argv, role_flag=implied is None)
 
 
 def grant_declared(d: Deployment, g: Grant) -> None:
@@ -58,9 +67,10 @@ def grant_declared(d: Deployment, g: Grant) -> None:
         grant(d, binding, g.project)
 
 
-def add_binding(d: Deployment, binding: Binding, argv: list[str]) -> None:
+def add_binding(d: Deployment, binding: Binding, argv: list[str], *, role_flag: bool = True) -> None:
+    role = [f"--role={binding.role}"] if role_flag else []
     d.add(
-        [*argv, f"--member={binding.member}", f"--role={binding.role}"],
+        [*argv, f"--member={binding.member}", *role],
         f"IAM: {binding.role} to {binding.member} on {binding.scope} {binding.resource}: {binding.why}",
         binding=binding,
         retries=5,
