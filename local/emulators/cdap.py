@@ -16,7 +16,9 @@ One server plays both parts (point ``DATAFUSION_API_ENDPOINT`` at its root):
   ``GET  .../apps/{app}/{category}/{program}/runs/{run}``    a run record; 404 for ``visible_after_seconds``
   ``GET  .../apps/{app}/{category}/{program}/runs``          run records, newest first; ``status``, ``start``,
                                                              ``end`` (epoch seconds, on ``starting``), ``limit``
-  ``POST .../apps/{app}/{category}/{program}/runs/{run}/stop``      200; 400 when the run already ended
+  ``POST .../apps/{app}/{category}/{program}/runs/{run}/stop``      200; 400 when the run already ended or
+                                                             is unknown (CDAP's issueStop), 404 for an
+                                                             unknown app or program
   ``POST .../apps/{app}/{category}/{program}/runs/{run}/classify``  error classification of a FAILED run
   ========================================================  ================================================
 
@@ -860,7 +862,16 @@ def _stop_run(namespace: str, app_name: str, category: str, program: str, run_id
     except ValueError:
         raise CdapError(400, f"Invalid run id '{run_id}'.") from None
     with state.lock:
-        run = state.find_run(app, program_type, program, run_id, state.clock.now())
+        try:
+            run = state.find_run(app, program_type, program, run_id, state.clock.now())
+        except CdapError as exc:
+            # ProgramLifecycleService.issueStop (cdapio/cdap): a run with no active run record is a
+            # BadRequestException "Program '...' is not running." once the program itself exists.
+            if exc.code != 404:
+                raise
+            raise CdapError(
+                400, f"Program '{app.namespace}.{app.app}.{program_type}.{program}' is not running."
+            ) from None
     state.stop_run(run)
     return Response(status=200)
 
