@@ -1,6 +1,10 @@
 """Local emulator of Cloud Data Fusion's instance lookup and the CDAP REST API v3, for tests and the local stack.
 
-One server plays both parts (point ``DATAFUSION_API_ENDPOINT`` at its root):
+One server plays both parts (point ``DATAFUSION_API_ENDPOINT`` at its root). It follows the
+``datafusion v1`` discovery document, revision 20260811 (bundled with google-api-python-client), and, for
+CDAP, the sources of ``cdapio/cdap``: ``BatchProgram``/``BatchProgramResult`` (cdap-proto, commits
+2fd8cba2 and 163ade54) for the batch start, ``ProgramLifecycleHttpHandler`` and
+``ProgramLifecycleService.issueStop`` (cdap-app-fabric) for the run stop:
 
 - Data Fusion API v1: ``GET /v1/projects/{p}/locations/{l}/instances/{i}`` -> an ``Instance`` shaped
   by the bundled ``datafusion v1`` discovery document, ``state: ACTIVE``, ``apiEndpoint`` =
