@@ -5,13 +5,14 @@ of reach. The provider's schema is published on PyPI instead, inside the prebuil
 Terraform bindings: the jsii assembly (``.jsii``) of ``cdktf-cdktf-provider-google`` describes
 every resource and data source of one provider version, each argument with its Terraform name
 (the anchor of its registry link), whether it is optional, and each nested block as a struct.
-That wheel is 35 MB (125 MB installed), too big for every test run, so the part the module uses
-is kept in tests/fixtures/terraform-google-schema.json. Regenerate it (network: PyPI) with::
+Such a wheel is 15 to 35 MB (up to 125 MB installed), too big for every test run, so the part the
+module uses is kept in tests/fixtures/terraform-google-schema.json, for both ends of the range
+versions.tf allows: the first and the last 5.x release. Regenerate it (network: PyPI) with::
 
-    python -m tests.support.terraform_schema            # downloads the pinned package version
-    python -m tests.support.terraform_schema --wheel cdktf_cdktf_provider_google-*.whl
+    python -m tests.support.terraform_schema            # downloads the package versions below
+    python -m tests.support.terraform_schema --wheel A.whl --wheel B.whl
 
-It fails when the module uses a resource or data source type that the provider version lacks.
+It fails when the module uses a resource or data source type that a provider version lacks.
 """
 
 from __future__ import annotations
@@ -34,8 +35,9 @@ MODULE = ROOT / "deploy" / "terraform"
 SNAPSHOT = ROOT / "tests" / "fixtures" / "terraform-google-schema.json"
 
 PACKAGE = "cdktf-cdktf-provider-google"
-# The last release carrying a 5.x provider (versions.tf pins major 5): it carries 5.43.1.
-PACKAGE_VERSION = "13.32.1"
+# versions.tf pins major 5: the package releases carrying its first and its last 5.x provider
+# (10.0.0: hashicorp/google 5.0.0; 13.32.1: 5.43.1, the last before 14.0.0 moved to 6.x).
+PACKAGE_VERSIONS = ("10.0.0", "13.32.1")
 
 _LINK = re.compile(
     r"\{@link https://registry\.terraform\.io/providers/hashicorp/google/([0-9.]+)/docs/"
@@ -132,7 +134,7 @@ def extract(assembly: dict[str, Any], wanted: dict[str, set[str]]) -> dict[str, 
     types = assembly["types"]
     index: dict[tuple[str, str], str] = {}
     versions = set()
-    for fqn, t in types.items():
+    for t in types.values():
         if t.get("kind") != "class":
             continue
         found = _LINK.search(t.get("docs", {}).get("summary", ""))
@@ -159,7 +161,6 @@ def extract(assembly: dict[str, Any], wanted: dict[str, set[str]]) -> dict[str, 
             "package_version": assembly["version"],
             "provider": "registry.terraform.io/hashicorp/google",
             "provider_version": versions.pop(),
-            "regenerate": "python -m tests.support.terraform_schema",
         },
         **out,
     }
@@ -175,24 +176,31 @@ def wanted_types(module: Path = MODULE) -> dict[str, set[str]]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--wheel", type=Path, help=f"a downloaded {PACKAGE} wheel")
+    parser.add_argument("--wheel", type=Path, action="append", help=f"a downloaded {PACKAGE} wheel")
     parser.add_argument("--output", type=Path, default=SNAPSHOT)
     args = parser.parse_args(argv)
+    wanted = wanted_types()
+    snapshots = []
     with tempfile.TemporaryDirectory() as tmp:
-        wheel = args.wheel
-        if wheel is None:
-            spec = f"{PACKAGE}=={PACKAGE_VERSION}"
-            cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "-d", tmp, spec]
+        wheels = args.wheel or []
+        for version in PACKAGE_VERSIONS if not wheels else []:
+            dest = Path(tmp) / version
+            spec = f"{PACKAGE}=={version}"
+            cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "-d", str(dest), spec]
             subprocess.run(cmd, check=True)
-            wheel = next(Path(tmp).glob("*.whl"))
-        snapshot = extract(load_assembly(wheel), wanted_types())
-    args.output.write_text(json.dumps(snapshot, indent=1) + "\n", encoding="utf-8")
-    src = snapshot["source"]
-    print(
-        f"{args.output}: {len(snapshot['resource'])} resource and {len(snapshot['data'])} data "
-        f"source types of hashicorp/google {src['provider_version']} "
-        f"({src['package']} {src['package_version']})"
-    )
+            wheels.append(next(dest.glob("*.whl")))
+        for wheel in wheels:
+            snapshots.append(extract(load_assembly(wheel), wanted))
+    snapshots.sort(key=lambda s: [int(x) for x in s["source"]["provider_version"].split(".")])
+    doc = {"regenerate": "python -m tests.support.terraform_schema", "snapshots": snapshots}
+    args.output.write_text(json.dumps(doc, indent=1) + "\n", encoding="utf-8")
+    for snap in snapshots:
+        src = snap["source"]
+        print(
+            f"{args.output}: {len(snap['resource'])} resource and {len(snap['data'])} data "
+            f"source types of hashicorp/google {src['provider_version']} "
+            f"({src['package']} {src['package_version']})"
+        )
     return 0
 
 
