@@ -103,7 +103,7 @@ def _check(body: dict[str, Any], schema: dict[str, Any], where: str, meta: set[s
     """What ``body`` sets that ``schema`` lacks, and what it requires that ``body`` does not set."""
     problems = []
     arguments, blocks = schema["arguments"], schema["blocks"]
-    written: dict[str, int] = {}  # nested block name => literal instances (dynamic: many)
+    written: dict[str, int] = {}  # nested block name => instances written (a dynamic: one)
     for key, value in body.items():
         if key.startswith("__") or key in meta:
             continue
@@ -114,7 +114,7 @@ def _check(body: dict[str, Any], schema: dict[str, Any], where: str, meta: set[s
                     if name not in blocks:
                         problems.append(f"{where}: dynamic {name!r} is no nested block here")
                         continue
-                    written[name] = 2
+                    written[name] = written.get(name, 0) + 1  # for_each may yield 0 or 1
                     for content in dyn.get("content", []):
                         problems += _check(content, blocks[name], f"{where}.{name}", set())
         elif ts.is_block(value):
