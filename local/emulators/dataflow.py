@@ -106,6 +106,7 @@ from local.emulators.base import (
     serve_app,
     state_of,
 )
+from local.emulators.discovery import DiscoveryValidator, bundled_document, snake_case
 
 API_PREFIX = "/v1b3/projects/<project>/locations/<location>"
 PROTO_PACKAGE = "type.googleapis.com/google.dataflow.v1beta3"
@@ -164,195 +165,12 @@ def failed_precondition(message: str) -> ApiError:
     return ApiError(400, message, "FAILED_PRECONDITION")
 
 
-# ======================================================================== discovery-based validation
-
-
-def _snake(name: str) -> str:
-    return re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower()
-
-
-def _camel(name: str) -> str:
-    head, *rest = name.split("_")
-    return head + "".join(part[:1].upper() + part[1:] for part in rest)
-
-
-_SCALAR_TYPE_NAMES = {
-    ("string", None): "TYPE_STRING",
-    ("string", "byte"): "TYPE_BYTES",
-    ("string", "int64"): "TYPE_INT64",
-    ("string", "uint64"): "TYPE_UINT64",
-    ("string", "google-datetime"): "type.googleapis.com/google.protobuf.Timestamp",
-    ("string", "google-duration"): "type.googleapis.com/google.protobuf.Duration",
-    ("integer", "int32"): "TYPE_INT32",
-    ("integer", "uint32"): "TYPE_UINT32",
-    ("number", "float"): "TYPE_FLOAT",
-    ("number", "double"): "TYPE_DOUBLE",
-    ("boolean", None): "TYPE_BOOL",
-}
-_INT_RANGES = {
-    "int32": (-(2**31), 2**31 - 1),
-    "uint32": (0, 2**32 - 1),
-    "int64": (-(2**63), 2**63 - 1),
-    "uint64": (0, 2**64 - 1),
-}
-_TIMESTAMP_RE = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,9})?(Z|[+-]\d{2}:\d{2})")
-_DURATION_RE = re.compile(r"-?\d+(\.\d{1,9})?s")
-
-
-class DiscoveryValidator:
-    """Checks JSON request bodies against the ``schemas`` of a Google discovery document.
-
-    ``validate(value, schema_name, root)`` returns the body with snake_case field names rewritten to
-    their JSON (lowerCamel) names, or raises :class:`ApiError` (400 INVALID_ARGUMENT) whose message
-    names the offending field path the way Google's JSON transcoder does (snake_case, ``[i]`` for
-    list and map entries). ``root`` is the request field the body binds to (``""`` for ``body: *``).
-    """
-
-    def __init__(self, discovery: Mapping[str, Any]) -> None:
-        self.schemas: Mapping[str, Any] = discovery["schemas"]
-
-    def validate(self, value: Any, schema_name: str, root: str = "") -> Any:
-        return self._message(value, schema_name, root)
-
-    # -- helpers -------------------------------------------------------------------------------
-    @staticmethod
-    def _join(path: str, name: str) -> str:
-        return f"{path}.{name}" if path else name
-
-    @staticmethod
-    def _unknown(name: str, path: str, reason: str) -> ApiError:
-        where = f" at '{path}'" if path else ""
-        return invalid_argument(
-            f'Invalid JSON payload received. Unknown name "{name}"{where}: {reason}', path
-        )
-
-    @staticmethod
-    def _bad_value(path: str, type_name: str, value: Any) -> ApiError:
-        return invalid_argument(f"Invalid value at '{path}' ({type_name}), {json.dumps(value)}", path)
-
-    # -- walkers -------------------------------------------------------------------------------
-    def _message(self, value: Any, schema_name: str, path: str) -> Any:
-        if not isinstance(value, dict):
-            raise self._bad_value(path or "(root)", f"{PROTO_PACKAGE}.{schema_name}", value)
-        properties: Mapping[str, Any] = self.schemas[schema_name].get("properties", {})
-        result: dict[str, Any] = {}
-        for key, item in value.items():
-            name = key if key in properties else _camel(key)
-            if name not in properties:
-                raise self._unknown(key, path, "Cannot find field.")
-            if item is None:
-                continue
-            result[name] = self._field(item, properties[name], key, path)
-        return result
-
-    def _field(self, value: Any, spec: Mapping[str, Any], key: str, parent: str) -> Any:
-        path = self._join(parent, _snake(key))
-        if spec.get("type") == "array":
-            if not isinstance(value, list):
-                raise invalid_argument(
-                    f"Invalid value at '{path}' ({self._type_name(spec['items'])}), {json.dumps(value)}", path
-                )
-            return [self._value(item, spec["items"], f"{path}[{index}]") for index, item in enumerate(value)]
-        if isinstance(value, list):
-            raise self._unknown(key, parent, "Proto field is not repeating, cannot start list.")
-        return self._value(value, spec, path)
-
-    def _value(self, value: Any, spec: Mapping[str, Any], path: str) -> Any:
-        if "$ref" in spec:
-            return self._message(value, spec["$ref"], path)
-        kind = spec.get("type")
-        if kind == "any":
-            return value
-        if kind == "object":
-            return self._map(value, spec, path)
-        if kind == "array":  # nested list (not used by Dataflow, kept for completeness)
-            if not isinstance(value, list):
-                raise self._bad_value(path, "TYPE_MESSAGE", value)
-            return [self._value(item, spec["items"], f"{path}[{i}]") for i, item in enumerate(value)]
-        self._scalar(value, spec, path)
-        return value
-
-    def _map(self, value: Any, spec: Mapping[str, Any], path: str) -> Any:
-        if not isinstance(value, dict):
-            raise self._bad_value(path, "type.googleapis.com/google.protobuf.Struct", value)
-        entry_spec = spec.get("additionalProperties")
-        if entry_spec is None:
-            if "properties" in spec:  # inline message
-                return {k: self._field(v, spec["properties"][k], k, path) for k, v in value.items()}
-            return value
-        return {
-            key: self._value(item, entry_spec, f"{path}[{index}].value")
-            for index, (key, item) in enumerate(value.items())
-        }
-
-    def _type_name(self, spec: Mapping[str, Any]) -> str:
-        if "$ref" in spec:
-            return f"{PROTO_PACKAGE}.{spec['$ref']}"
-        if "enum" in spec:
-            return "TYPE_ENUM"
-        return _SCALAR_TYPE_NAMES.get((spec.get("type", ""), spec.get("format")), "TYPE_MESSAGE")
-
-    def _scalar(self, value: Any, spec: Mapping[str, Any], path: str) -> None:
-        if not self._scalar_ok(value, spec):
-            raise self._bad_value(path, self._type_name(spec), value)
-
-    @staticmethod
-    def _scalar_ok(value: Any, spec: Mapping[str, Any]) -> bool:
-        kind, fmt = spec.get("type"), spec.get("format")
-        if isinstance(value, dict | list):
-            return False
-        if "enum" in spec:
-            if isinstance(value, int) and not isinstance(value, bool):
-                return 0 <= value < len(spec["enum"])
-            return value in spec["enum"]
-        if kind == "boolean":
-            return isinstance(value, bool)
-        if kind == "number":
-            if isinstance(value, bool):
-                return False
-            if isinstance(value, int | float):
-                return True
-            return isinstance(value, str) and _is_float(value)
-        if kind == "integer" or fmt in _INT_RANGES:
-            return _int_in_range(value, fmt or "int32")
-        if not isinstance(value, str):
-            return False
-        if fmt == "google-datetime":
-            return bool(_TIMESTAMP_RE.fullmatch(value))
-        if fmt == "google-duration":
-            return bool(_DURATION_RE.fullmatch(value))
-        return True
-
-
-def _is_float(text: str) -> bool:
-    try:
-        float(text)
-    except ValueError:
-        return False
-    return True
-
-
-def _int_in_range(value: Any, fmt: str) -> bool:
-    if isinstance(value, bool):
-        return False
-    integral_float = isinstance(value, float) and value.is_integer()
-    if integral_float or (isinstance(value, str) and re.fullmatch(r"-?\d+", value.strip())):
-        value = int(value)
-    if not isinstance(value, int):
-        return False
-    low, high = _INT_RANGES.get(fmt, _INT_RANGES["int64"])
-    return low <= value <= high
-
-
 @built_once
 def discovery_validator() -> DiscoveryValidator:
     """The validator over the bundled official ``dataflow v1b3`` discovery document (loaded once)."""
-    from googleapiclient.discovery_cache import get_static_doc
-
-    doc = get_static_doc("dataflow", "v1b3")
-    if doc is None:
-        raise RuntimeError("google-api-python-client does not bundle the dataflow v1b3 document")
-    return DiscoveryValidator(json.loads(doc))
+    return DiscoveryValidator(
+        bundled_document("dataflow", "v1b3"), proto_package=PROTO_PACKAGE, invalid=invalid_argument
+    )
 
 
 # ============================================================================= templates
@@ -1112,14 +930,15 @@ def _query_bool(name: str) -> bool:
         return True
     if raw.lower() in ("false", "0"):
         return False
-    raise invalid_argument(f"Invalid value at '{_snake(name)}' (TYPE_BOOL), \"{raw}\"", _snake(name))
+    raise invalid_argument(f"Invalid value at '{snake_case(name)}' (TYPE_BOOL), \"{raw}\"", snake_case(name))
 
 
 def _query_enum(name: str, allowed: Sequence[str], default: str, type_name: str) -> str:
     raw = request.args.get(name) or default
     if raw not in allowed:
         raise invalid_argument(
-            f"Invalid value at '{_snake(name)}' ({PROTO_PACKAGE}.{type_name}), \"{raw}\"", _snake(name)
+            f"Invalid value at '{snake_case(name)}' ({PROTO_PACKAGE}.{type_name}), \"{raw}\"",
+            snake_case(name),
         )
     return raw
 

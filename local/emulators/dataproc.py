@@ -49,7 +49,6 @@ Fault operations: ``batches.create``, ``batches.get``, ``batches.list``, ``batch
 from __future__ import annotations
 
 import argparse
-import json
 import re
 import uuid
 from collections.abc import Callable, Mapping, Sequence
@@ -84,6 +83,7 @@ from local.emulators.base import (
     serve_app,
     state_of,
 )
+from local.emulators.discovery import DiscoveryValidator, bundled_document, snake_case
 
 DISCOVERY_REVISION = "20261023"
 PROTO_PACKAGE = "type.googleapis.com/google.cloud.dataproc.v1"
@@ -138,124 +138,16 @@ def failed_precondition(message: str) -> ApiError:
     return ApiError(400, message, "FAILED_PRECONDITION")
 
 
-# ======================================================================== discovery-based validation
-
-
-def _snake(name: str) -> str:
-    return re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower()
-
-
-def _camel(name: str) -> str:
-    head, *rest = name.split("_")
-    return head + "".join(part[:1].upper() + part[1:] for part in rest)
-
-
-_TIMESTAMP_RE = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,9})?(Z|[+-]\d{2}:\d{2})")
-_DURATION_RE = re.compile(r"-?\d+(\.\d{1,9})?s")
-
-
-class BodyValidator:
-    """Checks a JSON body against a message of the discovery document's ``schemas``.
-
-    Returns the body with snake_case names rewritten to their JSON (lowerCamel) names and output-only
-    fields dropped, or raises :class:`ApiError` 400 INVALID_ARGUMENT naming the field path the way
-    Google's JSON transcoder does (snake_case, ``[i]`` for list entries).
-    """
-
-    def __init__(self, discovery: Mapping[str, Any]) -> None:
-        self.schemas: Mapping[str, Any] = discovery["schemas"]
-
-    def validate(self, value: Any, schema: str, root: str = "") -> Any:
-        return self._message(value, schema, root)
-
-    @staticmethod
-    def _join(path: str, name: str) -> str:
-        return f"{path}.{name}" if path else name
-
-    @staticmethod
-    def _bad(path: str, type_name: str, value: Any) -> ApiError:
-        return invalid_argument(f"Invalid value at '{path}' ({type_name}), {json.dumps(value)}", path)
-
-    def _message(self, value: Any, schema: str, path: str) -> dict[str, Any]:
-        if not isinstance(value, dict):
-            raise self._bad(path or "(root)", f"{PROTO_PACKAGE}.{schema}", value)
-        properties: Mapping[str, Any] = self.schemas[schema].get("properties", {})
-        result: dict[str, Any] = {}
-        for key, item in value.items():
-            name = key if key in properties else _camel(key)
-            if name not in properties:
-                where = f" at '{path}'" if path else ""
-                raise invalid_argument(
-                    f'Invalid JSON payload received. Unknown name "{key}"{where}: Cannot find field.', path
-                )
-            spec = properties[name]
-            if item is None or spec.get("readOnly"):
-                continue
-            result[name] = self._field(item, spec, self._join(path, _snake(name)))
-        return result
-
-    def _field(self, value: Any, spec: Mapping[str, Any], path: str) -> Any:
-        if spec.get("type") == "array":
-            if not isinstance(value, list):
-                raise self._bad(path, "TYPE_LIST", value)
-            return [self._value(v, spec["items"], f"{path}[{i}]") for i, v in enumerate(value)]
-        if isinstance(value, list):
-            raise invalid_argument(
-                f"Invalid JSON payload received. Proto field {path} is not repeating, cannot start list.",
-                path,
-            )
-        return self._value(value, spec, path)
-
-    def _value(self, value: Any, spec: Mapping[str, Any], path: str) -> Any:
-        if "$ref" in spec:
-            return self._message(value, spec["$ref"], path)
-        kind, fmt = spec.get("type"), spec.get("format")
-        if kind == "any":
-            return value
-        if kind == "object":
-            if not isinstance(value, dict):
-                raise self._bad(path, "type.googleapis.com/google.protobuf.Struct", value)
-            entry = spec.get("additionalProperties")
-            if entry is None:
-                return value
-            return {k: self._value(v, entry, f"{path}[{i}].value") for i, (k, v) in enumerate(value.items())}
-        ok = True
-        if "enum" in spec:
-            ok = value in spec["enum"]
-        elif kind == "boolean":
-            ok = isinstance(value, bool)
-        elif kind == "integer" or fmt in ("int64", "uint64"):
-            ok = not isinstance(value, bool) and (
-                isinstance(value, int) or (isinstance(value, str) and bool(re.fullmatch(r"-?\d+", value)))
-            )
-        elif kind == "number":
-            ok = not isinstance(value, bool) and isinstance(value, int | float)
-        elif not isinstance(value, str):
-            ok = False
-        elif fmt == "google-datetime":
-            ok = bool(_TIMESTAMP_RE.fullmatch(value))
-        elif fmt == "google-duration":
-            ok = bool(_DURATION_RE.fullmatch(value))
-        if not ok:
-            raise self._bad(path, f"TYPE_{str(kind).upper()}", value)
-        return value
-
-
 @built_once
-def discovery() -> Mapping[str, Any]:
-    """The bundled official ``dataproc v1`` discovery document (loaded once)."""
-    from googleapiclient.discovery_cache import get_static_doc
-
-    doc = get_static_doc("dataproc", "v1")
-    if doc is None:
-        raise RuntimeError("google-api-python-client does not bundle the dataproc v1 document")
-    parsed: Mapping[str, Any] = json.loads(doc)
-    return parsed
-
-
-@built_once
-def validator() -> BodyValidator:
-    return BodyValidator(discovery())
+def validator() -> DiscoveryValidator:
+    """The validator over the bundled official ``dataproc v1`` discovery document (loaded once);
+    output-only fields a client echoes back are left out, as the service ignores them."""
+    return DiscoveryValidator(
+        bundled_document("dataproc", "v1"),
+        proto_package=PROTO_PACKAGE,
+        invalid=invalid_argument,
+        drop_read_only=True,
+    )
 
 
 # ============================================================================= main files
@@ -376,7 +268,7 @@ def _workload(body: Mapping[str, Any]) -> tuple[str, str]:
             )
         return kind, str(config[mains[0]])
     if not config.get(required):
-        path = f"batch.{_snake(kind)}.{_snake(required)}"
+        path = f"batch.{snake_case(kind)}.{snake_case(required)}"
         raise invalid_argument(f"{path} is required.", path)
     return kind, str(config[required])
 
