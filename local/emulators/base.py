@@ -514,6 +514,16 @@ def google_error(
     return response
 
 
+def google_unauthenticated() -> Response:
+    """The 401 a Google API answers a call without a valid bearer token (its own wording)."""
+    return google_error(
+        401,
+        "Request had invalid authentication credentials. Expected OAuth 2 access token, login cookie or "
+        "other valid authentication credential.",
+        "UNAUTHENTICATED",
+    )
+
+
 def google_route_error(code: int) -> Response:
     """Google's JSON answer to a path no route serves (404) or a method its route refuses (405)."""
     if code == 404:

@@ -93,6 +93,7 @@ from local.emulators.base import (
     entry_at,
     google_error,
     google_route_error,
+    google_unauthenticated,
     guarded,
     install_google_tokens,
     install_registry_routes,
@@ -1241,16 +1242,7 @@ def create_app(
         tick_interval=tick_interval,
     )
     app = emulator_app("dataflow_emulator", state, _register_protocol_routes, _register_control_routes)
-    install_google_tokens(
-        app,
-        state,
-        lambda: google_error(
-            401,
-            "Request had invalid authentication credentials. Expected OAuth 2 access token, login cookie or "
-            "other valid authentication credential.",
-            "UNAUTHENTICATED",
-        ),
-    )
+    install_google_tokens(app, state, google_unauthenticated)
     return app
 
 

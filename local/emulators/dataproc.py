@@ -70,6 +70,7 @@ from local.emulators.base import (
     entry_at,
     google_error,
     google_route_error,
+    google_unauthenticated,
     guarded,
     install_google_tokens,
     install_registry_routes,
@@ -649,16 +650,7 @@ def create_app(*, mains: BodiesSource | None = None, speed: float = 1.0) -> Flas
     validator()  # fail fast if the discovery document is missing
     state = DataprocState(load_mains(mains) if mains is not None else (), speed=speed)
     app = emulator_app("dataproc_emulator", state, _register_protocol_routes, _register_control_routes)
-    install_google_tokens(
-        app,
-        state,
-        lambda: google_error(
-            401,
-            "Request had invalid authentication credentials. Expected OAuth 2 access token, login cookie or "
-            "other valid authentication credential.",
-            "UNAUTHENTICATED",
-        ),
-    )
+    install_google_tokens(app, state, google_unauthenticated)
     return app
 
 
