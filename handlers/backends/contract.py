@@ -319,6 +319,48 @@ class BackendSpec:
         return backend
 
 
+class SyncChange(enum.StrEnum):
+    """What ``sync`` does to one pipeline kept as code in the repo."""
+
+    CREATE = "create"  # missing in the backend: created from the repo's definition
+    UPDATE = "update"  # present but different from the repo: its definition replaced
+    UNCHANGED = "unchanged"  # present and equal: left alone
+
+
+@dataclass(frozen=True)
+class SyncStep:
+    """One pipeline's sync, planned (``sync --dry-run`` prints it) before it is applied.
+
+    ``target``: what the pipeline is called in the backend (a Fabric item's display name and
+    workspace, a CDAP app and namespace); ``summary``: the diff in a line, for people (which
+    definition parts or stages differ); ``found``: the backend's id of the existing pipeline, if any;
+    ``payload``: what :meth:`Syncable.apply_sync` sends (the backend's own request body).
+    """
+
+    pipeline: str
+    backend: str
+    target: str
+    change: SyncChange
+    summary: str = ""
+    found: str | None = None
+    payload: Mapping[str, Any] = field(default_factory=dict)
+
+
+class Syncable(Protocol):
+    """A backend that can keep a pipeline's definition in the repo (``python -m handlers sync``).
+
+    ``plan_sync`` reads the pipeline's definition files (paths relative to ``base_dir``, the routing
+    config's folder) and the backend's current copy, and returns the step without changing anything;
+    ``apply_sync`` carries the step out (create or update, waiting for the backend's long-running
+    operation to end) and returns the backend's id of the pipeline. Both raise the error tree's
+    errors: a missing file or an invalid definition is permanent.
+    """
+
+    def plan_sync(self, pipeline: PipelineTarget, base_dir: str) -> SyncStep | None: ...
+
+    def apply_sync(self, step: SyncStep) -> str: ...
+
+
 class Backend(Protocol):
     """What the launch service and the tracker need from a pipeline system."""
 
