@@ -22,6 +22,9 @@ in memory and used for the next refresh. Errors::
     a missing env var                         -> CredentialsError (a ConfigError: permanent), naming it
     Entra's {"error": ...} answer (400/401)   -> EntraRejected (permanent), reason = the error code
     429 / 5xx / timeouts / connection errors  -> BackendUnavailable (retryable)
+    temporarily_unavailable / server_error    -> BackendUnavailable (retryable), whatever the status
+
+The refresh-token grant asks for ``offline_access`` too, so Entra returns a rotated refresh token.
 
 No token, secret or refresh token ever reaches a log line or an error message.
 """
@@ -42,6 +45,11 @@ from handlers.core.errors import BackendRejected, BackendUnavailable, ConfigErro
 DEFAULT_AUTHORITY = "https://login.microsoftonline.com"
 ENDPOINT_ENV = "FABRIC_TOKEN_ENDPOINT"
 FABRIC_SCOPE = "https://api.fabric.microsoft.com/.default"
+# The refresh-token grant also asks for offline_access, without which Entra need not return a new
+# refresh token, and delegated runs would stop once the stored one expires.
+DELEGATED_SCOPE = f"{FABRIC_SCOPE} offline_access"
+# Entra's error codes that say "try again later" whatever the HTTP status (AADSTS50196, 90033...).
+RETRYABLE_ERRORS = frozenset({"temporarily_unavailable", "server_error"})
 DEFAULT_PREFIX = "FABRIC"
 DELEGATED = "delegated"
 SERVICE_PRINCIPAL = "service_principal"
@@ -186,7 +194,7 @@ class TokenProvider:
             refresh = self._rotated.get(prefix) or self._read(
                 names["refresh_token"], "a delegated user's refresh token, needed for Dataflow Gen2 runs"
             )
-            form.update(grant_type="refresh_token", refresh_token=refresh)
+            form.update(grant_type="refresh_token", refresh_token=refresh, scope=DELEGATED_SCOPE)
             secrets.append(refresh)
             secret = (self.env.get(names["client_secret"]) or "").strip()
             if secret:  # confidential clients must also authenticate on the refresh grant
@@ -232,7 +240,7 @@ class TokenProvider:
         except ValueError:
             body = None
         error = body.get("error") if isinstance(body, Mapping) else None
-        if code in http.RETRYABLE_STATUS:
+        if code in http.RETRYABLE_STATUS or error in RETRYABLE_ERRORS:
             return BackendUnavailable(
                 f"{what}: HTTP {code}" + (f" {error}" if isinstance(error, str) else ""),
                 status=code,
