@@ -864,9 +864,15 @@ def _run_job(
         client_id=token.client_id,
         app_only=token.app_only,
     )
+    if job_type == "ApplyChanges":  # publishing a definition is instant here: done at once
+        with state.lock:
+            instance.behavior = Behavior(
+                not_started_seconds=0, run_seconds=0, poll_after_seconds=0, dedupe=False
+            )
+            instance.outcome = "Completed"
     response = Response(status=202)
     response.headers["Location"] = _location(item.workspace, item.item, instance.id)
-    response.headers["Retry-After"] = str(int(behavior.poll_after_seconds))
+    response.headers["Retry-After"] = str(int(instance.behavior.poll_after_seconds))
     return response
 
 

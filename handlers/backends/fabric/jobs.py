@@ -455,7 +455,7 @@ class Fabric:
         found = self._find_item(workspace, item, item_type_of(options), options, ctx)
         if found is None:
             entries = self._items(workspace, item_type_of(options), options, ctx)
-            lookup.pick(entries, item, f"{item_type_of(options)} in workspace {options['workspace']}")
+            lookup.pick(entries, item, item_type_of(options), f" in workspace {options['workspace']}")
         assert found is not None
         return workspace, str(found["id"])
 

@@ -68,7 +68,7 @@ def _candidates(entries: list[Mapping[str, Any]]) -> str:
     return (shown + (f" and {more} more" if more > 0 else "")) or "none"
 
 
-def pick(entries: list[Mapping[str, Any]], name: str, what: str) -> Mapping[str, Any]:
+def pick(entries: list[Mapping[str, Any]], name: str, what: str, where: str = "") -> Mapping[str, Any]:
     """The one entry whose ``displayName`` is ``name``; otherwise a clear error naming candidates."""
     matches = [e for e in entries if e.get("displayName") == name]
     if len(matches) == 1:
@@ -77,12 +77,12 @@ def pick(entries: list[Mapping[str, Any]], name: str, what: str) -> Mapping[str,
         folded = [e for e in entries if str(e.get("displayName", "")).casefold() == name.casefold()]
         hint = f" (did you mean {_candidates(folded)}?)" if folded else ""
         raise NameNotFound(
-            f"fabric: no {what} named {name!r}{hint}; candidates: {_candidates(entries)}",
+            f"fabric: no {what} named {name!r}{where}{hint}; candidates: {_candidates(entries)}",
             reason="NameNotFound",
         )
     ids = ", ".join(str(e.get("id")) for e in matches)
     raise NameAmbiguous(
-        f"fabric: {len(matches)} {what}s are named {name!r} (ids {ids}); name it by id instead",
+        f"fabric: {len(matches)} {what}s{where} are named {name!r} (ids {ids}); name it by id instead",
         reason="NameAmbiguous",
     )
 

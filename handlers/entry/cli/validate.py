@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import argparse
-from typing import Any
+from typing import Any, cast
 
+from handlers.backends import registry
+from handlers.backends.contract import OnlineCheckable
+from handlers.core.errors import ConfigError
 from handlers.entry.cli.args import EXIT_OK, config_path
 from handlers.entry.cli.output import Output, clean
 from handlers.model.config import Config, load_config
@@ -30,9 +33,33 @@ def summarize(config: Config) -> dict[str, Any]:
     }
 
 
+def online_problems(config: Config) -> list[str]:
+    """What only the backends can tell (``validate --online``): each pipeline whose backend is
+    :class:`~handlers.backends.contract.OnlineCheckable` is checked with its configured parameters
+    (literal values, or ``None`` for those rendered from an event)."""
+    problems: list[str] = []
+    built: dict[str, Any] = {}
+    for pipeline in sorted(config.pipelines.values(), key=lambda p: p.name):
+        if pipeline.backend not in built:
+            built[pipeline.backend] = registry.spec(pipeline.backend).build()
+        check = getattr(built[pipeline.backend], "check_online", None)
+        if not callable(check):
+            continue
+        parameters = {
+            name: (None if template.fields else template.source)
+            for name, template in pipeline.parameters.items()
+        }
+        problems.extend(cast(OnlineCheckable, built[pipeline.backend]).check_online(pipeline, parameters))
+    return problems
+
+
 def cmd_validate(args: argparse.Namespace, out: Output) -> int:
     path = config_path(args.file or getattr(args, "config", None))
     config = load_config(path)  # a ConfigError is reported by main() with every problem
+    if getattr(args, "online", False):
+        problems = online_problems(config)
+        if problems:
+            raise ConfigError(problems, source=f"{config.source} (online)")
     summary = summarize(config)
     if out.json:
         out.emit({"valid": True, "source": config.source, **summary})
