@@ -8,9 +8,10 @@ registration (tenant, client id, secret, refresh token) in the emulator and the 
 
 from __future__ import annotations
 
+import contextlib
 import re
 import uuid
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -305,3 +306,37 @@ def entra_clients(tenant: str, user_app: str, sp_app: str, secret: str, refresh:
         {"tenant": tenant, "client_id": user_app, "client_secret": secret, "refresh_tokens": [refresh]},
         {"tenant": tenant, "client_id": sp_app, "client_secret": secret},
     ]
+
+
+FABRIC_HOSTS = ("https://api.fabric.microsoft.com", "https://login.microsoftonline.com")
+
+
+@contextlib.contextmanager
+def fabric_hosts_redirected(url: str) -> Iterator[list[str]]:
+    """Within the block, every HTTP request ``requests`` sends to Fabric's or Entra's public host
+    goes to ``url`` (the local emulator) instead: patched at the transport (``HTTPAdapter.send``),
+    so a client nobody here wrote (``msfabricpysdkcore``) talks to the emulator unchanged. Yields
+    the list of original URLs redirected, for assertions. Any other host is refused: no network."""
+    from requests.adapters import HTTPAdapter
+
+    original = HTTPAdapter.send
+    redirected: list[str] = []
+    base = url.rstrip("/")
+
+    def send(self: HTTPAdapter, request: Any, *args: Any, **kwargs: Any) -> Any:
+        target = str(request.url)
+        for host in FABRIC_HOSTS:
+            if target.startswith(host + "/"):
+                redirected.append(target)
+                request.url = base + target[len(host) :]
+                break
+        else:
+            if not target.startswith(("http://127.0.0.1", "http://localhost")):
+                raise requests.ConnectionError(f"no network but loopback: refused {target}")
+        return original(self, request, *args, **kwargs)
+
+    HTTPAdapter.send = send  # type: ignore[method-assign]
+    try:
+        yield redirected
+    finally:
+        HTTPAdapter.send = original  # type: ignore[method-assign]
