@@ -38,7 +38,8 @@ plumbing is at the bottom. Each layer imports only itself and the layers below i
       fabric/       Microsoft Fabric item jobs (fabric/jobs), Entra ID tokens (fabric/entra), names
                     resolved by display name (fabric/lookup), a dataflow's public parameters
                     (fabric/parameters), definitions kept in the repo and long-running operations
-                    (fabric/definitions)
+                    (fabric/definitions), the rotated refresh token kept in Secret Manager
+                    (fabric/secrets)
       dataproc      Dataproc Serverless Spark batches (a client-chosen batch id: exact find)
     core/         plumbing every layer shares
       errors        the one error tree: retryable vs permanent
