@@ -38,6 +38,8 @@ HARNESS_PARAMETERS = (
     "table",
     "Region",
     "Day",
+    "Table",
+    "Upstream",
 )
 OUTCOME_PARAM = "simulateOutcome"
 ITEM_TYPES = {"execute": "Dataflow", "refresh": "Dataflow", "pipeline": "DataPipeline"}
