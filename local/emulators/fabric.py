@@ -12,9 +12,17 @@ Fabric (every call needs ``Authorization: Bearer <token issued below>``; prefix 
     GET  .../items/{item}/jobs/instances[?continuationToken] ItemJobInstances, newest first, paginated
     GET  .../items/{item}/jobs/instances/{id}                ItemJobInstance
     POST .../items/{item}/jobs/instances/{id}/cancel          202; a finished instance: 400 JobAlreadyCompleted
+    POST .../{dataPipelines|notebooks}/{item}/jobs/execute/instances   the item-type forms (Pipeline, RunNotebook)
+    POST .../dataflows/{item}/jobs/applyChanges/instances    publish the dataflow's latest definition
 
-Request bodies are validated against schema fragments copied from Microsoft's OpenAPI specs into
-``local/emulators/fabric_schemas.json``; an unknown or invalid field answers 400 ``InvalidRequest``.
+Workspaces, items, definitions, long-running operations and a dataflow's parameters are served by
+:mod:`local.emulators.fabric_items` (its docstring lists them). On the generic item path a
+dataflow's Execute runs with its default parameters: the spec documents ``executionData.parameters``
+only on the dataflow path.
+
+Request and response bodies are validated against ``local/emulators/fabric_schemas.json``, generated
+from Microsoft's OpenAPI specs by :mod:`local.emulators.fabric_spec` (it names the spec commit); an
+unknown or invalid request field answers 400 ``InvalidRequest``.
 Errors are Fabric's ErrorResponse JSON ``{"requestId", "errorCode", "message", "isRetriable"
 [, "moreDetails"]}``. Missing/unknown token: 401 ``Unauthorized``; expired: 401 ``TokenExpired``.
 An app-only (service principal) token running a Dataflow's Execute job: 403
@@ -883,7 +891,7 @@ def _get_instance(workspace: str, item_id: str, instance_id: str) -> Response:
     instance = state.instance(item.workspace, item.item, instance_id)
     with state.lock:
         doc = instance.to_json(state.clock.now())
-    response = jsonify(doc)
+    response = jsonify(schema_book().check_response(doc, "ItemJobInstance"))
     if doc["status"] in ACTIVE:
         response.headers["Retry-After"] = str(int(instance.behavior.poll_after_seconds))
     return response
@@ -920,7 +928,7 @@ def _list_instances(workspace: str, item_id: str) -> dict[str, Any]:
             f"{request.host_url}v1/workspaces/{item.workspace}/items/{item.item}/jobs/instances"
             f"?continuationToken={quote(next_token)}"
         )
-    return result
+    return dict(schema_book().check_response(result, "ItemJobInstances"))
 
 
 def _cancel_instance(workspace: str, item_id: str, instance_id: str) -> Response:

@@ -65,7 +65,10 @@ class FabricKit(EmulatorKit):
     emulator_module = "local.emulators.fabric"
     fixtures_option = "items"
     fixtures_help = "Fabric emulator items file (YAML/JSON); repeatable"
-    launch_path = re.compile(r"/v1/workspaces/[^/]+/(items|dataflows)/[^/]+/jobs/([^/]+/)?instances$")
+    # runs, not a dataflow's ApplyChanges (sync publishes a definition with it)
+    launch_path = re.compile(
+        r"/v1/workspaces/[^/]+/(items|dataflows)/[^/]+/jobs/(?!applyChanges/)([^/]+/)?instances$"
+    )
     jobs_path = "instances"
 
     def fixtures(

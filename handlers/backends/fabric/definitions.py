@@ -7,7 +7,8 @@ holds the item's definition parts as Fabric's git integration writes them::
     DataPipeline   pipeline-content.json          .platform
     Notebook       notebook-content.py            .platform
 
-``.platform`` names the item type (``metadata.type``) and display name. Parts travel base64
+``.platform`` names the item type (``metadata.type``) and display name; other hidden files
+(``.DS_Store``, ``.gitkeep``) are not parts. Parts travel base64
 encoded (``payloadType: InlineBase64``). Two copies are equal when every part is: JSON parts
 compared as parsed JSON, text parts with line endings normalized, and ``.platform`` by its
 ``metadata`` only (Fabric writes its own ``config.logicalId``).
@@ -58,7 +59,8 @@ def read_folder(folder: Path) -> dict[str, bytes]:
     parts: dict[str, bytes] = {}
     total = 0
     for path in sorted(folder.rglob("*")):
-        if path.is_file():
+        hidden = any(part.startswith(".") for part in path.relative_to(folder).parts)
+        if path.is_file() and (not hidden or path.name == PLATFORM):
             data = path.read_bytes()
             total += len(data)
             parts[path.relative_to(folder).as_posix()] = data

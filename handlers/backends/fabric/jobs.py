@@ -452,11 +452,9 @@ class Fabric:
         item = str(options["item"])
         if lookup.is_id(item):
             return workspace, item
-        found = self._find_item(workspace, item, item_type_of(options), options, ctx)
-        if found is None:
-            entries = self._items(workspace, item_type_of(options), options, ctx)
-            lookup.pick(entries, item, item_type_of(options), f" in workspace {options['workspace']}")
-        assert found is not None
+        kind = item_type_of(options)
+        entries = self._items(workspace, kind, options, ctx)
+        found = lookup.pick(entries, item, kind, f" in workspace {options['workspace']}")
         return workspace, str(found["id"])
 
     def workspace_id(
