@@ -69,9 +69,14 @@ error: the lost-response case.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
+import os
+import queue
 import random
 import re
+import threading
+import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -231,12 +236,17 @@ def _outcome(value: Any) -> str | None:
 
 @dataclass(frozen=True)
 class App:
-    """A deployed pipeline: one CDAP application with the program its mode implies."""
+    """A deployed pipeline: one CDAP application with the program its mode implies.
+
+    ``deployed`` holds what ``PUT .../apps/{app}`` stored (``artifact``, ``config``, ``description``,
+    ``appVersion``); an app registered through the control API has none (``GET`` shows an empty
+    configuration for it)."""
 
     namespace: str
     app: str
     mode: str
     behavior: Behavior
+    deployed: Mapping[str, Any] | None = None
 
     @property
     def program(self) -> tuple[str, str]:
@@ -286,10 +296,11 @@ class Instance:
     state: str = "ACTIVE"
     version: str = "6.10.1"
     type: str = "BASIC"
+    event_publish_config: Mapping[str, Any] | None = None  # {"enabled": bool, "topic": "projects/P/topics/T"}
 
     @classmethod
     def from_json(cls, body: Mapping[str, Any]) -> Instance:
-        known = {"instance", "project", "location", "state", "version", "type"}
+        known = {"instance", "project", "location", "state", "version", "type", "eventPublishConfig"}
         reject_unknown_fields(body, known, "instance")
         name = body.get("instance")
         if not isinstance(name, str) or not name or "/" in name:
@@ -300,6 +311,7 @@ class Instance:
         kind = body.get("type", "BASIC")
         if kind not in ("BASIC", "ENTERPRISE", "DEVELOPER"):
             raise ValueError("instance 'type' must be BASIC, ENTERPRISE or DEVELOPER")
+        publish = body.get("eventPublishConfig")
         return cls(
             name=name,
             project=body.get("project"),
@@ -307,10 +319,11 @@ class Instance:
             state=state,
             version=str(body.get("version", "6.10.1")),
             type=kind,
+            event_publish_config=None if publish is None else event_publish_config(publish),
         )
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        body = {
             "instance": self.name,
             "project": self.project,
             "location": self.location,
@@ -318,6 +331,33 @@ class Instance:
             "version": self.version,
             "type": self.type,
         }
+        if self.event_publish_config is not None:
+            body["eventPublishConfig"] = dict(self.event_publish_config)
+        return body
+
+    @property
+    def publish_topic(self) -> str | None:
+        """The topic its pipeline run events go to, when event publishing is enabled."""
+        config = self.event_publish_config or {}
+        return str(config["topic"]) if config.get("enabled") and config.get("topic") else None
+
+
+TOPIC_RE = re.compile(r"projects/[^/]+/topics/[A-Za-z][A-Za-z0-9._~+%-]{2,254}")
+
+
+def event_publish_config(body: Any) -> dict[str, Any]:
+    """An ``EventPublishConfig`` (datafusion v1: ``enabled`` required, ``topic`` required when
+    enabled, as ``projects/{project}/topics/{topic}``); raises ValueError naming the field."""
+    if not isinstance(body, Mapping):
+        raise ValueError("eventPublishConfig must be an object")
+    reject_unknown_fields(body, {"enabled", "topic"}, "eventPublishConfig")
+    enabled = body.get("enabled")
+    if not isinstance(enabled, bool):
+        raise ValueError("eventPublishConfig.enabled is required (true or false)")
+    topic = body.get("topic")
+    if not isinstance(topic, str) or not TOPIC_RE.fullmatch(topic):
+        raise ValueError("eventPublishConfig.topic is required: projects/{project_id}/topics/{topic_id}")
+    return {"enabled": enabled, "topic": topic}
 
 
 def load_instances(source: Any) -> list[Instance]:
@@ -356,6 +396,11 @@ def instance_json(
         "tenantProjectId": f"{instance.name[:20]}-tp",
         "dataprocServiceAccount": "000000000000-compute@developer.gserviceaccount.com",
         "satisfiesPzs": False,
+        **(
+            {"eventPublishConfig": dict(instance.event_publish_config)}
+            if instance.event_publish_config is not None
+            else {}
+        ),
     }
 
 
@@ -385,6 +430,7 @@ class Run:
     timeline: list[Entry] = field(default_factory=list)
     running_at: float | None = None
     stopping_at: float | None = None
+    published: int = 0  # timeline entries already announced as program status events
 
     def entry_at(self, now: float) -> Entry:
         return entry_at(self.timeline, now)
@@ -449,6 +495,198 @@ def run_id_string(run: Run) -> str:
     return f"program_run:{run.app.namespace}.{run.app.app}.{APP_VERSION}.{program_type}.{run.program_id}.{run.runid}"
 
 
+# ============================================================================== deployed pipelines
+
+# The pipeline artifacts a Data Fusion instance carries (scope SYSTEM), and the mode each implies.
+ARTIFACT_MODES = {"cdap-data-pipeline": "batch", "cdap-data-streams": "streaming"}
+VERSION_RE = re.compile(r"\d+\.\d+\.\d+(-SNAPSHOT)?")
+DEFAULT_DESCRIPTION = "Data Pipeline Application"
+
+
+def parse_app_request(raw: bytes) -> dict[str, Any]:
+    """The body of ``PUT .../apps/{app}``: an ``AppRequest`` (cdap-proto ``io.cdap.cdap.proto.artifact.
+    AppRequest``: ``artifact {name, version, scope}``, ``config``, ``principal``, ``change``, ...),
+    which is what a pipeline exported from Data Fusion is. Gson ignores the fields it does not know
+    (an export's ``name`` and ``description``). Raises :class:`CdapError` as CDAP answers."""
+    try:
+        body = json.loads(raw) if raw.strip() else None
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        # AppLifecycleHttpHandler.deployAppFromArtifact: a Gson failure is a 400 with its message
+        raise CdapError(400, f"com.google.gson.JsonSyntaxException: {exc}") from exc
+    if not isinstance(body, dict):
+        raise CdapError(400, "Request body is invalid json: expected an AppRequest object")
+    artifact = body.get("artifact")
+    if not isinstance(artifact, dict):
+        raise CdapError(400, "Artifact must be provided in the request body.")
+    name, version, scope = artifact.get("name"), artifact.get("version"), artifact.get("scope", "USER")
+    if not isinstance(name, str) or not isinstance(version, str) or not VERSION_RE.fullmatch(version):
+        raise CdapError(400, "Artifact name and a version like 6.10.1 must be given.")
+    if not isinstance(scope, str) or scope.upper() not in ("SYSTEM", "USER"):
+        raise CdapError(400, f"Invalid scope '{scope}'. Must be 'system' or 'user'.")
+    if name not in ARTIFACT_MODES or scope.upper() != "SYSTEM":
+        # ArtifactNotFoundException -> 404 with its message
+        raise CdapError(404, f"Artifact '{scope.lower()}:{name}:{version}' was not found.")
+    config = body.get("config")
+    if not isinstance(config, dict):
+        raise CdapError(400, "Invalid pipeline config: 'config' must be an object.")
+    stages = config.get("stages")
+    if not isinstance(stages, list) or not stages:
+        raise CdapError(400, "Invalid pipeline config: there must be at least one stage.")
+    names = [stage.get("name") if isinstance(stage, dict) else None for stage in stages]
+    if not all(isinstance(n, str) and n for n in names):
+        raise CdapError(400, "Invalid pipeline config: every stage needs a name.")
+    if len(set(names)) != len(names):
+        raise CdapError(400, "Invalid pipeline config: stage names must be unique.")
+    return {
+        "artifact": {"name": name, "version": version, "scope": scope.upper()},
+        "config": config,
+        "description": str(config.get("description") or body.get("description") or DEFAULT_DESCRIPTION),
+    }
+
+
+def application_detail(app: App) -> dict[str, Any]:
+    """``GET .../apps/{app}``: CDAP's ``ApplicationDetail`` (cdap-proto ``io.cdap.cdap.proto.
+    ApplicationDetail``): ``configuration`` is the config as JSON *text*."""
+    program_type, program_id = app.program
+    deployed = app.deployed or {}
+    artifact = deployed.get("artifact") or {
+        "name": "cdap-data-streams" if app.mode == "streaming" else "cdap-data-pipeline",
+        "version": "6.10.1",
+        "scope": "SYSTEM",
+    }
+    config = deployed.get("config")
+    return {
+        "name": app.app,
+        "appVersion": deployed.get("appVersion", APP_VERSION),
+        "description": deployed.get("description", DEFAULT_DESCRIPTION),
+        "configuration": json.dumps(config, separators=(",", ":")) if config is not None else "",
+        "datasets": [],
+        "programs": [
+            {
+                "type": PROGRAM_TYPES[program_type][0],
+                "app": app.app,
+                "name": program_id,
+                "description": "",
+            }
+        ],
+        "plugins": [],
+        "artifact": dict(artifact),
+    }
+
+
+# ============================================================================== status events
+
+
+def program_status_event(
+    run: Run, entry: Entry, instance: Instance, project: str, publish_ms: int
+) -> dict[str, Any]:
+    """What Data Fusion's Pub/Sub event writer publishes for one status change: Gson of CDAP's
+    ``ProgramStatusEvent`` (cdap-event-reader-ext ``io.cdap.cdap.spi.events``), built by
+    ``ProgramStatusEventPublisher`` (cdap-app-fabric ``internal/events``): null fields left out;
+    ``eventTime`` is the run id's time (``RunIds.getTime``), i.e. when the run was created, in ms;
+    an end state carries ``error`` (the program's error, FAILED) or ``pipelineMetrics``."""
+    system_args = {
+        "logical.start.time": str(int(run.created * 1000)),
+        "system.profile.name": "SYSTEM:dataproc",
+    }
+    details: dict[str, Any] = {
+        "runID": run.runid,
+        "programName": run.program_id,
+        "applicationName": run.app.app,
+        "namespace": run.app.namespace,
+        "status": entry.status,
+        "eventTime": int(run.created * 1000),
+        "userArgs": dict(run.runtime_args),
+        "systemArgs": system_args,
+        "workflowId": "",
+        "startMetadata": {"type": "MANUAL"},
+    }
+    if entry.status == "FAILED":
+        details["error"] = json.dumps(
+            {
+                "className": "java.lang.Exception",
+                "message": run.app.behavior.failure_message,
+                "stackTraces": [],
+            },
+            separators=(",", ":"),
+        )
+    elif entry.status in TERMINAL:
+        details["pipelineMetrics"] = []
+    return {
+        "publishTime": publish_ms,
+        "version": "v1",
+        "instanceName": instance.name,
+        "projectName": project,
+        "programStatusEventDetails": details,
+    }
+
+
+class EventPublisher:
+    """Publishes program status events to the Pub/Sub emulator from one background worker, in order,
+    as Data Fusion's ``PubSubEventWriter`` does (JSON data, no attributes). Every event is kept, with
+    whether it reached the emulator, for ``GET /_emulator/events``."""
+
+    def __init__(self, host: str | None) -> None:
+        self.host = host
+        self._lock = threading.Lock()
+        self._records: list[dict[str, Any]] = []
+        self._generation = 0
+        self._queue: queue.Queue[tuple[int, dict[str, Any]] | None] = queue.Queue()
+        self._thread = threading.Thread(target=self._work, name="cdap-event-publisher", daemon=True)
+        self._thread.start()
+
+    def publish(self, topic: str, event: Mapping[str, Any]) -> None:
+        record: dict[str, Any] = {
+            "topic": topic,
+            "event": dict(event),
+            "published": False,
+            "message_id": None,
+            "error": None if self.host else "no Pub/Sub emulator host configured",
+        }
+        with self._lock:
+            self._records.append(record)
+            generation = self._generation
+        if self.host:
+            self._queue.put((generation, record))
+
+    def records(self) -> list[dict[str, Any]]:
+        with self._lock:
+            return [dict(record) for record in self._records]
+
+    def clear(self) -> None:
+        with self._lock:
+            self._records.clear()
+            self._generation += 1
+
+    def close(self) -> None:
+        self._queue.put(None)
+
+    def _work(self) -> None:
+        while (item := self._queue.get()) is not None:
+            generation, record = item
+            with self._lock:
+                if generation != self._generation:
+                    continue
+            self._deliver(record)
+
+    def _deliver(self, record: dict[str, Any]) -> None:
+        from local.services import publish  # the Pub/Sub client: imported by the publishing thread only
+
+        _, project, _, topic = str(record["topic"]).split("/", 3)
+        data = json.dumps(record["event"], separators=(",", ":"))
+        for attempt in range(4):
+            try:
+                message_id = publish(project, topic, data, emulator_host=self.host)
+            except Exception as exc:  # recorded for the control API; the next attempt may succeed
+                with self._lock:
+                    record["error"] = f"{type(exc).__name__}: {exc}"
+                time.sleep(0.1 * 2**attempt)
+                continue
+            with self._lock:
+                record.update(published=True, message_id=message_id, error=None)
+            return
+
+
 # ============================================================================== state
 
 
@@ -464,6 +702,8 @@ class CdapState(EmulatorState):
         visible_after_seconds: float = 0.0,
         require_auth: bool = True,
         speed: float = 1.0,
+        pubsub_emulator_host: str | None = None,
+        tick_interval: float = 0.1,
     ) -> None:
         super().__init__(speed=speed)
         self.apps: dict[tuple[str, str], App] = {(a.namespace, a.app): a for a in apps}
@@ -475,20 +715,79 @@ class CdapState(EmulatorState):
         self.require_auth = require_auth
         self.runs: dict[str, Run] = {}
         self.starts: list[dict[str, Any]] = []
+        self.deploys: list[dict[str, Any]] = []  # every PUT .../apps/{app} received and its answer
+        self.deploy_behavior = Behavior()  # how the runs of an app first deployed by PUT behave
         self._seq = 0
+        self.publisher = EventPublisher(pubsub_emulator_host or os.environ.get("PUBSUB_EMULATOR_HOST"))
+        self._stop = threading.Event()
+        self._tick_lock = threading.Lock()
+        self._ticker = threading.Thread(target=self._tick_loop, args=(tick_interval,), daemon=True)
+        self._ticker.start()
 
     def reset(self) -> None:
         with self.lock:
             super().reset()
             self.runs.clear()
             self.starts.clear()
+            self.deploys.clear()
+            self.publisher.clear()
+
+    def close(self) -> None:
+        self._stop.set()
+        self.publisher.close()
+
+    def after_clock_change(self) -> None:
+        self.tick()
 
     def settings(self) -> dict[str, Any]:
         return {
             "visible_after_seconds": self.visible_after_seconds,
             "auto_instances": self.auto_instances,
             "require_auth": self.require_auth,
+            "pubsub_emulator_host": self.publisher.host,
+            "deploy_behavior": self.deploy_behavior.to_json(),
         }
+
+    # -- status events -----------------------------------------------------------------------------
+    def _tick_loop(self, interval: float) -> None:
+        while not self._stop.wait(interval):
+            self.tick()
+
+    def tick(self) -> None:
+        """Announce every run status the clock has reached to each instance publishing events (one
+        CDAP API plays every instance here, so each enabled instance announces every run)."""
+        with self._tick_lock, self.lock:
+            now = self.clock.now()
+            topics = [(i, i.publish_topic) for i in self.instances.values() if i.publish_topic]
+            for run in sorted(self.runs.values(), key=lambda r: r.seq):
+                while run.published < len(run.timeline) and run.timeline[run.published].at <= now:
+                    entry = run.timeline[run.published]
+                    run.published += 1
+                    for instance, topic in topics:
+                        project = instance.project or str(topic).split("/")[1]
+                        event = program_status_event(run, entry, instance, project, int(now * 1000))
+                        self.publisher.publish(str(topic), event)
+
+    # -- deployed pipelines ------------------------------------------------------------------------
+    def deploy_app(self, namespace: str, name: str, request_body: Mapping[str, Any]) -> App:
+        """Create the app or replace its definition: a new app version each time, as CDAP's PUT."""
+        mode = ARTIFACT_MODES[request_body["artifact"]["name"]]
+        with self.lock:
+            if namespace not in self.namespaces:
+                raise CdapError(404, f"'namespace:{namespace}' was not found.")
+            before = self.apps.get((namespace, name))
+            behavior = before.behavior if before is not None else self.deploy_behavior
+            deployed = {**request_body, "appVersion": str(uuid.uuid1(node=_UUID_NODE))}
+            app = App(namespace, name, mode, behavior, deployed)
+            self.apps[(namespace, name)] = app
+            return app
+
+    def patch_instance(self, name: str, project: str, location: str, changes: Mapping[str, Any]) -> Instance:
+        with self.lock:
+            current = self.instances.get(name) or Instance(name=name, project=project, location=location)
+            updated = dataclasses.replace(current, **changes)
+            self.instances[name] = updated
+            return updated
 
     def register_app(self, app: App) -> None:
         with self.lock:
@@ -939,10 +1238,138 @@ def _get_instance(project: str, location: str, name: str) -> Response:
     return state.faults.run("instances.get", attrs, action, fault)
 
 
+def _deploy_app(namespace: str, app_name: str) -> Response:
+    state = _state()
+    raw = request.get_data(cache=True)
+
+    def action() -> Response:
+        if not APP_RE.fullmatch(app_name):
+            raise CdapError(400, f"Invalid app name '{app_name}'")
+        if not NAMESPACE_RE.fullmatch(namespace):
+            raise CdapError(400, f"Invalid namespace '{namespace}'")
+        body = parse_app_request(raw)
+        state.deploy_app(namespace, app_name, body)
+        return text_response(200, "Deploy Complete")
+
+    response = _cdap("apps.deploy", {"namespace": namespace, "app": app_name}, action)
+    with state.lock:
+        state.deploys.append(
+            {
+                "namespace": namespace,
+                "app": app_name,
+                "status": response.status_code,
+                "answer": response.get_data(as_text=True)[:500],
+                "body": _json_or_text(raw),
+            }
+        )
+    return response
+
+
+def _json_or_text(raw: bytes) -> Any:
+    try:
+        return json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        return raw.decode("utf-8", errors="replace")[:500]
+
+
+def _get_app(namespace: str, app_name: str) -> Response:
+    def action() -> Response:
+        state = _state()
+        with state.lock:
+            if namespace not in state.namespaces:
+                raise CdapError(404, f"Namespace '{namespace}' was not found.")
+            app = state.apps.get((namespace, app_name))
+            if app is None:
+                # ApplicationNotFoundException (cdap-common)
+                raise CdapError(404, f"Application '{app_name}' was not found.")
+            return jsonify(application_detail(app))
+
+    return _cdap("apps.get", {"namespace": namespace, "app": app_name}, action)
+
+
+def _patch_instance(project: str, location: str, name: str) -> Response:
+    """``instances.patch``: only the fields named by ``updateMask`` change (without a mask, only
+    ``labels``); answers a finished long-running ``Operation`` whose response is the instance."""
+    state = _state()
+    if state.require_auth and not _has_bearer():
+        return google_error(401, "Request is missing required authentication credential.")
+
+    def action() -> Response:
+        with state.lock:
+            known = state.instances.get(name)
+            exists = known is not None or state.auto_instances
+        if not exists:
+            return google_error(
+                404, f"Resource 'projects/{project}/locations/{location}/instances/{name}' was not found"
+            )
+        try:
+            body = json_body()
+        except ValueError as exc:
+            return google_error(400, f"Invalid JSON payload received. {exc}", "INVALID_ARGUMENT")
+        if not isinstance(body, dict):
+            return google_error(
+                400, "Invalid JSON payload received: expected an Instance", "INVALID_ARGUMENT"
+            )
+        mask = [m.strip() for m in (request.args.get("updateMask") or "labels").split(",") if m.strip()]
+        changes: dict[str, Any] = {}
+        for path in mask:
+            if path in ("eventPublishConfig", "event_publish_config"):
+                raw = body.get("eventPublishConfig", body.get("event_publish_config"))
+                try:
+                    changes["event_publish_config"] = None if raw is None else event_publish_config(raw)
+                except ValueError as exc:
+                    return google_error(400, str(exc), "INVALID_ARGUMENT")
+            elif path != "labels":
+                return google_error(
+                    400, f"updateMask path '{path}' is not supported by this emulator", "INVALID_ARGUMENT"
+                )
+        instance = state.patch_instance(name, project, location, changes)
+        root = request.url_root.rstrip("/")
+        return jsonify(
+            {
+                "name": f"projects/{project}/locations/{location}/operations/operation-{uuid.uuid4().hex}",
+                "metadata": {
+                    "@type": "type.googleapis.com/google.cloud.datafusion.v1.OperationMetadata",
+                    "createTime": rfc3339(state.clock.now()),
+                    "endTime": rfc3339(state.clock.now()),
+                    "target": f"projects/{project}/locations/{location}/instances/{name}",
+                    "verb": "update",
+                    "apiVersion": "v1",
+                },
+                "done": True,
+                "response": {
+                    "@type": "type.googleapis.com/google.cloud.datafusion.v1.Instance",
+                    **instance_json(instance, project, location, root, state.instance_created),
+                },
+            }
+        )
+
+    def fault(rule: FaultRule) -> Response:
+        return google_error(
+            rule.status or 500, rule.message or FAULT_TEXT.get(rule.status or 500, "Injected fault.")
+        )
+
+    return state.faults.run(
+        "instances.patch", {"project": project, "location": location, "instance": name}, action, fault
+    )
+
+
 def _register_protocol_routes(app: Flask) -> None:
     @app.get(INSTANCE_PATH)
     def instances_get(project: str, location: str, instance: str) -> Response:
         return _get_instance(project, location, instance)
+
+    @app.patch(INSTANCE_PATH)
+    def instances_patch(project: str, location: str, instance: str) -> Response:
+        return _patch_instance(project, location, instance)
+
+    @app.put(f"{CDAP_PREFIX}/apps/<app>")
+    def apps_deploy(namespace: str, app: str) -> Response:
+        return _deploy_app(namespace, app)
+
+    @app.get(f"{CDAP_PREFIX}/apps/<app>")
+    def apps_get(namespace: str, app: str) -> Response:
+        return _get_app(namespace, app)
 
     @app.post(f"{CDAP_PREFIX}/start")
     def batch_start(namespace: str) -> Response:
@@ -1016,13 +1443,32 @@ def _register_control_routes(app: Flask, state: CdapState) -> None:
                 for flag in ("auto_instances", "require_auth"):
                     if not isinstance(body.get(flag, False), bool):
                         raise ValueError(f"{flag} must be true or false")
+                host = body.get("pubsub_emulator_host", state.publisher.host)
+                if host is not None and not isinstance(host, str):
+                    raise ValueError("pubsub_emulator_host must be host:port")
+                deploy_behavior = (
+                    Behavior.from_json(body["deploy_behavior"]) if "deploy_behavior" in body else None
+                )
             except ValueError as exc:
                 return control_error(str(exc))
             with state.lock:
                 state.visible_after_seconds = float(visible)
                 state.auto_instances = bool(body.get("auto_instances", state.auto_instances))
                 state.require_auth = bool(body.get("require_auth", state.require_auth))
+                state.publisher.host = host or None
+                if deploy_behavior is not None:
+                    state.deploy_behavior = deploy_behavior
         return jsonify(state.settings())
+
+    @app.get("/_emulator/events")
+    def events() -> Response:
+        """Every program status event published (``topic``, ``event``, ``published``, ``error``)."""
+        return jsonify({"events": state.publisher.records()})
+
+    @app.get("/_emulator/deploys")
+    def deploys() -> Response:
+        with state.lock:
+            return jsonify({"deploys": [dict(d) for d in state.deploys]})
 
     @app.get("/_emulator/runs")
     def runs_private() -> Response:
@@ -1045,8 +1491,11 @@ def create_app(
     visible_after_seconds: float = 0.0,
     require_auth: bool = True,
     speed: float = 1.0,
+    pubsub_emulator_host: str | None = None,
 ) -> Flask:
-    """Build the emulator app; its :class:`CdapState` is ``app.extensions["emulator_state"]``."""
+    """Build the emulator app; its :class:`CdapState` is ``app.extensions["emulator_state"]``.
+    ``pubsub_emulator_host`` (default ``$PUBSUB_EMULATOR_HOST``): where instances with event
+    publishing enabled publish their program status events."""
     state = CdapState(
         apps=load_apps(apps) if apps is not None else (),
         instances=load_instances(instances) if instances is not None else (),
@@ -1054,6 +1503,7 @@ def create_app(
         visible_after_seconds=visible_after_seconds,
         require_auth=require_auth,
         speed=speed,
+        pubsub_emulator_host=pubsub_emulator_host,
     )
     app = emulator_app("cdap_emulator", state, _register_protocol_routes, _register_control_routes)
     install_google_tokens(
@@ -1083,6 +1533,11 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="accept calls without an Authorization header (clients with anonymous credentials)",
     )
+    parser.add_argument(
+        "--pubsub-emulator-host",
+        default=None,
+        help="host:port of the Pub/Sub emulator status events go to (default: $PUBSUB_EMULATOR_HOST)",
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -1096,6 +1551,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             visible_after_seconds=args.visible_after,
             require_auth=not args.no_require_auth,
             speed=args.speed,
+            pubsub_emulator_host=args.pubsub_emulator_host,
         ),
         _add_arguments,
     )
