@@ -323,7 +323,7 @@ class Instance:
         )
 
     def to_json(self) -> dict[str, Any]:
-        body = {
+        body: dict[str, Any] = {
             "instance": self.name,
             "project": self.project,
             "location": self.location,
