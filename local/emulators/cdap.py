@@ -709,6 +709,9 @@ class CdapState(EmulatorState):
         self.apps: dict[tuple[str, str], App] = {(a.namespace, a.app): a for a in apps}
         self.namespaces: set[str] = {"default"} | {a.namespace for a in apps}
         self.instances: dict[str, Instance] = {i.name: i for i in instances}
+        # what the control API registered: a reset goes back to it (undoing PUT deploys and PATCHes)
+        self.registered_apps = dict(self.apps)
+        self.registered_instances = dict(self.instances)
         self.instance_created = self.clock.now()
         self.auto_instances = auto_instances
         self.visible_after_seconds = float(visible_after_seconds)
@@ -731,6 +734,10 @@ class CdapState(EmulatorState):
             self.starts.clear()
             self.deploys.clear()
             self.publisher.clear()
+            self.apps.clear()
+            self.apps.update(self.registered_apps)
+            self.instances.clear()
+            self.instances.update(self.registered_instances)
 
     def close(self) -> None:
         self._stop.set()
@@ -792,11 +799,13 @@ class CdapState(EmulatorState):
     def register_app(self, app: App) -> None:
         with self.lock:
             self.apps[(app.namespace, app.app)] = app
+            self.registered_apps[(app.namespace, app.app)] = app
             self.namespaces.add(app.namespace)
 
     def register_instance(self, instance: Instance) -> None:
         with self.lock:
             self.instances[instance.name] = instance
+            self.registered_instances[instance.name] = instance
 
     # -- lookups (raise CdapError) ------------------------------------------------------------------
     def find_app(self, namespace: str, app_name: str) -> App:
