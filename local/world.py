@@ -139,6 +139,17 @@ class LocalWorld:
             started[name] = handle
         return started
 
+    def enable_status_topics(self, pipelines: Iterable[Any] = ()) -> list[str]:
+        """The topics the started emulators publish run status events to (Data Fusion's), created
+        and turned on for ``pipelines``; route them to ``on_message``."""
+        topics: list[str] = []
+        for name, handle in self.emulators.items():
+            found = kit(name).status_topics(handle.url, self.project, pipelines)
+            if found:
+                self.create(topics=found)
+            topics += found
+        return topics
+
     def add_fault_proxy(self, name: str, upstream: str, **settings: Any) -> FaultProxy:
         """A :class:`~local.faultproxy.FaultProxy` named ``name`` in front of ``upstream``."""
         proxy = FaultProxy(upstream, name=name, **settings).start()

@@ -789,9 +789,9 @@ class CdapState(EmulatorState):
             self.apps[(namespace, name)] = app
             return app
 
-    def patch_instance(self, name: str, project: str, location: str, changes: Mapping[str, Any]) -> Instance:
+    def patch_instance(self, name: str, changes: Mapping[str, Any]) -> Instance:
         with self.lock:
-            current = self.instances.get(name) or Instance(name=name, project=project, location=location)
+            current = self.instances.get(name) or Instance(name=name)  # an auto instance: any project
             updated = dataclasses.replace(current, **changes)
             self.instances[name] = updated
             return updated
@@ -1332,7 +1332,7 @@ def _patch_instance(project: str, location: str, name: str) -> Response:
                 return google_error(
                     400, f"updateMask path '{path}' is not supported by this emulator", "INVALID_ARGUMENT"
                 )
-        instance = state.patch_instance(name, project, location, changes)
+        instance = state.patch_instance(name, changes)
         root = request.url_root.rstrip("/")
         return jsonify(
             {
