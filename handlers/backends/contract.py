@@ -269,7 +269,35 @@ class DeployContext:
         return f"{self.project_number}-compute@developer.gserviceaccount.com"
 
 
+@dataclass(frozen=True)
+class RestCall:
+    """One Google REST call the deploy makes with the deployer's credentials (no gcloud command
+    exists for it): ``method`` ``url`` with the JSON ``body``."""
+
+    method: str
+    url: str
+    body: Mapping[str, Any]
+    why: str
+
+
+@dataclass(frozen=True)
+class StatusTopic:
+    """A Pub/Sub topic (in the deploy project) a backend publishes run status events to; the deploy
+    creates it, lets ``publisher`` (a service agent; ``${PROJECT_NUMBER}`` stands for the deploy
+    project's number) publish to it, routes it to ``on_message`` and makes the ``enable`` calls
+    that turn publishing on."""
+
+    topic: str
+    publisher: str
+    why: str
+    enable: tuple[RestCall, ...] = ()
+
+
 def _no_grants(pipelines: Sequence[PipelineTarget], ctx: DeployContext) -> list[Grant]:
+    return []
+
+
+def _no_status_topics(pipelines: Sequence[PipelineTarget], ctx: DeployContext) -> list[StatusTopic]:
     return []
 
 
@@ -291,6 +319,8 @@ class DeployNeeds:
     problems: Callable[[Sequence[PipelineTarget], DeployContext], list[str]] = _nothing
     warnings: Callable[[Sequence[PipelineTarget], DeployContext], list[str]] = _nothing
     flags: tuple[DeployFlag, ...] = ()
+    # the Pub/Sub topics its run status events arrive on (``StatusPush.recognises`` reads them)
+    status_topics: Callable[[Sequence[PipelineTarget], DeployContext], list[StatusTopic]] = _no_status_topics
 
 
 def _no_problems(options: Mapping[str, Any]) -> list[str]:

@@ -61,8 +61,10 @@ from handlers.backends.contract import (
     LaunchRequest,
     PipelineTarget,
     PushedStatus,
+    RestCall,
     RunState,
     StatusPush,
+    StatusTopic,
     SyncChange,
     SyncStep,
 )
@@ -522,13 +524,60 @@ def deploy_grants(pipelines: Sequence[PipelineTarget], ctx: DeployContext) -> li
     return grants
 
 
+STATUS_TOPIC = "datafusion-status"
+SERVICE_AGENT = "serviceAccount:service-${PROJECT_NUMBER}@gcp-sa-datafusion.iam.gserviceaccount.com"
+
+
+def _pushing_instances(pipelines: Sequence[PipelineTarget], ctx: DeployContext) -> list[_Target]:
+    """The instances (of the deploy project) whose run status the deploy has them publish."""
+    if ctx.flags.get("datafusion_no_push"):
+        return []
+    return sorted(
+        {
+            _Target(t.project, t.location, t.instance, "")
+            for t in _targets(pipelines)
+            if t.project == ctx.project
+        }
+    )
+
+
+def deploy_status_topics(pipelines: Sequence[PipelineTarget], ctx: DeployContext) -> list[StatusTopic]:
+    """Data Fusion 6.7+ publishes each run status change to the topic of the instance's
+    ``eventPublishConfig`` (set by ``instances.patch``, no gcloud flag does it), as its service agent."""
+    instances = _pushing_instances(pipelines, ctx)
+    if not instances:
+        return []
+    topic = str(ctx.flags.get("datafusion_status_topic") or STATUS_TOPIC)
+    config = {"eventPublishConfig": {"enabled": True, "topic": f"projects/{ctx.project}/topics/{topic}"}}
+    calls = tuple(
+        RestCall(
+            "PATCH",
+            f"{DEFAULT_ENDPOINT}/v1/projects/{t.project}/locations/{t.location}/instances/{t.instance}"
+            "?updateMask=eventPublishConfig",
+            config,
+            f"Data Fusion instance {t.instance} publishes its pipeline run status to {topic}",
+        )
+        for t in instances
+    )
+    why = "Data Fusion pipeline run status events, completed at once by on_message (the sweep stays the fallback)"
+    return [StatusTopic(topic, SERVICE_AGENT, why, calls)]
+
+
 def deploy_warnings(pipelines: Sequence[PipelineTarget], ctx: DeployContext) -> list[str]:
-    return [
+    out = [
         f"pipeline '{p.name}' reaches Data Fusion through api_endpoint: grant the runtime account "
         "access to that instance yourself (no instance name to bind roles on)"
         for p in pipelines
         if not p.options.get("instance")
     ]
+    if not ctx.flags.get("datafusion_no_push"):
+        out += [
+            f"Data Fusion instance {t.instance} is in project {t.project}: its run status is not pushed "
+            "here, so the sweep (check_runs) completes its runs"
+            for t in sorted({_Target(t.project, t.location, t.instance, "") for t in _targets(pipelines)})
+            if t.project != ctx.project
+        ]
+    return out
 
 
 SPEC = BackendSpec(
@@ -554,7 +603,20 @@ SPEC = BackendSpec(
                 "instances use RBAC: add accessor + namespace operator",
                 boolean=True,
             ),
+            DeployFlag(
+                "--datafusion-status-topic",
+                "datafusion_status_topic",
+                f"topic Data Fusion instances publish run status to (default {STATUS_TOPIC})",
+                metavar="TOPIC",
+            ),
+            DeployFlag(
+                "--datafusion-no-push",
+                "datafusion_no_push",
+                "leave the instances' event publishing alone: the sweep completes Data Fusion runs",
+                boolean=True,
+            ),
         ),
+        status_topics=deploy_status_topics,
     ),
     job_noun="run",
 )
