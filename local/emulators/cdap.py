@@ -24,7 +24,14 @@ CDAP, the sources of ``cdapio/cdap``: ``BatchProgram``/``BatchProgramResult`` (c
                                                              is unknown (CDAP's issueStop), 404 for an
                                                              unknown app or program
   ``POST .../apps/{app}/{category}/{program}/runs/{run}/classify``  error classification of a FAILED run
+  ``PUT  .../apps/{app}`` body an ``AppRequest`` (an        200 ``Deploy Complete`` (a new app version);
+  exported pipeline: ``artifact``, ``config``)               404 unknown namespace or artifact, 400 bad config
+  ``GET  .../apps/{app}``                                    ``ApplicationDetail`` (``configuration``: JSON text)
   ========================================================  ================================================
+
+  PUT and GET follow ``AppLifecycleHttpHandler`` (cdap-app-fabric) and ``AppRequest`` /
+  ``ApplicationDetail`` (cdap-proto). ``PATCH /v1/.../instances/{i}?updateMask=eventPublishConfig``
+  sets the instance's ``eventPublishConfig {enabled, topic}`` and answers a done ``Operation``.
 
   ``category`` is ``workflows`` (batch pipelines: ``DataPipelineWorkflow``) or ``spark`` (streaming
   pipelines: ``DataStreamsSparkStreaming``). Errors are plain text (``text/plain``): 404 for an
@@ -47,6 +54,12 @@ Pipelines (CDAP apps) are registered with ``POST /_emulator/apps``, ``--apps FIL
                   "outcome": "COMPLETED" | "FAILED", "failure_message": "...", "failure_stage": "...",
                   "outcome_arg": null | "simulate.outcome", "stop_seconds": 1}}
 
+Pushed status: an instance with ``eventPublishConfig`` enabled publishes every run status change to
+its topic on the Pub/Sub emulator (``pubsub_emulator_host``, default ``$PUBSUB_EMULATOR_HOST``), one
+message each, its data CDAP's ``ProgramStatusEvent`` as ``ProgramStatusEventPublisher`` builds it
+(cdap-app-fabric ``internal/events``; cdap-event-reader-ext ``spi/events``) and Gson writes it, no
+attributes. ``GET /_emulator/events`` lists them; ``GET /_emulator/deploys`` lists the PUTs.
+
 ``outcome_arg`` names a runtime argument whose value (COMPLETED or FAILED) overrides the outcome of
 that one run. A FAILED run's ``failure_message`` is served by ``classify`` (the run record itself
 carries no error text, as in CDAP).
@@ -56,11 +69,13 @@ Control API (besides the common ``/_emulator/reset|requests|faults|clock``): ``G
 "state"?, "version"?, "type"?}``), ``GET|POST /_emulator/settings`` (``visible_after_seconds``,
 ``auto_instances``, ``require_auth``), ``GET /_emulator/runs`` (every run with its bookkeeping) and
 ``GET /_emulator/starts`` (every start item received, with the status it was answered). Reset forgets
-runs, starts, faults and requests; it keeps apps, instances, settings and the clock.
+runs, starts, deploys, events, faults and requests, and undoes PUT deploys and instance patches; it
+keeps registered apps and instances, settings and the clock.
 
 Fault operations: ``instances.get``, ``start`` (the whole batch start request), ``start.item`` (one
 item: its ``statusCode`` and ``error`` replace the result while HTTP stays 200), ``program.start``,
-``runs.get``, ``runs.list``, ``runs.stop``, ``runs.classify`` or ``*``. ``match`` keys: ``namespace``,
+``runs.get``, ``runs.list``, ``runs.stop``, ``runs.classify``, ``apps.deploy``, ``apps.get``,
+``instances.patch`` or ``*``. ``match`` keys: ``namespace``,
 ``app``, ``programType``, ``programId``, ``runId``, ``runtimeargs`` (a subset), ``instance``,
 ``project``, ``location``. ``after_effect: true`` starts the run (or stops it) and then answers the
 error: the lost-response case.
