@@ -33,6 +33,22 @@ the active runs carries this run key, otherwise a permanent :class:`BackendRejec
 CDAP error bodies are plain text; :mod:`handlers.core.http` maps statuses (404 -> NotFound, 429/5xx/504 ->
 BackendUnavailable, other 4xx -> BackendRejected) without reading the text.
 
+Pipelines kept as code (``definition``: the exported JSON, relative to the config's folder) follow
+CDAP's ``AppLifecycleHttpHandler``::
+
+    GET  {api}/v3/namespaces/NS/apps/APP   -> ApplicationDetail {name, appVersion, configuration: "<JSON text>", artifact}
+    PUT  {api}/v3/namespaces/NS/apps/APP   body AppRequest {artifact, config} (the export) -> 200 "Deploy Complete"
+
+:meth:`DataFusion.plan_sync` compares artifact and config (what the repo states; stages by name),
+:meth:`DataFusion.apply_sync` PUTs; :func:`check_definition` checks the config's runtime arguments
+against the pipeline's macros at ``validate``.
+
+Pushed status (Data Fusion 6.7+, the instance's ``eventPublishConfig``): CDAP's
+``ProgramStatusEventPublisher`` publishes a ``ProgramStatusEvent`` per run status change to Pub/Sub;
+:func:`parse_status_event` names the run by the run key in its ``userArgs`` and ``on_message``
+checks that run at once (:func:`recognises_status_event`); :func:`deploy_status_topics` declares the
+topic, the service agent's publisher role and the ``instances.patch`` that turns it on.
+
 ``DATAFUSION_API_ENDPOINT`` overrides ``https://datafusion.googleapis.com`` (the local emulator).
 """
 
