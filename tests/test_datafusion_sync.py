@@ -111,8 +111,10 @@ def test_an_unchanged_pipeline_is_left_alone(
     # WHEN sync runs again on the same file THEN the plan says unchanged and applying sends no PUT
     step = backend.plan_sync(p, str(tmp_path))
     assert step is not None and step.change == SyncChange.UNCHANGED and step.found == before
+    calls = len(control(emulator, "GET", "requests")["requests"])
     assert backend.apply_sync(step) == before
     assert len(deploys(emulator)) == 1
+    assert len(control(emulator, "GET", "requests")["requests"]) == calls  # not even a GET
     assert app_detail(emulator, "orders")["appVersion"] == before
 
 

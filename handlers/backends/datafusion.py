@@ -1009,20 +1009,22 @@ class DataFusion:
 
     def apply_sync(self, step: SyncStep) -> str:
         """Deploy the step's definition with ``PUT .../apps/{app}`` (CDAP answers once deployed: no
-        operation to wait for) and return the new app version; an unchanged step sends nothing."""
+        operation to wait for) and return the new app version, read back; an unchanged step sends
+        nothing and returns the version found."""
         payload = step.payload
         namespace, app = str(payload["namespace"]), str(payload["app"])
+        if step.change == SyncChange.UNCHANGED:
+            return step.found or f"{namespace}/{app}"
         url = self._app_url(str(payload["api_endpoint"]), namespace, app)
         what = f"cdap apps.get {namespace}/{app}"
-        if step.change != SyncChange.UNCHANGED:
-            deploy = f"cdap apps.deploy {namespace}/{app}"
-            retry.call(
-                lambda: http.send(
-                    self.session, "PUT", url, json=payload["request"], what=deploy, timeout=self.timeout
-                ),
-                budget_seconds=SYNC_BUDGET_SECONDS,
-                what=deploy,
-            )
+        deploy = f"cdap apps.deploy {namespace}/{app}"
+        retry.call(
+            lambda: http.send(
+                self.session, "PUT", url, json=payload["request"], what=deploy, timeout=self.timeout
+            ),
+            budget_seconds=SYNC_BUDGET_SECONDS,
+            what=deploy,
+        )
         detail = retry.call(
             lambda: http.send_json(self.session, "GET", url, what=what, timeout=self.timeout),
             budget_seconds=SYNC_BUDGET_SECONDS,
