@@ -287,11 +287,11 @@ def completion_message(**data: object) -> dict:
 
 @pytest.mark.parametrize("started_at", ["yesterday", 17, "2026-13-45T00:00:00Z"])
 def test_a_completion_whose_times_cannot_be_read_is_acknowledged_with_a_reason(
-    pipelines, dataflow, started_at
+    world, pipelines, dataflow, started_at
 ):
     # The upstream lookups parse data.started_at when the trigger renders its parameters (and the
     # fan-in its join key); the EventError escaped dispatch: HTTP 500, redelivered until too old.
-    attrs = {"type": corpus.PUBSUB_PUBLISHED, "source": corpus.topic_source("completions")}
+    attrs = {"type": corpus.PUBSUB_PUBLISHED, "source": corpus.topic_source(world.completion_topic)}
     status, entries = pipelines("on_message", attrs, completion_message(started_at=started_at))
     assert status == 200, entries
     failures = [e for e in entries if e["severity"] == "ERROR"]
@@ -526,14 +526,16 @@ def test_a_null_ledger_prefix_means_the_default_prefix():
 # ---------------------------------------------------------------------------------------------
 # Bugs this suite found in completion, chaining and launch (reported, then fixed there)
 # ---------------------------------------------------------------------------------------------
-def test_regression_a_completion_whose_job_is_not_an_object_is_acknowledged(pipelines, dataflow):
-    attrs = {"type": corpus.PUBSUB_PUBLISHED, "source": corpus.topic_source("completions")}
+def test_regression_a_completion_whose_job_is_not_an_object_is_acknowledged(world, pipelines, dataflow):
+    attrs = {"type": corpus.PUBSUB_PUBLISHED, "source": corpus.topic_source(world.completion_topic)}
     status, _ = pipelines("on_message", attrs, completion_message(job=["job-1"]))
     assert status == 200
 
 
-def test_regression_a_completion_whose_parameters_are_not_an_object_is_acknowledged(pipelines, dataflow):
-    attrs = {"type": corpus.PUBSUB_PUBLISHED, "source": corpus.topic_source("completions")}
+def test_regression_a_completion_whose_parameters_are_not_an_object_is_acknowledged(
+    world, pipelines, dataflow
+):
+    attrs = {"type": corpus.PUBSUB_PUBLISHED, "source": corpus.topic_source(world.completion_topic)}
     status, _ = pipelines("on_message", attrs, completion_message(parameters=["name"]))
     assert status == 200
 
@@ -553,7 +555,7 @@ def test_regression_a_completion_in_a_state_nobody_waits_for_is_logged(world, da
         },
     )
     deliver = make_deliver(monkeypatch, config)
-    attrs = {"type": corpus.PUBSUB_PUBLISHED, "source": corpus.topic_source("completions")}
+    attrs = {"type": corpus.PUBSUB_PUBLISHED, "source": corpus.topic_source(world.completion_topic)}
     status, entries = deliver("on_message", attrs, completion_message(state="CANCELLED"))
     assert status == 200 and dataflow.launches() == []
     assert entries, "acknowledged without a log line"

@@ -160,3 +160,126 @@ def test_fan_in_never_launches_for_a_key_where_an_upstream_failed_and_says_so(wo
     assert len(abandoned) == 1
     data = abandoned[0]["event"]["data"]
     assert data["trigger"] == "report-when-both" and data["abandoned_by"]["pipeline"] == "audit"
+
+
+# ---------------------------------------------------------------------------------------------
+# Forged and stray completions: chaining trusts the ledger, not the message
+# ---------------------------------------------------------------------------------------------
+def forged(world, real: dict, topic: str | None = None, **data_changes):
+    """A copy of a real completion message with its event data changed, as anyone allowed to publish
+    to a topic the functions listen on could send it."""
+    event = json.loads(json.dumps(real["event"]))
+    event["data"].update(data_changes)
+    return ev.pubsub_message(
+        topic or world.completion_topic,
+        json.dumps(event).encode(),
+        attributes=real["attributes"],
+        message_id="forged-" + real["message_id"],
+    )
+
+
+def warnings_in(out: str) -> list[str]:
+    return [
+        json.loads(line)["message"]
+        for line in out.splitlines()
+        if line.startswith("{") and json.loads(line).get("severity") == "WARNING"
+    ]
+
+
+def test_a_forged_completion_for_an_unknown_run_launches_nothing_and_says_why(world, dataflow, call, capsys):
+    path, runtime = chain_config(world, dataflow)
+    LaunchService(runtime).start(runtime.config.triggers["landing"], _object_event("in/real.csv"))
+    (real,) = finish_all(world, dataflow, runtime, expect=1)
+    other_key = real["attributes"]["run_key"].rsplit("-", 1)[0] + "-" + "0" * 20
+    capsys.readouterr()
+    assert call("on_message", forged(world, real, run_key=other_key), path).status_code == 200
+    assert jobs_of(dataflow, "enrich") == []
+    assert any("the ledger has no such run" in w for w in warnings_in(capsys.readouterr().out))
+
+
+def test_forged_parameters_never_reach_the_chained_launch_the_ledger_s_do(world, dataflow, call, capsys):
+    path, runtime = chain_config(world, dataflow)
+    LaunchService(runtime).start(runtime.config.triggers["landing"], _object_event("in/orders.csv"))
+    (real,) = finish_all(world, dataflow, runtime, expect=1)
+    hostile = forged(
+        world,
+        real,
+        outputs={"table": "attacker.exfil"},
+        parameters={"day": "1999-01-01", "input": "gs://elsewhere/x"},
+    )
+    # sent first, it launches with the ledger's facts (and the real completion is then a duplicate)
+    assert call("on_message", hostile, path).status_code == 200
+    assert call("on_message", as_delivery(world, real), path).status_code == 200
+    (job,) = jobs_of(dataflow, "enrich")
+    assert job["parameters"]["source"] == "raw.orders"
+    assert job["parameters"]["day"] == real["event"]["data"]["parameters"]["day"] != "1999-01-01"
+
+
+def test_a_completion_sent_before_its_run_ended_is_refused(world, dataflow, call, capsys):
+    from handlers.model.completions import RUN_COMPLETED, completion_id
+
+    path, runtime = chain_config(world, dataflow)
+    outcome = LaunchService(runtime).start(runtime.config.triggers["landing"], _object_event("in/early.csv"))
+    key = outcome.run_key  # launched, still running
+    early = {
+        "specversion": "1.0",
+        "type": RUN_COMPLETED,
+        "id": completion_id(key, "SUCCEEDED"),
+        "source": "//eventpipelines/projects/local-project/pipelines/ingest",
+        "time": "2026-01-01T00:00:00Z",
+        "data": {"run_key": key, "pipeline": "ingest", "state": "SUCCEEDED", "outputs": {"table": "x.y"}},
+    }
+    capsys.readouterr()
+    call("on_message", ev.pubsub_message(world.completion_topic, json.dumps(early).encode()), path)
+    assert jobs_of(dataflow, "enrich") == []
+    assert any("disagrees with the run's ledger record" in w for w in warnings_in(capsys.readouterr().out))
+
+
+def test_a_completion_whose_state_disagrees_with_the_ledger_is_refused(world, dataflow, call, capsys):
+    path, runtime = chain_config(world, dataflow)
+    LaunchService(runtime).start(runtime.config.triggers["landing"], _object_event("in/late.csv"))
+    (real,) = finish_all(world, dataflow, runtime, expect=1)
+    # the same run, announced FAILED while the ledger says SUCCEEDED (and the id is a SUCCEEDED one)
+    capsys.readouterr()
+    lie = forged(world, real, state="FAILED")
+    assert call("on_message", lie, path).status_code == 200
+    assert jobs_of(dataflow, "enrich") == []
+    assert any("disagrees with the run's ledger record" in w for w in warnings_in(capsys.readouterr().out))
+
+
+def test_a_forged_failed_completion_cannot_abandon_a_fan_in(world, dataflow, call):
+    path, runtime = chain_config(world, dataflow, fan_in=True)
+    service = LaunchService(runtime)
+    service.start(runtime.config.triggers["landing"], _object_event("in/f.csv"))
+    service.start(runtime.config.triggers["audit-landing"], _object_event("audit/f.csv"))
+    by = {c["attributes"]["pipeline"]: c for c in finish_all(world, dataflow, runtime, expect=2)}
+    # an attacker announces the audit run FAILED (with the id a FAILED completion would carry)
+    from handlers.model.completions import completion_id
+
+    lie = json.loads(json.dumps(by["audit"]["event"]))
+    lie["data"]["state"] = "FAILED"
+    lie["id"] = completion_id(lie["data"]["run_key"], "FAILED")
+    call("on_message", ev.pubsub_message(world.completion_topic, json.dumps(lie).encode()), path)
+    call("on_message", as_delivery(world, by["ingest"]), path)
+    call("on_message", as_delivery(world, by["audit"]), path)
+    enrich = next(
+        c
+        for c in finish_all(world, dataflow, runtime, expect=3)
+        if c["attributes"].get("pipeline") == "enrich"
+    )
+    call("on_message", as_delivery(world, enrich), path)
+    assert len(jobs_of(dataflow, "report")) == 1
+    assert not [c for c in world.completions() if c["attributes"].get("event_type") == "join.abandoned"]
+
+
+def test_a_real_completion_on_another_topic_is_refused(world, dataflow, call, capsys):
+    path, runtime = chain_config(world, dataflow)
+    LaunchService(runtime).start(runtime.config.triggers["landing"], _object_event("in/side.csv"))
+    (real,) = finish_all(world, dataflow, runtime, expect=1)
+    capsys.readouterr()
+    assert call("on_message", forged(world, real, topic="some-open-topic"), path).status_code == 200
+    assert jobs_of(dataflow, "enrich") == []
+    assert any("refused" in w for w in warnings_in(capsys.readouterr().out))
+    # and from the completion topic the same completion launches
+    assert call("on_message", as_delivery(world, real), path).status_code == 200
+    assert len(jobs_of(dataflow, "enrich")) == 1

@@ -785,7 +785,7 @@ def test_every_terraform_file_parses_and_declares_the_key_resources():
         ("google_service_account", "runtime"),
         ("google_service_account", "trigger"),
         ("google_storage_bucket_iam_member", "ledger_runtime"),
-        ("google_pubsub_topic_iam_member", "completion_runtime"),
+        ("google_pubsub_topic_iam_binding", "completion_runtime"),
         ("google_project_iam_member", "runtime_project"),
         ("google_storage_bucket_iam_member", "runtime_bucket"),
         ("google_service_account_iam_member", "runtime_service_account"),
@@ -803,6 +803,10 @@ def test_every_terraform_file_parses_and_declares_the_key_resources():
         ("terraform_data", "dead_letter_policy"),
     ]:
         assert key in resources, key
+    # the completion topic's publishers are set whole: the runtime account and no one else
+    completion = resources[("google_pubsub_topic_iam_binding", "completion_runtime")]
+    assert completion["role"] == '"roles/pubsub.publisher"'
+    assert completion["members"] == ["${local.runtime_member}"]
     # every event function (one resource over local.event_functions) retries and is delivered as
     # the trigger account; the api has no trigger
     event = resources[("google_cloudfunctions2_function", "event")]
@@ -929,3 +933,29 @@ def test_the_terraform_variables_carry_the_same_backend_needs_as_the_gcloud_plan
     status = {(f.source, f.trigger) for f in plan.functions if f.entry_point == "on_job_status"}
     assert {(r, t["backend"]) for t in tfvars["status_triggers"] for r in t["regions"]} == status
     assert [t["event_type"] for t in tfvars["status_triggers"]] == [registry.spec("dataflow").push.event_type]
+
+
+def test_only_the_runtime_account_may_publish_to_the_completion_topic(tmp_path, rich_config):
+    # Chaining acts only on completions from this topic: its whole policy is set, naming one publisher
+    # (an added binding would leave every earlier topic-level publisher in place).
+    plan = build.build_plan(load_config(rich_config), rich_options(rich_config, tmp_path))
+    (set_policy,) = [s for s in plan.steps if s.argv[:4] == ("gcloud", "pubsub", "topics", "set-iam-policy")]
+    assert set_policy.argv[4] == "pipeline-completions"
+    (write,) = [
+        s for s in plan.steps if s.local is not None and getattr(s.local, "path", None) == set_policy.argv[5]
+    ]
+    assert json.loads(write.local.content) == {
+        "bindings": [
+            {
+                "role": "roles/pubsub.publisher",
+                "members": ["serviceAccount:pipelines-runtime@acme-data.iam.gserviceaccount.com"],
+            }
+        ]
+    }
+    assert plan.steps.index(write) < plan.steps.index(set_policy)
+    assert not [
+        s
+        for s in plan.steps
+        if s.argv[:4] == ("gcloud", "pubsub", "topics", "add-iam-policy-binding")
+        and s.argv[4] == "pipeline-completions"
+    ]

@@ -235,11 +235,13 @@ resource "google_storage_bucket_iam_member" "ledger_runtime" {
   member = local.runtime_member
 }
 
-resource "google_pubsub_topic_iam_member" "completion_runtime" {
+# Authoritative for the publisher role: the runtime account is the completion topic's only
+# publisher (chaining acts only on completions from this topic, each checked against the ledger).
+resource "google_pubsub_topic_iam_binding" "completion_runtime" {
   project = var.project
   topic   = google_pubsub_topic.completion.name
   role    = "roles/pubsub.publisher"
-  member  = local.runtime_member
+  members = [local.runtime_member]
 }
 
 # What the configured backends declare (var.backend_grants), by the resource type that binds it.

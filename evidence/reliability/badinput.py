@@ -295,6 +295,8 @@ class BadInputRun:
         from handlers.core.errors import RetryableError
 
         result = CaseResult(case, "acknowledged")
+        if case.ledger_runs:
+            self._seed_ledger(case.ledger_runs)
         previous: dict[str, Any] | None = None
         for delivery in case.deliveries:
             capture = _Capture()
@@ -342,6 +344,15 @@ class BadInputRun:
             result.violations.append(f"{result.retried} retryable failure(s) on bad input (HTTP 500)")
         result.outcome = self._outcome(case, result)
         return result
+
+    def _seed_ledger(self, runs: list[dict[str, Any]]) -> None:
+        """Write the finished upstream runs a completion case announces, as the ledger holds them."""
+        from local.services import storage_client
+
+        bucket = storage_client(self.services.gcs_url).bucket(self.ledger_bucket)
+        for run in runs:
+            blob = bucket.blob(f"ledger/runs/{run['run_key']}.json")
+            blob.upload_from_string(json.dumps(run), content_type="application/json", if_generation_match=0)
 
     @staticmethod
     def _outcome(case: Case, result: CaseResult) -> str:

@@ -241,6 +241,9 @@ class Case:
     config_markers: tuple[str, ...] = ()  # each must appear in some listed problem
     config_valid: bool | None = None  # True: must load; False: must be refused; None: either
     summary: str = ""  # the salient inputs, shortened
+    # Run records written to the ledger before the deliveries (``ledger/runs/<run_key>.json``): the
+    # finished upstream runs a completion case's messages announce, truthfully or not.
+    ledger_runs: list[dict[str, Any]] = field(default_factory=list)
 
     def describe(self) -> str:
         return f"#{self.number} {self.category}/{self.shape}" + (f" {self.summary}" if self.summary else "")
@@ -1595,13 +1598,29 @@ def _notification_oracle(
 # ---------------------------------------------------------------------------------------------
 # Category: completion-shaped messages (that may lie)
 # ---------------------------------------------------------------------------------------------
+def _ledger_time(now: dt.datetime, seconds: float) -> str:
+    """A time as the ledger writes it (RFC 3339, UTC, milliseconds, ``Z``)."""
+    return (now + dt.timedelta(seconds=seconds)).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+
+
+def _completion_id(run_key: str, state: str) -> str:
+    """The id a run's completion event carries (restated: sha256 of ``run_key\nstate``, 32 hex)."""
+    return hashlib.sha256(f"{run_key}\n{state}".encode()).hexdigest()[:32]
+
+
 @st.composite
 def completion_cases(draw: Draw, number: int, now: dt.datetime, completion_topic: str) -> Case:
-    # Half are well-formed completions of the awaited upstream with hostile parameters (a launch).
+    # Half are well-formed completions of the awaited upstream. Chaining believes only the ledger:
+    # most cases first write the upstream run's record (with hostile parameters) to the ledger, and
+    # a completion launches only when it arrived on the completion topic and agrees with that record
+    # (run, pipeline, state, id); the launch then carries the ledger's parameters, whatever the
+    # message says.
     broken = draw(st.booleans())
+    run_key = f"landing-{hashlib.sha256(str(number).encode()).hexdigest()[:20]}"
+    seeded = draw(st.integers(0, 3)) > 0
     data: dict[str, Any] = {
         "schema_version": 1,
-        "run_key": f"landing-{hashlib.sha256(str(number).encode()).hexdigest()[:20]}",
+        "run_key": run_key,
         "pipeline": draw(st.sampled_from(["ingest", "ingest", "ingest", "sized", "nope", "INGEST"]))
         if broken
         else "ingest",
@@ -1620,12 +1639,21 @@ def completion_cases(draw: Draw, number: int, now: dt.datetime, completion_topic
         "ended_at": _rfc3339(now, 0),
         "reason": None,
     }
+    ledger_state = draw(st.sampled_from(["SUCCEEDED", "FAILED"])) if broken else data["state"]
+    ledger_name = draw(hostile_text)
+    if not broken and draw(st.booleans()):
+        data["parameters"] = {"name": ledger_name}  # the truth; otherwise a forged name
     body: dict[str, Any] = {
         "specversion": "1.0",
         "type": RUN_COMPLETED,
         "source": f"//eventpipelines/projects/{PROJECT}/pipelines/ingest",
         "subject": f"runs/{data['run_key']}",
-        "id": f"completion-{number}-{uuid.UUID(int=number).hex[:8]}",
+        "id": draw(
+            st.sampled_from(
+                [_completion_id(run_key, data["state"])] * 3
+                + [f"completion-{number}-{uuid.UUID(int=number).hex[:8]}"]
+            )
+        ),
         "time": _rfc3339(now, 0),
         "datacontenttype": "application/json",
         "data": data,
@@ -1711,6 +1739,24 @@ def completion_cases(draw: Draw, number: int, now: dt.datetime, completion_topic
         case.deliveries.append(case.deliveries[0])
         case.shape += "+redelivered"
     case.summary = f"parameters={short(data.get('parameters'))}"
+    if seeded:
+        case.shape += "+in-ledger"
+        case.ledger_runs.append(
+            {
+                "run_key": run_key,
+                "trigger": "landing",
+                "pipeline": "ingest",
+                "backend": "dataflow",
+                "state": ledger_state,
+                "job_name": f"ingest-{run_key[-20:]}",
+                "parameters": {"name": ledger_name},
+                "job": {"backend": "dataflow", "id": f"job-{number}", "name": f"ingest-{run_key[-20:]}"},
+                "created_at": _ledger_time(now, -120),
+                "started_at": _ledger_time(now, -60),
+                "ended_at": _ledger_time(now, -1),
+                "completion": {"id": _completion_id(run_key, ledger_state), "published": True},
+            }
+        )
     parsed = oracle_message(msg, now)
     if not is_completion(parsed):
         case.launches = message_launches(parsed, now)
@@ -1743,19 +1789,23 @@ def completion_cases(draw: Draw, number: int, now: dt.datetime, completion_topic
     started = cdata.get("started_at")
     if _present(started) and (not isinstance(started, str) or started in GARBAGE_TIMES):
         return case  # malformed: acknowledged with a reason, nothing launched
-    params = cdata.get("parameters")
-    name = (params or {}).get("name", MISSING)
-    if name is MISSING or name is None:
-        return case  # LAUNCH_FAILED: no value for {upstream.parameters.name}
+    # Only now does chaining read the ledger: a completion from another topic, of a run the ledger
+    # does not hold, or disagreeing with its record is refused with a warning.
+    if topic != completion_topic or not seeded:
+        return case
+    said_id = doc.get("id") or msg.message_id
+    if (cdata["run_key"], cdata["pipeline"], cdata["state"], said_id) != (
+        run_key,
+        "ingest",
+        ledger_state,
+        _completion_id(run_key, ledger_state),
+    ):
+        return case
     case.launches = (
         (
             Launch.of(
                 "chained",
-                {
-                    "upstreamName": fmt(name) or "",
-                    "upstreamRun": fmt(cdata["run_key"]) or "",
-                    "upstreamState": cdata["state"],
-                },
+                {"upstreamName": ledger_name, "upstreamRun": run_key, "upstreamState": ledger_state},
             ),
         ),
     )

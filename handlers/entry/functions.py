@@ -48,6 +48,9 @@ def carry_out(runtime: Runtime, plan: EventPlan, service: LaunchService | None =
     if plan.ignored:
         logs.info(f"{plan.kind} event ignored: {plan.ignored}")
         return []
+    if plan.refused:
+        logs.warning(f"{plan.kind} event refused: acknowledged", reason=plan.refused)
+        return []
     if plan.kind == "completion":
         from handlers.follow.chaining import handle_completion  # only on_message chains: cold start
 

@@ -37,9 +37,10 @@ from handlers.follow import completion
 from handlers.launch.ledger import Conflict
 from handlers.launch.runtime import Runtime
 from handlers.launch.service import LaunchService, Outcome
-from handlers.model.completions import JOIN_ABANDONED, SCHEMA_VERSION, FanInEvent
+from handlers.model.completions import JOIN_ABANDONED, SCHEMA_VERSION, Completion, FanInEvent, completion_id
 from handlers.model.config import Trigger
-from handlers.route.plan import Action, EventPlan, JoinPlan
+from handlers.route.identity import InvalidRunKey, RunKey
+from handlers.route.plan import Action, EventPlan, JoinPlan, plan_completion
 
 # What a fan-in keeps of each upstream's completion (its template values, see FanInEvent).
 _KEEP = (
@@ -112,10 +113,57 @@ class JoinDoc:
         return doc
 
 
+def verified(runtime: Runtime, comp: Completion) -> Completion | None:
+    """The completion as the ledger tells it, or ``None`` (refused, with a warning) when the message
+    names no run the ledger knows, a run not yet finished, or disagrees with the run's record.
+
+    A message on the completion topic is only a hint that a run ended: its state, job, parameters,
+    outputs and times are read again from the run's ledger record, so a forged or stale message can
+    neither launch with parameters of its choosing nor abandon a fan-in the real run would satisfy."""
+    try:
+        key = str(RunKey.parse(comp.run_key))
+    except InvalidRunKey as exc:
+        logs.warning("completion refused: its run key is not one this project writes", reason=str(exc))
+        return None
+    run = runtime.ledger.get(key)
+    if run is None:
+        logs.warning("completion refused: the ledger has no such run", upstream_run_key=key)
+        return None
+    disagreements = [
+        f"{what}: message says {said!r}, ledger says {known!r}"
+        for what, said, known in (
+            ("state", comp.state, str(run.state) if run.terminal else f"{run.state} (not finished)"),
+            ("pipeline", comp.pipeline, run.pipeline),
+            ("id", comp.event_id, completion_id(run.run_key, run.state)),
+        )
+        if said != known
+    ]
+    if disagreements:
+        logs.warning(
+            "completion refused: it disagrees with the run's ledger record",
+            upstream_run_key=key,
+            disagreements=disagreements,
+        )
+        return None
+    return Completion(
+        event_id=comp.event_id,
+        event_time=parse_time(run.ended_at) or comp.event_time,
+        data=completion.completion_data(run),
+    )
+
+
 def handle_completion(
     runtime: Runtime, plan: EventPlan, service: LaunchService | None = None
 ) -> list[Outcome]:
-    """Carry out a completion's plan: launch the single chains, record fan-in arrivals."""
+    """Carry out a completion's plan, once the ledger has confirmed it (:func:`verified`): launch
+    the single chains, record fan-in arrivals."""
+    trusted = verified(runtime, plan.event)
+    if trusted is None:
+        return []
+    # Planned again from the ledger's facts; the message's age (already checked) still decides.
+    replanned = plan_completion(runtime.config, trusted, delivered_at=plan.event.event_time)
+    replanned.age_seconds = plan.age_seconds
+    plan = replanned
     comp = plan.event
     service = service or LaunchService(runtime)
     singles = [d.launch for d in plan.matched if d.launch is not None]

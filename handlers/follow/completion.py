@@ -36,6 +36,24 @@ from handlers.model.completions import (
 
 def build_event(run: Run, project: str) -> dict[str, Any]:
     """The CloudEvent (structured JSON) announcing ``run``'s terminal state."""
+    return fit(
+        {
+            "specversion": "1.0",
+            "type": RUN_COMPLETED,
+            "source": f"//eventpipelines/projects/{project}/pipelines/{run.pipeline}",
+            "subject": f"runs/{run.run_key}",
+            "id": completion_id(run.run_key, run.state),
+            "time": run.ended_at,
+            "datacontenttype": "application/json",
+            "dataschema": DATASCHEMA,
+            "data": completion_data(run),
+        }
+    )
+
+
+def completion_data(run: Run) -> dict[str, Any]:
+    """The completion event's ``data`` for ``run``, whole (before :func:`fit`): what the event
+    announces, and what chaining reads of an upstream run (from the ledger, never from a message)."""
     job = run.job or {}
     started = from_iso(run.started_at or run.launched_at or run.created_at)
     ended = from_iso(run.ended_at)
@@ -68,19 +86,7 @@ def build_event(run: Run, project: str) -> dict[str, Any]:
         "reason": (run.error or {}).get("message") if run.error else None,
         "attempts": run.attempts,
     }
-    return fit(
-        {
-            "specversion": "1.0",
-            "type": RUN_COMPLETED,
-            "source": f"//eventpipelines/projects/{project}/pipelines/{run.pipeline}",
-            "subject": f"runs/{run.run_key}",
-            "id": completion_id(run.run_key, run.state),
-            "time": run.ended_at,
-            "datacontenttype": "application/json",
-            "dataschema": DATASCHEMA,
-            "data": data,
-        }
-    )
+    return data
 
 
 # A completion is delivered to the chained triggers through Eventarc, which drops events over 512 KB

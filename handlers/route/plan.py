@@ -161,6 +161,7 @@ class EventPlan:
     decisions: list[TriggerDecision] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     ignored: str | None = None  # why the event launches nothing at all (not a match question)
+    refused: str | None = None  # why the event is distrusted and launches nothing (a warning)
 
     @property
     def too_old(self) -> bool:
@@ -173,7 +174,7 @@ class EventPlan:
     @property
     def acting(self) -> list[TriggerDecision]:
         """Decisions that would do something (launch, or record a fan-in arrival)."""
-        if self.too_old or self.ignored:
+        if self.too_old or self.ignored or self.refused:
             return []
         return [
             d for d in self.matched if d.action in (Action.LAUNCH, Action.FAIL, Action.WAIT, Action.ABANDON)
@@ -240,6 +241,16 @@ def plan_message(config: Config, message: MessageEvent, *, now: dt.datetime | No
         plan.notes.append("a Cloud Storage notification: routed as the object-finalize event it carries")
         return plan
     if is_completion_message(message):
+        refused = completion_source_problem(config, message)
+        if refused is not None:
+            plan = EventPlan(
+                "completion",
+                message,
+                age_seconds(message.event_time, now),
+                config.settings.max_event_age_seconds,
+            )
+            plan.refused = refused
+            return plan
         comp = parse_completion(message)
         if comp is None:
             plan = EventPlan(
@@ -259,6 +270,21 @@ def plan_message(config: Config, message: MessageEvent, *, now: dt.datetime | No
     )
     plan.decisions = _decide(config, match_message(config, message), message)
     return plan
+
+
+def completion_source_problem(config: Config, message: MessageEvent) -> str | None:
+    """Why a completion-shaped message is not acted on because of where it came from (``None``:
+    it arrived on the configured completion topic, which only the functions may publish to)."""
+    expected = config.settings.completion_topic_path
+    arrived = f"projects/{message.project}/topics/{message.topic}"
+    if expected is None:
+        return f"a completion event on {arrived}, but no completion_topic is configured: refused"
+    if arrived != expected:
+        return (
+            f"a completion event on {arrived}, not on the completion topic {expected}: refused "
+            "(completions are acted on only from the topic the functions publish them to)"
+        )
+    return None
 
 
 PLANNERS: dict[type, Callable[..., EventPlan]] = {

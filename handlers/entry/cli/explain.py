@@ -212,7 +212,7 @@ def _event_info(plan: EventPlan) -> dict[str, Any]:
             "upstream_outputs": dict(event.data.get("outputs") or {}),
         }
     info = {**event.summary(), "attributes": dict(event.attributes)}
-    if plan.ignored is None:
+    if plan.ignored is None and plan.refused is None:
         info["data"] = event.json if event.json is not None else event.text
     return info
 
@@ -224,7 +224,7 @@ def explanation_of(
     info = _event_info(plan)
     if plan.kind == "completion" and isinstance(plan.event, Completion):
         info["delivered_at"] = iso(delivered_at or plan.event.event_time)
-    notes = list(plan.notes) + ([plan.ignored] if plan.ignored else [])
+    notes = list(plan.notes) + [why for why in (plan.ignored, plan.refused) if why]
     return Explanation(
         plan.kind,
         info,
