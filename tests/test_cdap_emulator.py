@@ -643,14 +643,25 @@ def test_each_status_change_is_announced_as_a_program_status_event(
     run_id = start_run(cdap, emulator, args={"input": "gs://b/x", "eventpipelines.run_key": "k-1"})
     # WHEN the run ends
     advance(emulator, 10)
-    # THEN one event per status, in order, shaped as CDAP's ProgramStatusEvent (Gson, nulls left out)
+    # THEN one event per status, in order, shaped as CDAP's ProgramStatusEvent (Gson, nulls left out),
+    # the workflow's own and those of the Spark program it runs the stages in, between its RUNNING
+    # and its end
     announced = events(emulator)
-    assert [e["programStatusEventDetails"]["status"] for e in announced] == [
-        "PENDING",
-        "STARTING",
-        "RUNNING",
-        "COMPLETED",
+    assert [
+        (e["programStatusEventDetails"]["programName"], e["programStatusEventDetails"]["status"])
+        for e in announced
+    ] == [
+        ("DataPipelineWorkflow", "PENDING"),
+        ("DataPipelineWorkflow", "STARTING"),
+        ("DataPipelineWorkflow", "RUNNING"),
+        ("phase-1", "STARTING"),
+        ("phase-1", "RUNNING"),
+        ("phase-1", "COMPLETED"),
+        ("DataPipelineWorkflow", "COMPLETED"),
     ]
+    phase = announced[3]["programStatusEventDetails"]
+    assert phase["workflowId"] == run_id and phase["systemArgs"]["workflowRunId"] == run_id
+    assert phase["runID"] != run_id and phase["userArgs"]["eventpipelines.run_key"] == "k-1"
     last = announced[-1]
     assert set(last) == {"publishTime", "version", "instanceName", "projectName", "programStatusEventDetails"}
     assert (last["version"], last["instanceName"], last["projectName"]) == ("v1", "etl", "p")
@@ -677,7 +688,15 @@ def test_a_failed_run_announces_its_error_and_a_stopped_one_killed(
         e["programStatusEventDetails"]["applicationName"]: e["programStatusEventDetails"]
         for e in events(emulator)
         if e["programStatusEventDetails"]["status"] in ("FAILED", "KILLED")
+        and e["programStatusEventDetails"]["programName"] == "DataPipelineWorkflow"
     }
+    phases = [
+        e["programStatusEventDetails"]["status"]
+        for e in events(emulator)
+        if e["programStatusEventDetails"]["programName"] == "phase-1"
+        and e["programStatusEventDetails"]["applicationName"] == "slow"
+    ]
+    assert phases == ["STARTING", "RUNNING", "KILLED"]  # killed with its workflow
     assert json.loads(final["ingest"]["error"])["message"] == "bad row"
     assert final["slow"]["status"] == "KILLED"
 
@@ -713,15 +732,17 @@ def test_events_reach_the_pubsub_emulator_as_json_without_attributes(
         run_id = start_run(cdap, emulator)
         advance(emulator, 10)
         messages = pull_all(
-            LOCAL_PROJECT, unique_name, min_messages=4, timeout=10, emulator_host=pubsub_emulator.host
+            LOCAL_PROJECT, unique_name, min_messages=7, timeout=10, emulator_host=pubsub_emulator.host
         )
     finally:
         control(emulator, "POST", "settings", {"pubsub_emulator_host": None})
     details = [json.loads(m["data"])["programStatusEventDetails"] for m in messages]
+    workflow = [d for d in details if d["programName"] == "DataPipelineWorkflow"]
     # (Pub/Sub keeps no order without ordering keys, and Data Fusion's writer sets none)
-    assert sorted(d["status"] for d in details) == ["COMPLETED", "PENDING", "RUNNING", "STARTING"]
+    assert sorted(d["status"] for d in workflow) == ["COMPLETED", "PENDING", "RUNNING", "STARTING"]
+    assert {d["runID"] for d in workflow} == {run_id}
+    assert len(details) == 7 and {d["workflowId"] for d in details} == {"", run_id}
     assert all(m["attributes"] == {} for m in messages)
-    assert {d["runID"] for d in details} == {run_id}
     assert all(e["published"] for e in control(emulator, "GET", "events")["events"])
 
 

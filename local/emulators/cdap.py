@@ -58,7 +58,8 @@ Pushed status: an instance with ``eventPublishConfig`` enabled publishes every r
 its topic on the Pub/Sub emulator (``pubsub_emulator_host``, default ``$PUBSUB_EMULATOR_HOST``), one
 message each, its data CDAP's ``ProgramStatusEvent`` as ``ProgramStatusEventPublisher`` builds it
 (cdap-app-fabric ``internal/events``; cdap-event-reader-ext ``spi/events``) and Gson writes it, no
-attributes. ``GET /_emulator/events`` lists them; ``GET /_emulator/deploys`` lists the PUTs.
+attributes; a batch pipeline's inner Spark program (``phase-1``, ``workflowId`` = the workflow's run)
+reports its own status between the workflow's RUNNING and its end. ``GET /_emulator/events`` lists them; ``GET /_emulator/deploys`` lists the PUTs.
 
 ``outcome_arg`` names a runtime argument whose value (COMPLETED or FAILED) overrides the outcome of
 that one run. A FAILED run's ``failure_message`` is served by ``classify`` (the run record itself
@@ -446,6 +447,11 @@ class Run:
     running_at: float | None = None
     stopping_at: float | None = None
     published: int = 0  # timeline entries already announced as program status events
+    # A batch pipeline's workflow runs its stages as an inner Spark program, whose run reports its
+    # own status too (``workflowId`` = the workflow's run): its run id and timeline.
+    phase_id: str | None = None
+    phases: list[Entry] = field(default_factory=list)
+    phases_published: int = 0
 
     def entry_at(self, now: float) -> Entry:
         return entry_at(self.timeline, now)
@@ -502,7 +508,10 @@ def plan_run(run: Run) -> None:
     run.running_at = running_at
     run.timeline = [Entry(t0, "PENDING"), Entry(starting_at, "STARTING"), Entry(running_at, "RUNNING")]
     if run.app.mode == "batch":
-        run.timeline.append(Entry(running_at + float(behavior.run_seconds), run.outcome))
+        end = running_at + float(behavior.run_seconds)
+        run.timeline.append(Entry(end, run.outcome))
+        run.phase_id = str(uuid.uuid1(node=_UUID_NODE))
+        run.phases = [Entry(running_at, "STARTING"), Entry(running_at, "RUNNING"), Entry(end, run.outcome)]
 
 
 def run_id_string(run: Run) -> str:
@@ -592,28 +601,35 @@ def application_detail(app: App) -> dict[str, Any]:
 # ============================================================================== status events
 
 
+PHASE_PROGRAM = "phase-1"  # the Spark program a batch pipeline's workflow runs its stages in
+
+
 def program_status_event(
-    run: Run, entry: Entry, instance: Instance, project: str, publish_ms: int
+    run: Run, entry: Entry, instance: Instance, project: str, publish_ms: int, *, phase: bool = False
 ) -> dict[str, Any]:
     """What Data Fusion's Pub/Sub event writer publishes for one status change: Gson of CDAP's
     ``ProgramStatusEvent`` (cdap-event-reader-ext ``io.cdap.cdap.spi.events``), built by
     ``ProgramStatusEventPublisher`` (cdap-app-fabric ``internal/events``): null fields left out;
     ``eventTime`` is the run id's time (``RunIds.getTime``), i.e. when the run was created, in ms;
-    an end state carries ``error`` (the program's error, FAILED) or ``pipelineMetrics``."""
+    an end state carries ``error`` (the program's error, FAILED) or ``pipelineMetrics``. ``phase``:
+    the event of the workflow's inner program, whose ``workflowId`` (the system argument
+    ``workflowRunId``) is the workflow's run id."""
     system_args = {
         "logical.start.time": str(int(run.created * 1000)),
         "system.profile.name": "SYSTEM:dataproc",
     }
+    if phase:
+        system_args["workflowRunId"] = run.runid
     details: dict[str, Any] = {
-        "runID": run.runid,
-        "programName": run.program_id,
+        "runID": run.phase_id if phase else run.runid,
+        "programName": PHASE_PROGRAM if phase else run.program_id,
         "applicationName": run.app.app,
         "namespace": run.app.namespace,
         "status": entry.status,
         "eventTime": int(run.created * 1000),
         "userArgs": dict(run.runtime_args),
         "systemArgs": system_args,
-        "workflowId": "",
+        "workflowId": run.runid if phase else "",
         "startMetadata": {"type": "MANUAL"},
     }
     if entry.status == "FAILED":
@@ -782,12 +798,22 @@ class CdapState(EmulatorState):
             now = self.clock.now()
             topics = [(i, i.publish_topic) for i in self.instances.values() if i.publish_topic]
             for run in sorted(self.runs.values(), key=lambda r: r.seq):
+                due: list[tuple[float, int, bool, Entry]] = []
                 while run.published < len(run.timeline) and run.timeline[run.published].at <= now:
                     entry = run.timeline[run.published]
+                    due.append((entry.at, 2 if entry.status in TERMINAL else 0, False, entry))
                     run.published += 1
+                while run.phases_published < len(run.phases) and run.phases[run.phases_published].at <= now:
+                    entry = run.phases[run.phases_published]
+                    due.append((entry.at, 1, True, entry))
+                    run.phases_published += 1
+                # the workflow starts before its inner program and ends after it
+                for _, _, phase, entry in sorted(due, key=lambda d: (d[0], d[1])):
                     for instance, topic in topics:
                         project = instance.project or str(topic).split("/")[1]
-                        event = program_status_event(run, entry, instance, project, int(now * 1000))
+                        event = program_status_event(
+                            run, entry, instance, project, int(now * 1000), phase=phase
+                        )
                         self.publisher.publish(str(topic), event)
 
     # -- deployed pipelines ------------------------------------------------------------------------
@@ -895,14 +921,18 @@ class CdapState(EmulatorState):
             if status == "STOPPING":
                 return
             run.timeline = [e for e in run.timeline if e.at <= now]
+            run.phases = [e for e in run.phases if e.at <= now]
             run.stopping_at = now
             if run.running_at is not None and run.running_at > now:
                 run.running_at = None
             if status == "PENDING":
                 run.timeline.append(Entry(now, "KILLED"))
                 return
+            killed = now + float(run.app.behavior.stop_seconds)
             run.timeline.append(Entry(now, "STOPPING"))
-            run.timeline.append(Entry(now + float(run.app.behavior.stop_seconds), "KILLED"))
+            run.timeline.append(Entry(killed, "KILLED"))
+            if run.phases:  # the inner program was started: it is killed with its workflow
+                run.phases.append(Entry(killed, "KILLED"))
 
 
 # ============================================================================== HTTP layer
