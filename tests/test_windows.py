@@ -295,3 +295,25 @@ def test_a_runtime_built_afresh_after_each_delivery_sees_the_same_windows(world,
         handle_object(fresh, parse_object_finalized(drop(f"in/{i}")))
     assert len(load_jobs(dataflow)) == 2
     assert sorted(names_in_manifests(world, dataflow)) == [f"in/{i}" for i in range(8)]
+
+
+def test_the_explain_command_names_the_window_an_object_would_join(world, dataflow, call, capsys):
+    from handlers.entry import cli
+
+    path, _ = batch_world(world, dataflow, max_items=3, max_wait="10m", key="{dirname}")
+    call("on_object_finalized", drop("in/day1/a.csv"), path)
+    argv = ["explain", "--config", str(path), "--bucket", LANDING, "--name", "in/day1/b.csv"]
+    capsys.readouterr()  # the delivery's log lines
+    assert cli.main([*argv, "--json"]) == 0
+    (trigger,) = [t for t in json.loads(capsys.readouterr().out)["triggers"] if t["matched"]]
+    window = trigger["window"]
+    assert trigger["action"] == "join" and window["key"] == "in/day1"
+    assert window["state"] == "OPEN" and window["count"] == 1 and not window["joined"]
+    assert cli.main(argv) == 0
+    text = capsys.readouterr().out
+    assert f"{window['window']}: would join it (1 objects" in text
+    assert "max_items 3, max_wait 10m" in text
+    # without the ledger: the key and limits only
+    assert cli.main([*argv, "--json", "--no-ledger"]) == 0
+    (trigger,) = [t for t in json.loads(capsys.readouterr().out)["triggers"] if t["matched"]]
+    assert trigger["window"] == {"key": "in/day1", "limits": window["limits"]}
