@@ -119,37 +119,45 @@ class Manifests:
 
 
 def verdict(rig: Rig, events: Sequence[Event], completions: Iterable[dict[str, Any]]) -> dict[str, Any]:
+    """The verdict over ``events``: the manifests listing any of them, their jobs and completions."""
     manifests = Manifests(rig)
+    names = [e.name for e in events]
+    ours = set(names)
     jobs = [job for backend, handle in rig.emulators.items() for job in kit(backend).jobs(handle.url)]
-    jobs_per_manifest = Counter(str(job["input"]) for job in jobs)
+    every_manifest = Counter(str(job["input"]) for job in jobs)
+    jobs_per_manifest = Counter(
+        {uri: n for uri, n in every_manifest.items() if ours & set(manifests.names(uri))}
+    )
     listed: Counter[str] = Counter()
     for uri in jobs_per_manifest:
         listed.update(manifests.names(uri))
     completions_per_manifest: Counter[str] = Counter()
     for message in completions:
         data = message["event"].get("data") or {}
-        completions_per_manifest[(data.get("parameters") or {}).get("inputFile", "")] += 1
-    completed = {
-        n for uri in completions_per_manifest if uri in jobs_per_manifest for n in manifests.names(uri)
-    }
-    names = [e.name for e in events]
-    written = list(storage_client(rig.gcs.url).list_blobs(LEDGER_BUCKET, prefix=f"{LEDGER_PREFIX}manifests/"))
+        uri = (data.get("parameters") or {}).get("inputFile", "")
+        if uri in jobs_per_manifest:
+            completions_per_manifest[uri] += 1
+    completed = {n for uri in completions_per_manifest for n in manifests.names(uri)}
+    client = storage_client(rig.gcs.url)
+    written = [
+        f"gs://{LEDGER_BUCKET}/{b.name}"
+        for b in client.list_blobs(LEDGER_BUCKET, prefix=f"{LEDGER_PREFIX}manifests/")
+    ]
+    written_ours = [uri for uri in written if ours & set(manifests.names(uri))]
     figures: dict[str, Any] = {
         "objects": len(names),
         "objects_lost": sum(1 for n in names if listed[n] == 0 or n not in completed),
         "objects_in_no_manifest": sum(1 for n in names if listed[n] == 0),
         "objects_in_two_manifests": sum(1 for n in names if listed[n] > 1),
         "windows_launched": len(jobs_per_manifest),
-        "jobs": len(jobs),
+        "jobs": sum(jobs_per_manifest.values()),
         "duplicate_jobs": sum(n - 1 for n in jobs_per_manifest.values() if n > 1),
         "completions": sum(completions_per_manifest.values()),
         "duplicate_completions": sum(n - 1 for n in completions_per_manifest.values() if n > 1),
-        "manifests_written": len(written),
-        "manifests_never_launched": sum(
-            1 for b in written if f"gs://{LEDGER_BUCKET}/{b.name}" not in jobs_per_manifest
-        ),
+        "manifests_written": len(written_ours),
+        "manifests_never_launched": sum(1 for uri in written_ours if uri not in jobs_per_manifest),
         "window_sizes": dict(sorted(Counter(len(manifests.names(u)) for u in jobs_per_manifest).items())),
-        "stray_objects": sum(n for name, n in listed.items() if name not in set(names)),
+        "stray_objects": sum(n for name, n in listed.items() if name not in ours),
     }
     figures["objects_doubled"] = figures["objects_in_two_manifests"] + sum(
         len(manifests.names(u)) * (n - 1) for u, n in jobs_per_manifest.items() if n > 1
@@ -374,6 +382,7 @@ def run_faults(options: FaultOptions) -> dict[str, Any]:
             delivered_at = time.monotonic()
             stalled, last, last_change = False, -1, time.monotonic()
             while time.monotonic() < deadline:
+                watch.poll()
                 done = manifests.completed_names(watch)
                 if len(done) != last:
                     last, last_change = len(done), time.monotonic()
