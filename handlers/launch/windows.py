@@ -14,9 +14,9 @@ A window is ``OPEN`` -> ``CLOSING`` (sealed: its members never change again) -> 
 (handed to the launch service, run key from trigger and window id), or ``OPEN`` -> ``EMPTY`` when
 ``max_wait`` passed with no member. Joining, for one object (however often it is delivered)::
 
-    membership exists? ──no──> find the open window (hint, then the first OPEN by sequence;
-       │                       create it: marker first, then the document create-only)
-       │                       create the membership naming it (create-only: one delivery wins)
+    create the membership (create-only) naming the window this process last saw open (else: the
+    hint, then the first OPEN by sequence; created if missing: marker first, then the document)
+       │  it exists already (a redelivery, or a concurrent delivery won): read it
        v
     the window the membership names
        ├─ lists the object ─────────────> joined (if CLOSING: finish the close)
@@ -166,6 +166,10 @@ def member_name(trigger: str, member: Member) -> str:
 
 
 MARKERS = "windows-open/"
+# (ledger bucket, prefix, trigger, key) -> the sequence of the window this process last saw open: a
+# warm instance goes straight to it instead of reading the ledger's hint (a stale guess only costs a
+# step forward). Plain dict operations: atomic under the GIL, so thread-safe without a lock.
+_LAST_OPEN: dict[tuple[str, str, str, str], int] = {}
 
 
 @dataclass
@@ -238,26 +242,40 @@ class Windows:
                 raise LedgerUnavailable(f"window {wid}: created by another and gone again") from None
             return found
 
+    def _cache_key(self, trigger: str, key: str) -> tuple[str, str, str, str]:
+        return (self.rt.config.settings.ledger_bucket, self.ledger.prefix, trigger, key)
+
     def _open_window(self, trigger: Trigger, key: str, after: int = 0) -> WindowDoc:
-        """The open window of ``key`` (created when there is none), past sequence ``after``."""
-        hint = self.ledger.read_doc(hint_name(trigger.name, key))
-        hinted = int(hint[0].get("seq") or 1) if hint else 1
-        seq = max(hinted, after + 1)
+        """The open window of ``key`` (created when there is none), past sequence ``after``: from the
+        sequence this process last saw open, else the ledger's hint, walking forward."""
+        ck = self._cache_key(trigger.name, key)
+        known = _LAST_OPEN.get(ck)
+        if known is None:
+            hint = self.ledger.read_doc(hint_name(trigger.name, key))
+            known = int(hint[0].get("seq") or 1) if hint else 1
+        start = seq = max(known, after + 1)
         for _ in range(MAX_ATTEMPTS):
             doc = self._read(trigger.name, window_id(trigger.name, key, seq))
             if doc is None:
                 doc = self._create(trigger, key, seq)
             if not doc.sealed:
-                if seq != hinted:
-                    try:  # a hint only: whoever loses this race wrote the same or a newer one
-                        self.ledger.write_doc(
-                            hint_name(trigger.name, key), {"seq": seq}, hint[1] if hint else 0
-                        )
-                    except Conflict:
-                        pass
+                _LAST_OPEN[ck] = seq
+                if seq != start:
+                    self._advance_hint(trigger.name, key, seq)
                 return doc
             seq += 1
         raise LedgerUnavailable(f"trigger {trigger.name}: no open window found", trigger=trigger.name)
+
+    def _advance_hint(self, trigger: str, key: str, seq: int) -> None:
+        """Move the ledger's hint forward (a hint only: losing a race to a newer one is fine)."""
+        name = hint_name(trigger, key)
+        hint = self.ledger.read_doc(name)
+        if hint is not None and int(hint[0].get("seq") or 0) >= seq:
+            return
+        try:
+            self.ledger.write_doc(name, {"seq": seq}, hint[1] if hint else 0)
+        except Conflict:
+            pass
 
     # -- joining -----------------------------------------------------------------------------------
     def join_all(self, plans: Iterable[WindowPlan]) -> list[Outcome]:
@@ -294,24 +312,32 @@ class Windows:
         key, member = plan.key, plan.member
         with logs.bind(trigger=trigger.name, object=member.identity):
             mname = member_name(trigger.name, member)
-            found = self.ledger.read_doc(mname)
+            # The window this process last saw open (else the one the ledger says): a guess the
+            # loop below corrects (a sealed window moves the membership on).
             doc: WindowDoc | None = None
-            if found is None:
+            seq = _LAST_OPEN.get(self._cache_key(trigger.name, key))
+            if seq is None:
                 doc = self._open_window(trigger, key)
-                record = {"window": doc.id, "object": member.to_json(), "joined_at": iso(self.clock())}
-                try:
-                    found = (record, self.ledger.write_doc(mname, record, 0))
-                except Conflict:  # another delivery of this object got there first
-                    found, doc = self.ledger.read_doc(mname), None
-                    if found is None:
-                        raise LedgerUnavailable(f"membership {mname}: vanished after a conflict") from None
-            record, mgen = found
+            wid = doc.id if doc is not None else window_id(trigger.name, key, seq or 1)
+            record: dict[str, Any] = {
+                "window": wid,
+                "object": member.to_json(),
+                "joined_at": iso(self.clock()),
+            }
+            try:
+                mgen = self.ledger.write_doc(mname, record, 0)
+            except Conflict:  # a delivery of this object got there first (or this is a redelivery)
+                found = self.ledger.read_doc(mname)
+                if found is None:
+                    raise LedgerUnavailable(f"membership {mname}: vanished after a conflict") from None
+                (record, mgen), doc = found, None
             for attempt in range(MAX_ATTEMPTS):
                 wid = str(record["window"])
                 if doc is None or doc.id != wid:
                     doc = self._read(trigger.name, wid)
                     if doc is None:  # removed behind our back (a lifecycle rule): open it again
                         doc = self._create(trigger, key, int(wid.rpartition("-")[2]))
+                self._saw(doc)
                 if doc.contains(member):
                     return self._joined(trigger, doc)
                 if not doc.sealed:
@@ -321,6 +347,7 @@ class Windows:
                         doc = None
                         self._back_off(attempt)
                         continue
+                    self._saw(doc)
                     if doc.contains(member):
                         logs.info("object joined a window", window=doc.id, count=doc.count)
                         return self._joined(trigger, doc)
@@ -339,6 +366,13 @@ class Windows:
                     record, mgen = again
                     doc = None
             raise LedgerUnavailable(f"window of {member.identity}: too much contention", trigger=trigger.name)
+
+    def _saw(self, doc: WindowDoc) -> None:
+        """Remember where the open window of ``doc``'s key is: this one, or (sealed) the next."""
+        ck = self._cache_key(doc.trigger, doc.key)
+        seq = doc.seq + 1 if doc.sealed else doc.seq
+        if _LAST_OPEN.get(ck, 0) < seq:
+            _LAST_OPEN[ck] = seq
 
     def _back_off(self, attempt: int) -> None:
         self.sleep(random.uniform(0, 0.01 * min(attempt + 1, 10)))
