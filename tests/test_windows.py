@@ -23,6 +23,7 @@ from handlers.model.config import build_config
 from handlers.model.events import parse_object_finalized
 from handlers.route.plan import plan_object
 from tests.support import events as ev
+from tests.test_api import ROOT, check_openapi
 
 LANDING = "landing"
 
@@ -193,8 +194,18 @@ def test_windows_are_split_by_key(world, dataflow, call):
 
 
 # -- what the launch and the completion carry ------------------------------------------------------
+def rest_api(config_path, monkeypatch):
+    import functions_framework
+
+    from handlers.launch.runtime import reset_default
+
+    monkeypatch.setenv("PIPELINES_CONFIG", str(config_path))
+    reset_default()
+    return functions_framework.create_app("api", str(ROOT / "main.py"), "http").test_client()
+
+
 def test_the_manifest_and_the_placeholders_reach_the_backend_and_the_completion_carries_the_window(
-    world, dataflow, call
+    world, dataflow, call, monkeypatch
 ):
     path, runtime = batch_world(world, dataflow, max_items=2)
     t1, t2 = iso(now() - dt.timedelta(seconds=10)), iso(now() - dt.timedelta(seconds=5))
@@ -230,9 +241,11 @@ def test_the_manifest_and_the_placeholders_reach_the_backend_and_the_completion_
     window = done["event"]["data"]["window"]
     assert window["id"] == params["key"] and window["count"] == 2 and window["manifest"] == uri
     assert done["event"]["data"]["event"]["kind"] == "window"
-    # GET /runs carries it too (the run record the API returns)
+    # GET /runs/{key} carries it too, in the run record the REST API returns
     (run,) = world.runs(runtime)
-    assert run.to_json()["event"]["window"]["manifest"] == uri
+    response = rest_api(path, monkeypatch).get(f"/runs/{run.run_key}")
+    body = check_openapi("/runs/{runKey}", "get", response)
+    assert body["run"]["event"]["window"] == window
 
 
 def test_a_chain_after_a_window_reads_the_window_of_its_upstream(world, dataflow, call):

@@ -21,7 +21,8 @@ delivered twice, while the ledger and backend proxies inject ``--kinds`` faults 
 The verdict is read from the services only: every job's ``inputFile`` names a manifest, read from
 fake-gcs-server directly; an object is **lost** when no launched manifest lists it or that
 manifest's completion never came, **doubled** when it is listed by two launched manifests or its
-manifest launched two jobs; completions are counted per manifest. Results go to
+manifest launched two jobs; completions are counted per manifest, one per Pub/Sub message id (a
+message the watch pulled twice is reported apart, as ``completion_messages_pulled_twice``). Results go to
 ``results/windows-crashes.*`` or ``results/windows-faults.*``; exit 0 only when nothing was lost or
 doubled (and, for crashes, every boundary was reached).
 """
@@ -132,11 +133,25 @@ def verdict(rig: Rig, events: Sequence[Event], completions: Iterable[dict[str, A
     for uri in jobs_per_manifest:
         listed.update(manifests.names(uri))
     completions_per_manifest: Counter[str] = Counter()
+    per_id: Counter[str] = Counter()
+    seen: dict[str, list[dict[str, Any]]] = {}
+    messages: set[str] = set()
+    redelivered = 0
     for message in completions:
+        # one publish pulled twice (the watch's ack came too late) is not a second completion
+        if message.get("message_id") in messages:
+            redelivered += 1
+            continue
+        messages.add(str(message.get("message_id")))
         data = message["event"].get("data") or {}
         uri = (data.get("parameters") or {}).get("inputFile", "")
         if uri in jobs_per_manifest:
             completions_per_manifest[uri] += 1
+            per_id[str(message["event"].get("id"))] += 1
+            seen.setdefault(uri, []).append(
+                {"id": message["event"].get("id"), "state": data.get("state"), "run_key": data.get("run_key"),
+                 "message_id": message.get("message_id"), "attempts": data.get("attempts")}
+            )  # fmt: skip
     completed = {n for uri in completions_per_manifest for n in manifests.names(uri)}
     client = storage_client(rig.gcs.url)
     written = [
@@ -154,6 +169,9 @@ def verdict(rig: Rig, events: Sequence[Event], completions: Iterable[dict[str, A
         "duplicate_jobs": sum(n - 1 for n in jobs_per_manifest.values() if n > 1),
         "completions": sum(completions_per_manifest.values()),
         "duplicate_completions": sum(n - 1 for n in completions_per_manifest.values() if n > 1),
+        "duplicate_completion_ids": sum(n - 1 for n in per_id.values() if n > 1),
+        "completion_messages_pulled_twice": redelivered,
+        "duplicate_completion_examples": [seen[u] for u, n in completions_per_manifest.items() if n > 1][:3],
         "manifests_written": len(written_ours),
         "manifests_never_launched": sum(1 for uri in written_ours if uri not in jobs_per_manifest),
         "window_sizes": dict(sorted(Counter(len(manifests.names(u)) for u in jobs_per_manifest).items())),
