@@ -282,6 +282,59 @@ def test_a_chain_after_a_window_reads_the_window_of_its_upstream(world, dataflow
     assert report["parameters"] == {"input": done["event"]["data"]["window"]["manifest"], "a": "2"}
 
 
+def test_a_fan_in_joins_a_window_run_with_a_single_run(world, dataflow, call):
+    pipelines = {
+        **batch_pipelines(dataflow),
+        "audit": {**dataflow.pipeline_options("audit"), "parameters": {"day": "{event_time:%Y-%m-%d}"}},
+        "report": {
+            **dataflow.pipeline_options("report"),
+            "parameters": {
+                "input": "{upstreams.load.window.manifest}",
+                "a": "{upstreams.load.window.count}",
+                "b": "{upstreams.audit.run_key}",
+                "key": "{join_key}",
+            },
+        },
+    }
+    triggers = {
+        "landing": {
+            "storage": {"bucket": LANDING, "prefix": "in/"},
+            "pipeline": "load",
+            "batch": {"max_items": 2},
+        },
+        "audit-landing": {"storage": {"bucket": LANDING, "prefix": "audit/"}, "pipeline": "audit"},
+        "report-when-both": {
+            "completion": {"upstream": ["load", "audit"], "join_key": "{upstream.parameters.day}"},
+            "pipeline": "report",
+        },
+    }
+    path = world.write_config(pipelines, triggers)
+    runtime = world.runtime(world.config(pipelines, triggers))
+    for name in ("in/1", "in/2", "audit/x"):
+        call("on_object_finalized", drop(name), path)
+    dataflow.advance(30)
+    Tracker(runtime).sweep()
+    done = {c["attributes"]["pipeline"]: c for c in world.completions(expect=2)}
+    for _ in range(2):  # each completion delivered twice
+        for upstream in ("load", "audit"):
+            c = done[upstream]
+            message = ev.pubsub_message(
+                world.completion_topic,
+                json.dumps(c["event"]).encode(),
+                attributes=c["attributes"],
+                message_id=c["message_id"],
+            )
+            assert call("on_message", message, path).status_code == 200
+    (report,) = [j for j in dataflow.jobs() if j["name"].startswith("report-")]
+    window = done["load"]["event"]["data"]["window"]
+    assert report["parameters"] == {
+        "input": window["manifest"],
+        "a": "2",
+        "b": done["audit"]["attributes"]["run_key"],
+        "key": done["audit"]["event"]["data"]["parameters"]["day"],
+    }
+
+
 def test_explain_shows_which_window_an_object_would_join(world, dataflow, call):
     path, runtime = batch_world(world, dataflow, max_items=3)
     event = parse_object_finalized(drop("in/q.csv"))
