@@ -13,7 +13,7 @@ The error policy lives here, once for every entry point:
 - any other permanent error that reaches here (a completion whose fields cannot be read, say) ->
   logged with its reason, acknowledged: a permanent error never becomes an HTTP 500;
 - a retryable error -> raised after every matching trigger had its turn (the platform redelivers;
-  triggers that already launched see a duplicate next time).
+  triggers that already launched see a duplicate next time, objects that joined a window find it).
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from typing import Any
 from handlers.backends import registry
 from handlers.backends.contract import BackendSpec, PushedStatus
 from handlers.core import logs
-from handlers.core.errors import EventError, EventTooOld, PermanentError
+from handlers.core.errors import EventError, EventTooOld, PermanentError, RetryableError
 from handlers.launch.runtime import Runtime
 from handlers.launch.service import LaunchService, Outcome
 from handlers.model import events
@@ -62,8 +62,23 @@ def carry_out(runtime: Runtime, plan: EventPlan, service: LaunchService | None =
             near_misses={d.trigger.name: list(d.match.reasons) for d in plan.decisions},
         )
         return []
+    service = service or LaunchService(runtime)
     launches = [d.launch for d in plan.matched if d.launch is not None]
-    return (service or LaunchService(runtime)).launch_all(launches)
+    windows = [d.window for d in plan.matched if d.window is not None]
+    if not windows:
+        return service.launch_all(launches)
+    from handlers.launch.windows import Windows  # only configs with batch: triggers need it
+
+    outcomes: list[Outcome] = []
+    pending: RetryableError | None = None
+    for act in (lambda: service.launch_all(launches), lambda: Windows(runtime, service).join_all(windows)):
+        try:
+            outcomes.extend(act())
+        except RetryableError as exc:  # each already gave every plan its turn: redeliver after both
+            pending = pending or exc
+    if pending is not None:
+        raise pending
+    return outcomes
 
 
 def handle_object(runtime: Runtime, event: events.ObjectEvent) -> list[Outcome]:
