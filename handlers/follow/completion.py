@@ -61,7 +61,9 @@ def completion_data(run: Run) -> dict[str, Any]:
     job = run.job or {}
     started = from_iso(run.started_at or run.launched_at or run.created_at)
     ended = from_iso(run.ended_at)
-    duration = (ended - started).total_seconds() if started and ended else None
+    # never negative: a backend that reports whole seconds (CDAP) can end a sub-second run "before"
+    # the launch time the ledger recorded to the millisecond
+    duration = max(0.0, (ended - started).total_seconds()) if started and ended else None
     data = {
         "schema_version": SCHEMA_VERSION,
         "run_key": run.run_key,
