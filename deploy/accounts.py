@@ -5,6 +5,9 @@ ledger, the completion topic, and what the configured backends declare) and ``pi
 from __future__ import annotations
 
 import json
+import shlex
+from collections.abc import Mapping
+from typing import Any
 
 from deploy import backends, iam
 from deploy.context import Deployment
@@ -116,6 +119,10 @@ def section_event_iam(d: Deployment) -> None:
             "forward undeliverable events to the dead-letter topic",
         ),
     )
+    for status in d.status_topics:
+        iam.grant(d, Binding(status.publisher, "roles/pubsub.publisher", "topic", status.topic, status.why))
+        for call in status.enable:
+            d.add(rest_call_argv(call.method, call.url, call.body), f"{call.why} ({call.method} {call.url})")
     if d.o.pubsub_token_creator:
         iam.grant(
             d,
@@ -127,3 +134,16 @@ def section_event_iam(d: Deployment) -> None:
                 "projects whose Pub/Sub agent predates 2021-04-08 mint push tokens",
             ),
         )
+
+
+def rest_call_argv(method: str, url: str, body: Mapping[str, Any]) -> list[str]:
+    """A Google REST call no gcloud command makes, as ``bash -c 'curl ...'``: the access token is
+    fetched inside the shell, so it never appears in the plan, its output or an error message."""
+    data = json.dumps(dict(body), separators=(",", ":"), sort_keys=True)
+    script = (
+        f"curl --fail-with-body -sS -X {shlex.quote(method)} "
+        '-H "Authorization: Bearer $(gcloud auth print-access-token)" '
+        "-H 'Content-Type: application/json' "
+        f"{shlex.quote(url)} -d {shlex.quote(data)}"
+    )
+    return ["bash", "-c", script]

@@ -18,6 +18,7 @@ plumbing is at the bottom. Each layer imports only itself and the layers below i
     launch/       one launch per event
       service       claim -> launch -> record, exactly once, with the retry and error policy
       ledger        run records and active markers over a small store contract
+      windows       batch: windows of object events: join exactly once, close, manifest, launch
       store         that store: the Cloud Storage JSON API (create-only and CAS writes)
       runtime       the per-process wiring: config, ledger, backends, publisher (built lazily)
     route/        what an event means, decided before anything is written
@@ -30,6 +31,7 @@ plumbing is at the bottom. Each layer imports only itself and the layers below i
       templates     parameter templates: placeholders checked at load, rendered from an event
       events        the CloudEvents the functions receive (storage, Pub/Sub, notifications), typed
       completions   the completion event format; completions and fan-ins as trigger inputs
+      windows       a window's members, its manifest format and location, a closed window as input
     backends/     the pipeline systems, behind one declared contract
       contract      Backend protocol, BackendSpec (everything a backend declares), run states
       registry      backend name -> the module declaring it

@@ -366,7 +366,8 @@ def test_dry_run_of_a_rich_config_covers_every_trigger_source(tmp_path, rich_con
     }
     assert buckets == {"acme-landing", "acme.partner.drop"}  # one function per bucket, two triggers share one
     topics = {flag(a, "trigger-topic")[0] for a in fns.values() if flag(a, "entry-point") == ["on_message"]}
-    assert topics == {"orders", "partner_events", "pipeline-completions"}
+    # datafusion-status: the Data Fusion instance publishes its run status there (on_message completes)
+    assert topics == {"orders", "partner_events", "pipeline-completions", "datafusion-status"}
     regions = {
         flag(a, "trigger-location")[0] for a in fns.values() if flag(a, "entry-point") == ["on_job_status"]
     }
@@ -408,6 +409,7 @@ def test_the_plan_builder_lists_the_functions_the_rich_config_needs(tmp_path, ri
         ("on_message", "pubsub", "orders"): "on-message-orders",
         ("on_message", "pubsub", "partner_events"): names.service_name("on-message", "partner_events"),
         ("on_message", "pubsub", "pipeline-completions"): "on-message-pipeline-completions",
+        ("on_message", "pubsub", "datafusion-status"): "on-message-datafusion-status",  # pushed status
         ("on_job_status", "dataflow", "europe-west1"): "on-job-status",
         ("on_job_status", "dataflow", "us-central1"): "on-job-status-us-central1",
         ("check_runs", "pubsub", "pipeline-sweep"): "check-runs",
@@ -497,7 +499,13 @@ def test_without_dataflow_there_is_no_status_trigger_and_no_dataflow_role(tmp_pa
         encoding="utf-8",
     )
     plan = build.build_plan(load_config(config), options(config, tmp_path))
-    assert {f.entry_point for f in plan.functions} == {"on_object_finalized", "check_runs", "api"}
+    # on_message: Data Fusion pushes run status through Pub/Sub (datafusion-status), not Eventarc
+    assert {f.entry_point for f in plan.functions} == {
+        "on_object_finalized",
+        "on_message",
+        "check_runs",
+        "api",
+    }
     assert not any(s.function and s.function.trigger == "dataflow" for s in plan.steps)
     script = render.render_plan(plan)
     for needle in ("statusChanged", "dataflow.googleapis.com", "roles/dataflow", "on-job-status"):

@@ -117,6 +117,11 @@ def build_parser() -> argparse.ArgumentParser:
     msg.add_argument("--message-id", help="default: derived from topic, data and attributes")
     p.add_argument("--time", type=_time_arg, help="event time, RFC 3339 (default: now)")
     p.add_argument("--event-id", help="the CloudEvent id (default: as the function derives it)")
+    p.add_argument(
+        "--no-ledger",
+        action="store_true",
+        help="batch: triggers: do not read the ledger for the window the object would join",
+    )
     p.set_defaults(func=cmd_explain)
 
     p = sub.add_parser("runs", parents=[common], help="list runs from the ledger, newest first")
