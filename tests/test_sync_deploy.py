@@ -35,6 +35,19 @@ def test_a_pipeline_kept_in_the_repo_is_synced_before_any_function_is_deployed(t
     assert argv.index(sync) < first_function
 
 
+def test_the_example_config_syncs_its_data_fusion_pipeline_too(tmp_path: Path) -> None:
+    config = ROOT / "examples" / "pipelines.yaml"  # enrich-counts keeps its exported JSON
+    assert ("python", "-m", "handlers", "sync", "--config", str(config)) in plan_for(config, tmp_path)
+
+
 def test_a_config_without_definitions_gets_no_sync_step(tmp_path: Path) -> None:
-    argv = plan_for(ROOT / "examples" / "pipelines.yaml", tmp_path)
+    config = tmp_path / "pipelines.yaml"
+    config.write_text(
+        "settings: {project: p1, region: europe-west1, ledger: {bucket: p1-ledger}}\n"
+        "pipelines:\n"
+        "  load: {backend: fabric, workspace: Sales, item: sales-dataflow}\n"
+        "triggers:\n"
+        "  drop: {storage: {bucket: p1-drop}, pipeline: load}\n"
+    )
+    argv = plan_for(config, tmp_path)
     assert not [a for a in argv if "sync" in a]
