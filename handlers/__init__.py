@@ -39,7 +39,8 @@ plumbing is at the bottom. Each layer imports only itself and the layers below i
       datafusion    Cloud Data Fusion / CDAP pipelines
       fabric/       Microsoft Fabric item jobs (fabric/jobs), Entra ID tokens (fabric/entra), names
                     resolved by display name (fabric/lookup), a dataflow's public parameters
-                    (fabric/parameters), definitions kept in the repo and long-running operations
+                    (fabric/parameters) and as its mashup.pq declares them (fabric/mashup),
+                    definitions kept in the repo and long-running operations
                     (fabric/definitions), the rotated refresh token kept in Secret Manager
                     (fabric/secrets)
       dataproc      Dataproc Serverless Spark batches (a client-chosen batch id: exact find)

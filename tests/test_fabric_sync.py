@@ -315,3 +315,17 @@ def test_sync_dry_run_then_sync_then_validate_online(
     code, doc = run_cli("validate", config, "--online")
     assert code == 2
     assert any("'BatchSize': 'lots' is not an Integer" in p for p in doc["error"]["problems"])
+
+
+def test_validate_checks_parameter_names_against_the_definition_kept_in_the_repo(repo: Path) -> None:
+    config = repo / "pipelines.yaml"
+    assert run_cli("validate", str(config))[0] == 0  # offline: no emulator, no credentials
+    raw = yaml.safe_load(config.read_text())
+    parameters = raw["pipelines"]["sales-refresh"]["parameters"]
+    parameters["Regoin"] = parameters.pop("Region")
+    config.write_text(yaml.safe_dump(raw))
+    code, doc = run_cli("validate", str(config))
+    assert code == 2
+    problems = doc["error"]["problems"]
+    assert any("parameter 'Regoin': not a public parameter of the dataflow" in p for p in problems)
+    assert any("parameter 'Region': required by the dataflow but not configured" in p for p in problems)

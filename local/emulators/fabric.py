@@ -84,7 +84,7 @@ from urllib.parse import parse_qsl, quote
 import jsonschema
 from flask import Flask, Response, current_app, jsonify, request
 
-from local.emulators import fabric_mashup
+from handlers.backends.fabric import mashup as fabric_mashup
 from local.emulators.base import (
     EmulatorState,
     FaultRule,

@@ -52,7 +52,7 @@ import re
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlparse
@@ -71,7 +71,7 @@ from handlers.backends.contract import (
     SyncChange,
     SyncStep,
 )
-from handlers.backends.fabric import definitions, entra, lookup
+from handlers.backends.fabric import definitions, entra, lookup, mashup
 from handlers.backends.fabric import parameters as dataflow_parameters
 from handlers.backends.fabric.entra import DEFAULT_PREFIX, DELEGATED, SERVICE_PRINCIPAL
 from handlers.core import http, logs
@@ -202,6 +202,43 @@ def check_options(options: Mapping[str, Any]) -> list[str]:
     return problems
 
 
+def check_definition(
+    pipeline: PipelineTarget, parameters: Collection[str], base_dir: str
+) -> tuple[list[str], list[str]]:
+    """``validate``, offline: the definition folder beside the config (its parts, its type), and the
+    configured parameter names against the public parameters its ``mashup.pq`` declares."""
+    options = pipeline.options
+    if not options.get("definition"):
+        return [], []
+    where = f"pipeline '{pipeline.name}': definition"
+    try:
+        parts = definitions.read_folder(Path(base_dir) / str(options["definition"]))
+        metadata = definitions.platform(parts, str(options["definition"]))
+    except ConfigError as exc:
+        return [f"pipeline '{pipeline.name}': {p}" for p in exc.problems], []
+    if metadata["type"] != item_type_of(options):
+        return [
+            f"{where}: its .platform is a {metadata['type']}, the pipeline's item_type {item_type_of(options)}"
+        ], []
+    if metadata["type"] != "Dataflow":
+        return [], []
+    declared = {
+        str(p["name"]): p for p in mashup.parameters(parts["mashup.pq"].decode("utf-8", errors="replace"))
+    }
+    errors = [
+        f"pipeline '{pipeline.name}': parameter {name!r}: not a public parameter of the dataflow "
+        f"(its mashup.pq declares: {', '.join(sorted(declared)) or 'none'})"
+        for name in parameters
+        if name not in declared
+    ]
+    errors += [
+        f"pipeline '{pipeline.name}': parameter {name!r}: required by the dataflow but not configured"
+        for name, p in declared.items()
+        if p["isRequired"] and name not in parameters
+    ]
+    return errors, []
+
+
 def execution_body(
     job_type: str, parameters: Mapping[str, Any], execute_option: str | None = None
 ) -> dict[str, Any]:
@@ -290,6 +327,7 @@ SPEC = BackendSpec(
     implementation="handlers.backends.fabric.jobs:Fabric",
     option_keys=OPTION_KEYS,
     check_options=check_options,
+    check_definition=check_definition,
     endpoint_envs=(ENDPOINT_ENV, entra.ENDPOINT_ENV),
     auth="entra",
     # Instances carry no run key: find() matches by time (module docstring). After an uncertain

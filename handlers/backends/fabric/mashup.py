@@ -5,8 +5,9 @@ A parameter is a shared query whose ``meta`` record says ``IsParameterQuery = tr
     shared Region = "emea" meta [IsParameterQuery = true, Type = "Text", IsParameterQueryRequired = true];
 
 Its Power Query type maps to the REST API's parameter type (``Text`` -> ``String``, ``Logical`` ->
-``Boolean``, ``Int64`` -> ``Integer``...), its value is the default. The Fabric emulator answers
-``GET .../dataflows/{id}/parameters`` from this, and checks Execute parameters against it.
+``Boolean``, ``Int64`` -> ``Integer``...), its value is the default. ``validate`` checks a
+pipeline's configured parameters against the definition kept in the repo with it (offline), and the
+local Fabric emulator answers ``GET .../dataflows/{id}/parameters`` from it.
 """
 
 from __future__ import annotations
