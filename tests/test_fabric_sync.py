@@ -24,7 +24,7 @@ import yaml
 
 from handlers.backends.contract import LaunchRequest, SyncChange
 from handlers.backends.fabric.jobs import Fabric
-from handlers.backends.fabric.lookup import NameAmbiguous, NameNotFound
+from handlers.backends.fabric.lookup import NameAmbiguous, NameCache, NameNotFound
 from handlers.core.errors import ParameterError
 from handlers.entry.cli import main
 from handlers.model.config import Pipeline
@@ -329,3 +329,59 @@ def test_validate_checks_parameter_names_against_the_definition_kept_in_the_repo
     problems = doc["error"]["problems"]
     assert any("parameter 'Regoin': not a public parameter of the dataflow" in p for p in problems)
     assert any("parameter 'Region': required by the dataflow but not configured" in p for p in problems)
+
+
+def test_sync_checks_the_configured_parameters_against_the_synced_dataflow(
+    fabric: FabricHarness, repo: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name, value in fabric.environment().items():
+        monkeypatch.setenv(name, value)
+    config = repo / "pipelines.yaml"
+    raw = yaml.safe_load(config.read_text())
+    raw["pipelines"]["sales-refresh"]["parameters"]["BatchSize"] = "lots"
+    config.write_text(yaml.safe_dump(raw))
+    code, doc = run_cli("sync", "--config", str(config))
+    # THEN the dataflow was created, and the parameter its type refuses was named (exit 1)
+    [result] = doc["pipelines"]
+    assert code == 1 and result["applied"] and result["change"] == "create"
+    assert "'BatchSize': 'lots' is not an Integer" in result["error"]
+
+
+def test_names_are_listed_again_once_the_cache_expires(fabric: FabricHarness, repo: Path) -> None:
+    backend, item = synced(fabric, repo)
+    backend.names = NameCache(ttl_seconds=0.0)  # every answer is already stale
+    fabric.reset()
+    for _ in range(2):
+        assert backend.resolve(sales().options) == (WS.id, item)
+    listed = [r for r in fabric.requests_received() if r["path"] == "/v1/workspaces"]
+    assert len(listed) == 2
+
+
+def test_a_data_pipeline_kept_in_the_repo_is_created_without_apply_changes(
+    fabric: FabricHarness, tmp_path: Path
+) -> None:
+    folder = tmp_path / "copy-orders"
+    folder.mkdir()
+    (folder / ".platform").write_text(
+        json.dumps({"metadata": {"type": "DataPipeline", "displayName": "copy-orders"}})
+    )
+    (folder / "pipeline-content.json").write_text(json.dumps({"properties": {"activities": []}}))
+    options = {
+        "workspace": WS.name,
+        "item": "copy-orders",
+        "item_type": "DataPipeline",
+        "definition": "copy-orders/",
+    }
+    p = Pipeline(name="copy", backend="fabric", project="p", region="r", options=options)
+    backend = fabric.backend()
+    step = backend.plan_sync(p, str(tmp_path))
+    assert step is not None and step.change is SyncChange.CREATE
+    item = backend.apply_sync(step)
+    posts = paths(fabric, "POST")
+    assert f"POST /v1/workspaces/{WS.id}/dataPipelines" in posts
+    assert not [x for x in posts if "applyChanges" in x]
+    [created] = [i for i in dataflows(fabric) if i["item"] == item]
+    assert created["type"] == "DataPipeline" and created["definitionParts"] == [
+        ".platform",
+        "pipeline-content.json",
+    ]

@@ -7,8 +7,10 @@ For every pipeline of the config whose backend can keep definitions (the ``Synca
     update      present but different (the summary says which parts): replaced
     unchanged   present and equal: left alone
 
-then carries it out, unless ``--dry-run``. Paths in the config are relative to its folder. One
-pipeline's failure does not stop the others; the exit code is 1 if any failed.
+then carries it out, unless ``--dry-run``; a pipeline that exists then has its configured
+parameters checked against it when its backend can (``OnlineCheckable``). Paths in the config are
+relative to its folder. One pipeline's failure does not stop the others; the exit code is 1 if any
+failed.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from pathlib import Path
 from typing import Any, cast
 
 from handlers.backends import registry
-from handlers.backends.contract import Syncable, SyncChange
+from handlers.backends.contract import OnlineCheckable, Syncable, SyncChange
 from handlers.core.errors import PipelineError
 from handlers.entry.cli.args import EXIT_FAILURE, EXIT_OK, _load
 from handlers.entry.cli.output import Output, clean
@@ -37,6 +39,11 @@ def syncable(backend: Any) -> Syncable | None:
     if callable(getattr(backend, "plan_sync", None)) and callable(getattr(backend, "apply_sync", None)):
         return cast(Syncable, backend)
     return None
+
+
+def configured(pipeline: Any) -> dict[str, str | None]:
+    """The pipeline's configured parameters: literal values, ``None`` for those rendered from an event."""
+    return {name: (None if t.fields else t.source) for name, t in pipeline.parameters.items()}
 
 
 def cmd_sync(args: argparse.Namespace, out: Output) -> int:
@@ -60,6 +67,12 @@ def cmd_sync(args: argparse.Namespace, out: Output) -> int:
             if not args.dry_run and step.change != SyncChange.UNCHANGED:
                 doc["id"] = backend.apply_sync(step)
                 doc["applied"] = True
+            if doc.get("id") and callable(getattr(backend, "check_online", None)):
+                # the configured parameters against the pipeline as it now is in the backend
+                problems = cast(OnlineCheckable, backend).check_online(pipeline, configured(pipeline))
+                if problems:
+                    failed = True
+                    doc.update(error="; ".join(problems), retryable=False)
         except PipelineError as exc:
             failed = True
             doc.update(error=exc.message, retryable=exc.retryable)

@@ -11,6 +11,7 @@ from handlers.backends.contract import OnlineCheckable
 from handlers.core.errors import ConfigError
 from handlers.entry.cli.args import EXIT_OK, config_path
 from handlers.entry.cli.output import Output, clean
+from handlers.entry.cli.sync import configured
 from handlers.model.config import Config, load_config
 
 
@@ -61,11 +62,9 @@ def online_problems(config: Config) -> list[str]:
         check = getattr(built[pipeline.backend], "check_online", None)
         if not callable(check):
             continue
-        parameters = {
-            name: (None if template.fields else template.source)
-            for name, template in pipeline.parameters.items()
-        }
-        problems.extend(cast(OnlineCheckable, built[pipeline.backend]).check_online(pipeline, parameters))
+        problems.extend(
+            cast(OnlineCheckable, built[pipeline.backend]).check_online(pipeline, configured(pipeline))
+        )
     return problems
 
 
