@@ -8,8 +8,9 @@ plumbing is at the bottom. Each layer imports only itself and the layers below i
       functions     the five functions' services: parse, plan, carry the plan out (error policy)
       api           the REST API (POST /runs, GET /runs/{key}, cancel, GET /pipelines)
       manual        runs started by hand, shared by the REST API and the command line
-      cli/          python -m handlers: validate, explain, runs, launch, cancel, graph
-                    (__init__ parser and main; output, args, validate, explain, runs, launch, graph)
+      cli/          python -m handlers: validate, explain, runs, launch, cancel, graph, sync
+                    (__init__ parser and main; output, args, validate, explain, runs, launch, graph,
+                    sync: pipelines kept as code created or updated from the repo)
     follow/       following a run to its end
       tracking      the sweep and the push path: backend status -> run state, timeouts, stalls
       completion    the completion event of a finished run: built once, published with one id
@@ -36,7 +37,12 @@ plumbing is at the bottom. Each layer imports only itself and the layers below i
       registry      backend name -> the module declaring it
       dataflow      Dataflow classic and Flex Templates (REST v1b3)
       datafusion    Cloud Data Fusion / CDAP pipelines
-      fabric/       Microsoft Fabric item jobs (fabric/jobs) and Entra ID tokens (fabric/entra)
+      fabric/       Microsoft Fabric item jobs (fabric/jobs), Entra ID tokens (fabric/entra), names
+                    resolved by display name (fabric/lookup), a dataflow's public parameters
+                    (fabric/parameters) and as its mashup.pq declares them (fabric/mashup),
+                    definitions kept in the repo and long-running operations
+                    (fabric/definitions), the rotated refresh token kept in Secret Manager
+                    (fabric/secrets)
       dataproc      Dataproc Serverless Spark batches (a client-chosen batch id: exact find)
     core/         plumbing every layer shares
       errors        the one error tree: retryable vs permanent

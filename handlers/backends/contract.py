@@ -401,6 +401,17 @@ class Syncable(Protocol):
     def apply_sync(self, step: SyncStep) -> str: ...
 
 
+class OnlineCheckable(Protocol):
+    """A backend that can check a pipeline against the live system (``validate --online``).
+
+    ``parameters``: the pipeline's configured parameters, name -> the literal value, or ``None`` when
+    it is rendered from an event (known only at run time). Returns every problem, one line each;
+    raises the error tree's errors when the backend cannot be asked.
+    """
+
+    def check_online(self, pipeline: PipelineTarget, parameters: Mapping[str, str | None]) -> list[str]: ...
+
+
 class Backend(Protocol):
     """What the launch service and the tracker need from a pipeline system."""
 

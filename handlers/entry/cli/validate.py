@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from handlers.backends import registry
+from handlers.backends.contract import OnlineCheckable
 from handlers.core.errors import ConfigError
 from handlers.entry.cli.args import EXIT_OK, config_path
 from handlers.entry.cli.output import Output, clean
+from handlers.entry.cli.sync import configured
 from handlers.model.config import Config, load_config
 
 
@@ -48,12 +50,34 @@ def check_definitions(config: Config) -> tuple[list[str], list[str]]:
     return errors, warnings
 
 
+def online_problems(config: Config) -> list[str]:
+    """What only the backends can tell (``validate --online``): each pipeline whose backend is
+    :class:`~handlers.backends.contract.OnlineCheckable` is checked with its configured parameters
+    (literal values, or ``None`` for those rendered from an event)."""
+    problems: list[str] = []
+    built: dict[str, Any] = {}
+    for pipeline in sorted(config.pipelines.values(), key=lambda p: p.name):
+        if pipeline.backend not in built:
+            built[pipeline.backend] = registry.spec(pipeline.backend).build()
+        check = getattr(built[pipeline.backend], "check_online", None)
+        if not callable(check):
+            continue
+        problems.extend(
+            cast(OnlineCheckable, built[pipeline.backend]).check_online(pipeline, configured(pipeline))
+        )
+    return problems
+
+
 def cmd_validate(args: argparse.Namespace, out: Output) -> int:
     path = config_path(args.file or getattr(args, "config", None))
     config = load_config(path)  # a ConfigError is reported by main() with every problem
     errors, warnings = check_definitions(config)
     if errors:
         raise ConfigError(errors + [f"warning: {w}" for w in warnings], source=config.source)
+    if getattr(args, "online", False):
+        problems = online_problems(config)
+        if problems:
+            raise ConfigError(problems, source=f"{config.source} (online)")
     summary = summarize(config)
     if out.json:
         out.emit({"valid": True, "source": config.source, **summary, "warnings": warnings})
