@@ -45,6 +45,7 @@ import shlex
 import shutil
 import signal
 import socket
+import subprocess
 import sys
 import tempfile
 import threading
@@ -132,6 +133,7 @@ class Stack:
     registrations: Mapping[str, Sequence[Path]] = field(default_factory=dict)
     sweep_every: float = 2.0
     client_env: dict[str, str] = field(default_factory=dict)
+    sync_report: str = ""  # what `python -m handlers sync` did before the functions started
     times: StackTimes = field(default_factory=StackTimes)
     world: LocalWorld | None = None
     _sweeper: threading.Thread | None = None
@@ -216,6 +218,7 @@ class Stack:
             "NO_PROXY": no_proxy(),
             "no_proxy": no_proxy(),
         }
+        self._sync(function_env)
         servers = [world.add_function(name, function_env) for name in names_]
 
         # Slow starts in parallel: the JVM and one Python interpreter per function.
@@ -232,6 +235,25 @@ class Stack:
         self._subscribe(url)
         self._start_sweeper()
         self.times.startup = time.monotonic() - started
+
+    def _sync(self, env: Mapping[str, str]) -> None:
+        """``python -m handlers sync`` against the local backends, as deploy runs it before the
+        functions: pipelines kept as code in the repo are created or updated first."""
+        if not any(p.options.get("definition") for p in self.plan.config.pipelines.values()):
+            return
+        done = subprocess.run(
+            [sys.executable, "-m", "handlers", "sync", "--config", str(self.plan.source)],
+            env={**os.environ, **env},
+            cwd=str(ROOT),
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        (self.logs_dir / "sync.log").write_text(done.stdout + done.stderr, encoding="utf-8")
+        if done.returncode != 0:
+            raise StackError(f"python -m handlers sync failed:\n{done.stdout}{done.stderr}")
+        self.sync_report = done.stdout.strip()
 
     def _create_pubsub_and_storage(self, gcs_port: int) -> None:
         assert self.world is not None
@@ -348,6 +370,10 @@ def print_services(stack: Stack, out: TextIO) -> None:
     print(f"Local stack up in {stack.times.startup:.1f}s (logs: {stack.logs_dir}):", file=out)
     for name, address in stack.describe():
         print(f"  {name:<22} {address}", file=out)
+    if stack.sync_report:
+        print("Pipelines kept in the repo (python -m handlers sync):", file=out)
+        for line in stack.sync_report.splitlines():
+            print(f"  {line}", file=out)
     print(file=out, flush=True)
 
 

@@ -287,6 +287,39 @@ def test_the_demo_chains_into_a_dataproc_batch_when_asked(tmp_path: Path) -> Non
     _assert_nothing_left(tmp_path / "p.json")
 
 
+def test_up_syncs_the_pipelines_kept_in_the_repo_before_the_functions_start(tmp_path: Path) -> None:
+    # examples/pipelines.yaml keeps a Data Fusion pipeline's exported JSON beside it: `up` runs
+    # `python -m handlers sync` first, which deploys it to the CDAP emulator (PUT .../apps/NAME).
+    proc = subprocess.Popen(
+        _stack("up", "--config", "examples/pipelines.yaml"),
+        cwd=ROOT,
+        env=_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    lines: list[str] = []
+    ready = threading.Event()
+
+    def read() -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            lines.append(line)
+            if line.startswith("Timeline"):
+                ready.set()
+
+    threading.Thread(target=read, daemon=True).start()
+    try:
+        assert ready.wait(90), "up never became ready:\n" + "".join(lines)
+        out = "".join(lines)
+        assert "Pipelines kept in the repo (python -m handlers sync):" in out
+        (line,) = [x for x in lines if x.strip().startswith("enrich-counts:")]
+        assert "default/enrich-word-counts" in line and ("created" in line or "updated" in line)
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.communicate(timeout=60)
+
+
 def test_the_timeline_escapes_control_characters_from_outside() -> None:
     out = io.StringIO()
     timeline = Timeline(out, origin=1000.0, window=0.0)
