@@ -42,7 +42,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol
 
 from handlers.core import logs
-from handlers.core.errors import BackendUnavailable, PipelineError
+from handlers.core.errors import BackendUnavailable, EventError, PipelineError
 
 
 class RunState(enum.StrEnum):
@@ -403,6 +403,8 @@ class GuardedBackend:
     def _guard(self, call: str, fn: Callable[[], Any]) -> Any:
         try:
             return fn()
+        except EventError as exc:  # a field of the answer that does not parse (a time that is not one)
+            raise BackendUnavailable(f"{call}: malformed answer from the backend ({exc.message})") from exc
         except PipelineError:
             raise
         except _MALFORMED as exc:

@@ -129,7 +129,7 @@ class BackendRejected(PermanentError):
     ) -> None:
         super().__init__(message, **ctx)
         self.status = status
-        self.reason = reason
+        self.reason = logs.scrub(reason) if isinstance(reason, str) else reason  # an upstream's word too
 
     def context(self) -> dict[str, Any]:
         ctx = super().context()

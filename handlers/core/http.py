@@ -181,6 +181,8 @@ def read_capped(response: Any, *, what: str, timeout: Any, ctx: Mapping[str, Any
     deadline = time.monotonic() + read_seconds
     raw = getattr(response, "raw", None)
     read1 = getattr(raw, "read1", None)  # what has arrived, at once: a trickle cannot hold a read
+    if read1 is None and not hasattr(response, "iter_content"):
+        return bytes(getattr(response, "content", b"") or b"")  # an answer already read in full
     chunks: list[bytes] = []
     size = 0
     try:
@@ -212,7 +214,8 @@ def read_capped(response: Any, *, what: str, timeout: Any, ctx: Mapping[str, Any
             **dict(ctx or {}),
         ) from None
     except BaseException:
-        response.close()
+        if hasattr(response, "close"):
+            response.close()
         raise
     body = b"".join(chunks)
     response._content = body  # requests' own attribute for a body already read
