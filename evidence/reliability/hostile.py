@@ -351,7 +351,9 @@ def run(
         for target in targets:
             # The metadata server meets the fixed classes only: google-auth retries each failure with
             # backoff itself (seconds per answer), and its outcome is the same for every answer.
-            answers = [a for a in corpus if not a.name.startswith("fuzz-")] if target == "metadata" else corpus
+            answers = (
+                [a for a in corpus if not a.name.startswith("fuzz-")] if target == "metadata" else corpus
+            )
             for op in _ops(target):
                 for answer in answers:
                     state.answer = answer
