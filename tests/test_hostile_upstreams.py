@@ -58,6 +58,7 @@ def test_the_metadata_server_failing_in_any_way_is_a_retryable_credentials_error
             "0",
             "--only",
             only,
+            "--no-write",
         ],
         cwd=ROOT,
         capture_output=True,

@@ -429,7 +429,8 @@ def write_results(report: dict[str, Any], command: str) -> None:
         }
         for t, c in report["by_target"].items()
     ]
-    classes = [{"answer class": k, **v} for k, v in report["by_class"].items()]
+    kinds = ("ok", "retryable", "permanent", "unhandled")
+    classes = [{"answer class": k, **{o: v.get(o, 0) for o in kinds}} for k, v in report["by_class"].items()]
     notes = (
         "Outcomes by answer class:\n\n"
         + markdown_table(classes)
@@ -465,6 +466,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"FAIL {f['target']} {f['op']} {f['answer']}: {'; '.join(f['problems'])} | {f['detail']}")
         summary = {k: v for k, v in report.items() if k != "failures"}
         print(json.dumps(summary, indent=2))
+    if not args.no_write:
+        write_results(report, "python -m evidence.reliability.hostile " + " ".join(argv or sys.argv[1:]))
     bad = (
         report["unhandled"]
         or report["wrong_decision"]
