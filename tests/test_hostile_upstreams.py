@@ -142,3 +142,32 @@ def test_a_refusal_echoing_the_token_leaves_no_trace_in_ledger_event_api_cli_or_
     assert "LAUNCH_FAILED" in out.getvalue()
     for part in (ledger_text, completions, answer.get_data(as_text=True), out.getvalue(), stream.getvalue()):
         assert hostile.leaked(part) == [], part
+
+
+def test_a_remembered_secret_is_masked_in_every_form_an_upstream_may_echo_it_in():
+    import base64
+    from urllib.parse import quote
+
+    secret = "Qx7/Vb2+Nm9=Kc4Lp8Zr1Ws6"
+    logs.forget_secrets()
+    logs.remember_secret(secret)
+    try:
+        forms = {
+            "raw": secret,
+            "prefix": secret[:8],
+            "suffix": secret[-8:],
+            "middle": secret[5:17],
+            "urlencoded": quote(secret, safe=""),
+            "base64": base64.b64encode(secret.encode()).decode(),
+            "json": json.dumps({"m": secret})[7:-2],
+        }
+        for name, form in forms.items():
+            masked = logs.scrub(f"refused: {form} (try again)")
+            assert masked == "refused: *** (try again)", name
+        # a bearer value, a JWT and a Google access token are masked whoever they belong to
+        assert logs.scrub("Authorization: Bearer abcdefgh12345678") == "Authorization: Bearer ***"
+        assert logs.scrub("t=eyJhbGciOi.eyJzdWIiOi.sig-nature end") == "t=*** end"
+        # seven characters in a row are not enough to be taken for the secret
+        assert logs.scrub(f"id {secret[:7]}") == f"id {secret[:7]}"
+    finally:
+        logs.forget_secrets()
