@@ -25,6 +25,9 @@ Everything else the rest of the project needs to know about a backend is *declar
                    the most rendered parameter text one launch may carry
 =================  ===============================================================================
 
+The runtime holds every backend behind :class:`GuardedBackend`: an answer of the wrong shape is a
+retryable error, never an unhandled exception, and no echoed secret leaves in what a call returns.
+
 Tracking, completion events, chaining, the deploy plan and the local world only ever read these,
 so adding a backend is one module (or folder) here, one registry line, its local kit and its docs.
 
