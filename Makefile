@@ -50,6 +50,7 @@ reliability: $(STAMP) prereqs
 	$(PY) -m evidence.reliability.crashes --per-boundary 3 --backends dataflow,datafusion,fabric,dataproc
 	$(PY) -m evidence.reliability.badinput --cases 2000 --seed 7
 	$(PY) -m evidence.reliability.windows crashes --per-boundary 2 && $(PY) -m evidence.reliability.windows faults --events 1000 --window 100 --rate 0.1 --kinds 429,503,timeout,reset,lost --seed 1 --duplicates 0.2
+	$(PY) -m evidence.reliability.hostile --fuzz 200 --seed 11
 
 evidence: bench reliability
 

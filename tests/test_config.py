@@ -164,3 +164,49 @@ def test_rendering_a_missing_value_names_the_parameter():
     with pytest.raises(ParameterError) as err:
         Template.parse("{data.order.id}").render(lambda p: (_ for _ in ()).throw(KeyError(p)), name="orderId")
     assert err.value.field == "orderId" and "{data.order.id}" in err.value.message
+
+
+# ------------------------------------------------------------------------------------- alias bombs
+
+
+def _alias_bomb(levels: int = 9, width: int = 9) -> str:
+    """A "billion laughs" document: each level lists ``width`` aliases of the level before, so a
+    few hundred characters expand to width**levels (387,420,489) nodes."""
+    lines = ['a0: &a0 ["lol"]']
+    for level in range(1, levels + 1):
+        refs = ", ".join([f"*a{level - 1}"] * width)
+        lines.append(f"a{level}: &a{level} [{refs}]")
+    lines.append("settings: {project: p, region: r, ledger: {bucket: b}}")
+    lines.append(f"pipelines: {{wc: {{backend: dataflow, template: 'gs://t/wc', labels: *a{levels}}}}}")
+    return "\n".join(lines) + "\n"
+
+
+def test_a_yaml_alias_bomb_is_refused_with_a_clear_config_error_after_counting_only_its_text(tmp_path):
+    from handlers.model.config import MAX_YAML_NODES, yaml_distinct_nodes
+
+    path = tmp_path / "pipelines.yaml"
+    path.write_text(_alias_bomb())
+    # WHEN the config is loaded
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    # THEN it is refused as an alias bomb before anything walks the expanded document
+    [problem] = err.value.problems
+    assert "alias bomb" in problem and f"{MAX_YAML_NODES:,} nodes" in problem
+    # AND the check's work is the document's distinct nodes (the text), not its 387 million expanded
+    assert yaml_distinct_nodes(_alias_bomb()) < 150
+
+
+def test_anchors_and_aliases_that_expand_modestly_still_load(tmp_path):
+    path = tmp_path / "pipelines.yaml"
+    path.write_text(
+        textwrap.dedent("""
+        settings: {project: p, region: europe-west1, ledger: {bucket: ledger}}
+        pipelines:
+          wc: {backend: dataflow, template: "gs://t/wc", labels: &labels {team: data, cost: ingest}}
+          wc2: {backend: dataflow, template: "gs://t/wc", labels: *labels}
+        triggers:
+          landing: {storage: {bucket: in}, pipeline: wc}
+        """)
+    )
+    cfg = load_config(path)
+    assert dict(cfg.pipelines["wc2"].labels) == {"team": "data", "cost": "ingest"}

@@ -2599,6 +2599,10 @@ RAW_YAML = (
     "settings: !!binary aGk=",
     "a: &x [1, 2]\nb: *x\nc: *y\n",
     "lol: &a [x, x, x, x, x, x, x, x, x]\nlol2: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a]\nlol3: &c [*b, *b, *b, *b, *b, *b, *b, *b, *b]\npipelines: *c\n",
+    # A "billion laughs" alias bomb: 9 levels of 9 aliases, 387 million nodes once expanded
+    "".join(f"l{i}: &l{i} [" + ", ".join([f"*l{i - 1}"] * 9) + "]\n" for i in range(1, 10)).join(
+        ["l0: &l0 [x]\n", "pipelines: *l9\n"]
+    ),
     "? [1, 2]\n: x\n",
     "settings:\n  max_event_age: 12:30\n",
     "\t- tab",

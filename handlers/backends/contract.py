@@ -28,6 +28,9 @@ Everything else the rest of the project needs to know about a backend is *declar
                    the most rendered parameter text one launch may carry
 =================  ===============================================================================
 
+The runtime holds every backend behind :class:`GuardedBackend`: an answer of the wrong shape is a
+retryable error, never an unhandled exception, and no echoed secret leaves in what a call returns.
+
 Tracking, completion events, chaining, the deploy plan and the local world only ever read these,
 so adding a backend is one module (or folder) here, one registry line, its local kit and its docs.
 
@@ -37,11 +40,15 @@ as a :class:`PipelineTarget`, the few fields of the routing config's pipeline a 
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import enum
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol
+
+from handlers.core import logs
+from handlers.core.errors import BackendUnavailable, EventError, PipelineError
 
 
 class RunState(enum.StrEnum):
@@ -428,3 +435,71 @@ class Backend(Protocol):
     def status(self, ref: JobRef) -> JobStatus: ...
 
     def cancel(self, ref: JobRef, *, drain: bool = False) -> None: ...
+
+
+# An upstream answer of the wrong shape (a field missing, a string where an object was due) makes a
+# backend's parsing raise one of these: a malformed answer, never an unhandled exception.
+_MALFORMED = (KeyError, TypeError, ValueError, AttributeError, IndexError)
+
+
+class GuardedBackend:
+    """A backend whose four calls turn a malformed upstream answer into
+    :class:`~handlers.core.errors.BackendUnavailable` (retryable, like any garbled 2xx: see
+    :mod:`handlers.core.http`), and whose answers carry no echoed secret: a job id holding one is
+    malformed, the other texts (names, urls, reasons) are scrubbed. Everything else is delegated."""
+
+    def __init__(self, inner: Backend) -> None:
+        self.inner = inner
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    def _guard(self, call: str, fn: Callable[[], Any]) -> Any:
+        try:
+            return fn()
+        except EventError as exc:  # a field of the answer that does not parse (a time that is not one)
+            raise BackendUnavailable(f"{call}: malformed answer from the backend ({exc.message})") from exc
+        except PipelineError:
+            raise
+        except _MALFORMED as exc:
+            raise BackendUnavailable(
+                f"{call}: malformed answer from the backend ({type(exc).__name__})"
+            ) from exc
+
+    def _clean_ref(self, ref: JobRef | None) -> JobRef | None:
+        if ref is None:
+            return None
+        kept = [ref.job_id, *(v for v in ref.extra.values() if isinstance(v, str))]
+        if not isinstance(ref.job_id, str) or not ref.job_id or any(logs.scrub(v) != v for v in kept):
+            # what later calls address the job by (its id, its operation...) carries a secret
+            raise BackendUnavailable("malformed answer from the backend: an unusable job reference")
+        return dataclasses.replace(ref, job_name=logs.scrub(ref.job_name), url=logs.scrub(ref.url))
+
+    def launch(self, request: LaunchRequest) -> JobRef:
+        ref = self._clean_ref(self._guard("launch", lambda: self.inner.launch(request)))
+        assert ref is not None
+        return ref
+
+    def find(self, request: LaunchRequest, exclude: frozenset[str] = frozenset()) -> JobRef | None:
+        found = self._guard(
+            "find", lambda: self.inner.find(request, exclude) if exclude else self.inner.find(request)
+        )
+        return self._clean_ref(found)
+
+    def status(self, ref: JobRef) -> JobStatus:
+        answer: JobStatus = self._guard("status", lambda: self.inner.status(ref))
+        return dataclasses.replace(
+            answer,
+            raw_state=logs.scrub(answer.raw_state),
+            reason=logs.scrub(answer.reason) if answer.reason else answer.reason,
+        )
+
+    def cancel(self, ref: JobRef, *, drain: bool = False) -> None:
+        self._guard("cancel", lambda: self.inner.cancel(ref, drain=drain))
+
+
+def guarded(backend: Backend) -> Backend:
+    """``backend`` behind a :class:`GuardedBackend` (once)."""
+    if isinstance(backend, GuardedBackend):
+        return backend
+    return GuardedBackend(backend)  # type: ignore[return-value]

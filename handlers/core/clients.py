@@ -107,9 +107,21 @@ def google_session() -> Any:
 
             return _loopback_only(_pooled(AuthorizedSession(AnonymousCredentials())))
         credentials, _ = google.auth.default(scopes=["https://www.googleapis.com/auth/cloud-platform"])
-        return _pooled(AuthorizedSession(credentials))
+        return _pooled(AuthorizedSession(credentials, auth_request=token_request()))
 
     return _once("google_session", build)
+
+
+def token_request() -> Any:
+    """The transport google-auth fetches tokens through (the metadata server): it follows no
+    redirect, so a token source that redirects fails the refresh (retryable) instead of sending the
+    request to wherever it points."""
+    import requests
+    from google.auth.transport.requests import Request
+
+    session = requests.Session()
+    session.max_redirects = 0
+    return Request(session)
 
 
 def plain_session() -> Any:

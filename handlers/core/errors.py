@@ -26,6 +26,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
+from handlers.core import logs
+
 
 class PipelineError(Exception):
     """Base of every error this project raises on purpose."""
@@ -41,6 +43,7 @@ class PipelineError(Exception):
         field: str | None = None,
         run_key: str | None = None,
     ) -> None:
+        message = logs.scrub(message)  # upstream text can echo a secret: never kept, logged or recorded
         super().__init__(message)
         self.message = message
         self.trigger = trigger
@@ -126,7 +129,7 @@ class BackendRejected(PermanentError):
     ) -> None:
         super().__init__(message, **ctx)
         self.status = status
-        self.reason = reason
+        self.reason = logs.scrub(reason) if isinstance(reason, str) else reason  # an upstream's word too
 
     def context(self) -> dict[str, Any]:
         ctx = super().context()

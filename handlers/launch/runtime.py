@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from handlers.backends import registry
-from handlers.backends.contract import Backend
+from handlers.backends.contract import Backend, guarded
 from handlers.core import clients
 from handlers.launch.ledger import Ledger
 from handlers.launch.store import GcsStore
@@ -29,11 +29,13 @@ class Runtime:
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def backend(self, name: str) -> Backend:
+        """The backend ``name``, behind the guard that makes a malformed answer a retryable error and
+        keeps echoed secrets out of what it returns (:class:`~handlers.backends.contract.GuardedBackend`)."""
         if name in self.backend_overrides:
-            return self.backend_overrides[name]
+            return guarded(self.backend_overrides[name])
         with self._lock:
             if name not in self._backends:
-                self._backends[name] = registry.spec(name).build()
+                self._backends[name] = guarded(registry.spec(name).build())
             return self._backends[name]
 
     @property

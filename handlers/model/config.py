@@ -806,15 +806,86 @@ def load_config(path: str | os.PathLike[str] | None = None) -> Config:
     return build_config(raw, source=str(target))
 
 
+# The most nodes a config may expand to once every alias is followed. A real config has hundreds;
+# a "billion laughs" document (aliases of aliases) expands to billions from a few lines, and would
+# blow up in everything that walks it after the parse (validation, the compiled form, rendering).
+MAX_YAML_NODES = 100_000
+
+
 def _parse_yaml(text: str, target: Path) -> Any:
     import yaml  # only when no compiled form matches (cold start: PyYAML costs about 15 ms to import)
 
+    loader = yaml.SafeLoader(text)
     try:
-        return yaml.safe_load(text)
+        node = loader.get_single_node()  # the node graph: an alias is a shared node, nothing copied
+        if node is None:
+            return None
+        expanded = yaml_expanded_size(node, MAX_YAML_NODES)
+        if expanded > MAX_YAML_NODES:
+            raise ConfigError(
+                [
+                    f"not a usable config: its aliases expand it to more than {MAX_YAML_NODES:,} nodes"
+                    " (an alias bomb?); write the repeated parts out or use fewer aliases"
+                ],
+                source=str(target),
+            )
+        return loader.construct_document(node)
     except yaml.YAMLError as exc:
         raise ConfigError([f"not valid YAML: {exc}"], source=str(target)) from exc
     except RecursionError as exc:  # the YAML composer recurses once per nesting level
         raise ConfigError(["not a usable config: nested too deeply"], source=str(target)) from exc
+    finally:
+        loader.dispose()
+
+
+def yaml_expanded_size(node: Any, limit: int) -> int:
+    """How many nodes the YAML node graph ``node`` has with every alias expanded, counted without
+    expanding anything: each distinct node is visited once (its size memoized), so the work is the
+    size of the text, however far the aliases would expand. Counting stops past ``limit``."""
+    sizes: dict[int, int] = {}
+
+    def size(n: Any) -> int:
+        known = sizes.get(id(n))
+        if known is not None:
+            return known
+        total = 1
+        value = n.value
+        if isinstance(value, list):
+            for item in value:
+                children = item if isinstance(item, tuple) else (item,)  # mapping pairs or sequence items
+                for child in children:
+                    total += size(child)
+                    if total > limit:
+                        break
+                if total > limit:
+                    break
+        sizes[id(n)] = total
+        return total
+
+    return size(node)
+
+
+def yaml_distinct_nodes(text: str) -> int:
+    """How many distinct nodes the YAML ``text`` composes to (aliases shared): the work the alias
+    check does, for tests."""
+    import yaml  # as in _parse_yaml
+
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+    finally:
+        loader.dispose()
+    seen: set[int] = set()
+    stack = [node] if node is not None else []
+    while stack:
+        n = stack.pop()
+        if id(n) in seen:
+            continue
+        seen.add(id(n))
+        if isinstance(n.value, list):
+            for item in n.value:
+                stack.extend(item if isinstance(item, tuple) else (item,))
+    return len(seen)
 
 
 COMPILED_SUFFIX = ".compiled.json"  # pipelines.yaml -> pipelines.yaml.compiled.json

@@ -218,14 +218,24 @@ class TokenProvider:
         import requests
 
         tenant, form, secrets = self._form(prefix, mode)
+        for secret in secrets:
+            logs.remember_secret(secret)  # masked wherever an echo of it would be written
         url = f"{self.endpoint}/{quote(tenant, safe='')}/oauth2/v2.0/token"
         what = f"entra token ({prefix}, {mode})"
-        try:
-            response = self.session.post(url, data=form, timeout=self.timeout)
+        try:  # no redirect followed (it would carry the secrets elsewhere); the body read is capped
+            response = self.session.post(
+                url, data=form, timeout=self.timeout, allow_redirects=False, stream=True
+            )
+            http.read_capped(response, what=what, timeout=self.timeout)
         except requests.Timeout as exc:
             raise BackendUnavailable(f"{what}: timed out ({exc.__class__.__name__})") from None
         except requests.RequestException as exc:
             raise BackendUnavailable(f"{what}: connection failed ({exc.__class__.__name__})") from None
+        if 300 <= response.status_code < 400:
+            raise BackendRejected(
+                f"{what}: HTTP {response.status_code}: redirects are not followed",
+                status=response.status_code,
+            )
         if response.status_code >= 400:
             raise self._error(response, what, prefix, mode, secrets)
         try:
@@ -235,12 +245,14 @@ class TokenProvider:
         token = body.get("access_token") if isinstance(body, Mapping) else None
         if not isinstance(token, str) or not token:
             raise BackendUnavailable(f"{what}: the answer carries no access_token")
+        logs.remember_secret(token)
         try:
             lifetime = float(body.get("expires_in", DEFAULT_EXPIRES_IN))
         except (TypeError, ValueError):
             lifetime = DEFAULT_EXPIRES_IN
         rotated = body.get("refresh_token")
         if mode == DELEGATED and isinstance(rotated, str) and rotated:
+            logs.remember_secret(rotated)
             if rotated != self._rotated.get(prefix):
                 self._keep(prefix, rotated)
             self._rotated[prefix] = rotated
@@ -301,9 +313,11 @@ class TokenProvider:
             check = f"{names['client_id']} / {names['refresh_token']}"
         if not isinstance(error, str):
             return BackendRejected(f"{what}: HTTP {code}; check {check}", status=code)
-        description = str(body.get("error_description") or "").splitlines()[0][:300] if body else ""
-        for secret in secrets:  # Entra never echoes secrets, but never trust an error text
-            description = description.replace(secret, "***")
+        raw_description = body.get("error_description") if isinstance(body, Mapping) else None
+        lines = str(raw_description or "").strip().splitlines()  # absent or empty: no description
+        description = lines[0][:300] if lines else ""
+        for secret in secrets:  # Entra never echoes secrets, but never trust an error text (and the
+            description = description.replace(secret, "***")  # error's own scrub masks every form)
         return EntraRejected(
             f"{what}: HTTP {code} {error}: check {check}" + (f" ({description})" if description else ""),
             status=code,

@@ -285,7 +285,7 @@ def _failure_reason(instance: Mapping[str, Any]) -> str:
 def fabric_error(response: Any, *, what: str, **ctx: Any) -> None:
     """Raise the project error for a non-2xx Fabric answer, deciding on ``errorCode``/``isRetriable``."""
     code = response.status_code
-    if code < 400:
+    if code < 300:  # a 3xx too is an error here: redirects are never followed (handlers.core.http)
         return
     try:
         body = response.json()
@@ -423,8 +423,17 @@ class Fabric:
         for attempt in (1, 2):
             token = self.tokens.token(prefix, mode)
             headers = {**extra_headers, "Authorization": f"Bearer {token}"}
-            try:
-                response = self.session.request(method, url, headers=headers, timeout=self.timeout, **kwargs)
+            try:  # no redirect followed (the token would go along), the body read capped (handlers.core.http)
+                response = self.session.request(
+                    method,
+                    url,
+                    headers=headers,
+                    timeout=self.timeout,
+                    allow_redirects=False,
+                    stream=True,
+                    **kwargs,
+                )
+                http.read_capped(response, what=what, timeout=self.timeout, ctx=context)
             except requests.Timeout as exc:
                 raise BackendUnavailable(f"{what}: timed out ({exc.__class__.__name__})", **context) from exc
             except requests.ConnectionError as exc:
