@@ -274,6 +274,7 @@ class TokenProvider:
         value = self.secret_store.latest(name)
         self._loaded.add(prefix)
         if value:
+            logs.remember_secret(value)  # masked wherever an upstream echoes it back
             self._rotated[prefix] = value
             logs.info("fabric refresh token read from its secret", prefix=prefix, secret=name)
         return value or None
