@@ -301,6 +301,8 @@ class TokenProvider:
         except ValueError:
             body = None
         error = body.get("error") if isinstance(body, Mapping) else None
+        if not isinstance(error, str):
+            error = None  # Google's {"error": {...}}, a number: not an Entra error code
         if code in http.RETRYABLE_STATUS or error in RETRYABLE_ERRORS:
             return BackendUnavailable(
                 f"{what}: HTTP {code}" + (f" {error}" if isinstance(error, str) else ""),

@@ -488,8 +488,15 @@ class Fabric:
     def _pages(self, auth: tuple[str, str], what: str, ctx: Mapping[str, Any] | None) -> lookup.PageGetter:
         def get(url: str, params: Mapping[str, str]) -> Mapping[str, Any]:
             response = self._call("GET", url, auth=auth, what=what, ctx=ctx, params=dict(params))
-            body = response.json() if response.content else {}
-            return body if isinstance(body, Mapping) else {}
+            try:
+                body = response.json()
+            except ValueError:
+                body = None
+            # A list page without its `value` list is a broken answer, not an empty list: read as
+            # "none", it would refuse a dataflow's parameters or miss a name for good.
+            if not isinstance(body, Mapping) or not isinstance(body.get("value"), list):
+                raise BackendUnavailable(f"{what}: the answer is not a list page (no 'value' list)")
+            return body
 
         return get
 
