@@ -91,6 +91,7 @@ class Run:
     raw_state: str | None = None
     completion: Mapping[str, Any] | None = None
     history: tuple[Mapping[str, Any], ...] = ()
+    rerun: int = 0  # a replay's rerun generation (``replay --rerun``); 0: the live run
     generation: int = 0  # not stored: the object generation this copy was read at
     unrecorded_job: bool = False  # not stored: the job came from the active marker, not the record
 
