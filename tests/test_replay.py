@@ -260,3 +260,64 @@ def test_the_cli_dry_run_then_replay_prints_a_summary_with_run_keys(landing, dat
 def test_the_cli_refuses_a_replay_without_a_source(landing):
     code, _out, err = run_cli("replay", "--config", str(landing["path"]), "--trigger", "landing")
     assert code == 2 and "one source" in err
+
+
+# --------------------------------------------------------------------------------------------
+# The REST API
+# --------------------------------------------------------------------------------------------
+@pytest.fixture
+def api(landing, monkeypatch):
+    import functions_framework
+
+    from handlers.launch.runtime import reset_default
+    from tests.test_api import ROOT
+
+    monkeypatch.setenv("PIPELINES_CONFIG", str(landing["path"]))
+    reset_default()
+    app = functions_framework.create_app("api", str(ROOT / "main.py"), "http")
+    yield app.test_client()
+    reset_default()
+
+
+def test_post_replays_dry_run_then_in_steps_with_progress_and_result(api, landing, dataflow, call):
+    from tests.test_api import check_openapi
+
+    deliver_live(call, landing, NAMES[0])
+    body = {"trigger": "landing", "bucket": landing["bucket"], "prefix": "in/"}
+    # a dry run: what would launch and what is skipped, nothing launched
+    dry = check_openapi("/replays", "post", api.post("/replays", json={**body, "dry_run": True}))
+    assert dry["dry_run"] and dry["counts"] == {"launched": 5, "skipped": 1, "failed": 0, "unmatched": 0}
+    assert len(dataflow.launches()) == 1
+    # a replay in steps of three: the first answer is not complete, its progress is readable
+    first = api.post("/replays", json={**body, "max_events": 3})
+    step = check_openapi("/replays", "post", first)
+    assert not step["complete"] and step["counts"]["launched"] == 2 and step["counts"]["skipped"] == 1
+    progress = check_openapi("/replays/{trigger}/{replayId}", "get", api.get(step["status_url"]))
+    assert progress["complete"] is False and progress["after"] == NAMES[2]
+    # POSTing the same body again continues where it stopped
+    rest = check_openapi("/replays", "post", api.post("/replays", json={**body, "max_events": 3}))
+    assert rest["resumed"] and rest["complete"] and rest["counts"]["launched"] == 3
+    bucket = landing["bucket"]
+    assert launched_inputs(dataflow) == sorted(f"gs://{bucket}/{n}" for n in NAMES)
+    done = check_openapi("/replays/{trigger}/{replayId}", "get", api.get(rest["status_url"]))
+    assert done["complete"] is True
+
+
+@pytest.mark.parametrize(
+    "body,field",
+    [
+        ({"bucket": "b"}, "trigger"),
+        ({"trigger": "landing", "bucket": "b", "extra": 1}, "extra"),
+        ({"trigger": "landing", "bucket": "b", "since": "yesterday"}, "since"),
+        ({"trigger": "landing", "bucket": "b", "rate": "fast"}, "rate"),
+        ({"trigger": "nope", "bucket": "b"}, "trigger"),
+    ],
+)
+def test_bad_replay_requests_are_400_naming_the_field(api, body, field):
+    from tests.test_api import check_openapi
+
+    response = api.post("/replays", json=body)
+    assert response.status_code == 400
+    details = check_openapi("/replays", "post", response)["error"]["details"]
+    assert field in {d["field"] for d in details}
+    assert api.get("/replays/landing/0123456789abcdef").status_code == 404

@@ -393,8 +393,12 @@ class Replay:
         service: LaunchService | None = None,
         on_item: Callable[[Item, Summary], None] | None = None,
         stop_after: int | None = None,
+        limit: int | None = None,
         dead_letters: DeadLetters | None = None,
     ) -> None:
+        """``limit``: handle at most this many events, then stop with a checkpoint (``complete``
+        false): the same replay again continues. ``stop_after``: raise :class:`ReplayInterrupted`
+        after that many (the crash the tests and the reliability suite inject)."""
         self.rt = runtime
         self.spec = spec
         self.trigger = spec.validate(runtime.config.triggers)
@@ -403,6 +407,7 @@ class Replay:
         self.service = service or LaunchService(runtime)
         self.on_item = on_item
         self.stop_after = stop_after
+        self.limit = limit
         self.dead_letters = dead_letters
         self.doc_name = f"replays/{self.trigger.name}/{spec.replay_id}.json"
 
@@ -466,8 +471,12 @@ class Replay:
         elif not resume:
             doc_gen = self._save(summary, None, doc_gen)
         handled_since_save = 0
+        stopped = False
         try:
             for source in self._sources(position):
+                if self.limit is not None and summary.seen >= self.limit:
+                    stopped = True
+                    break
                 if self.stop_after is not None and summary.seen >= self.stop_after:
                     raise ReplayInterrupted(f"stopped after {self.stop_after} events")
                 item = self._handle(source, generation)
@@ -482,7 +491,7 @@ class Replay:
                 if doc_gen >= 0 and handled_since_save >= CHECKPOINT_EVERY:
                     doc_gen = self._save(summary, position, doc_gen)
                     handled_since_save = 0
-            summary.complete = True
+            summary.complete = not stopped
         finally:
             summary.ended_at = iso(now())
             if doc_gen >= 0:
