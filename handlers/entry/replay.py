@@ -541,9 +541,9 @@ class Replay:
             why = launch.error.message if launch and launch.error else "no run for this event"
             return Item(source.label, "failed", reason=why)
         key = str(launch.run_key)
-        existing = self.rt.ledger.get(key)
+        existing = self.rt.ledger.peek(key)
         if existing is not None:
-            return Item(source.label, "skipped", key, reason=f"already ran: {existing.state}")
+            return Item(source.label, "skipped", key, reason=f"already ran (record {existing.state})")
         if self.dry_run:
             if launch.action == Action.FAIL and launch.error is not None:
                 return Item(source.label, "failed", key, reason=launch.error.message)

@@ -242,6 +242,12 @@ class Ledger:
                 return marker.fold_into(run)
         return run
 
+    def peek(self, run_key: str) -> Run | None:
+        """The record as stored (one read; a job still only on its marker is not folded in): enough
+        to know a run exists, as a replay asks of every event."""
+        found = self.store.read(self._run_name(run_key))
+        return None if found is None else Run.from_json(json.loads(found[0]), found[1])
+
     def require(self, run_key: str) -> Run:
         run = self.get(run_key)
         if run is None:
