@@ -69,7 +69,7 @@ def test_a_replay_launches_exactly_the_objects_that_have_not_run_yet(landing, da
     # THEN exactly the other four reached Dataflow, the two are skipped by their run keys
     bucket = landing["bucket"]
     assert launched_inputs(dataflow) == sorted(f"gs://{bucket}/{n}" for n in NAMES)
-    assert summary.counts() == {"launched": 4, "skipped": 2, "failed": 0, "unmatched": 0}
+    assert summary.counts() == {"launched": 4, "joined": 0, "skipped": 2, "failed": 0, "unmatched": 0}
     assert {i.source.split("#")[0] for i in summary.skipped} == {f"gs://{bucket}/{n}" for n in NAMES[:2]}
     assert all(i.run_key and i.run_key.startswith("landing-") for i in summary.launched + summary.skipped)
     assert summary.complete and summary.generation == 0
@@ -81,7 +81,13 @@ def test_a_second_replay_with_the_same_parameters_launches_nothing(landing, data
     before = len(dataflow.launches())
     second = Replay(landing["runtime"], objects(landing)).run()
     assert len(dataflow.launches()) == before
-    assert second.counts() == {"launched": 0, "skipped": 6, "failed": 0, "unmatched": 1}  # other/readme.txt
+    assert second.counts() == {
+        "launched": 0,
+        "joined": 0,
+        "skipped": 6,
+        "failed": 0,
+        "unmatched": 1,
+    }  # other/readme.txt
 
 
 def test_a_glob_and_time_bounds_choose_the_objects(landing, dataflow):
@@ -127,7 +133,7 @@ def test_a_dry_run_launches_nothing_and_says_what_would_launch_and_what_is_skipp
     before = len(dataflow.launches())
     summary = Replay(landing["runtime"], objects(landing, prefix="in/"), dry_run=True).run()
     assert len(dataflow.launches()) == before
-    assert summary.counts() == {"launched": 5, "skipped": 1, "failed": 0, "unmatched": 0}
+    assert summary.counts() == {"launched": 5, "joined": 0, "skipped": 1, "failed": 0, "unmatched": 0}
     assert summary.dry_run and all(i.action == "would-launch" for i in summary.launched)
     # and it wrote no checkpoint: a real replay afterwards launches the five
     assert Replay(landing["runtime"], objects(landing, prefix="in/")).run().counts()["launched"] == 5
@@ -191,7 +197,7 @@ def test_dead_lettered_messages_launch_once_and_are_acknowledged(world, dataflow
     spec = ReplaySpec("orders", subscription=f"projects/{LOCAL_PROJECT}/subscriptions/{dlq_sub}")
     summary = Replay(runtime, spec).run()
     assert sorted(launch["parameters"]["orderId"] for launch in dataflow.launches()) == ["a1", "a2"]
-    assert summary.counts() == {"launched": 2, "skipped": 1, "failed": 0, "unmatched": 0}
+    assert summary.counts() == {"launched": 2, "joined": 0, "skipped": 1, "failed": 0, "unmatched": 0}
     # every message was acknowledged: a second replay finds the subscription empty
     assert Replay(runtime, spec).run().seen == 0
 
@@ -237,7 +243,7 @@ def test_the_cli_dry_run_then_replay_prints_a_summary_with_run_keys(landing, dat
     )
     assert code == 0, err
     doc = json.loads(out)
-    assert doc["counts"] == {"launched": 6, "skipped": 0, "failed": 0, "unmatched": 0}
+    assert doc["counts"] == {"launched": 6, "joined": 0, "skipped": 0, "failed": 0, "unmatched": 0}
     assert len(launched_inputs(dataflow)) == 6
     assert all(item["run_key"].startswith("landing-") for item in doc["launched"])
     assert "replayed 6" in err  # the plain progress line (stderr is not a terminal)
@@ -286,7 +292,13 @@ def test_post_replays_dry_run_then_in_steps_with_progress_and_result(api, landin
     body = {"trigger": "landing", "bucket": landing["bucket"], "prefix": "in/"}
     # a dry run: what would launch and what is skipped, nothing launched
     dry = check_openapi("/replays", "post", api.post("/replays", json={**body, "dry_run": True}))
-    assert dry["dry_run"] and dry["counts"] == {"launched": 5, "skipped": 1, "failed": 0, "unmatched": 0}
+    assert dry["dry_run"] and dry["counts"] == {
+        "launched": 5,
+        "joined": 0,
+        "skipped": 1,
+        "failed": 0,
+        "unmatched": 0,
+    }
     assert len(dataflow.launches()) == 1
     # a replay in steps of three: the first answer is not complete, its progress is readable
     first = api.post("/replays", json={**body, "max_events": 3})
@@ -321,3 +333,33 @@ def test_bad_replay_requests_are_400_naming_the_field(api, body, field):
     details = check_openapi("/replays", "post", response)["error"]["details"]
     assert field in {d["field"] for d in details}
     assert api.get("/replays/landing/0123456789abcdef").status_code == 404
+
+
+# --------------------------------------------------------------------------------------------
+# Windows: a batched trigger's replay joins windows through the live path
+# --------------------------------------------------------------------------------------------
+def test_a_replay_of_a_batched_trigger_puts_each_object_in_exactly_one_window(landing, world, dataflow):
+    from tests.test_windows import batch_pipelines, names_in_manifests
+
+    pipelines = batch_pipelines(dataflow)
+    triggers = {
+        "landing": {
+            "storage": {"bucket": landing["bucket"], "prefix": "in/"},
+            "pipeline": "load",
+            "batch": {"max_items": 3},
+        }
+    }
+    runtime = world.runtime(world.config(pipelines, triggers))
+    spec = ReplaySpec("landing", bucket=landing["bucket"], prefix="in/")
+    dry = Replay(runtime, spec, dry_run=True).run()
+    assert dry.counts()["joined"] == 6 and dataflow.launches() == []
+    summary = Replay(runtime, spec).run()
+    # six objects joined two windows of three, each closed full and launched once
+    assert summary.counts() == {"launched": 0, "joined": 6, "skipped": 0, "failed": 0, "unmatched": 0}
+    assert len(dataflow.launches()) == 2
+    assert sorted(names_in_manifests(world, dataflow)) == NAMES
+    # a second replay finds every object in its window: nothing joins or launches again
+    again = Replay(runtime, spec).run()
+    assert again.counts()["skipped"] == 6 and len(dataflow.launches()) == 2
+    with pytest.raises(ReplayError, match="rerun of windows"):
+        Replay(runtime, ReplaySpec("landing", bucket=landing["bucket"], rerun=True))

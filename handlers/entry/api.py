@@ -289,7 +289,7 @@ def _post_replays(request: Any, runtime: Runtime, caller: str | None) -> tuple[s
         ) from None
     logs.info("replay requested through the API", replay_id=spec.replay_id, trigger=spec.trigger)
     summary = replay.run().to_json()
-    for outcome in ("launched", "skipped", "failed", "unmatched"):
+    for outcome in ("launched", "joined", "skipped", "failed", "unmatched"):
         if len(summary[outcome]) > REPLAY_ITEMS_SHOWN:
             summary[outcome] = summary[outcome][:REPLAY_ITEMS_SHOWN]
             summary["truncated"] = True

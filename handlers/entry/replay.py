@@ -52,9 +52,10 @@ from handlers.launch.ledger import Conflict
 from handlers.launch.runtime import Runtime
 from handlers.launch.service import LaunchResult, LaunchService
 from handlers.launch.store import GcsStore
+from handlers.launch.windows import member_name
 from handlers.model import events
 from handlers.model.config import Trigger
-from handlers.route.plan import Action, EventPlan, plan_message, plan_object
+from handlers.route.plan import Action, EventPlan, WindowPlan, plan_message, plan_object
 
 CHECKPOINT_EVERY = 50  # events handled between checkpoint writes (and at the end, and on interruption)
 PULL_BATCH = 100
@@ -102,6 +103,12 @@ class ReplaySpec:
             return trigger
         if trigger.storage is None:
             raise ReplayError(f"trigger {trigger.name!r} is not a storage trigger: replay a subscription")
+        if self.rerun and trigger.batch is not None:
+            raise ReplayError(
+                f"trigger {trigger.name!r} batches objects into windows: a rerun of windows is not "
+                "supported (an object joins one window once); replay without rerun",
+                field="rerun",
+            )
         if self.prefix is not None and self.glob is not None:
             raise ReplayError("give a prefix or a glob, not both")
         if self.glob is not None:
@@ -191,7 +198,7 @@ class Item:
     """One replayed event: what it is, its run key, and what the replay did."""
 
     source: str  # gs://bucket/name#generation or the message id
-    action: str  # launched | skipped | failed | unmatched (dry run: would-launch | skipped ...)
+    action: str  # launched | joined | skipped | failed | unmatched (dry run: would-launch, would-join)
     run_key: str | None = None
     reason: str | None = None
     transient: bool = False  # failed on a transient error: a message stays unacknowledged
@@ -205,6 +212,7 @@ class Summary:
     generation: int
     resumed: bool = False
     launched: list[Item] = field(default_factory=list)
+    joined: list[Item] = field(default_factory=list)  # batch: objects that joined a window
     skipped: list[Item] = field(default_factory=list)
     failed: list[Item] = field(default_factory=list)
     unmatched: list[Item] = field(default_factory=list)
@@ -213,17 +221,22 @@ class Summary:
     complete: bool = False
 
     def add(self, item: Item) -> None:
-        {"launched": self.launched, "would-launch": self.launched, "skipped": self.skipped}.get(
-            item.action, self.failed if item.action == "failed" else self.unmatched
-        ).append(item)
+        {
+            "launched": self.launched,
+            "would-launch": self.launched,
+            "joined": self.joined,
+            "would-join": self.joined,
+            "skipped": self.skipped,
+        }.get(item.action, self.failed if item.action == "failed" else self.unmatched).append(item)
 
     @property
     def seen(self) -> int:
-        return len(self.launched) + len(self.skipped) + len(self.failed) + len(self.unmatched)
+        return sum(self.counts().values())
 
     def counts(self) -> dict[str, int]:
         return {
             "launched": len(self.launched),
+            "joined": len(self.joined),
             "skipped": len(self.skipped),
             "failed": len(self.failed),
             "unmatched": len(self.unmatched),
@@ -242,6 +255,7 @@ class Summary:
             "complete": self.complete,
             "counts": self.counts(),
             "launched": items(self.launched),
+            "joined": items(self.joined),
             "skipped": items(self.skipped),
             "failed": items(self.failed),
             "unmatched": items(self.unmatched),
@@ -536,6 +550,8 @@ class Replay:
             return Item(
                 source.label, "unmatched", reason="; ".join(reasons) or "the trigger does not take it"
             )
+        if decisions[0].window is not None:
+            return self._join(source, plan, decisions[0].window)
         launch = decisions[0].launch
         if launch is None or launch.run_key is None:
             why = launch.error.message if launch and launch.error else "no run for this event"
@@ -566,6 +582,30 @@ class Replay:
         if outcome.result == LaunchResult.DUPLICATE:
             return Item(source.label, "skipped", outcome.run_key or key, reason="already ran")
         return Item(source.label, "failed", outcome.run_key or key, reason=outcome.reason)
+
+    def _join(self, source: Source, plan: EventPlan, window: WindowPlan) -> Item:
+        """A batched trigger: the object joins a window (once: its membership says whether it did),
+        which launches when it closes, through the live path's windows."""
+        if window.member is None or window.action != Action.JOIN:
+            why = window.error.message if window.error else "no window for this object"
+            return Item(source.label, "failed", reason=why)
+        found = self.rt.ledger.read_doc(member_name(self.trigger.name, window.member))
+        if found is not None:
+            return Item(source.label, "skipped", reason=f"already in window {found[0].get('window')}")
+        if self.dry_run:
+            return Item(source.label, "would-join", reason=f"window key {window.key!r}")
+        try:
+            outcomes = carry_out(self.rt, plan, self.service)
+        except RetryableError as exc:
+            return Item(
+                source.label, "failed", reason=f"{exc.message} (transient: replay again)", transient=True
+            )
+        except PermanentError as exc:
+            return Item(source.label, "failed", reason=exc.message)
+        outcome = next((o for o in outcomes if o.trigger == self.trigger.name), None)
+        if outcome is None or outcome.result == LaunchResult.FAILED:
+            return Item(source.label, "failed", reason=outcome.reason if outcome else "not joined")
+        return Item(source.label, "joined", outcome.run_key, reason=f"window {outcome.window}")
 
 
 class ReplayInterrupted(Exception):

@@ -67,7 +67,8 @@ def cmd_replay(args: argparse.Namespace, out: Output) -> int:
         verb = "would launch" if summary.dry_run else "launched"
         progress.update(
             f"replayed {summary.seen} ({summary.seen / elapsed:.0f}/s): {verb} {c['launched']}, "
-            f"skipped {c['skipped']}, failed {c['failed']}, unmatched {c['unmatched']}",
+            + (f"joined {c['joined']}, " if c["joined"] else "")
+            + f"skipped {c['skipped']}, failed {c['failed']}, unmatched {c['unmatched']}",
             force=force,
         )
 
@@ -105,13 +106,16 @@ def print_summary(out: Output, spec: ReplaySpec, summary: Summary) -> None:
     verb = "would launch" if summary.dry_run else "launched"
     for label, items, colour in (
         (verb, summary.launched, "green"),
+        ("would join" if summary.dry_run else "joined", summary.joined, "green"),
         ("skipped", summary.skipped, "dim"),
         ("failed", summary.failed, "red"),
         ("unmatched", summary.unmatched, "dim"),
     ):
+        if label in ("joined", "would join") and not items:
+            continue  # only batched triggers join windows
         out.line(f"{out.paint(label.ljust(12), colour)}  {len(items)}")
         for item in items[:SHOWN_ITEMS]:
-            why = f"  ({item.reason})" if item.reason and label != verb else ""
+            why = f"  ({item.reason})" if item.reason else ""
             out.line(f"  {item.run_key or '-':<32}  {clean(item.source)}{clean(why)}")
         if len(items) > SHOWN_ITEMS:
             out.line(f"  ... {len(items) - SHOWN_ITEMS} more (--json lists all)")
