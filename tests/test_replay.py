@@ -13,8 +13,17 @@ import json
 import pytest
 
 from handlers.entry.cli import main as cli_main
-from handlers.entry.replay import Replay, ReplayError, ReplayInterrupted, ReplaySpec, TokenBucket, parse_rate
+from handlers.entry.replay import (
+    Replay,
+    ReplayError,
+    ReplayInterrupted,
+    ReplaySpec,
+    TokenBucket,
+    object_event,
+    parse_rate,
+)
 from handlers.follow.tracking import Tracker
+from handlers.launch.store import GcsStore
 from local.services import LOCAL_PROJECT, publish
 from tests.support import events as ev
 from tests.support.world import wait_until
@@ -363,3 +372,24 @@ def test_a_replay_of_a_batched_trigger_puts_each_object_in_exactly_one_window(la
     assert again.counts()["skipped"] == 6 and len(dataflow.launches()) == 2
     with pytest.raises(ReplayError, match="rerun of windows"):
         Replay(runtime, ReplaySpec("landing", bucket=landing["bucket"], rerun=True))
+
+
+def test_a_claim_left_by_a_crashed_launcher_is_taken_over_not_skipped(landing, dataflow):
+    from dataclasses import replace
+
+    from handlers.launch.ledger import Run
+    from handlers.route.plan import plan_object
+
+    runtime = landing["runtime"]
+    spec = objects(landing, prefix="in/2026/part-00")
+    # GIVEN a run claimed by a process that died before launching (its lease long expired)
+    (item,) = Replay(runtime, spec, dry_run=True).run().launched
+    resource = next(GcsStore(landing["bucket"]).list_objects("in/2026/part-00"))
+    plan = plan_object(runtime.config, object_event(resource)).matched[0].launch
+    stale = Run(item.run_key, "landing", "wordcount", "dataflow", "CLAIMED", plan.job_name, owner="dead")
+    runtime.ledger.create(replace(stale, lease_until="2000-01-01T00:00:00Z", attempts=1))
+    # WHEN the object is replayed
+    summary = Replay(runtime, spec).run()
+    # THEN the claim is taken over and the job launched once
+    assert summary.counts()["launched"] == 1 and len(launched_inputs(dataflow)) == 1
+    assert runtime.ledger.get(item.run_key).attempts == 2

@@ -42,6 +42,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from handlers.backends.contract import RunState
 from handlers.core import clients, http, logs
 from handlers.core.errors import EventError, ParameterError, PermanentError, RetryableError
 from handlers.core.ids import digest
@@ -558,8 +559,16 @@ class Replay:
             return Item(source.label, "failed", reason=why)
         key = str(launch.run_key)
         existing = self.rt.ledger.peek(key)
-        if existing is not None:
+        if existing is not None and existing.state == RunState.CLAIMED and existing.job is None:
+            existing = self.rt.ledger.get(key)  # its job may be on the active marker only
+        unfinished_claim = (
+            existing is not None and existing.state == RunState.CLAIMED and existing.job is None
+        )
+        if existing is not None and not unfinished_claim:
             return Item(source.label, "skipped", key, reason=f"already ran (record {existing.state})")
+        # No record, or a claim whose owner has not launched (a crashed replay or delivery): the
+        # launch service waits for its owner or takes it over once its lease expired, as a
+        # redelivery does.
         if self.dry_run:
             if launch.action == Action.FAIL and launch.error is not None:
                 return Item(source.label, "failed", key, reason=launch.error.message)
