@@ -565,7 +565,7 @@ class Replay:
             existing is not None and existing.state == RunState.CLAIMED and existing.job is None
         )
         if existing is not None and not unfinished_claim:
-            return Item(source.label, "skipped", key, reason=f"already ran (record {existing.state})")
+            return Item(source.label, "skipped", key, reason=f"already ran: record {existing.state}")
         # No record, or a claim whose owner has not launched (a crashed replay or delivery): the
         # launch service waits for its owner or takes it over once its lease expired, as a
         # redelivery does.
