@@ -56,9 +56,14 @@ from local.kits import kit
 from local.services import storage_client
 
 ROOT = Path(__file__).resolve().parents[2]
-# A short claim lease: a claim a killed replay left is taken over by the next one within seconds.
-# The publish lease stays the fault suite's (longer than a faulted ledger write can take).
-SETTINGS = RigSettings(lease="3s", launch_budget="6s", http_timeout="1,2")
+# The fault suite's leases (a claim a killed replay left blocks its run for up to 20 s: the next
+# replay reports it as a transient failure and the one after takes it over). The functions get a
+# longer read timeout than the fault suite's (the sweep's publish to the Pub/Sub emulator can take
+# seconds on a loaded machine: a publish that timed out yet went through is republished with the
+# same completion id after the publish lease, which the verdict would count as a second completion);
+# the replay command line keeps the short one, so an injected timeout costs it 2 s.
+SETTINGS = RigSettings(http_timeout="1,6")
+CLI_HTTP_TIMEOUT = "1,2"
 STALL_SECONDS = 20.0
 
 
@@ -73,6 +78,7 @@ class Options:
     max_seconds: float = 900.0
     max_replays: int = 30
     settings: RigSettings = SETTINGS
+    keep_dir: bool = False
 
 
 def _write_objects(rig: Rig, names: list[str]) -> list[Event]:
@@ -121,7 +127,7 @@ def _replay(
 ) -> dict[str, Any]:
     """Run the command line once; SIGKILL it once it has launched ``kill_after_jobs`` more jobs
     (``None``: let it end). A kill lands in the middle of the replay, between a launch and the next."""
-    env = {**os.environ, **rig.function_env()}
+    env = {**os.environ, **rig.function_env(), "PIPELINES_HTTP_TIMEOUT": CLI_HTTP_TIMEOUT}
     before = _jobs(rig, backend)
     with log.open("ab") as err:
         proc = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=err)
@@ -152,7 +158,7 @@ def run(options: Options) -> dict[str, Any]:
     random.seed(options.seed)
     started = time.monotonic()
     backends = options.settings.backends
-    with Rig(options.settings) as rig:
+    with Rig(options.settings, keep_dir=options.keep_dir) as rig:
         rig.start(seed=options.seed)
         names = [
             f"in/{backends[i % len(backends)]}/replay/{options.seed}/{i:05d}.txt"
@@ -209,6 +215,18 @@ def run(options: Options) -> dict[str, Any]:
         pulled = Counter(str(m["message_id"]) for m in messages)
         observed.completions = list({str(m["message_id"]): m for m in messages}.values())
         verdict = observed.verdict(events)
+        live_inputs = {e.input_file for e in live}
+        per_input: dict[str, list[dict[str, Any]]] = {}
+        for m in observed.completions:
+            data = m["event"].get("data") or {}
+            per_input.setdefault(str((data.get("parameters") or {}).get("inputFile")), []).append(
+                {"message_id": m["message_id"], "id": m["event"].get("id"), "attempts": data.get("attempts")}
+            )
+        doubled = [
+            {"input": k, "delivered_live_first": k in live_inputs, "completions": v}
+            for k, v in per_input.items()
+            if len(v) > 1
+        ]
         injected: Counter[str] = Counter()
         for proxy in rig.proxies.values():
             injected.update(proxy.counters()["injected"])
@@ -220,6 +238,8 @@ def run(options: Options) -> dict[str, Any]:
         # completion, reported apart (completions above are counted once per message id)
         "completion_messages_pulled_twice": sum(n - 1 for n in pulled.values() if n > 1),
         "objects_delivered_live_first": len(live),
+        "duplicate_completion_examples": doubled[:5],
+        "duplicate_completions_of_live_objects": sum(1 for d in doubled if d["delivered_live_first"]),
         "replay_processes": len(attempts),
         "replay_processes_killed": sum(1 for a in attempts if a["killed"]),
         "replay_runs_to_the_end": len(final),
@@ -230,12 +250,19 @@ def run(options: Options) -> dict[str, Any]:
         "faults_injected": dict(injected),
         "faults_injected_total": sum(injected.values()),
         "seed": options.seed,
-        "settings": {"lease": options.settings.lease, "backends": list(backends)},
+        "settings": {
+            "lease": options.settings.lease,
+            "publish_lease": options.settings.publish_lease,
+            "functions_http_timeout": options.settings.http_timeout,
+            "cli_http_timeout": CLI_HTTP_TIMEOUT,
+            "backends": list(backends),
+        },
         "live_seconds": round(live_done - started, 2),
         "replay_seconds": round(replayed - live_done, 2),
         "settle_seconds": round(settled - replayed, 2),
         "wall_seconds": round(time.monotonic() - started, 2),
         "stalled": stalled,
+        **({"work_dir": str(rig.work_dir)} if options.keep_dir else {}),
     }
 
 
@@ -294,6 +321,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--backends", default="dataflow", help=f"comma-separated subset of {','.join(BACKENDS)}"
     )
     parser.add_argument("--no-write", action="store_true", help="print the figures only")
+    parser.add_argument("--keep", action="store_true", help="keep the rig's work dir (logs) and print it")
     return parser
 
 
@@ -307,6 +335,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         kinds=tuple(parse_kinds(args.kinds)),
         seed=args.seed,
         max_seconds=args.max_seconds,
+        keep_dir=args.keep,
         settings=replace(SETTINGS, backends=tuple(b.strip() for b in args.backends.split(",") if b.strip())),
     )
     figures = run(options)
