@@ -40,7 +40,6 @@ from handlers.entry.manual import (
     run_status,
     start_run,
 )
-from handlers.entry.replay import Replay, ReplayError, ReplaySpec, describe_checkpoint, parse_rate
 from handlers.launch.runtime import Runtime
 from handlers.model.events import invalid_text_path
 from handlers.route.identity import RunKey
@@ -247,6 +246,9 @@ def _post_runs(request: Any, runtime: Runtime, caller: str | None) -> tuple[str,
 
 
 def _post_replays(request: Any, runtime: Runtime, caller: str | None) -> tuple[str, int, dict[str, str]]:
+    # Only this route needs the replay module (and the windows it reaches): kept out of cold start.
+    from handlers.entry.replay import Replay, ReplayError, ReplaySpec, parse_rate
+
     body = _read_json(request)
     details = []
     for key, value in body.items():
@@ -351,6 +353,8 @@ def _route(
     if replay:
         if method != "GET":
             raise ApiError(405, "METHOD_NOT_ALLOWED", "use GET /replays/{trigger}/{replay_id}")
+        from handlers.entry.replay import describe_checkpoint  # only this route: kept out of cold start
+
         doc = describe_checkpoint(runtime, replay.group("trigger"), replay.group("id"))
         if doc is None:
             raise ApiError(404, "NOT_FOUND", "no such replay (a dry run leaves no checkpoint)")

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import argparse
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from handlers.entry.cli.args import EXIT_FAILURE, EXIT_OK, UsageError, _load, _runtime
 from handlers.entry.cli.output import Output, Progress, clean
-from handlers.entry.replay import Item, Replay, ReplayError, ReplaySpec, Summary, parse_rate
+
+if TYPE_CHECKING:
+    from handlers.entry.replay import Item, ReplaySpec, Summary
 
 SHOWN_ITEMS = 20  # items listed per outcome in the human summary (--json lists all)
 
@@ -42,6 +44,9 @@ def add_parser(sub: Any, common: argparse.ArgumentParser, time_arg: Any) -> None
 
 
 def cmd_replay(args: argparse.Namespace, out: Output) -> int:
+    # The launch stack loads only for this command (validate, explain, graph stay light).
+    from handlers.entry.replay import Item, Replay, ReplayError, ReplaySpec, parse_rate
+
     config = _load(args)
     spec = ReplaySpec(
         trigger=args.trigger,
