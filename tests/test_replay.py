@@ -132,7 +132,10 @@ def test_rerun_starts_a_new_generation_and_its_completion_event_says_so(landing,
     done = {c["event"]["data"]["run_key"]: c["event"]["data"] for c in world.completions(expect=2)}
     assert done[rerun_key]["rerun"] == 1 and done[rerun_key]["event"]["rerun"] == 1
     assert done[live_key]["rerun"] == 0
-    # AND a second rerun is generation 2
+    # AND a dry run of the next rerun shows generation 2 launching, without taking the number
+    dry = Replay(runtime, objects(landing, prefix="in/2026/part-00", rerun=True), dry_run=True).run()
+    assert dry.generation == 2 and dry.counts()["launched"] == 1 and len(launched_inputs(dataflow)) == 2
+    # AND the next rerun is generation 2
     again = Replay(runtime, objects(landing, prefix="in/2026/part-00", rerun=True)).run()
     assert again.generation == 2 and again.counts()["launched"] == 1
 
@@ -393,3 +396,35 @@ def test_a_claim_left_by_a_crashed_launcher_is_taken_over_not_skipped(landing, d
     # THEN the claim is taken over and the job launched once
     assert summary.counts()["launched"] == 1 and len(launched_inputs(dataflow)) == 1
     assert runtime.ledger.get(item.run_key).attempts == 2
+
+
+def test_dead_lettered_storage_notifications_replay_as_the_objects_they_name(
+    landing, dataflow, call, local_world, unique_name
+):
+    # GIVEN the first object already ran live, and notifications of the first two dead-lettered
+    deliver_live(call, landing, NAMES[0])
+    dlq_topic, dlq_sub = f"{unique_name}-gcs-dlq", f"{unique_name}-gcs-dlq-sub"
+    local_world.create(topics=[dlq_topic], pull={dlq_sub: dlq_topic})
+    bucket = landing["gcs"].bucket(landing["bucket"])
+    for name in NAMES[:2]:
+        blob = bucket.get_blob(name)
+        resource = {
+            "bucket": landing["bucket"],
+            "name": name,
+            "generation": str(blob.generation),
+            "size": "8",
+        }
+        attributes = {
+            "eventType": "OBJECT_FINALIZE",
+            "bucketId": landing["bucket"],
+            "objectId": name,
+            "objectGeneration": str(blob.generation),
+            "payloadFormat": "JSON_API_V1",
+        }
+        publish(LOCAL_PROJECT, dlq_topic, json.dumps(resource), attributes)
+    # WHEN the dead letters are replayed for the storage trigger
+    spec = ReplaySpec("landing", subscription=f"projects/{LOCAL_PROJECT}/subscriptions/{dlq_sub}")
+    summary = Replay(landing["runtime"], spec).run()
+    # THEN the object that ran is skipped by its run key, the other launches once
+    assert summary.counts() == {"launched": 1, "joined": 0, "skipped": 1, "failed": 0, "unmatched": 0}
+    assert launched_inputs(dataflow) == sorted(f"gs://{landing['bucket']}/{n}" for n in NAMES[:2])

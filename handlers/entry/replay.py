@@ -449,6 +449,10 @@ class Replay:
                 gen = found[1] if found else 0
         return gen
 
+    def _current_generation(self) -> int:
+        found = self.rt.ledger.read_doc(f"replays/{self.trigger.name}/generation.json")
+        return int(found[0].get("generation", 0)) if found else 0
+
     def _next_generation(self) -> int:
         name = f"replays/{self.trigger.name}/generation.json"
         for _ in range(10):
@@ -469,8 +473,10 @@ class Replay:
         if self.spec.rerun:
             if resume and checkpoint:
                 generation = int(checkpoint.get("generation") or 0)
+            elif self.dry_run:  # the generation a real replay would number: shown, not taken
+                generation = self._current_generation() + 1
             else:
-                generation = 0 if self.dry_run else self._next_generation()
+                generation = self._next_generation()
         else:
             generation = 0
         summary = Summary(

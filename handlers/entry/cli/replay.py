@@ -107,7 +107,7 @@ def print_summary(out: Output, spec: ReplaySpec, summary: Summary) -> None:
     if any(flags):
         out.line("  " + "; ".join(f for f in flags if f))
     if spec.rerun and summary.dry_run:
-        out.line("  --rerun: a real replay numbers a new generation and launches every matching object")
+        out.line(f"  --rerun: a real replay would start generation {summary.generation}")
     verb = "would launch" if summary.dry_run else "launched"
     for label, items, colour in (
         (verb, summary.launched, "green"),
