@@ -566,7 +566,9 @@ class Replay:
         key = str(launch.run_key)
         existing = self.rt.ledger.peek(key)
         if existing is not None and existing.state == RunState.CLAIMED and existing.job is None:
-            existing = self.rt.ledger.get(key)  # its job may be on the active marker only
+            marker = self.rt.ledger.marker(key)  # its job may be on the active marker only
+            if marker is not None and marker.job is not None:
+                existing = marker.fold_into(existing)
         unfinished_claim = (
             existing is not None and existing.state == RunState.CLAIMED and existing.job is None
         )

@@ -248,6 +248,10 @@ class Ledger:
         found = self.store.read(self._run_name(run_key))
         return None if found is None else Run.from_json(json.loads(found[0]), found[1])
 
+    def marker(self, run_key: str) -> Marker | None:
+        """The run's active marker, when it carries a job (one read)."""
+        return Marker.from_meta(run_key, self.store.read_meta(self._active_name(run_key)))
+
     def require(self, run_key: str) -> Run:
         run = self.get(run_key)
         if run is None:
