@@ -44,13 +44,15 @@ bench: $(STAMP) prereqs
 
 # Reliability evidence (docs/RELIABILITY.md): fault injection over 1,000 events, crash injection at
 # every step boundary, 2,000 generated bad inputs, batch: windows under both (evidence/reliability/windows.py);
-# about 13 minutes; results/{faults,crashes,badinput,windows-crashes,windows-faults}.*
+# replays under faults and SIGKILLs (evidence/reliability/replay.py); about 15 minutes;
+# results/{faults,crashes,badinput,windows-crashes,windows-faults,replay}.*
 reliability: $(STAMP) prereqs
 	$(PY) -m evidence.reliability.faults --events 1000 --rate 0.1 --kinds 429,503,timeout,reset,lost --seed 1 --duplicates 0.2 --backends dataflow,datafusion,dataproc --status-push
 	$(PY) -m evidence.reliability.crashes --per-boundary 3 --backends dataflow,datafusion,fabric,dataproc
 	$(PY) -m evidence.reliability.badinput --cases 2000 --seed 7
 	$(PY) -m evidence.reliability.windows crashes --per-boundary 2 && $(PY) -m evidence.reliability.windows faults --events 1000 --window 100 --rate 0.1 --kinds 429,503,timeout,reset,lost --seed 1 --duplicates 0.2
 	$(PY) -m evidence.reliability.hostile --fuzz 200 --seed 11
+	$(PY) -m evidence.reliability.replay --objects 300 --already 0.3 --kills 6 --rate 0.1 --kinds 429,503,timeout,reset,lost --seed 1
 
 evidence: bench reliability
 

@@ -6,11 +6,13 @@ plumbing is at the bottom. Each layer imports only itself and the layers below i
 
     entry/        ways in: no decisions of their own
       functions     the five functions' services: parse, plan, carry the plan out (error policy)
-      api           the REST API (POST /runs, GET /runs/{key}, cancel, GET /pipelines)
+      api           the REST API (POST /runs, GET /runs/{key}, cancel, GET /pipelines, POST /replays)
       manual        runs started by hand, shared by the REST API and the command line
-      cli/          python -m handlers: validate, explain, runs, launch, cancel, graph, sync
-                    (__init__ parser and main; output, args, validate, explain, runs, launch, graph,
-                    sync: pipelines kept as code created or updated from the repo)
+      replay        backfill: old objects and dead letters through the live path, exactly once,
+                    resumable (a checkpoint in the ledger), rate-limited; rerun generations
+      cli/          python -m handlers: validate, explain, runs, launch, cancel, replay, graph, sync
+                    (__init__ parser and main; output, args, validate, explain, runs, launch,
+                    replay, graph, sync: pipelines kept as code created or updated from the repo)
     follow/       following a run to its end
       tracking      the sweep and the push path: backend status -> run state, timeouts, stalls
       completion    the completion event of a finished run: built once, published with one id

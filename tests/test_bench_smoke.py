@@ -82,3 +82,13 @@ def test_windows_launch_every_object_in_exactly_one_manifest_with_fewer_jobs():
     assert windowed["jobs"] == 4 and windowed["manifests"] == 4  # windows of 10
     assert per_object["jobs"] == 40
     assert result["backend_calls_ratio"] is not None and result["backend_calls_ratio"] < 1
+
+
+def test_a_replay_of_a_bucket_half_of_which_ran_launches_exactly_the_other_half():
+    result = run_bench("replay")["replay"]
+    assert result["objects"] == 100 and result["already_ran"] == 50
+    assert result["replay_launched"] == 50 and result["replay_skipped"] == 50 and result["replay_failed"] == 0
+    assert result["objects_by_job_count"] == {"1": 100} and result["exactly_once"] is True
+    # a launch costs its 2 ledger writes + 1 backend call in both; a replay adds one read per object
+    assert result["baseline_calls"] == {"ledger": 100, "backend": 50}
+    assert result["replay_calls"]["backend"] == 50

@@ -39,6 +39,7 @@ RUN_ELSEWHERE = {
     "python -m handlers runs": "tests/test_cli.py (the ledger of a local world)",
     "python -m handlers launch": "tests/test_cli.py (launch --wait against the emulators)",
     "python -m handlers cancel": "tests/test_cli.py (cancel against the emulators)",
+    "python -m handlers replay": "tests/test_replay.py (replay, --dry-run, --rerun against fake-gcs-server and the emulators)",
 }
 
 

@@ -7,6 +7,10 @@
     GET  /runs/{run_key}       -> 200 {"run": <ledger record>, "live": <backend state or null>}
     POST /runs/{run_key}:cancel-> 202 {"run_key", "state"}
     GET  /pipelines            -> 200 {"pipelines": [{name, backend, inputs, launchable, ...}]}
+    POST /replays              {"trigger", "bucket" + "prefix"/"glob"/"since"/"until" | "subscription",
+                                "dry_run", "rerun", "rate", "max_events"}
+                               -> 200 the replay's summary (``complete`` false: POST again to go on)
+    GET  /replays/{trigger}/{replay_id} -> 200 its checkpoint: progress so far, complete or not
 
 Every error is JSON ``{"error": {"code", "status", "message", "details": [{"field", "problem"}]}}``.
 Bodies over 64 KiB are refused (413). The contract is committed as ``handlers/schemas/api.openapi.yaml``.
@@ -27,6 +31,7 @@ from typing import Any
 
 from handlers.core import http, logs
 from handlers.core.errors import BackendRejected, NotFound, PipelineError, RetryableError
+from handlers.core.times import parse_time
 from handlers.entry.manual import (
     IdempotencyConflict,
     InvalidRequest,
@@ -41,6 +46,22 @@ from handlers.route.identity import RunKey
 
 MAX_BODY_BYTES = 64 * 1024
 _RUN_PATH = re.compile(rf"^/runs/(?P<key>{RunKey.PATTERN})(?P<cancel>:cancel)?$")
+_REPLAY_PATH = re.compile(r"^/replays/(?P<trigger>[a-z][a-z0-9_-]{0,62})/(?P<id>[0-9a-f]{16})$")
+REPLAY_FIELDS = {
+    "trigger": str,
+    "bucket": str,
+    "prefix": str,
+    "glob": str,
+    "since": str,
+    "until": str,
+    "subscription": str,
+    "dry_run": bool,
+    "rerun": bool,
+    "rate": str,
+    "max_events": int,
+}
+REPLAY_MAX_EVENTS = 1000  # per request by default: a Cloud Function request has a time limit
+REPLAY_ITEMS_SHOWN = 100  # items listed per outcome in the answer (the counts are whole)
 GOOGLE_ISSUERS = ("accounts.google.com", "https://accounts.google.com")
 DEFAULT_CERTS_URL = "https://www.googleapis.com/oauth2/v1/certs"
 
@@ -224,6 +245,60 @@ def _post_runs(request: Any, runtime: Runtime, caller: str | None) -> tuple[str,
     )
 
 
+def _post_replays(request: Any, runtime: Runtime, caller: str | None) -> tuple[str, int, dict[str, str]]:
+    # Only this route needs the replay module (and the windows it reaches): kept out of cold start.
+    from handlers.entry.replay import Replay, ReplayError, ReplaySpec, parse_rate
+
+    body = _read_json(request)
+    details = []
+    for key, value in body.items():
+        want = REPLAY_FIELDS.get(key)
+        if want is None:
+            details.append({"field": key, "problem": "unknown field"})
+        elif not isinstance(value, want) or (want is int and isinstance(value, bool)):
+            details.append({"field": key, "problem": f"must be a {want.__name__}"})
+    if not isinstance(body.get("trigger"), str):
+        details.append({"field": "trigger", "problem": "is required (a configured trigger name)"})
+    max_events = body.get("max_events", REPLAY_MAX_EVENTS)
+    if isinstance(max_events, int) and not 1 <= max_events <= 100_000:
+        details.append({"field": "max_events", "problem": "must be 1 to 100000"})
+    times: dict[str, Any] = {}
+    for name in ("since", "until"):
+        if isinstance(body.get(name), str):
+            try:
+                times[name] = parse_time(body[name], name)
+            except PipelineError as exc:
+                details.append({"field": name, "problem": exc.message})
+    if details:
+        raise ApiError(400, "INVALID_ARGUMENT", "invalid replay request", details)
+    try:
+        spec = ReplaySpec(
+            trigger=body["trigger"],
+            bucket=body.get("bucket"),
+            prefix=body.get("prefix"),
+            glob=body.get("glob"),
+            since=times.get("since"),
+            until=times.get("until"),
+            subscription=body.get("subscription"),
+            rerun=bool(body.get("rerun")),
+        )
+        rate = parse_rate(body["rate"]) if "rate" in body else None
+        replay = Replay(runtime, spec, dry_run=bool(body.get("dry_run")), rate=rate, limit=max_events)
+    except ReplayError as exc:
+        field = str(exc.context().get("field") or "body")
+        raise ApiError(
+            400, "INVALID_ARGUMENT", exc.message, [{"field": field, "problem": exc.message}]
+        ) from None
+    logs.info("replay requested through the API", replay_id=spec.replay_id, trigger=spec.trigger)
+    summary = replay.run().to_json()
+    for outcome in ("launched", "joined", "skipped", "failed", "unmatched"):
+        if len(summary[outcome]) > REPLAY_ITEMS_SHOWN:
+            summary[outcome] = summary[outcome][:REPLAY_ITEMS_SHOWN]
+            summary["truncated"] = True
+    status_url = f"/replays/{spec.trigger}/{spec.replay_id}"
+    return _json(200, {**summary, "status_url": status_url}, {"Location": status_url})
+
+
 def handle(request: Any, runtime: Runtime) -> tuple[str, int, dict[str, str]]:
     """Serve one API request; every answer is JSON, and every refusal is logged with its reason."""
     path = request.path.rstrip("/") or "/"
@@ -270,6 +345,20 @@ def _route(
         if method != "POST":
             raise ApiError(405, "METHOD_NOT_ALLOWED", "use POST /runs")
         return _post_runs(request, runtime, caller)
+    if path == "/replays":
+        if method != "POST":
+            raise ApiError(405, "METHOD_NOT_ALLOWED", "use POST /replays")
+        return _post_replays(request, runtime, caller)
+    replay = _REPLAY_PATH.match(path)
+    if replay:
+        if method != "GET":
+            raise ApiError(405, "METHOD_NOT_ALLOWED", "use GET /replays/{trigger}/{replay_id}")
+        from handlers.entry.replay import describe_checkpoint  # only this route: kept out of cold start
+
+        doc = describe_checkpoint(runtime, replay.group("trigger"), replay.group("id"))
+        if doc is None:
+            raise ApiError(404, "NOT_FOUND", "no such replay (a dry run leaves no checkpoint)")
+        return _json(200, doc)
     if path == "/pipelines":
         if method != "GET":
             raise ApiError(405, "METHOD_NOT_ALLOWED", "use GET /pipelines")

@@ -89,6 +89,7 @@ def completion_data(run: Run) -> dict[str, Any]:
         "duration_seconds": round(duration, 3) if duration is not None else None,
         "reason": (run.error or {}).get("message") if run.error else None,
         "attempts": run.attempts,
+        "rerun": run.rerun,
     }
     window = window_of_summary(run.event)
     if window is not None:

@@ -91,6 +91,7 @@ class Run:
     raw_state: str | None = None
     completion: Mapping[str, Any] | None = None
     history: tuple[Mapping[str, Any], ...] = ()
+    rerun: int = 0  # a replay's rerun generation (``replay --rerun``); 0: the live run
     generation: int = 0  # not stored: the object generation this copy was read at
     unrecorded_job: bool = False  # not stored: the job came from the active marker, not the record
 
@@ -240,6 +241,16 @@ class Ledger:
             if marker is not None and marker.job is not None:
                 return marker.fold_into(run)
         return run
+
+    def peek(self, run_key: str) -> Run | None:
+        """The record as stored (one read; a job still only on its marker is not folded in): enough
+        to know a run exists, as a replay asks of every event."""
+        found = self.store.read(self._run_name(run_key))
+        return None if found is None else Run.from_json(json.loads(found[0]), found[1])
+
+    def marker(self, run_key: str) -> Marker | None:
+        """The run's active marker, when it carries a job (one read)."""
+        return Marker.from_meta(run_key, self.store.read_meta(self._active_name(run_key)))
 
     def require(self, run_key: str) -> Run:
         run = self.get(run_key)

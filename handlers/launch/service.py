@@ -187,6 +187,7 @@ class LaunchService:
             owner=owner,
             lease_until=iso(self.clock() + dt.timedelta(seconds=self.settings.lease_seconds)),
             attempts=1,
+            rerun=int(getattr(event, "rerun", 0) or 0),
         ).with_state(RunState.CLAIMED, "claimed")
 
     def _claim(self, fresh: Run, *, retry_failed: bool = False) -> tuple[Run | None, bool, Run | None]:

@@ -178,17 +178,29 @@ class GcsStore:
 
     def list_meta(self, prefix: str) -> Iterator[tuple[str, Mapping[str, str]]]:
         """Every object under ``prefix`` with its custom metadata (1,000 per listing call)."""
+        for item in self.list_objects(prefix, fields="items(name,metadata)"):
+            yield item["name"], dict(item.get("metadata") or {})
+
+    def list_objects(
+        self, prefix: str, *, start_offset: str | None = None, fields: str | None = None
+    ) -> Iterator[dict[str, Any]]:
+        """Every object resource under ``prefix`` in name order, page by page (1,000 per listing
+        call); ``start_offset``: only names at or after it; ``fields``: the resource fields wanted
+        (``items(...)``; default: the whole resource)."""
         url = f"{self.base_url}/storage/v1/b/{quote(self.bucket, safe='')}/o"
         token: str | None = None
         while True:
-            params = {"prefix": prefix, "fields": "items(name,metadata),nextPageToken"}
+            params = {"prefix": prefix}
+            if fields:
+                params["fields"] = f"{fields},nextPageToken"
+            if start_offset:
+                params["startOffset"] = start_offset
             if token:
                 params["pageToken"] = token
             page: dict[str, Any] = self._call(
                 f"list {prefix}", functools.partial(self._list_page, url, prefix, params)
             )
-            for item in page.get("items") or ():
-                yield item["name"], dict(item.get("metadata") or {})
+            yield from page.get("items") or ()
             token = page.get("nextPageToken")
             if not token:
                 return

@@ -210,6 +210,7 @@ class ObjectEvent:
     event_time: dt.datetime
     object: StorageObject
     via: str = "eventarc"
+    rerun: int = 0  # a replay's deliberate new generation of runs (0: the live run's generation)
 
     kind = "storage"
 
@@ -230,6 +231,7 @@ class ObjectEvent:
             "generation": str(o.generation),
             "event_id": self.event_id,
             "event_time": iso(self.event_time),
+            **({"rerun": self.rerun} if self.rerun else {}),
         }
 
 
@@ -247,6 +249,7 @@ class MessageEvent:
     publish_time: dt.datetime | None = None
     ordering_key: str | None = None
     subscription: str | None = None
+    rerun: int = 0  # a replay's deliberate new generation of runs (0: the live run's generation)
 
     kind = "pubsub"
 
@@ -289,6 +292,7 @@ class MessageEvent:
             "message_id": self.message_id,
             "event_id": self.event_id,
             "event_time": iso(self.event_time),
+            **({"rerun": self.rerun} if self.rerun else {}),
         }
 
 

@@ -3,6 +3,8 @@
 - the **identity** of an event for a trigger (:func:`identity_of`): ``bucket/name#generation`` for
   objects; the message id, or the configured ``dedupe_by`` field, for messages; the upstream
   completion id for chains; the join key for a fan-in; pipeline and idempotency key for the API;
+- a replay's **rerun generation** (``--rerun``): ``#rerun=<n>`` after the identity, so a deliberate
+  rerun is another run (another key), and the live run (generation 0) is never touched;
 - the **run key** (:class:`RunKey`) ``<trigger>-<hash>``: the trigger's name and 20 hex characters
   of a hash of trigger and identity (:func:`handlers.core.ids.digest`), stable across redeliveries.
   :class:`RunKey` is the only code that formats, parses and validates run keys: from ledger text,
@@ -99,7 +101,14 @@ def label_value(text: str) -> str:
 
 
 def identity_of(trigger: Trigger, event: Any) -> str:
-    """The part of the event that makes a delivery the same run as another delivery."""
+    """The part of the event that makes a delivery the same run as another delivery; a replay's
+    rerun generation ``n`` (``--rerun``) adds ``#rerun=n``: another run key, never the live run's."""
+    base = _base_identity(trigger, event)
+    rerun = getattr(event, "rerun", 0)
+    return f"{base}#rerun={rerun}" if rerun else base
+
+
+def _base_identity(trigger: Trigger, event: Any) -> str:
     if isinstance(event, ObjectEvent):
         return event.identity
     if isinstance(event, MessageEvent):

@@ -11,6 +11,7 @@
     launch   PIPELINE          start a run by hand through :mod:`handlers.entry.manual` (idempotent); --wait
     cancel   RUN_KEY           ask the backend to stop a run's job
     sync     [--dry-run]       create or update the pipelines whose definitions are kept in the repo
+    replay   --trigger T ...   backfill: objects or dead letters through the live path, exactly once
     graph                      the config as a Mermaid ``flowchart LR`` (or nodes/edges with --json)
 
 Every command takes ``--config FILE`` (default ``$PIPELINES_CONFIG``, else ``pipelines.yaml``) and
@@ -44,6 +45,7 @@ from handlers.entry.cli.explain import cmd_explain, explain_object
 from handlers.entry.cli.graph import cmd_graph, graph_mermaid
 from handlers.entry.cli.launch import cmd_cancel, cmd_launch
 from handlers.entry.cli.output import Output, _isatty, clean
+from handlers.entry.cli.replay import add_parser as add_replay_parser
 from handlers.entry.cli.runs import DEFAULT_RUNS_LIMIT, cmd_runs
 from handlers.entry.cli.sync import cmd_sync
 from handlers.entry.cli.validate import cmd_validate
@@ -169,6 +171,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("cancel", parents=[common], help="ask the backend to stop a run's job")
     p.add_argument("run_key", metavar="RUN_KEY")
     p.set_defaults(func=cmd_cancel)
+
+    add_replay_parser(sub, common, _time_arg)
 
     p = sub.add_parser(
         "graph", parents=[common], help="the config as a Mermaid flowchart (--json: nodes/edges)"
