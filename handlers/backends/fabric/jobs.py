@@ -213,6 +213,11 @@ def fabric_error(response: Any, *, what: str, **ctx: Any) -> None:
     http.raise_for_status(response, what=what, **ctx)
 
 
+def find_scope(options: Mapping[str, Any]) -> str:
+    """What :meth:`Fabric.find` searches: the item's job instances (one launch slot per item)."""
+    return f"{options.get('workspace')}/{options.get('item')}"
+
+
 # ---------------------------------------------------------------------------------------------
 # What Fabric declares (handlers.backends.contract)
 # ---------------------------------------------------------------------------------------------
@@ -243,7 +248,7 @@ SPEC = BackendSpec(
     # Instances carry no run key: find() matches by time (module docstring). After an uncertain
     # start the launch service waits a moment before trusting "not found", in case the instance
     # list lags the 202 (a relaunch would only be Deduped anyway).
-    find=FindSemantics(exact=False, settle_seconds=1.0),
+    find=FindSemantics(exact=False, settle_seconds=1.0, scope=lambda p: find_scope(p.options)),
     deploy=DeployNeeds(
         credentials=credentials,
         # the deploy's --secret, under the name it had when only Fabric read secrets

@@ -1,0 +1,167 @@
+"""The launch slot: one start at a time per target of a backend whose find() can only guess.
+
+A Fabric job instance carries nothing of ours (no name, no labels, no parameters in the listing),
+so after a start whose answer was lost, "the instance this run started" can only be told from other
+runs' instances if no other run of the same item was starting at the same moment. The slot makes
+that so. It is one small ledger document per target (``slots/<backend>/<digest>``, the target being
+what :attr:`FindSemantics.scope` names: a Fabric item)::
+
+    {"run_key", "owner", "since", "until", "released"}
+
+- **acquire**: create-only, or compare-and-swap over a slot that was released, whose lease ended
+  (its holder crashed or gave up), or that the same run key holds (an earlier delivery of this run);
+  otherwise wait a few seconds, then :class:`RunInProgress` (the event is redelivered).
+- While held, every instance another run started is already claimed in the ledger
+  (``jobs/<backend>/<id>``, :meth:`Ledger.claim_job`), because a holder claims its instance before
+  it releases. So the newest unclaimed instance of the target is the holder's own.
+- **release**: compare-and-swap to ``released`` once the holder's start is settled (its instance
+  claimed, or nothing was sent that might have started one). A holder that gave up with a start
+  still uncertain leaves the slot held: whoever takes it next *settles* it first (claims the
+  instances the previous holder may have started for that holder's run, see
+  :meth:`handlers.launch.service.LaunchService`), so no other run can adopt them.
+
+The lease is the ledger's claim lease (``settings.ledger.lease``), which config load keeps longer
+than a launch can take (``launch_budget`` plus the last call's timeout).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from handlers.core import logs
+from handlers.core.errors import PipelineError, RunInProgress
+from handlers.core.ids import digest
+from handlers.core.times import from_iso, iso
+from handlers.launch.ledger import Conflict, Ledger
+
+
+@dataclass(frozen=True)
+class Slot:
+    """One holder's view of a slot document."""
+
+    name: str
+    run_key: str
+    owner: str
+    since: str  # when this holder took it: an instance it started is no older than this
+    until: str
+    released: bool = False
+    generation: int = 0
+
+    def to_doc(self) -> dict[str, Any]:
+        return {
+            "run_key": self.run_key,
+            "owner": self.owner,
+            "since": self.since,
+            "until": self.until,
+            "released": self.released,
+        }
+
+    @classmethod
+    def from_doc(cls, name: str, doc: dict[str, Any], generation: int) -> Slot:
+        return cls(
+            name=name,
+            run_key=str(doc.get("run_key") or ""),
+            owner=str(doc.get("owner") or ""),
+            since=str(doc.get("since") or ""),
+            until=str(doc.get("until") or ""),
+            released=bool(doc.get("released")),
+            generation=generation,
+        )
+
+    def expired(self, at: dt.datetime) -> bool:
+        until = from_iso(self.until) if self.until else None
+        return until is None or at >= until
+
+
+def slot_name(backend: str, scope: str) -> str:
+    return f"slots/{backend}/{digest(backend, scope, length=32)}"
+
+
+class Slots:
+    """Acquire and release launch slots in the ledger."""
+
+    def __init__(
+        self,
+        ledger: Ledger,
+        *,
+        lease_seconds: float,
+        clock: Callable[[], dt.datetime],
+        sleep: Callable[[float], Any],
+        wait_seconds: float = 8.0,
+    ) -> None:
+        self.ledger = ledger
+        self.lease_seconds = lease_seconds
+        self.clock = clock
+        self.sleep = sleep
+        self.wait_seconds = wait_seconds
+
+    def acquire(
+        self, backend: str, scope: str, run_key: str, owner: str, settle: Callable[[Slot], None]
+    ) -> tuple[Slot, bool]:
+        """(the slot, now ours; whether an earlier delivery of this run left a start unsettled).
+
+        A slot another run left unsettled is handed to ``settle`` *before* it is taken over, so its
+        record survives a failed settle (settling twice is harmless: claims are first-wins).
+        Raises :class:`RunInProgress` while another run holds it for longer than ``wait_seconds``."""
+        name = slot_name(backend, scope)
+        deadline = time.monotonic() + self.wait_seconds
+        delay = 0.05
+        while True:
+            found = self.ledger.read_doc(name)
+            stamp = self.clock()
+            mine = Slot(
+                name,
+                run_key,
+                owner,
+                since=iso(stamp) or "",
+                until=iso(stamp + dt.timedelta(seconds=self.lease_seconds)) or "",
+            )
+            if found is None:
+                try:
+                    return self._took(mine, 0), False
+                except Conflict:
+                    continue
+            current = Slot.from_doc(name, *found)
+            if current.owner == owner and not current.released:
+                return current, False  # our own write, whose answer was lost
+            if current.released or current.expired(stamp) or current.run_key == run_key:
+                unsettled = not current.released
+                if unsettled:
+                    logs.warning(
+                        "taking over a launch slot its holder did not release",
+                        previous_run_key=current.run_key,
+                        previous_since=current.since,
+                    )
+                if unsettled and current.run_key != run_key:
+                    settle(current)
+                try:
+                    taken = self._took(mine, current.generation)
+                except Conflict:
+                    continue
+                return taken, unsettled and current.run_key == run_key
+            if time.monotonic() >= deadline:
+                raise RunInProgress(
+                    f"another run ({current.run_key}) is starting a job of the same target",
+                    run_key=run_key,
+                    retry_after=2,
+                )
+            self.sleep(delay)
+            delay = min(delay * 2, 0.5)
+
+    def _took(self, slot: Slot, generation: int) -> Slot:
+        written = self.ledger.write_doc(slot.name, slot.to_doc(), generation)
+        return Slot(**{**slot.__dict__, "generation": written})
+
+    def release(self, slot: Slot) -> None:
+        """Hand the slot on (best effort: a slot not released is taken over when its lease ends)."""
+        done = Slot(**{**slot.__dict__, "released": True})
+        try:
+            self.ledger.write_doc(slot.name, done.to_doc(), slot.generation)
+        except Conflict:
+            pass  # taken over after our lease ended: nothing of ours to hand on
+        except PipelineError as exc:
+            logs.warning("could not release the launch slot; it ends with its lease", cause=exc.message)
