@@ -13,11 +13,17 @@ import datetime as dt
 import pytest
 
 from handlers.backends.contract import RunState
+from handlers.core.clients import RestPublisher, plain_session
 from handlers.core.errors import RetryableError
 from handlers.core.times import now
 from handlers.follow.tracking import Tracker
+from handlers.launch.ledger import Ledger
+from handlers.launch.runtime import Runtime, make_runtime
 from handlers.launch.service import LaunchService
+from handlers.launch.store import GcsStore
+from handlers.model.completions import completion_id
 from handlers.model.events import parse_object_finalized
+from local.faultproxy import FaultProxy
 from tests.support import events as ev
 
 
@@ -73,3 +79,119 @@ def test_a_backend_down_longer_than_max_event_age_ends_the_claim_launch_failed_a
     assert runtime.ledger.active_keys() == []
     assert Tracker(runtime, clock=lambda: later).sweep().finished == {}
     assert len(_completions(world, 2)) == 1
+
+
+# --------------------------------------------------------------------------------------------
+# 429, 503 and lost answers on the Pub/Sub publish of a completion
+# --------------------------------------------------------------------------------------------
+PUBLISH = r"^POST /v1/projects/[^/]+/topics/[^/]+:publish"
+
+
+def test_faults_on_the_completion_publish_end_with_the_completion_published_under_one_id(world, dataflow):
+    """429 and 503 (never applied) and a lost answer (applied, answer dropped) on the publish: every
+    later sweep publishes again, with the same CloudEvent id and the same event, until one publish
+    is answered; then the run leaves the active index and nothing more is published."""
+    config = world.config(
+        {"wc": {**dataflow.pipeline_options("wc"), "parameters": {"inputFile": "gs://{bucket}/{name}"}}},
+        {"landing": {"storage": {"bucket": "landing"}, "pipeline": "wc"}},
+        publish_lease="30s",
+    )
+    with FaultProxy(f"http://{world.pubsub_host}", name="pubsub") as proxy:
+        runtime = make_runtime(config, publisher=RestPublisher(plain_session(), proxy.url))
+        outcome = LaunchService(runtime).start(config.triggers["landing"], _object_event("pub.txt"))
+        dataflow.advance(30)
+        clock = [now()]
+
+        def sweep():
+            return Tracker(runtime, clock=lambda: clock[0]).sweep()
+
+        for kind in ("429", "503", "lost"):
+            proxy.set_faults({kind: 1.0}, match=PUBLISH, limit=1)
+            report = sweep()
+            assert outcome.run_key in report.errors or report.republished == [], (kind, report)
+            assert proxy.counters()["injected"][kind] == 1
+            clock[0] += dt.timedelta(seconds=31)  # the publish lease ends: the next sweep publishes
+        proxy.clear_faults()
+        sweep()
+        clock[0] += dt.timedelta(seconds=31)
+        assert sweep().checked == 0  # published and out of the active index
+
+    events = _completions(world, 3)
+    assert len(events) == 2  # the lost answer's message and the one answered
+    assert {e["id"] for e in events} == {completion_id(outcome.run_key, "SUCCEEDED")}
+    assert events[0] == events[1]
+    (run,) = world.runs(runtime)
+    assert run.completion["published"] is True and run.completion["republish_attempts"] == 3
+    assert runtime.ledger.active_keys() == []
+
+
+# --------------------------------------------------------------------------------------------
+# 412 / 409 storms from the ledger, and a lost answer to the create of a failed run's record
+# --------------------------------------------------------------------------------------------
+LEDGER_CREATE = r"^POST /upload/storage/v1/b/[^/]+/o\?.*ifGenerationMatch=0"
+
+
+def _ledger_behind(proxy: FaultProxy, config) -> Runtime:
+    store = GcsStore(config.settings.ledger_bucket, base_url=proxy.url)
+    return Runtime(config=config, ledger=Ledger(store, config.settings.ledger_prefix))
+
+
+def test_a_lost_answer_to_the_create_of_a_failed_runs_record_still_announces_the_failure(
+    world, dataflow, gcs_server
+):
+    """The LAUNCH_FAILED record is written but the answer is lost: the store's retry meets it (412).
+    The run must still enter the active index, so the sweep announces it once."""
+    config = world.config(
+        {"wc": {**dataflow.pipeline_options("wc"), "parameters": {"owner": "{metadata.owner}"}}},
+        {"landing": {"storage": {"bucket": "landing"}, "pipeline": "wc"}},
+    )
+    with FaultProxy(gcs_server.url, name="ledger") as proxy:
+        proxy.set_faults({"lost": 1.0}, match=LEDGER_CREATE, limit=1)
+        runtime = _ledger_behind(proxy, config)
+        outcome = LaunchService(runtime).start(config.triggers["landing"], _object_event("no-owner.txt"))
+        assert outcome.result == "failed" and proxy.counters()["injected"]["lost"] == 1
+        proxy.clear_faults()
+        assert Tracker(runtime).sweep().finished == {outcome.run_key: "LAUNCH_FAILED"}
+
+    (completion,) = _completions(world, 1)
+    assert completion["data"]["state"] == "LAUNCH_FAILED" and "metadata.owner" in completion["data"]["reason"]
+    assert dataflow.launches() == []
+
+
+def test_412_and_409_storms_on_the_ledger_end_with_one_job_and_one_completion_per_event(
+    world, dataflow, gcs_server
+):
+    """Half the conditional writes answer 412 (another writer won) and half the writes 409: claims,
+    compare-and-swaps and marker writes re-read or retry; every event still gets one job."""
+    config = world.config(
+        {"wc": {**dataflow.pipeline_options("wc"), "parameters": {"inputFile": "gs://{bucket}/{name}"}}},
+        {"landing": {"storage": {"bucket": "landing"}, "pipeline": "wc"}},
+    )
+    names = [f"storm-{i}.txt" for i in range(6)]
+    with FaultProxy(gcs_server.url, name="ledger", seed=3) as proxy:
+        proxy.set_faults({"412": 0.5, "409": 0.3})
+        runtime = _ledger_behind(proxy, config)
+        service = LaunchService(runtime, sleep=lambda s: None)
+        for name in names:
+            for _ in range(20):  # the platform redelivers after a retryable failure
+                try:
+                    service.start(config.triggers["landing"], _object_event(name))
+                    break
+                except RetryableError:
+                    continue
+        dataflow.advance(30)
+        tracker = Tracker(runtime)
+        for _ in range(20):
+            try:
+                tracker.sweep()
+            except RetryableError:
+                pass
+            if not runtime.ledger.active_keys():
+                break
+        injected = proxy.counters()["injected"]
+
+    assert injected.get("412", 0) > 5 and injected.get("409", 0) > 5, injected
+    launched = sorted(job["parameters"]["inputFile"] for job in dataflow.launches() if job["status"] == 200)
+    assert launched == sorted(f"gs://landing/{n}" for n in names)
+    completions = _completions(world, len(names))
+    assert len(completions) == len(names) == len({c["id"] for c in completions})

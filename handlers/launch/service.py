@@ -361,9 +361,9 @@ class LaunchService:
             return ref
 
         def hand_on() -> None:
-            """Release the slot unless a start of ours may exist that no one has claimed."""
-            if slot is not None and not unsettled:
-                self._slots().release(slot)
+            """Release the slot; unsettled when a start of ours may exist that no one has claimed."""
+            if slot is not None:
+                self._slots().release(slot, settled=not unsettled)
 
         try:
             ref = retry.call(
@@ -385,8 +385,9 @@ class LaunchService:
         try:
             recorded = self._record_job(run, ref, pipeline)
         except RetryableError:
-            # The slot stays held: the redelivery (same run key) takes it over at once and finds
-            # its job as the newest one claimed for it; other runs wait for it.
+            # The job is claimed for this run: whoever takes the slot next records it on the run.
+            unsettled = True
+            hand_on()
             self._release(run)  # the redelivery takes over at once and finds the job by name
             raise
         unsettled = False
@@ -548,9 +549,19 @@ class LaunchService:
             created_at=stamp,  # the same instant: the completion's duration is 0, never negative
             ended_at=stamp,
         ).with_state(RunState.LAUNCH_FAILED, exc.message)
-        try:
-            self.rt.ledger.create(run)
-            self.rt.ledger.mark_active(key)  # so the completion of a LAUNCH_FAILED run is published once
-        except Conflict:
-            pass
+        ledger = self.rt.ledger
+        for _ in range(10):
+            try:
+                ledger.create(run)
+                break
+            except Conflict:
+                existing = ledger.get(key)
+            if existing is None:
+                continue  # a 412 for a record that is not there (a contended store): create again
+            if existing.state != RunState.LAUNCH_FAILED or (existing.completion or {}).get("published"):
+                return Outcome(trigger.name, pipeline.name, key, LaunchResult.FAILED, reason=exc.message)
+            break  # ours, whose answer was lost (or an earlier delivery's): announce it all the same
+        else:
+            raise RunInProgress(f"run {key}: conflicts without a record to read", run_key=key)
+        ledger.mark_active(key)  # so the completion of a LAUNCH_FAILED run is published once
         return Outcome(trigger.name, pipeline.name, key, LaunchResult.FAILED, reason=exc.message)

@@ -16,9 +16,10 @@ what :attr:`FindSemantics.scope` names: a Fabric item)::
   it releases. So the newest unclaimed instance of the target is the holder's own.
 - **release**: compare-and-swap to ``released`` once the holder's start is settled (its instance
   claimed, or nothing was sent that might have started one). A holder that gave up with a start
-  still uncertain leaves the slot held: whoever takes it next *settles* it first (claims the
-  instances the previous holder may have started for that holder's run, see
-  :meth:`handlers.launch.service.LaunchService`), so no other run can adopt them.
+  still uncertain releases it marked ``unsettled`` (and a crashed holder's slot ends with its
+  lease): whoever takes it next *settles* it first (claims the instance the previous holder may
+  have started for that holder's run and records it as that run's job, see
+  :meth:`handlers.launch.service.LaunchService`), so no other run can adopt it.
 
 The lease is the ledger's claim lease (``settings.ledger.lease``), which config load keeps longer
 than a launch can take (``launch_budget`` plus the last call's timeout).
@@ -49,6 +50,7 @@ class Slot:
     since: str  # when this holder took it: an instance it started is no older than this
     until: str
     released: bool = False
+    unsettled: bool = False  # released by a holder that gave up with a start of its own uncertain
     generation: int = 0
 
     def to_doc(self) -> dict[str, Any]:
@@ -58,6 +60,7 @@ class Slot:
             "since": self.since,
             "until": self.until,
             "released": self.released,
+            "unsettled": self.unsettled,
         }
 
     @classmethod
@@ -69,6 +72,7 @@ class Slot:
             since=str(doc.get("since") or ""),
             until=str(doc.get("until") or ""),
             released=bool(doc.get("released")),
+            unsettled=bool(doc.get("unsettled")),
             generation=generation,
         )
 
@@ -129,10 +133,10 @@ class Slots:
             if current.owner == owner and not current.released:
                 return current, False  # our own write, whose answer was lost
             if current.released or current.expired(stamp) or current.run_key == run_key:
-                unsettled = not current.released
+                unsettled = current.unsettled or not current.released
                 if unsettled:
                     logs.warning(
-                        "taking over a launch slot its holder did not release",
+                        "taking over a launch slot whose holder's start is unsettled",
                         previous_run_key=current.run_key,
                         previous_since=current.since,
                     )
@@ -156,12 +160,21 @@ class Slots:
         written = self.ledger.write_doc(slot.name, slot.to_doc(), generation)
         return Slot(**{**slot.__dict__, "generation": written})
 
-    def release(self, slot: Slot) -> None:
-        """Hand the slot on (best effort: a slot not released is taken over when its lease ends)."""
-        done = Slot(**{**slot.__dict__, "released": True})
+    def release(self, slot: Slot, *, settled: bool = True) -> None:
+        """Hand the slot on (best effort: a slot not released is taken over when its lease ends).
+        ``settled=False``: the holder gave up with a start of its own uncertain; it sends nothing
+        more, so the next holder may settle that start at once instead of waiting for the lease."""
+        done = Slot(**{**slot.__dict__, "released": True, "unsettled": not settled})
         try:
-            self.ledger.write_doc(slot.name, done.to_doc(), slot.generation)
-        except Conflict:
-            pass  # taken over after our lease ended: nothing of ours to hand on
+            for _ in range(10):
+                try:
+                    self.ledger.write_doc(slot.name, done.to_doc(), done.generation)
+                    return
+                except Conflict:
+                    found = self.ledger.read_doc(slot.name)
+                current = Slot.from_doc(slot.name, *found) if found is not None else None
+                if current is None or current.owner != slot.owner or current.released:
+                    return  # taken over after our lease ended (or our release landed): nothing to do
+                done = Slot(**{**done.__dict__, "generation": current.generation})
         except PipelineError as exc:
             logs.warning("could not release the launch slot; it ends with its lease", cause=exc.message)
