@@ -324,7 +324,8 @@ class LaunchService:
             return semantics.exact or self.rt.ledger.claim_job(pipeline.backend, ref.job_id, request.run_key)
 
         def find_ours() -> JobRef | None:
-            return self._find_owned(backend, request, owned)
+            skip = slot.others(request.run_key) if slot is not None else frozenset()
+            return self._find_owned(backend, request, owned, skip)
 
         # Some backends list a new run only after a moment (CDAP records runs asynchronously):
         # after an uncertain start, wait that long before trusting "not found".
@@ -360,10 +361,10 @@ class LaunchService:
                 raise BackendUnavailable(f"job {ref.job_id} was claimed by another run: launching again")
             return ref
 
-        def hand_on() -> None:
+        def hand_on(job_id: str | None = None) -> None:
             """Release the slot; unsettled when a start of ours may exist that no one has claimed."""
             if slot is not None:
-                self._slots().release(slot, settled=not unsettled)
+                self._slots().release(slot, settled=not unsettled, job_id=job_id)
 
         try:
             ref = retry.call(
@@ -391,7 +392,7 @@ class LaunchService:
             self._release(run)  # the redelivery takes over at once and finds the job by name
             raise
         unsettled = False
-        hand_on()
+        hand_on(ref.job_id)
         logs.info(
             "job adopted (already launched)" if adopted else "job launched",
             job_id=ref.job_id,
@@ -424,10 +425,15 @@ class LaunchService:
         return semantics.scope(pipeline) if semantics.scope is not None else f"pipeline {pipeline.name}"
 
     def _find_owned(
-        self, backend: Backend, request: LaunchRequest, owned: Callable[[JobRef], bool]
+        self,
+        backend: Backend,
+        request: LaunchRequest,
+        owned: Callable[[JobRef], bool],
+        skip: frozenset[str] = frozenset(),
     ) -> JobRef | None:
-        """The job ``find()`` offers that ``owned`` accepts, skipping ids other runs own."""
-        exclude: set[str] = set()
+        """The job ``find()`` offers that ``owned`` accepts, skipping ids other runs own (``skip``:
+        known to be theirs already)."""
+        exclude: set[str] = set(skip)
         for _ in range(MAX_FIND_CANDIDATES):
             found = backend.find(request, exclude=frozenset(exclude)) if exclude else backend.find(request)
             if found is None or owned(found):
@@ -436,7 +442,7 @@ class LaunchService:
             exclude.add(found.job_id)
         return None
 
-    def _settle(self, backend: Backend, request: LaunchRequest, previous: Slot) -> None:
+    def _settle(self, backend: Backend, request: LaunchRequest, previous: Slot) -> str | None:
         """The previous slot holder gave up (or crashed) with a start uncertain: whatever it may have
         started is claimed for *its* run and, if that run has no job yet, recorded as its job, so no
         other run adopts it and its redelivery sees the run launched."""
@@ -445,15 +451,16 @@ class LaunchService:
         def claim(ref: JobRef) -> bool:
             return self.rt.ledger.claim_job(backend.name, ref.job_id, previous.run_key)
 
-        found = self._find_owned(backend, theirs, claim)
+        found = self._find_owned(backend, theirs, claim, previous.others(previous.run_key))
         if found is None:
-            return
+            return None
         logs.warning(
             "a job the previous slot holder started is recorded as its run's job",
             previous_run_key=previous.run_key,
             job_id=found.job_id,
         )
         self._record_for(previous.run_key, found)
+        return found.job_id
 
     def _record_for(self, run_key: str, ref: JobRef) -> None:
         stamp = self.clock()

@@ -6,7 +6,7 @@ runs' instances if no other run of the same item was starting at the same moment
 that so. It is one small ledger document per target (``slots/<backend>/<digest>``, the target being
 what :attr:`FindSemantics.scope` names: a Fabric item)::
 
-    {"run_key", "owner", "since", "until", "released"}
+    {"run_key", "owner", "since", "until", "released", "unsettled", "recent": [[job_id, run_key], ...]}
 
 - **acquire**: create-only, or compare-and-swap over a slot that was released, whose lease ended
   (its holder crashed or gave up), or that the same run key holds (an earlier delivery of this run);
@@ -15,7 +15,9 @@ what :attr:`FindSemantics.scope` names: a Fabric item)::
   (``jobs/<backend>/<id>``, :meth:`Ledger.claim_job`), because a holder claims its instance before
   it releases. So the newest unclaimed instance of the target is the holder's own.
 - **release**: compare-and-swap to ``released`` once the holder's start is settled (its instance
-  claimed, or nothing was sent that might have started one). A holder that gave up with a start
+  claimed, or nothing was sent that might have started one), adding the instance to ``recent`` (the
+  last :data:`RECENT` instances started through the slot, with their runs): a holder's ``find``
+  skips the ones of other runs at once, even those not started yet (no start time to rank by). A holder that gave up with a start
   still uncertain releases it marked ``unsettled`` (and a crashed holder's slot ends with its
   lease): whoever takes it next *settles* it first (claims the instance the previous holder may
   have started for that holder's run and records it as that run's job, see
@@ -39,6 +41,8 @@ from handlers.core.ids import digest
 from handlers.core.times import from_iso, iso
 from handlers.launch.ledger import Conflict, Ledger
 
+RECENT = 50  # instances remembered on the slot (about 100 bytes each)
+
 
 @dataclass(frozen=True)
 class Slot:
@@ -51,7 +55,16 @@ class Slot:
     until: str
     released: bool = False
     unsettled: bool = False  # released by a holder that gave up with a start of its own uncertain
+    recent: tuple[tuple[str, str], ...] = ()  # (job id, run key) started through the slot, newest last
     generation: int = 0
+
+    def others(self, run_key: str) -> frozenset[str]:
+        """Job ids started through the slot for runs other than ``run_key``."""
+        return frozenset(job for job, key in self.recent if key != run_key)
+
+    def remember(self, job_id: str, run_key: str) -> Slot:
+        kept = tuple(item for item in self.recent if item[0] != job_id)
+        return Slot(**{**self.__dict__, "recent": (*kept, (job_id, run_key))[-RECENT:]})
 
     def to_doc(self) -> dict[str, Any]:
         return {
@@ -61,6 +74,7 @@ class Slot:
             "until": self.until,
             "released": self.released,
             "unsettled": self.unsettled,
+            "recent": [list(item) for item in self.recent],
         }
 
     @classmethod
@@ -73,6 +87,11 @@ class Slot:
             until=str(doc.get("until") or ""),
             released=bool(doc.get("released")),
             unsettled=bool(doc.get("unsettled")),
+            recent=tuple(
+                (str(item[0]), str(item[1]))
+                for item in doc.get("recent") or ()
+                if isinstance(item, list) and len(item) == 2
+            ),
             generation=generation,
         )
 
@@ -104,12 +123,18 @@ class Slots:
         self.wait_seconds = wait_seconds
 
     def acquire(
-        self, backend: str, scope: str, run_key: str, owner: str, settle: Callable[[Slot], None]
+        self,
+        backend: str,
+        scope: str,
+        run_key: str,
+        owner: str,
+        settle: Callable[[Slot], str | None],
     ) -> tuple[Slot, bool]:
         """(the slot, now ours; whether an earlier delivery of this run left a start unsettled).
 
         A slot another run left unsettled is handed to ``settle`` *before* it is taken over, so its
-        record survives a failed settle (settling twice is harmless: claims are first-wins).
+        record survives a failed settle (settling twice is harmless: claims are first-wins);
+        ``settle`` returns the job id it found for that run, if any (remembered on the slot).
         Raises :class:`RunInProgress` while another run holds it for longer than ``wait_seconds``."""
         name = slot_name(backend, scope)
         deadline = time.monotonic() + self.wait_seconds
@@ -123,6 +148,7 @@ class Slots:
                 owner,
                 since=iso(stamp) or "",
                 until=iso(stamp + dt.timedelta(seconds=self.lease_seconds)) or "",
+                recent=Slot.from_doc(name, *found).recent if found is not None else (),
             )
             if found is None:
                 try:
@@ -141,7 +167,9 @@ class Slots:
                         previous_since=current.since,
                     )
                 if unsettled and current.run_key != run_key:
-                    settle(current)
+                    settled = settle(current)
+                    if settled is not None:
+                        mine = mine.remember(settled, current.run_key)
                 try:
                     taken = self._took(mine, current.generation)
                 except Conflict:
@@ -160,11 +188,14 @@ class Slots:
         written = self.ledger.write_doc(slot.name, slot.to_doc(), generation)
         return Slot(**{**slot.__dict__, "generation": written})
 
-    def release(self, slot: Slot, *, settled: bool = True) -> None:
+    def release(self, slot: Slot, *, settled: bool = True, job_id: str | None = None) -> None:
         """Hand the slot on (best effort: a slot not released is taken over when its lease ends).
         ``settled=False``: the holder gave up with a start of its own uncertain; it sends nothing
-        more, so the next holder may settle that start at once instead of waiting for the lease."""
+        more, so the next holder may settle that start at once instead of waiting for the lease.
+        ``job_id``: the instance the holder started (or adopted), remembered on the slot."""
         done = Slot(**{**slot.__dict__, "released": True, "unsettled": not settled})
+        if job_id is not None:
+            done = done.remember(job_id, slot.run_key)
         try:
             for _ in range(10):
                 try:

@@ -32,8 +32,13 @@ itself dedupes concurrent runs of one item (the second becomes ``Deduped``). Ins
 launched for *another* run key are never adopted (a bounded in-memory map), ids another run owns are
 skipped (``exclude``: the launch service claims each instance id in the ledger, see
 ``FindSemantics.exact``), and without ``requested_at`` only still-active instances are considered (never an
-old finished run). The residual risk: two runs of one item losing their answers at the same moment
-may follow each other's instance (never the same one).
+old finished run). The launch service starts one run of an item at a time (``FindSemantics.scope``:
+the item, a launch slot in the ledger, :mod:`handlers.launch.slot`) and claims each instance before
+it lets the next run start, so after a lost answer the newest instance no other run claimed is the
+holder's own: two runs never follow each other's instance. What remains: an instance someone starts
+*by hand* on the same item within the seconds of an uncertain start may be taken for it, and a Fabric
+clock more than 10 s behind ours hides the run's own instance from ``find`` (a second start, which
+Fabric's own dedupe of concurrent runs then marks ``Deduped``).
 
 Auth: a bearer token from :mod:`handlers.backends.fabric.entra`. ``auth: delegated`` (default for Execute: the spec
 marks the Dataflow execute endpoints as not supporting service principals) or
