@@ -8,7 +8,9 @@ Asserted from what reached the emulators, the ledger and the completion topic.
 
 from __future__ import annotations
 
+import concurrent.futures as cf
 import datetime as dt
+import time
 
 import pytest
 
@@ -24,6 +26,7 @@ from handlers.launch.store import GcsStore
 from handlers.model.completions import completion_id
 from handlers.model.events import parse_object_finalized
 from local.faultproxy import FaultProxy
+from local.kits.base import control
 from tests.support import events as ev
 
 
@@ -195,3 +198,34 @@ def test_412_and_409_storms_on_the_ledger_end_with_one_job_and_one_completion_pe
     assert launched == sorted(f"gs://landing/{n}" for n in names)
     completions = _completions(world, len(names))
     assert len(completions) == len(names) == len({c["id"] for c in completions})
+
+
+# --------------------------------------------------------------------------------------------
+# A lease shorter than a slow launch
+# --------------------------------------------------------------------------------------------
+def test_a_lease_shorter_than_a_slow_launch_never_lets_a_second_delivery_launch_the_run(world, dataflow):
+    """ledger.lease 1s, a launch request that takes 3 s: before sending, the launching delivery
+    renews its claim for as long as a request may take, so a redelivery arriving meanwhile waits
+    for it and finds the job instead of sending a second launch request."""
+    config = world.config(
+        {"wc": {**dataflow.pipeline_options("wc"), "parameters": {"inputFile": "gs://{bucket}/{name}"}}},
+        {"landing": {"storage": {"bucket": "landing"}, "pipeline": "wc"}},
+        lease="1s",
+    )
+    runtime = world.runtime(config)
+    control(
+        dataflow.url,
+        "POST",
+        "faults",
+        {"operation": dataflow.fault_operations["launch"], "latency_ms": 3000, "times": 1},
+    )
+    event = _object_event("slow.txt")
+    trigger = config.triggers["landing"]
+    with cf.ThreadPoolExecutor(2) as pool:
+        first = pool.submit(LaunchService(runtime).start, trigger, event)
+        time.sleep(1.6)  # the first claim's 1 s lease has ended by its own terms
+        second = pool.submit(LaunchService(runtime, wait_for_owner_seconds=10).start, trigger, event)
+        outcomes = sorted(str(f.result(timeout=30).result) for f in (first, second))
+
+    assert outcomes == ["duplicate", "launched"]
+    assert len(dataflow.launches()) == 1 and len(dataflow.jobs()) == 1

@@ -32,7 +32,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from handlers.backends.contract import Backend, FindSemantics, JobRef, LaunchRequest, RunState
-from handlers.core import logs, retry
+from handlers.core import http, logs, retry
 from handlers.core.errors import (
     AlreadyExists,
     BackendUnavailable,
@@ -332,7 +332,9 @@ class LaunchService:
         settle = semantics.settle_seconds
 
         def attempt() -> JobRef:
-            nonlocal uncertain, unsettled, adopted, uncertain_since
+            nonlocal uncertain, unsettled, adopted, uncertain_since, run
+            assert run is not None  # narrowed above; a closure does not keep the narrowing
+            run = self._keep_claim(run, settle)
             if uncertain:
                 wait = settle - (time.monotonic() - uncertain_since)
                 if wait > 0:
@@ -408,6 +410,37 @@ class LaunchService:
             run.run_key,
             LaunchResult.ADOPTED if adopted else LaunchResult.LAUNCHED,
             job_id=ref.job_id,
+        )
+
+    def _keep_claim(self, run: Run, settle_seconds: float) -> Run:
+        """Our claim, with lease enough left for one more attempt (a find after the settle time and a
+        launch request, each within one call's timeout), renewed by compare-and-swap when it has
+        not: a lease shorter than a slow launch never lets another delivery take the run over while
+        a request of ours may still be on its way. A renewal that meets another owner stops us."""
+        connect, read = http.default_timeout()
+        needed = 2 * (connect + read) + settle_seconds + 1.0
+        now = self.clock()
+        until = from_iso(run.lease_until)
+        if until is not None and (until - now).total_seconds() >= needed:
+            return run
+        longer = max(self.settings.lease_seconds, needed)
+        renewed = replace(run, lease_until=iso(now + dt.timedelta(seconds=longer)))
+        try:
+            return self.rt.ledger.update(renewed)
+        except Conflict:
+            current = self.rt.ledger.get(run.run_key)
+            if (
+                current is not None
+                and current.owner == run.owner
+                and current.state == RunState.CLAIMED
+                and current.job is None
+                and current.lease_until == renewed.lease_until
+            ):
+                return current  # our own renewal, whose answer was lost
+        raise RunInProgress(
+            f"run {run.run_key}: the claim passed to another delivery while launching",
+            run_key=run.run_key,
+            retry_after=5,
         )
 
     # -- guessing find(): the launch slot ------------------------------------------------------
