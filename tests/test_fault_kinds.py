@@ -229,3 +229,32 @@ def test_a_lease_shorter_than_a_slow_launch_never_lets_a_second_delivery_launch_
 
     assert outcomes == ["duplicate", "launched"]
     assert len(dataflow.launches()) == 1 and len(dataflow.jobs()) == 1
+
+
+# --------------------------------------------------------------------------------------------
+# The config changing between two deliveries of one event
+# --------------------------------------------------------------------------------------------
+def test_parameters_changed_between_two_deliveries_launch_what_the_first_claim_recorded(world, dataflow):
+    """The first delivery claims the run (recording its rendered parameters) and gives up on a down
+    backend; the config's parameters change; the redelivery takes the claim over and launches the
+    record's parameters: one run, one identity, the parameters it was claimed with."""
+
+    def config(template: str):
+        return world.config(
+            {"wc": {**dataflow.pipeline_options("wc"), "parameters": {"inputFile": template}}},
+            {"landing": {"storage": {"bucket": "landing"}, "pipeline": "wc"}},
+            launch_budget="1s",
+        )
+
+    before, after = config("gs://{bucket}/{name}"), config("gs://elsewhere/{name}")
+    event = _object_event("changed.txt")
+    dataflow.inject("launch", 503, times=1000)
+    with pytest.raises(RetryableError):
+        LaunchService(world.runtime(before)).start(before.triggers["landing"], event)
+    control(dataflow.url, "DELETE", "faults")
+
+    outcome = LaunchService(world.runtime(after)).start(after.triggers["landing"], event)
+
+    assert outcome.result == "launched"
+    (launch,) = [launch for launch in dataflow.launches() if launch["status"] == 200]
+    assert launch["parameters"] == {"inputFile": "gs://landing/changed.txt"}

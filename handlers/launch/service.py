@@ -295,7 +295,9 @@ class LaunchService:
             run_key=rendered.run_key,
             job_name=rendered.job_name,
             pipeline=pipeline,
-            parameters=rendered.parameters,
+            # the record's: a takeover launches what the first claim rendered, even if the config
+            # changed its parameters between two deliveries of the event
+            parameters=dict(run.parameters) if taken_over else rendered.parameters,
             labels=rendered.labels,
             requested_at=from_iso(run.created_at),
         )
