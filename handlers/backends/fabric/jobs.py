@@ -52,6 +52,7 @@ Errors map on ``errorCode`` (never on message text): ``isRetriable: true`` -> re
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import os
 import re
 import threading
@@ -74,7 +75,7 @@ from handlers.backends.contract import (
 )
 from handlers.backends.fabric import entra
 from handlers.backends.fabric.entra import DEFAULT_PREFIX, DELEGATED, SERVICE_PRINCIPAL
-from handlers.core import http, logs
+from handlers.core import http, logs, retry
 from handlers.core.errors import BackendRejected, BackendUnavailable, EventError, NotFound
 from handlers.core.times import parse_time
 
@@ -88,6 +89,7 @@ AUTH_MODES = (DELEGATED, SERVICE_PRINCIPAL)
 EXECUTE_OPTIONS = ("SkipApplyChanges", "ApplyChangesIfNeeded")
 FIND_SKEW_SECONDS = 10.0
 MAX_LIST_PAGES = 20
+PAGE_RETRY_SECONDS = 5.0  # per page of an instance listing
 REMEMBERED_LAUNCHES = 4096
 
 _GUID_RE = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
@@ -469,8 +471,22 @@ class Fabric:
         params: dict[str, str] = {}
         found: list[Any] = []
         for _ in range(MAX_LIST_PAGES):
-            response = self._call(
-                "GET", url, auth=self._auth(options), what="fabric jobs.listInstances", ctx=ctx, params=params
+            # Each page is retried on its own: a find reads every page, and failing the whole
+            # listing on one page's transient error makes a busy item's find all but impossible.
+            response = retry.call(
+                functools.partial(
+                    self._call,
+                    "GET",
+                    url,
+                    auth=self._auth(options),
+                    what="fabric jobs.listInstances",
+                    ctx=ctx,
+                    params=params,
+                ),
+                budget_seconds=PAGE_RETRY_SECONDS,
+                initial=0.1,
+                maximum=1.0,
+                what="fabric jobs.listInstances",
             )
             body = response.json() if response.content else {}
             found.extend(body.get("value") or [])
