@@ -334,9 +334,11 @@ class LaunchService:
         settle = semantics.settle_seconds
 
         def attempt() -> JobRef:
-            nonlocal uncertain, unsettled, adopted, uncertain_since, run
+            nonlocal uncertain, unsettled, adopted, uncertain_since, run, slot
             assert run is not None  # narrowed above; a closure does not keep the narrowing
             run = self._keep_claim(run, settle)
+            if slot is not None:
+                slot = self._slots().keep(slot, self._attempt_seconds(settle))
             if uncertain:
                 wait = settle - (time.monotonic() - uncertain_since)
                 if wait > 0:
@@ -414,13 +416,19 @@ class LaunchService:
             job_id=ref.job_id,
         )
 
+    @staticmethod
+    def _attempt_seconds(settle_seconds: float) -> float:
+        """The longest one launch attempt can take: a find after the settle time and a start, each
+        within one call's timeout, and a second of margin."""
+        connect, read = http.default_timeout()
+        return 2 * (connect + read) + settle_seconds + 1.0
+
     def _keep_claim(self, run: Run, settle_seconds: float) -> Run:
         """Our claim, with lease enough left for one more attempt (a find after the settle time and a
         launch request, each within one call's timeout), renewed by compare-and-swap when it has
         not: a lease shorter than a slow launch never lets another delivery take the run over while
         a request of ours may still be on its way. A renewal that meets another owner stops us."""
-        connect, read = http.default_timeout()
-        needed = 2 * (connect + read) + settle_seconds + 1.0
+        needed = self._attempt_seconds(settle_seconds)
         now = self.clock()
         until = from_iso(run.lease_until)
         if until is not None and (until - now).total_seconds() >= needed:

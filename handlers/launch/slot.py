@@ -188,6 +188,34 @@ class Slots:
         written = self.ledger.write_doc(slot.name, slot.to_doc(), generation)
         return Slot(**{**slot.__dict__, "generation": written})
 
+    def keep(self, slot: Slot, needed_seconds: float) -> Slot:
+        """The slot, with at least ``needed_seconds`` of lease left (renewed by compare-and-swap when
+        not): a holder never sends a start after its slot could have passed to another run."""
+        stamp = self.clock()
+        until = from_iso(slot.until) if slot.until else None
+        if until is not None and (until - stamp).total_seconds() >= needed_seconds:
+            return slot
+        longer = iso(stamp + dt.timedelta(seconds=max(self.lease_seconds, needed_seconds))) or ""
+        current = slot
+        for _ in range(10):
+            renewed = Slot(**{**current.__dict__, "until": longer})
+            try:
+                return self._took(renewed, current.generation)
+            except Conflict:
+                found = self.ledger.read_doc(slot.name)
+            if found is None:
+                break
+            current = Slot.from_doc(slot.name, *found)
+            if current.owner != slot.owner or current.released:
+                break
+            if current.until == longer:
+                return current  # our own renewal, whose answer was lost
+        raise RunInProgress(
+            f"the launch slot of run {slot.run_key} passed to another run while launching",
+            run_key=slot.run_key,
+            retry_after=2,
+        )
+
     def release(self, slot: Slot, *, settled: bool = True, job_id: str | None = None) -> None:
         """Hand the slot on (best effort: a slot not released is taken over when its lease ends).
         ``settled=False``: the holder gave up with a start of its own uncertain; it sends nothing
