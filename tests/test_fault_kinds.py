@@ -258,3 +258,37 @@ def test_parameters_changed_between_two_deliveries_launch_what_the_first_claim_r
     assert outcome.result == "launched"
     (launch,) = [launch for launch in dataflow.launches() if launch["status"] == 200]
     assert launch["parameters"] == {"inputFile": "gs://landing/changed.txt"}
+
+
+# --------------------------------------------------------------------------------------------
+# Clock skew between instances
+# --------------------------------------------------------------------------------------------
+def test_an_instance_whose_clock_runs_past_a_live_lease_adopts_the_job_instead_of_starting_another(
+    world, dataflow
+):
+    """Instance B's clock is 10 minutes ahead, so it reads instance A's live claim as expired and
+    takes it over while A's start is on its way. Where find() is exact (a job name) the two starts
+    meet as one job: B's answers 409 or A's does, and both deliveries follow that one job. (Where it
+    guesses, Fabric, clocks must agree within the lease: docs/RELIABILITY.md.)"""
+    config = world.config(
+        {"wc": {**dataflow.pipeline_options("wc"), "parameters": {"inputFile": "gs://{bucket}/{name}"}}},
+        {"landing": {"storage": {"bucket": "landing"}, "pipeline": "wc"}},
+    )
+    runtime = world.runtime(config)
+    control(
+        dataflow.url,
+        "POST",
+        "faults",
+        {"operation": dataflow.fault_operations["launch"], "latency_ms": 2000, "times": 1},
+    )
+    event = _object_event("skew.txt")
+    trigger = config.triggers["landing"]
+    ahead = LaunchService(runtime, clock=lambda: now() + dt.timedelta(minutes=10))
+    with cf.ThreadPoolExecutor(2) as pool:
+        first = pool.submit(LaunchService(runtime).start, trigger, event)
+        time.sleep(0.8)  # A's start is held by the emulator
+        second = pool.submit(ahead.start, trigger, event)
+        outcomes = [f.result(timeout=30) for f in (first, second)]
+
+    assert len(dataflow.jobs()) == 1
+    assert {o.job_id for o in outcomes} == {dataflow.jobs()[0]["id"]}
