@@ -44,14 +44,16 @@ bench: $(STAMP) prereqs
 
 # Reliability evidence (docs/RELIABILITY.md): fault injection over every backend at the published
 # setting (1,000 events) and at a harsher one (rate 0.2, every kind with 412/409 on the ledger, every
-# event delivered twice), crash injection at every step boundary, 2,000 generated bad inputs; about
-# 20 minutes; results/{faults,faults-harsh,crashes,badinput}.*
+# event delivered twice), crash injection at every step boundary, 2,000 generated bad inputs, batch:
+# windows under both (evidence/reliability/windows.py); about 25 minutes;
+# results/{faults,faults-harsh,crashes,badinput,windows-crashes,windows-faults}.*
 RELIABILITY_BACKENDS ?= dataflow,datafusion,fabric,dataproc
 reliability: $(STAMP) prereqs
 	$(PY) -m evidence.reliability.faults --events 1000 --rate 0.1 --kinds 429,503,timeout,reset,lost --seed 1 --duplicates 0.2 --backends $(RELIABILITY_BACKENDS) --status-push
 	$(PY) -m evidence.reliability.faults --events 400 --rate 0.2 --kinds all --seed 1 --duplicates 1.0 --backends $(RELIABILITY_BACKENDS) --status-push --results faults-harsh
 	$(PY) -m evidence.reliability.crashes --per-boundary 3 --backends $(RELIABILITY_BACKENDS)
 	$(PY) -m evidence.reliability.badinput --cases 2000 --seed 7
+	$(PY) -m evidence.reliability.windows crashes --per-boundary 2 && $(PY) -m evidence.reliability.windows faults --events 1000 --window 100 --rate 0.1 --kinds 429,503,timeout,reset,lost --seed 1 --duplicates 0.2
 
 evidence: bench reliability
 

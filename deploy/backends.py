@@ -18,7 +18,14 @@ from typing import Any
 from deploy.names import default_secret_name
 from deploy.secrets import SecretRef
 from handlers.backends import registry
-from handlers.backends.contract import Credentials, DeployContext, DeployFlag, DeployNeeds, Grant
+from handlers.backends.contract import (
+    Credentials,
+    DeployContext,
+    DeployFlag,
+    DeployNeeds,
+    Grant,
+    StatusTopic,
+)
 from handlers.model.config import Config, Pipeline
 
 
@@ -79,6 +86,11 @@ def apis(cfg: Config) -> list[str]:
 def grants(cfg: Config, ctx: DeployContext) -> list[Grant]:
     """The runtime account's grants the configured backends need (secrets apart: :func:`secret_refs`)."""
     return [grant for g in groups(cfg) for grant in g.needs.grants(g.pipelines, ctx)]
+
+
+def status_topics(cfg: Config, ctx: DeployContext) -> list[StatusTopic]:
+    """The Pub/Sub topics the configured backends publish run status to (for ``on_message``)."""
+    return [topic for g in groups(cfg) for topic in g.needs.status_topics(g.pipelines, ctx)]
 
 
 def credentials(cfg: Config) -> Credentials:

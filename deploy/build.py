@@ -1,5 +1,6 @@
 """The plan, section by section, in the order the cloud needs them: warnings, APIs, look-ups,
-ledger, topics, accounts, IAM, functions, invokers, scheduler, dead letters."""
+ledger, topics, accounts, IAM, sync (pipelines kept in the repo), functions, invokers, scheduler,
+dead letters."""
 
 from __future__ import annotations
 
@@ -48,6 +49,7 @@ def build_plan(cfg: Config, opts: DeployOptions) -> Plan:
         section_service_accounts,
         section_runtime_iam,
         section_event_iam,
+        section_sync,
         section_functions,
         section_invokers,
         section_scheduler,
@@ -70,6 +72,17 @@ def section_warnings(d: Deployment) -> None:
             "functions publish no completion events until the config names it"
         )
     d.plan.warnings.extend(backends.warnings(d.cfg, d.backend_ctx))
+
+
+def section_sync(d: Deployment) -> None:
+    """Pipelines kept as code (a ``definition`` option) are created or updated in their backends
+    before the functions that launch them are deployed (``python -m handlers sync``; it needs the
+    backends' credentials in the deployer's environment, as for a launch by hand)."""
+    if any(p.options.get("definition") for p in d.cfg.pipelines.values()):
+        d.add(
+            ["python", "-m", "handlers", "sync", "--config", d.o.config_path],
+            "pipelines kept in the repo: create or update them in their backends (sync)",
+        )
 
 
 def section_apis(d: Deployment) -> None:

@@ -35,9 +35,12 @@ class Deployment:
         self.buckets = sorted({t.storage.bucket for t in cfg.triggers_of("storage") if t.storage})
         self.pubsub_topics = sorted({t.pubsub.topic for t in cfg.triggers_of("pubsub") if t.pubsub})
         self.has_completion = bool(cfg.triggers_of("completion"))
-        topics = set(self.pubsub_topics) | ({self.completion_topic} if self.has_completion else set())
-        self.message_topics = sorted(topics)
         self.backend_ctx = backends.context(self.p, opts.flags)
+        # topics backends publish run status to: on_message receives them like trigger topics
+        self.status_topics = backends.status_topics(cfg, self.backend_ctx)
+        topics = set(self.pubsub_topics) | ({self.completion_topic} if self.has_completion else set())
+        topics |= {t.topic for t in self.status_topics}
+        self.message_topics = sorted(topics)
         self.status_triggers = backends.status_triggers(cfg, self.p)
         self.secrets: list[SecretRef] = backends.secret_refs(cfg, self.p, opts.secrets)
         self.event_functions: list[FunctionSpec] = []

@@ -66,6 +66,10 @@ class DeployOptions:
     def lifecycle_file(self) -> str:
         return f"{self.build_dir or default_build_dir(self.project)}/ledger-lifecycle.json"
 
+    @property
+    def completion_policy_file(self) -> str:
+        return f"{self.build_dir or default_build_dir(self.project)}/completion-topic-policy.json"
+
 
 def default_build_dir(project: str) -> str:
     return f"{tempfile.gettempdir()}/event-pipelines-deploy/{project}"

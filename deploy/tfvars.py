@@ -42,6 +42,18 @@ def variables(cfg: Config, opts: DeployOptions) -> dict[str, Any]:
             {"backend": t.backend, "event_type": t.event_type, "regions": list(t.regions)}
             for t in backends.status_triggers(cfg, opts.project)
         ],
+        "status_topics": [
+            {
+                "topic": t.topic,
+                "publisher": t.publisher,
+                "why": t.why,
+                "enable": [
+                    {"method": c.method, "url": c.url, "body": json.dumps(dict(c.body), sort_keys=True)}
+                    for c in t.enable
+                ],
+            }
+            for t in backends.status_topics(cfg, ctx)
+        ],
     }
 
 

@@ -1,5 +1,5 @@
 """The Pub/Sub topics: completions, dead letters (with a subscription that keeps them), the sweep
-tick, and every pubsub trigger's topic."""
+tick, the topics backends publish run status to, and every pubsub trigger's topic."""
 
 from __future__ import annotations
 
@@ -33,6 +33,8 @@ def section_topics(d: Deployment) -> None:
         f"subscription {sub}: keeps dead letters 7 days to inspect and replay (a topic alone drops them)",
     )
     topic(d, d.o.sweep_topic, "the scheduler's tick for check_runs")
+    for status in d.status_topics:
+        topic(d, status.topic, status.why)
     if d.o.create_user_topics:
         for t in d.pubsub_topics:
             if t not in (d.completion_topic, d.o.sweep_topic, d.o.dead_letter_topic):

@@ -8,8 +8,9 @@ plumbing is at the bottom. Each layer imports only itself and the layers below i
       functions     the five functions' services: parse, plan, carry the plan out (error policy)
       api           the REST API (POST /runs, GET /runs/{key}, cancel, GET /pipelines)
       manual        runs started by hand, shared by the REST API and the command line
-      cli/          python -m handlers: validate, explain, runs, launch, cancel, graph
-                    (__init__ parser and main; output, args, validate, explain, runs, launch, graph)
+      cli/          python -m handlers: validate, explain, runs, launch, cancel, graph, sync
+                    (__init__ parser and main; output, args, validate, explain, runs, launch, graph,
+                    sync: pipelines kept as code created or updated from the repo)
     follow/       following a run to its end
       tracking      the sweep and the push path: backend status -> run state, timeouts, stalls
       completion    the completion event of a finished run: built once, published with one id
@@ -18,6 +19,7 @@ plumbing is at the bottom. Each layer imports only itself and the layers below i
       service       claim -> launch -> record, exactly once, with the retry and error policy
       ledger        run records and active markers over a small store contract
       slot          one uncertain start at a time per target of a backend whose find() guesses
+      windows       batch: windows of object events: join exactly once, close, manifest, launch
       store         that store: the Cloud Storage JSON API (create-only and CAS writes)
       runtime       the per-process wiring: config, ledger, backends, publisher (built lazily)
     route/        what an event means, decided before anything is written
@@ -30,12 +32,18 @@ plumbing is at the bottom. Each layer imports only itself and the layers below i
       templates     parameter templates: placeholders checked at load, rendered from an event
       events        the CloudEvents the functions receive (storage, Pub/Sub, notifications), typed
       completions   the completion event format; completions and fan-ins as trigger inputs
+      windows       a window's members, its manifest format and location, a closed window as input
     backends/     the pipeline systems, behind one declared contract
       contract      Backend protocol, BackendSpec (everything a backend declares), run states
       registry      backend name -> the module declaring it
       dataflow      Dataflow classic and Flex Templates (REST v1b3)
       datafusion    Cloud Data Fusion / CDAP pipelines
-      fabric/       Microsoft Fabric item jobs (fabric/jobs) and Entra ID tokens (fabric/entra)
+      fabric/       Microsoft Fabric item jobs (fabric/jobs), Entra ID tokens (fabric/entra), names
+                    resolved by display name (fabric/lookup), a dataflow's public parameters
+                    (fabric/parameters) and as its mashup.pq declares them (fabric/mashup),
+                    definitions kept in the repo and long-running operations
+                    (fabric/definitions), the rotated refresh token kept in Secret Manager
+                    (fabric/secrets)
       dataproc      Dataproc Serverless Spark batches (a client-chosen batch id: exact find)
     core/         plumbing every layer shares
       errors        the one error tree: retryable vs permanent

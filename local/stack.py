@@ -252,6 +252,10 @@ class Stack:
         project = self.plan.project
         routes = [(NOTIFICATION_TOPIC, "on_message"), (SWEEP_TOPIC, "check_runs")]
         routes += [(topic, "on_message") for topic in self.plan.trigger_topics]
+        # backends that publish run status to Pub/Sub (Data Fusion): on_message completes the runs
+        routes += [
+            (t, "on_message") for t in self.world.enable_status_topics(self.plan.config.pipelines.values())
+        ]
         if self.plan.completion_topic:
             routes.append((self.plan.completion_topic, "on_message"))
         # The path makes functions-framework give the CloudEvent the topic's source.

@@ -123,7 +123,8 @@ class LocalWorld:
         """One emulator per kit serving ``backends``, holding the fixtures ``pipelines`` (config
         pipelines) need, plus the entries of ``files`` (backend name -> fixture files).
 
-        ``notify_url`` goes to the emulators that push status changes (``registry.spec().push``);
+        ``notify_url`` goes to the emulators that push status changes as CloudEvents
+        (``registry.spec().push.event_type``; Data Fusion publishes to Pub/Sub instead);
         ``options`` go to every emulator's ``serve``."""
         files = files or {}
         pipelines = list(pipelines)
@@ -131,12 +132,23 @@ class LocalWorld:
         for name, found in kits_for(backends).items():
             paths = [p for b in found.backends for p in files.get(b, ())]
             fixtures = found.fixtures(pipelines, paths, timing)
-            pushes = any(registry.spec(b).push is not None for b in found.backends)
+            pushes = any(_pushes_to_url(b) for b in found.backends)
             extra = {"notify_url": notify_url} if notify_url and pushes else {}
             handle = found.serve(fixtures, speed=speed, own_process=own_process, **extra, **options)
             self.emulators[name], self.fixtures[name] = handle, fixtures
             started[name] = handle
         return started
+
+    def enable_status_topics(self, pipelines: Iterable[Any] = ()) -> list[str]:
+        """The topics the started emulators publish run status events to (Data Fusion's), created
+        and turned on for ``pipelines``; route them to ``on_message``."""
+        topics: list[str] = []
+        for name, handle in self.emulators.items():
+            found = kit(name).status_topics(handle.url, self.project, pipelines)
+            if found:
+                self.create(topics=found)
+            topics += found
+        return topics
 
     def add_fault_proxy(self, name: str, upstream: str, **settings: Any) -> FaultProxy:
         """A :class:`~local.faultproxy.FaultProxy` named ``name`` in front of ``upstream``."""
@@ -284,6 +296,11 @@ class LocalWorld:
         if self.gcs is None:
             raise RuntimeError("start fake-gcs-server first")
         return self.gcs.url
+
+
+def _pushes_to_url(backend: str) -> bool:
+    push = registry.spec(backend).push
+    return push is not None and push.event_type is not None
 
 
 def _stop_quietly(service: ManagedService, problems: list[str]) -> None:

@@ -72,3 +72,13 @@ def test_a_launch_costs_at_most_three_api_calls_and_a_burst_launches_each_object
     assert results["warm"]["api_calls_per_launch"]["total"] <= 3
     burst = results["burst"]["ours"]
     assert burst["launched"] == burst["objects"] and burst["duplicate_jobs"] == 0
+
+
+def test_windows_launch_every_object_in_exactly_one_manifest_with_fewer_jobs():
+    result = run_bench("windows")["windows"]
+    windowed, per_object = result["windowed"], result["per_object"]
+    assert windowed["objects_launched"] == windowed["objects"] == 40
+    assert windowed["objects_in_two_jobs"] == 0 and per_object["objects_in_two_jobs"] == 0
+    assert windowed["jobs"] == 4 and windowed["manifests"] == 4  # windows of 10
+    assert per_object["jobs"] == 40
+    assert result["backend_calls_ratio"] is not None and result["backend_calls_ratio"] < 1

@@ -473,6 +473,279 @@ def test_reset_forgets_runs_and_starts_but_keeps_apps(emulator: ServerHandle, cd
     start_run(cdap, emulator)
 
 
+# ---------------------------------------------------------------------------------- deployed pipelines
+# AppLifecycleHttpHandler (cdap-app-fabric): PUT .../apps/{app} takes an AppRequest and answers
+# "Deploy Complete"; GET .../apps/{app} answers an ApplicationDetail whose configuration is JSON text.
+
+PIPELINE = {
+    "name": "orders",
+    "description": "exported from Data Fusion",
+    "artifact": {"name": "cdap-data-pipeline", "version": "6.10.1", "scope": "SYSTEM"},
+    "config": {"stages": [{"name": "Source", "plugin": {"name": "GCSFile", "type": "batchsource"}}]},
+}
+
+
+def test_put_deploys_an_exported_pipeline_and_get_describes_it(
+    emulator: ServerHandle, cdap: requests.Session
+) -> None:
+    answer = cdap.put(f"{ns_url(emulator)}/apps/orders", json=PIPELINE, timeout=5)
+    assert (answer.status_code, answer.text) == (200, "Deploy Complete")
+    detail = cdap.get(f"{ns_url(emulator)}/apps/orders", timeout=5).json()
+    assert detail["name"] == "orders"
+    assert detail["artifact"] == PIPELINE["artifact"]
+    assert json.loads(detail["configuration"]) == PIPELINE["config"]
+    assert detail["programs"] == [
+        {"type": "Workflow", "app": "orders", "name": "DataPipelineWorkflow", "description": ""}
+    ]
+    uuid.UUID(detail["appVersion"])  # each deploy is a new version
+    # AND the deployed pipeline can be started like any other
+    assert start(cdap, emulator, app="orders").json()[0]["statusCode"] == 200
+
+
+def test_each_put_makes_a_new_app_version(emulator: ServerHandle, cdap: requests.Session) -> None:
+    versions = []
+    for _ in range(2):
+        cdap.put(f"{ns_url(emulator)}/apps/orders", json=PIPELINE, timeout=5).raise_for_status()
+        versions.append(cdap.get(f"{ns_url(emulator)}/apps/orders", timeout=5).json()["appVersion"])
+    assert versions[0] != versions[1]
+
+
+def test_a_streaming_artifact_deploys_a_streaming_pipeline(
+    emulator: ServerHandle, cdap: requests.Session
+) -> None:
+    body = {**PIPELINE, "artifact": {**PIPELINE["artifact"], "name": "cdap-data-streams"}}
+    cdap.put(f"{ns_url(emulator)}/apps/live", json=body, timeout=5).raise_for_status()
+    detail = cdap.get(f"{ns_url(emulator)}/apps/live", timeout=5).json()
+    assert detail["programs"][0]["name"] == "DataStreamsSparkStreaming"
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "text"),
+    [
+        ("{not json", 400, "JsonSyntaxException"),
+        ({"config": PIPELINE["config"]}, 400, "Artifact must be provided"),
+        (
+            {**PIPELINE, "artifact": {"name": "my-plugin", "version": "1.0.0", "scope": "SYSTEM"}},
+            404,
+            "not found",
+        ),
+        ({**PIPELINE, "artifact": {**PIPELINE["artifact"], "scope": "GLOBAL"}}, 400, "Invalid scope"),
+        ({**PIPELINE, "config": {"stages": []}}, 400, "at least one stage"),
+    ],
+)
+def test_put_refuses_what_cdap_refuses_with_a_plain_text_reason(
+    emulator: ServerHandle, cdap: requests.Session, body: Any, status: int, text: str
+) -> None:
+    data = body if isinstance(body, str) else json.dumps(body)
+    answer = cdap.put(f"{ns_url(emulator)}/apps/orders", data=data, timeout=5)
+    assert answer.status_code == status and text in answer.text
+    assert answer.headers["Content-Type"].startswith("text/plain")
+    assert cdap.get(f"{ns_url(emulator)}/apps/orders", timeout=5).status_code == 404
+
+
+def test_get_of_an_unknown_app_or_namespace_is_404_plain_text(
+    emulator: ServerHandle, cdap: requests.Session
+) -> None:
+    answer = cdap.get(f"{ns_url(emulator)}/apps/nope", timeout=5)
+    assert (answer.status_code, answer.text) == (404, "Application 'nope' was not found.")
+    assert cdap.get(f"{ns_url(emulator, 'finance')}/apps/nope", timeout=5).status_code == 404
+    assert cdap.put(f"{ns_url(emulator, 'finance')}/apps/orders", json=PIPELINE, timeout=5).status_code == 404
+
+
+def test_app_calls_need_a_bearer_token(emulator: ServerHandle) -> None:
+    assert requests.put(f"{ns_url(emulator)}/apps/orders", json=PIPELINE, timeout=5).status_code == 401
+    assert requests.get(f"{ns_url(emulator)}/apps/orders", timeout=5).status_code == 401
+
+
+def test_reset_undoes_deploys_but_keeps_registered_apps(
+    emulator: ServerHandle, cdap: requests.Session
+) -> None:
+    register(emulator)
+    cdap.put(f"{ns_url(emulator)}/apps/orders", json=PIPELINE, timeout=5).raise_for_status()
+    control(emulator, "POST", "reset")
+    assert cdap.get(f"{ns_url(emulator)}/apps/orders", timeout=5).status_code == 404
+    assert cdap.get(f"{ns_url(emulator)}/apps/ingest", timeout=5).status_code == 200
+
+
+# ---------------------------------------------------------------------------------- event publishing
+# datafusion v1 instances.patch with updateMask=eventPublishConfig; CDAP's ProgramStatusEventPublisher
+# then writes a ProgramStatusEvent per run status change through Data Fusion's PubSubEventWriter.
+
+
+def instance_url(emulator: ServerHandle, instance: str = "etl") -> str:
+    return f"{emulator.url}/v1/projects/p/locations/europe-west1/instances/{instance}"
+
+
+def test_patch_sets_event_publishing_and_answers_a_done_operation(
+    emulator: ServerHandle, cdap: requests.Session
+) -> None:
+    config = {"enabled": True, "topic": "projects/p/topics/cdf-status"}
+    answer = cdap.patch(
+        instance_url(emulator),
+        params={"updateMask": "eventPublishConfig"},
+        json={"eventPublishConfig": config},
+        timeout=5,
+    )
+    assert answer.status_code == 200
+    operation = answer.json()
+    assert operation["done"] is True and operation["metadata"]["verb"] == "update"
+    assert operation["response"]["eventPublishConfig"] == config
+    assert cdap.get(instance_url(emulator), timeout=5).json()["eventPublishConfig"] == config
+
+
+def test_patch_without_the_mask_leaves_event_publishing_alone(
+    emulator: ServerHandle, cdap: requests.Session
+) -> None:
+    body = {"eventPublishConfig": {"enabled": True, "topic": "projects/p/topics/cdf-status"}}
+    cdap.patch(instance_url(emulator), json=body, timeout=5).raise_for_status()
+    assert "eventPublishConfig" not in cdap.get(instance_url(emulator), timeout=5).json()
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        {"enabled": True},
+        {"enabled": "yes", "topic": "projects/p/topics/abc"},
+        {"enabled": True, "topic": "cdf"},
+    ],
+)
+def test_patch_refuses_an_incomplete_event_publish_config(
+    emulator: ServerHandle, cdap: requests.Session, config: dict[str, Any]
+) -> None:
+    answer = cdap.patch(
+        instance_url(emulator),
+        params={"updateMask": "eventPublishConfig"},
+        json={"eventPublishConfig": config},
+        timeout=5,
+    )
+    assert answer.status_code == 400 and answer.json()["error"]["status"] == "INVALID_ARGUMENT"
+
+
+def enable_events(cdap: requests.Session, emulator: ServerHandle, topic: str = "cdf-status") -> None:
+    cdap.patch(
+        instance_url(emulator),
+        params={"updateMask": "eventPublishConfig"},
+        json={"eventPublishConfig": {"enabled": True, "topic": f"projects/p/topics/{topic}"}},
+        timeout=5,
+    ).raise_for_status()
+
+
+def events(emulator: ServerHandle) -> list[dict[str, Any]]:
+    return [e["event"] for e in control(emulator, "GET", "events")["events"]]
+
+
+def test_each_status_change_is_announced_as_a_program_status_event(
+    emulator: ServerHandle, cdap: requests.Session
+) -> None:
+    # GIVEN an instance publishing events and a run of a registered app
+    register(emulator, pending_seconds=1, starting_seconds=1, run_seconds=3)
+    enable_events(cdap, emulator)
+    run_id = start_run(cdap, emulator, args={"input": "gs://b/x", "eventpipelines.run_key": "k-1"})
+    # WHEN the run ends
+    advance(emulator, 10)
+    # THEN one event per status, in order, shaped as CDAP's ProgramStatusEvent (Gson, nulls left out),
+    # the workflow's own and those of the Spark program it runs the stages in, between its RUNNING
+    # and its end
+    announced = events(emulator)
+    assert [
+        (e["programStatusEventDetails"]["programName"], e["programStatusEventDetails"]["status"])
+        for e in announced
+    ] == [
+        ("DataPipelineWorkflow", "PENDING"),
+        ("DataPipelineWorkflow", "STARTING"),
+        ("DataPipelineWorkflow", "RUNNING"),
+        ("phase-1", "STARTING"),
+        ("phase-1", "RUNNING"),
+        ("phase-1", "COMPLETED"),
+        ("DataPipelineWorkflow", "COMPLETED"),
+    ]
+    phase = announced[3]["programStatusEventDetails"]
+    assert phase["workflowId"] == run_id and phase["systemArgs"]["workflowRunId"] == run_id
+    assert phase["runID"] != run_id and phase["userArgs"]["eventpipelines.run_key"] == "k-1"
+    last = announced[-1]
+    assert set(last) == {"publishTime", "version", "instanceName", "projectName", "programStatusEventDetails"}
+    assert (last["version"], last["instanceName"], last["projectName"]) == ("v1", "etl", "p")
+    details = last["programStatusEventDetails"]
+    assert details["runID"] == run_id and details["programName"] == "DataPipelineWorkflow"
+    assert (details["applicationName"], details["namespace"]) == ("ingest", "default")
+    assert details["userArgs"] == {"input": "gs://b/x", "eventpipelines.run_key": "k-1"}
+    assert details["pipelineMetrics"] == [] and "error" not in details
+    assert details["eventTime"] == announced[0]["programStatusEventDetails"]["eventTime"]  # the run id's time
+
+
+def test_a_failed_run_announces_its_error_and_a_stopped_one_killed(
+    emulator: ServerHandle, cdap: requests.Session
+) -> None:
+    register(emulator, outcome="FAILED", failure_message="bad row")
+    register(emulator, app="slow", run_seconds=100)
+    enable_events(cdap, emulator)
+    start_run(cdap, emulator)
+    slow = start_run(cdap, emulator, app="slow")
+    advance(emulator, 10)
+    cdap.post(f"{program_url(emulator, 'slow')}/runs/{slow}/stop", timeout=5).raise_for_status()
+    advance(emulator, 5)
+    final = {
+        e["programStatusEventDetails"]["applicationName"]: e["programStatusEventDetails"]
+        for e in events(emulator)
+        if e["programStatusEventDetails"]["status"] in ("FAILED", "KILLED")
+        and e["programStatusEventDetails"]["programName"] == "DataPipelineWorkflow"
+    }
+    phases = [
+        e["programStatusEventDetails"]["status"]
+        for e in events(emulator)
+        if e["programStatusEventDetails"]["programName"] == "phase-1"
+        and e["programStatusEventDetails"]["applicationName"] == "slow"
+    ]
+    assert phases == ["STARTING", "RUNNING", "KILLED"]  # killed with its workflow
+    assert json.loads(final["ingest"]["error"])["message"] == "bad row"
+    assert final["slow"]["status"] == "KILLED"
+
+
+def test_no_events_without_event_publishing(emulator: ServerHandle, cdap: requests.Session) -> None:
+    register(emulator)
+    start_run(cdap, emulator)
+    advance(emulator, 10)
+    assert events(emulator) == []
+
+
+def test_events_reach_the_pubsub_emulator_as_json_without_attributes(
+    emulator: ServerHandle, cdap: requests.Session, pubsub_emulator: Any, unique_name: str
+) -> None:
+    from local.services import LOCAL_PROJECT, ensure_pull_subscription, ensure_topic, pull_all
+
+    ensure_topic(LOCAL_PROJECT, unique_name, emulator_host=pubsub_emulator.host)
+    ensure_pull_subscription(LOCAL_PROJECT, unique_name, unique_name, emulator_host=pubsub_emulator.host)
+    control(emulator, "POST", "settings", {"pubsub_emulator_host": pubsub_emulator.host})
+    try:
+        register(emulator)
+        cdap.patch(
+            instance_url(emulator),
+            params={"updateMask": "eventPublishConfig"},
+            json={
+                "eventPublishConfig": {
+                    "enabled": True,
+                    "topic": f"projects/{LOCAL_PROJECT}/topics/{unique_name}",
+                }
+            },
+            timeout=5,
+        ).raise_for_status()
+        run_id = start_run(cdap, emulator)
+        advance(emulator, 10)
+        messages = pull_all(
+            LOCAL_PROJECT, unique_name, min_messages=7, timeout=10, emulator_host=pubsub_emulator.host
+        )
+    finally:
+        control(emulator, "POST", "settings", {"pubsub_emulator_host": None})
+    details = [json.loads(m["data"])["programStatusEventDetails"] for m in messages]
+    workflow = [d for d in details if d["programName"] == "DataPipelineWorkflow"]
+    # (Pub/Sub keeps no order without ordering keys, and Data Fusion's writer sets none)
+    assert sorted(d["status"] for d in workflow) == ["COMPLETED", "PENDING", "RUNNING", "STARTING"]
+    assert {d["runID"] for d in workflow} == {run_id}
+    assert len(details) == 7 and {d["workflowId"] for d in details} == {"", run_id}
+    assert all(m["attributes"] == {} for m in messages)
+    assert all(e["published"] for e in control(emulator, "GET", "events")["events"])
+
+
 # -------------------------------------------------------------------------------------------- serving
 
 

@@ -366,7 +366,8 @@ def test_dry_run_of_a_rich_config_covers_every_trigger_source(tmp_path, rich_con
     }
     assert buckets == {"acme-landing", "acme.partner.drop"}  # one function per bucket, two triggers share one
     topics = {flag(a, "trigger-topic")[0] for a in fns.values() if flag(a, "entry-point") == ["on_message"]}
-    assert topics == {"orders", "partner_events", "pipeline-completions"}
+    # datafusion-status: the Data Fusion instance publishes its run status there (on_message completes)
+    assert topics == {"orders", "partner_events", "pipeline-completions", "datafusion-status"}
     regions = {
         flag(a, "trigger-location")[0] for a in fns.values() if flag(a, "entry-point") == ["on_job_status"]
     }
@@ -408,6 +409,7 @@ def test_the_plan_builder_lists_the_functions_the_rich_config_needs(tmp_path, ri
         ("on_message", "pubsub", "orders"): "on-message-orders",
         ("on_message", "pubsub", "partner_events"): names.service_name("on-message", "partner_events"),
         ("on_message", "pubsub", "pipeline-completions"): "on-message-pipeline-completions",
+        ("on_message", "pubsub", "datafusion-status"): "on-message-datafusion-status",  # pushed status
         ("on_job_status", "dataflow", "europe-west1"): "on-job-status",
         ("on_job_status", "dataflow", "us-central1"): "on-job-status-us-central1",
         ("check_runs", "pubsub", "pipeline-sweep"): "check-runs",
@@ -497,7 +499,13 @@ def test_without_dataflow_there_is_no_status_trigger_and_no_dataflow_role(tmp_pa
         encoding="utf-8",
     )
     plan = build.build_plan(load_config(config), options(config, tmp_path))
-    assert {f.entry_point for f in plan.functions} == {"on_object_finalized", "check_runs", "api"}
+    # on_message: Data Fusion pushes run status through Pub/Sub (datafusion-status), not Eventarc
+    assert {f.entry_point for f in plan.functions} == {
+        "on_object_finalized",
+        "on_message",
+        "check_runs",
+        "api",
+    }
     assert not any(s.function and s.function.trigger == "dataflow" for s in plan.steps)
     script = render.render_plan(plan)
     for needle in ("statusChanged", "dataflow.googleapis.com", "roles/dataflow", "on-job-status"):
@@ -777,7 +785,7 @@ def test_every_terraform_file_parses_and_declares_the_key_resources():
         ("google_service_account", "runtime"),
         ("google_service_account", "trigger"),
         ("google_storage_bucket_iam_member", "ledger_runtime"),
-        ("google_pubsub_topic_iam_member", "completion_runtime"),
+        ("google_pubsub_topic_iam_binding", "completion_runtime"),
         ("google_project_iam_member", "runtime_project"),
         ("google_storage_bucket_iam_member", "runtime_bucket"),
         ("google_service_account_iam_member", "runtime_service_account"),
@@ -795,6 +803,10 @@ def test_every_terraform_file_parses_and_declares_the_key_resources():
         ("terraform_data", "dead_letter_policy"),
     ]:
         assert key in resources, key
+    # the completion topic's publishers are set whole: the runtime account and no one else
+    completion = resources[("google_pubsub_topic_iam_binding", "completion_runtime")]
+    assert completion["role"] == '"roles/pubsub.publisher"'
+    assert completion["members"] == ["${local.runtime_member}"]
     # every event function (one resource over local.event_functions) retries and is delivered as
     # the trigger account; the api has no trigger
     event = resources[("google_cloudfunctions2_function", "event")]
@@ -921,3 +933,29 @@ def test_the_terraform_variables_carry_the_same_backend_needs_as_the_gcloud_plan
     status = {(f.source, f.trigger) for f in plan.functions if f.entry_point == "on_job_status"}
     assert {(r, t["backend"]) for t in tfvars["status_triggers"] for r in t["regions"]} == status
     assert [t["event_type"] for t in tfvars["status_triggers"]] == [registry.spec("dataflow").push.event_type]
+
+
+def test_only_the_runtime_account_may_publish_to_the_completion_topic(tmp_path, rich_config):
+    # Chaining acts only on completions from this topic: its whole policy is set, naming one publisher
+    # (an added binding would leave every earlier topic-level publisher in place).
+    plan = build.build_plan(load_config(rich_config), rich_options(rich_config, tmp_path))
+    (set_policy,) = [s for s in plan.steps if s.argv[:4] == ("gcloud", "pubsub", "topics", "set-iam-policy")]
+    assert set_policy.argv[4] == "pipeline-completions"
+    (write,) = [
+        s for s in plan.steps if s.local is not None and getattr(s.local, "path", None) == set_policy.argv[5]
+    ]
+    assert json.loads(write.local.content) == {
+        "bindings": [
+            {
+                "role": "roles/pubsub.publisher",
+                "members": ["serviceAccount:pipelines-runtime@acme-data.iam.gserviceaccount.com"],
+            }
+        ]
+    }
+    assert plan.steps.index(write) < plan.steps.index(set_policy)
+    assert not [
+        s
+        for s in plan.steps
+        if s.argv[:4] == ("gcloud", "pubsub", "topics", "add-iam-policy-binding")
+        and s.argv[4] == "pipeline-completions"
+    ]

@@ -81,7 +81,7 @@ def test_delegated_mode_uses_the_refresh_token_grant_for_the_fabric_scope(emulat
         "grant_type": ["refresh_token"],
         "client_id": [USER_APP],
         "refresh_token": [REFRESH],
-        "scope": ["https://api.fabric.microsoft.com/.default"],
+        "scope": ["https://api.fabric.microsoft.com/.default offline_access"],
     }
 
 
@@ -223,6 +223,31 @@ def test_entra_outages_are_retryable_with_retry_after(emulator: ServerHandle) ->
     with pytest.raises(BackendUnavailable) as caught:
         provider(emulator, env()).token()
     assert caught.value.retryable and caught.value.status == 503 and caught.value.retry_after == 3
+
+
+def test_temporarily_unavailable_is_retryable_whatever_its_status(emulator: ServerHandle) -> None:
+    # GIVEN Entra answers 400 temporarily_unavailable (AADSTS50196, a throttled loop), then recovers
+    message = "temporarily_unavailable: AADSTS50196: The server terminated an operation because it encountered a loop."
+    control(emulator, "faults", {"operation": "token", "status": 400, "message": message})
+    tokens = provider(emulator, env())
+    with pytest.raises(BackendUnavailable) as caught:
+        tokens.token()
+    # THEN it is retryable (not an EntraRejected), and the next attempt gets a token
+    assert caught.value.retryable and "temporarily_unavailable" in caught.value.message
+    assert tokens.token().startswith("emu-at-")
+
+
+def test_the_refresh_grant_asks_for_offline_access_and_uses_the_rotated_token_next(
+    emulator: ServerHandle,
+) -> None:
+    tokens = provider(emulator, env())
+    tokens.token("FABRIC", "delegated")
+    tokens.invalidate("FABRIC", "delegated")
+    tokens.token("FABRIC", "delegated")
+    first, second = token_requests(emulator)
+    assert "offline_access" in first["scope"][0].split()
+    # THEN the second grant used the refresh token Entra rotated to, not the configured one
+    assert first["refresh_token"] == [REFRESH] and second["refresh_token"][0].startswith("emu-rt-")
 
 
 def test_a_token_endpoint_timeout_is_retryable(emulator: ServerHandle) -> None:

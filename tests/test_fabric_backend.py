@@ -96,7 +96,9 @@ def test_a_dataflow_needs_only_its_workspace_and_item() -> None:
     ("options", "field"),
     [
         ({"item": ITEM}, "workspace: is required"),
-        ({"workspace": WS, "item": "sales-dataflow"}, "item: is required and must be the Fabric item"),
+        ({"workspace": WS, "item": ""}, "item: is required: the Fabric item"),
+        ({"workspace": WS, "item": ITEM, "item_type": "Report"}, "item_type: must be one of"),
+        ({"workspace": WS, "item": ITEM, "definition": "/abs/path"}, "definition: must be a folder path"),
         (
             {"workspace": WS, "item": ITEM, "auth": "service_principal"},
             "auth: service_principal cannot run a Dataflow",
@@ -204,18 +206,21 @@ def test_a_run_without_parameters_sends_an_empty_body(fabric: FabricHarness) -> 
 def test_a_pipeline_run_uses_a_service_principal_and_a_parameter_object(fabric: FabricHarness) -> None:
     p = pipeline(register_pipeline_item(fabric, "b1b1b1b1-2222-4333-8444-555555555555"))
     fabric.backend().launch(request_for(p, day="2026-03-13"))
-    assert run_bodies(fabric) == [{"executionData": {"parameters": {"day": "2026-03-13"}}}]
+    # today's spec shape: the top-level Parameter list of RunOnDemandItemJobRequest
+    assert run_bodies(fabric) == [{"parameters": [{"name": "day", "type": "Text", "value": "2026-03-13"}]}]
+    assert fabric.instances()[0]["parameters"] == {"day": "2026-03-13"}
     assert fabric.instances()[0]["principal"]["app_only"] is True
 
 
 def test_a_notebook_run_sends_typed_parameters(fabric: FabricHarness) -> None:
     item = "c2c2c2c2-3333-4444-8555-666666666666"
     fabric.control("items", {"workspace": fabric.workspace, "item": item, "type": "Notebook"})
-    p = pipeline({"workspace": fabric.workspace, "item": item, "job_type": "RunNotebook"})
+    # GIVEN no job_type: a Notebook item runs RunNotebook
+    p = pipeline({"workspace": fabric.workspace, "item": item, "item_type": "Notebook"})
     fabric.backend().launch(request_for(p, day="2026-03-13"))
-    assert run_bodies(fabric) == [
-        {"executionData": {"parameters": {"day": {"value": "2026-03-13", "type": "string"}}}}
-    ]
+    assert run_bodies(fabric) == [{"parameters": [{"name": "day", "type": "Text", "value": "2026-03-13"}]}]
+    assert fabric.instances()[0]["jobType"] == "RunNotebook"
+    assert fabric.instances()[0]["parameters"] == {"day": "2026-03-13"}
 
 
 # ------------------------------------------------------------------------------------------ status
@@ -393,7 +398,7 @@ def test_an_expired_token_is_refreshed_once_and_the_call_retried(fabric: FabricH
     assert status.state is RunState.PENDING
     received = fabric.requests_received()
     grants = [r for r in received if r["path"].endswith("/oauth2/v2.0/token")]
-    polls = [r["status"] for r in received if r["method"] == "GET"]
+    polls = [r["status"] for r in received if r["method"] == "GET" and "/jobs/instances/" in r["path"]]
     assert len(grants) == 2 and polls == [401, 200]
 
 
@@ -402,8 +407,12 @@ def test_a_token_refused_twice_is_reported_not_looped(fabric: FabricHarness) -> 
     with pytest.raises(BackendRejected) as caught:
         fabric.backend().launch(request_for(pipeline(fabric.pipeline_options("sales"))))
     assert caught.value.status == 401 and caught.value.reason == "TokenExpired"
-    assert [launch["status"] for launch in fabric.launches()] == [401, 401]
-    assert fabric.runs_started() == 0
+    # the first call (the dataflow's parameters, read before any run) was refused twice, then it stopped
+    assert [r["status"] for r in fabric.requests_received() if r["path"].endswith("/parameters")] == [
+        401,
+        401,
+    ]
+    assert fabric.launches() == [] and fabric.runs_started() == 0
 
 
 def test_a_wrong_client_secret_is_permanent_and_names_the_env_var_not_the_secret(

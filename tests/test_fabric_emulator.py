@@ -91,7 +91,11 @@ def run(
     query_form: bool = False,
 ) -> requests.Response:
     headers = auth(access_token or token(emulator))
-    if query_form:
+    if job_type == "Execute" and query_form:  # the dataflow path, older query form
+        url = f"{emulator.url}/v1/workspaces/{WS}/dataflows/{item}/jobs/instances?jobType=Execute"
+    elif job_type == "Execute":  # the only path the spec documents executionData.parameters for
+        url = f"{emulator.url}/v1/workspaces/{WS}/dataflows/{item}/jobs/execute/instances"
+    elif query_form:
         url = f"{item_url(emulator, item)}/jobs/instances?jobType={job_type}"
     else:
         url = f"{item_url(emulator, item)}/jobs/{job_type}/instances"
@@ -161,13 +165,28 @@ def test_refresh_token_grant_issues_a_delegated_token_and_a_new_refresh_token(em
             "grant_type": "refresh_token",
             "client_id": USER_APP,
             "refresh_token": REFRESH,
-            "scope": "https://api.fabric.microsoft.com/.default",
+            "scope": "https://api.fabric.microsoft.com/.default offline_access",
         },
         timeout=5,
     )
     assert r.status_code == 200
     assert r.json()["refresh_token"].startswith("emu-rt-")
     assert control(emulator, "tokens", method="GET")["tokens"][-1]["app_only"] is False
+
+
+def test_without_offline_access_no_new_refresh_token_is_returned(emulator: ServerHandle) -> None:
+    r = requests.post(
+        f"{emulator.url}/{TENANT}/oauth2/v2.0/token",
+        data={
+            "grant_type": "refresh_token",
+            "client_id": USER_APP,
+            "refresh_token": REFRESH,
+            "scope": "https://api.fabric.microsoft.com/.default",
+        },
+        timeout=5,
+    )
+    assert r.status_code == 200 and "access_token" in r.json()
+    assert "refresh_token" not in r.json()
 
 
 @pytest.mark.parametrize(
@@ -218,7 +237,7 @@ def test_a_used_refresh_token_is_revoked_when_the_client_rotates_strictly(emulat
     form = {
         "grant_type": "refresh_token",
         "client_id": "strict",
-        "scope": "https://api.fabric.microsoft.com/.default",
+        "scope": "https://api.fabric.microsoft.com/.default offline_access",
     }
     first = requests.post(
         f"{emulator.url}/{TENANT}/oauth2/v2.0/token", data={**form, "refresh_token": "rt-1"}, timeout=5
@@ -378,9 +397,32 @@ def test_a_dataflow_body_breaking_the_spec_schema_answers_400_naming_the_field(
     assert control(emulator, "instances", method="GET")["instances"] == []
 
 
-def test_top_level_parameters_are_not_available_for_these_job_types(emulator: ServerHandle) -> None:
-    body = {"parameters": [{"parameterName": "a", "type": "Automatic", "value": 1}]}
-    assert_fabric_error(run(emulator, PIPELINE, "Pipeline", body), 400, "FeatureNotAvailable")
+def test_top_level_parameters_are_not_part_of_a_dataflow_execute_body(emulator: ServerHandle) -> None:
+    body = {"parameters": [{"name": "a", "type": "Automatic", "value": 1}]}
+    error = assert_fabric_error(run(emulator, DATAFLOW, "Execute", body), 400, "InvalidRequest")
+    assert "'parameters' was unexpected" in error["message"]
+
+
+def test_top_level_parameters_as_the_spec_documents_them_run_a_pipeline(emulator: ServerHandle) -> None:
+    body = {"parameters": [{"name": "day", "type": "Text", "value": "2026-03-13"}], "executionData": {}}
+    assert run(emulator, PIPELINE, "Pipeline", body).status_code == 202
+    assert control(emulator, "instances", method="GET")["instances"][0]["parameters"] == {"day": "2026-03-13"}
+
+
+def test_execution_data_null_is_accepted_for_a_dataflow(emulator: ServerHandle) -> None:
+    assert run(emulator, DATAFLOW, "Execute", {"executionData": None}).status_code == 202
+
+
+def test_the_generic_item_path_runs_a_dataflow_with_its_default_parameters(emulator: ServerHandle) -> None:
+    # The spec documents executionData.parameters only for .../dataflows/{id}/jobs/execute/instances
+    r = requests.post(
+        f"{item_url(emulator, DATAFLOW)}/jobs/Execute/instances",
+        json=dataflow_params(Region="EU"),
+        headers=auth(token(emulator)),
+        timeout=5,
+    )
+    assert r.status_code == 202
+    assert control(emulator, "instances", method="GET")["instances"][0]["parameters"] == {}
 
 
 def test_undeclared_dataflow_parameters_are_refused(emulator: ServerHandle) -> None:
@@ -400,7 +442,8 @@ def test_notebook_parameters_take_value_and_type(emulator: ServerHandle) -> None
 
 def test_unknown_items_and_wrong_job_types_are_refused(emulator: ServerHandle) -> None:
     assert_fabric_error(run(emulator, "99999999-9999-4999-8999-999999999999", "Execute"), 404, "ItemNotFound")
-    assert_fabric_error(run(emulator, PIPELINE, "Execute"), 400, "InvalidJobType")
+    assert_fabric_error(run(emulator, PIPELINE, "Execute"), 404, "ItemNotFound")  # not a dataflow
+    assert_fabric_error(run(emulator, PIPELINE, "RunNotebook"), 400, "InvalidJobType")
     assert run(emulator, DATAFLOW, "Refresh").status_code == 202  # Refresh is an alias of Execute
 
 

@@ -74,7 +74,7 @@ def test_a_claim_whose_answer_was_lost_still_ends_with_one_job_and_one_completio
     assert verdict["events_lost"] == 0 and verdict["completions"] == 1
 
 
-FABRIC_RUN = r"^POST /v1/workspaces/[^/]+/items/[^/]+/jobs/[^/]+/instances"
+FABRIC_RUN = r"^POST /v1/workspaces/[^/]+/(items|dataflows)/[^/]+/jobs/[^/]+/instances"
 
 
 def _two_fabric_runs_whose_answers_were_lost() -> tuple[dict, int]:

@@ -21,7 +21,8 @@ locals {
   storage_buckets = toset([for name, t in local.triggers : t.storage.bucket if can(t.storage.bucket)])
   pubsub_topics   = toset([for name, t in local.triggers : element(reverse(split("/", t.pubsub.topic)), 0) if can(t.pubsub.topic)])
   has_completion  = length([for name, t in local.triggers : name if can(t.completion.upstream)]) > 0
-  message_topics  = local.has_completion ? setunion(local.pubsub_topics, [local.completion_topic]) : local.pubsub_topics
+  status_topics   = toset([for t in var.status_topics : t.topic])
+  message_topics  = setunion(local.has_completion ? setunion(local.pubsub_topics, [local.completion_topic]) : local.pubsub_topics, local.status_topics)
   user_topics     = var.create_trigger_topics ? setsubtract(local.pubsub_topics, [local.completion_topic, var.sweep_topic, var.dead_letter_topic]) : toset([])
 
   # What the backends need comes from their declarations (var.backend_*, var.status_triggers),
@@ -173,6 +174,34 @@ resource "google_pubsub_topic" "sweep" {
   depends_on = [google_project_service.apis]
 }
 
+# Topics backends publish run status to (var.status_topics): on_message completes those runs.
+resource "google_pubsub_topic" "status" {
+  for_each = local.status_topics
+  project  = var.project
+  name     = each.value
+}
+
+resource "google_pubsub_topic_iam_member" "status_publisher" {
+  for_each = { for t in var.status_topics : t.topic => t }
+  project  = var.project
+  topic    = google_pubsub_topic.status[each.key].name
+  role     = "roles/pubsub.publisher"
+  member   = replace(each.value.publisher, "$${PROJECT_NUMBER}", data.google_project.this.number)
+}
+
+# Turning publishing on has no provider resource for an instance this module does not manage: the
+# REST call, with gcloud's access token fetched inside the shell (never in the plan or state).
+resource "terraform_data" "status_publishing" {
+  for_each         = { for c in flatten([for t in var.status_topics : [for e in t.enable : merge(e, { topic = t.topic })]]) : "${c.method} ${c.url}" => c }
+  triggers_replace = [each.key, each.value.body]
+
+  provisioner "local-exec" {
+    command = "curl --fail-with-body -sS -X ${each.value.method} -H \"Authorization: Bearer $(gcloud auth print-access-token)\" -H 'Content-Type: application/json' '${each.value.url}' -d '${each.value.body}'"
+  }
+
+  depends_on = [google_pubsub_topic_iam_member.status_publisher]
+}
+
 resource "google_pubsub_topic" "trigger" {
   for_each   = local.user_topics
   project    = var.project
@@ -206,11 +235,13 @@ resource "google_storage_bucket_iam_member" "ledger_runtime" {
   member = local.runtime_member
 }
 
-resource "google_pubsub_topic_iam_member" "completion_runtime" {
+# Authoritative for the publisher role: the runtime account is the completion topic's only
+# publisher (chaining acts only on completions from this topic, each checked against the ledger).
+resource "google_pubsub_topic_iam_binding" "completion_runtime" {
   project = var.project
   topic   = google_pubsub_topic.completion.name
   role    = "roles/pubsub.publisher"
-  member  = local.runtime_member
+  members = [local.runtime_member]
 }
 
 # What the configured backends declare (var.backend_grants), by the resource type that binds it.
@@ -436,6 +467,7 @@ resource "google_cloudfunctions2_function" "event" {
     google_project_iam_member.runtime_project,
     google_pubsub_topic.trigger,
     google_pubsub_topic.completion,
+    google_pubsub_topic.status,
     google_storage_bucket_iam_member.ledger_runtime,
     google_secret_manager_secret_iam_member.runtime_secret,
   ]

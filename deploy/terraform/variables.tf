@@ -80,6 +80,21 @@ variable "status_triggers" {
   default = []
 }
 
+variable "status_topics" {
+  description = "Pub/Sub topics backends publish run status to (Data Fusion's eventPublishConfig): each is created, its publisher (a service agent; \"$${PROJECT_NUMBER}\" stands for the project's number) may publish to it, on_message receives it, and each enable call (a REST method, URL and JSON body, made with gcloud's token) turns publishing on."
+  type = list(object({
+    topic     = string
+    publisher = string
+    why       = string
+    enable = list(object({
+      method = string
+      url    = string
+      body   = string
+    }))
+  }))
+  default = []
+}
+
 variable "env" {
   description = "Extra plain env vars for every function (for example a credential's tenant and client ids, API_AUDIENCE). Never secrets."
   type        = map(string)

@@ -259,6 +259,8 @@ class BadInputRun:
                     "run_seconds": 3,
                     "outcome": "Completed",
                     "dedupe": False,
+                    # the dataflow's public parameters: a launch checks its parameters against them
+                    "parameters": ["Source", "Day"],
                 },
             },
         )

@@ -19,6 +19,9 @@ Everything else the rest of the project needs to know about a backend is *declar
                    run may stay invisible to it
 ``push``           :class:`StatusPush` or ``None``: how the backend announces a run's status changes
                    without being polled, and the parser that names the run such an event is about
+``check_definition``
+                   ``None``, or the offline check (``validate``) of a pipeline kept as code: its
+                   definition file against the arguments the config passes -> (errors, warnings)
 ``deploy``         :class:`DeployNeeds`: APIs to enable, IAM grants, credentials to mount, problems
 ``job_noun``       what a run is called there (job, run, instance, batch), for people
 ``parameter_limit_bytes``
@@ -36,7 +39,7 @@ from __future__ import annotations
 
 import datetime as dt
 import enum
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol
 
@@ -200,12 +203,15 @@ class StatusPush:
     when they arrive as Pub/Sub messages (``on_message``) recognised by ``recognises``.
     ``parse``: (CloudEvent attributes, data) -> :class:`PushedStatus`, or ``None`` for an event
     about a run this project did not launch; a malformed event raises
-    :class:`~handlers.core.errors.EventError`.
+    :class:`~handlers.core.errors.EventError`. For a Pub/Sub message the attributes are the
+    message's and the data its JSON.
+    ``recognises``: (message attributes, message data as JSON or ``None``) -> whether a Pub/Sub
+    message is one of these events (some writers set no attributes, so the data may decide).
     """
 
     parse: Callable[[Mapping[str, Any], Any], PushedStatus | None]
     event_type: str | None = None
-    recognises: Callable[[Mapping[str, str]], bool] | None = None  # by Pub/Sub message attributes
+    recognises: Callable[[Mapping[str, str], Any], bool] | None = None
 
 
 @dataclass(frozen=True)
@@ -268,7 +274,35 @@ class DeployContext:
         return f"{self.project_number}-compute@developer.gserviceaccount.com"
 
 
+@dataclass(frozen=True)
+class RestCall:
+    """One Google REST call the deploy makes with the deployer's credentials (no gcloud command
+    exists for it): ``method`` ``url`` with the JSON ``body``."""
+
+    method: str
+    url: str
+    body: Mapping[str, Any]
+    why: str
+
+
+@dataclass(frozen=True)
+class StatusTopic:
+    """A Pub/Sub topic (in the deploy project) a backend publishes run status events to; the deploy
+    creates it, lets ``publisher`` (a service agent; ``${PROJECT_NUMBER}`` stands for the deploy
+    project's number) publish to it, routes it to ``on_message`` and makes the ``enable`` calls
+    that turn publishing on."""
+
+    topic: str
+    publisher: str
+    why: str
+    enable: tuple[RestCall, ...] = ()
+
+
 def _no_grants(pipelines: Sequence[PipelineTarget], ctx: DeployContext) -> list[Grant]:
+    return []
+
+
+def _no_status_topics(pipelines: Sequence[PipelineTarget], ctx: DeployContext) -> list[StatusTopic]:
     return []
 
 
@@ -290,6 +324,8 @@ class DeployNeeds:
     problems: Callable[[Sequence[PipelineTarget], DeployContext], list[str]] = _nothing
     warnings: Callable[[Sequence[PipelineTarget], DeployContext], list[str]] = _nothing
     flags: tuple[DeployFlag, ...] = ()
+    # the Pub/Sub topics its run status events arrive on (``StatusPush.recognises`` reads them)
+    status_topics: Callable[[Sequence[PipelineTarget], DeployContext], list[StatusTopic]] = _no_status_topics
 
 
 def _no_problems(options: Mapping[str, Any]) -> list[str]:
@@ -309,6 +345,10 @@ class BackendSpec:
     auth: str = "google"  # google | entra
     find: FindSemantics = FindSemantics()
     push: StatusPush | None = None
+    # (pipeline, names of the arguments the config passes, the config's folder) -> (errors, warnings)
+    check_definition: Callable[[PipelineTarget, Collection[str], str], tuple[list[str], list[str]]] | None = (
+        None
+    )
     deploy: DeployNeeds = DeployNeeds()
     job_noun: str = "job"
     # The most rendered parameter text (names and values, UTF-8) one launch may carry: a bigger
@@ -364,6 +404,17 @@ class Syncable(Protocol):
     def plan_sync(self, pipeline: PipelineTarget, base_dir: str) -> SyncStep | None: ...
 
     def apply_sync(self, step: SyncStep) -> str: ...
+
+
+class OnlineCheckable(Protocol):
+    """A backend that can check a pipeline against the live system (``validate --online``).
+
+    ``parameters``: the pipeline's configured parameters, name -> the literal value, or ``None`` when
+    it is rendered from an event (known only at run time). Returns every problem, one line each;
+    raises the error tree's errors when the backend cannot be asked.
+    """
+
+    def check_online(self, pipeline: PipelineTarget, parameters: Mapping[str, str | None]) -> list[str]: ...
 
 
 class Backend(Protocol):

@@ -33,6 +33,22 @@ the active runs carries this run key, otherwise a permanent :class:`BackendRejec
 CDAP error bodies are plain text; :mod:`handlers.core.http` maps statuses (404 -> NotFound, 429/5xx/504 ->
 BackendUnavailable, other 4xx -> BackendRejected) without reading the text.
 
+Pipelines kept as code (``definition``: the exported JSON, relative to the config's folder) follow
+CDAP's ``AppLifecycleHttpHandler``::
+
+    GET  {api}/v3/namespaces/NS/apps/APP   -> ApplicationDetail {name, appVersion, configuration: "<JSON text>", artifact}
+    PUT  {api}/v3/namespaces/NS/apps/APP   body AppRequest {artifact, config} (the export) -> 200 "Deploy Complete"
+
+:meth:`DataFusion.plan_sync` compares artifact and config (what the repo states; stages by name),
+:meth:`DataFusion.apply_sync` PUTs; :func:`check_definition` checks the config's runtime arguments
+against the pipeline's macros at ``validate``.
+
+Pushed status (Data Fusion 6.7+, the instance's ``eventPublishConfig``): CDAP's
+``ProgramStatusEventPublisher`` publishes a ``ProgramStatusEvent`` per run status change to Pub/Sub;
+:func:`parse_status_event` names the run by the run key in its ``userArgs`` and ``on_message``
+checks that run at once (:func:`recognises_status_event`); :func:`deploy_status_topics` declares the
+topic, the service agent's publisher role and the ``instances.patch`` that turns it on.
+
 ``DATAFUSION_API_ENDPOINT`` overrides ``https://datafusion.googleapis.com`` (the local emulator).
 """
 
@@ -43,8 +59,9 @@ import os
 import re
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
@@ -59,16 +76,29 @@ from handlers.backends.contract import (
     JobStatus,
     LaunchRequest,
     PipelineTarget,
+    PushedStatus,
+    RestCall,
     RunState,
+    StatusPush,
+    StatusTopic,
+    SyncChange,
+    SyncStep,
 )
-from handlers.core import clients, http, logs
+from handlers.core import clients, http, logs, retry
 from handlers.core.clients import is_loopback
-from handlers.core.errors import AlreadyExists, BackendRejected, BackendUnavailable, NotFound
+from handlers.core.errors import (
+    AlreadyExists,
+    BackendRejected,
+    BackendUnavailable,
+    ConfigError,
+    EventError,
+    NotFound,
+)
 from handlers.core.times import from_epoch
 
 DEFAULT_ENDPOINT = "https://datafusion.googleapis.com"
 ENDPOINT_ENV = "DATAFUSION_API_ENDPOINT"
-OPTION_KEYS = ("instance", "namespace", "app", "api_endpoint")
+OPTION_KEYS = ("instance", "namespace", "app", "api_endpoint", "definition", "preset_arguments")
 DEFAULT_NAMESPACE = "default"
 RUN_KEY_ARG = "eventpipelines.run_key"
 
@@ -83,6 +113,23 @@ FIND_SKEW_SECONDS = 600
 APP_RE = re.compile(r"[A-Za-z0-9_-]+")
 NAMESPACE_RE = re.compile(r"[A-Za-z0-9_]+")
 INSTANCE_RE = re.compile(r"[a-z][a-z0-9-]{0,62}")
+# The pipeline artifacts (scope SYSTEM) and the mode each implies.
+ARTIFACT_MODES = {"cdap-data-pipeline": "batch", "cdap-data-streams": "streaming"}
+# Run statuses a program status event may carry (cdap-proto ProgramRunStatus).
+RUN_STATUSES = frozenset(
+    {
+        "PENDING",
+        "STARTING",
+        "RUNNING",
+        "SUSPENDED",
+        "RESUMING",
+        "STOPPING",
+        "COMPLETED",
+        "FAILED",
+        "KILLED",
+        "REJECTED",
+    }
+)
 
 
 @dataclass(frozen=True)
@@ -151,6 +198,18 @@ def check_options(options: Mapping[str, Any]) -> list[str]:
         )
         if not ok:
             problems.append("api_endpoint: must be an https:// URL (the instance's CDAP API base)")
+    definition = options.get("definition")
+    if definition is not None and (
+        not isinstance(definition, str) or not definition.endswith(".json") or definition.startswith("/")
+    ):
+        problems.append(
+            "definition: must be the pipeline's exported JSON file, relative to the config's folder (*.json)"
+        )
+    preset = options.get("preset_arguments")
+    if preset is not None and (
+        not isinstance(preset, list) or not all(isinstance(n, str) and n for n in preset)
+    ):
+        problems.append("preset_arguments: must be a list of runtime argument names")
     return problems
 
 
@@ -169,6 +228,243 @@ def runtime_args(record: Mapping[str, Any]) -> dict[str, Any]:
     except ValueError:
         return {}
     return parsed if isinstance(parsed, dict) else {}
+
+
+# ---------------------------------------------------------------------------------------------
+# Pipelines kept as code: the exported JSON, its macros, and sync (handlers.backends.contract.Syncable)
+# ---------------------------------------------------------------------------------------------
+# Runtime arguments CDAP and its engines read themselves: never reported as unread.
+RESERVED_ARG_PREFIXES = (
+    "system.",
+    "spark.",
+    "task.",
+    "mapreduce.",
+    "dataproc.",
+    "logical.",
+    "eventpipelines.",
+)
+_MACRO_FUNCTION_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\((.*)\)", re.DOTALL)
+SYNC_BUDGET_SECONDS = 60.0
+
+
+@dataclass(frozen=True)
+class Macros:
+    """The macros of a pipeline: ``arguments`` (``${name}``: a runtime argument it reads),
+    ``functions`` (``${secure(x)}``, ``${logicalStartTime(...)}``: computed, not arguments) and
+    ``dynamic`` (``${${env}.path}``: a name only known at run time)."""
+
+    arguments: frozenset[str]
+    functions: frozenset[str]
+    dynamic: frozenset[str]
+
+
+def _closing(text: str, start: int) -> int | None:
+    """The index of the ``}`` closing the macro whose body starts at ``start`` (nesting counted)."""
+    depth, i = 1, start
+    while i < len(text):
+        if text.startswith("\\${", i):
+            i += 3
+            continue
+        if text.startswith("${", i):
+            depth, i = depth + 1, i + 2
+            continue
+        if text[i] == "}":
+            depth -= 1
+            if depth == 0:
+                return i
+        i += 1
+    return None
+
+
+def _scan(text: str, arguments: set[str], functions: set[str], dynamic: set[str]) -> None:
+    i = 0
+    while i < len(text):
+        if text.startswith("\\${", i):  # an escaped macro is literal text
+            i += 3
+            continue
+        if not text.startswith("${", i):
+            i += 1
+            continue
+        end = _closing(text, i + 2)
+        if end is None:  # unclosed: CDAP reads it as plain text
+            return
+        body = text[i + 2 : end]
+        _scan(body, arguments, functions, dynamic)  # nested macros are read first
+        function = _MACRO_FUNCTION_RE.fullmatch(body)
+        if function is not None:
+            functions.add(body.split("(", 1)[0])
+        elif "${" in body:
+            dynamic.add(body)
+        elif body.strip():
+            arguments.add(body.strip())
+        i = end + 1
+
+
+def macros(value: Any) -> Macros:
+    """Every macro in a pipeline config (every string in it, keys excepted), CDAP's syntax."""
+    arguments: set[str] = set()
+    functions: set[str] = set()
+    dynamic: set[str] = set()
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            _scan(item, arguments, functions, dynamic)
+        elif isinstance(item, Mapping):
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return Macros(frozenset(arguments), frozenset(functions), frozenset(dynamic))
+
+
+def definition_path(pipeline: PipelineTarget, base_dir: str) -> Path | None:
+    definition = pipeline.options.get("definition")
+    if not isinstance(definition, str) or not definition:
+        return None
+    return Path(base_dir) / definition
+
+
+def load_definition(path: Path) -> dict[str, Any]:
+    """The exported pipeline JSON at ``path``, checked as CDAP's ``AppRequest``: ``artifact`` (name,
+    version, scope) and ``config`` with named ``stages``. Raises :class:`ConfigError`."""
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError([f"cannot read {path}: {exc.strerror or exc}"], source=str(path)) from exc
+    except ValueError as exc:
+        raise ConfigError([f"{path} is not JSON: {exc}"], source=str(path)) from exc
+    problems = []
+    if not isinstance(doc, dict):
+        raise ConfigError(
+            [f"{path}: must be a pipeline exported from Data Fusion (a JSON object)"], source=str(path)
+        )
+    artifact = doc.get("artifact")
+    if not isinstance(artifact, dict) or not all(
+        isinstance(artifact.get(k), str) for k in ("name", "version")
+    ):
+        problems.append("artifact: must name the pipeline artifact (name, version, scope)")
+    elif artifact["name"] not in ARTIFACT_MODES:
+        problems.append(f"artifact.name: must be one of {', '.join(sorted(ARTIFACT_MODES))}")
+    config = doc.get("config")
+    stages = config.get("stages") if isinstance(config, dict) else None
+    if not isinstance(stages, list) or not stages:
+        problems.append("config.stages: the pipeline needs at least one stage")
+    else:
+        names = [s.get("name") if isinstance(s, dict) else None for s in stages]
+        if not all(isinstance(n, str) and n for n in names) or len(set(names)) != len(names):
+            problems.append("config.stages: every stage needs a unique name")
+    if problems:
+        raise ConfigError([f"{path}: {p}" for p in problems], source=str(path))
+    return doc
+
+
+def check_definition(
+    pipeline: PipelineTarget, argument_names: Collection[str], base_dir: str
+) -> tuple[list[str], list[str]]:
+    """(errors, warnings) of a pipeline kept as code, read offline at ``validate``.
+
+    Errors: the definition cannot be read, is not an exported pipeline, its artifact does not match
+    the pipeline's mode, or one of its macros has no runtime argument (neither in ``parameters`` nor
+    in ``preset_arguments``, the arguments Data Fusion supplies itself as preferences): that run
+    would fail at start. Warnings: an argument the config passes that no macro reads (CDAP ignores
+    it: a typo, or an argument a plugin reads by code); arguments CDAP reads itself (``system.*``,
+    ``spark.*``, ...) are exempt, and so is everything when a macro's name is built at run time."""
+    path = definition_path(pipeline, base_dir)
+    if path is None:
+        return [], []
+    where = f"pipeline '{pipeline.name}'"
+    try:
+        doc = load_definition(path)
+    except ConfigError as exc:
+        return [f"{where}: {p}" for p in exc.problems], []
+    errors, warnings = [], []
+    if ARTIFACT_MODES[doc["artifact"]["name"]] != pipeline.mode:
+        errors.append(
+            f"{where}: mode {pipeline.mode} but {path.name} is a {doc['artifact']['name']} pipeline"
+        )
+    found = macros(doc["config"])
+    preset = {str(n) for n in pipeline.options.get("preset_arguments") or ()}
+    given = set(argument_names)
+    for name in sorted(found.arguments - given - preset):
+        errors.append(
+            f"{where}: macro ${{{name}}} in {path.name} has no runtime argument: add parameters.{name} "
+            "or list it in preset_arguments"
+        )
+    if not found.dynamic:
+        for name in sorted(given - found.arguments):
+            if not name.startswith(RESERVED_ARG_PREFIXES):
+                warnings.append(f"{where}: parameters.{name} is passed but {path.name} reads no ${{{name}}}")
+    return errors, warnings
+
+
+def config_differences(repo: Mapping[str, Any], deployed: Mapping[str, Any]) -> list[str]:
+    """What differs between the repo's config and the deployed one, for people. Only what the repo
+    states counts: CDAP fills in defaults (``resources``, ``stageLoggingEnabled``, ...) the export may
+    leave out."""
+    out = []
+    repo_stages = {s.get("name"): s for s in repo.get("stages") or () if isinstance(s, Mapping)}
+    live_stages = {s.get("name"): s for s in deployed.get("stages") or () if isinstance(s, Mapping)}
+    added = sorted(str(n) for n in repo_stages.keys() - live_stages.keys())
+    removed = sorted(str(n) for n in live_stages.keys() - repo_stages.keys())
+    changed = sorted(
+        str(n) for n in repo_stages.keys() & live_stages.keys() if repo_stages[n] != live_stages[n]
+    )
+    if changed:
+        out.append(f"stages changed: {', '.join(changed)}")
+    if added:
+        out.append(f"stages added: {', '.join(added)}")
+    if removed:
+        out.append(f"stages removed: {', '.join(removed)}")
+    fields = sorted(k for k in repo if k != "stages" and repo[k] != deployed.get(k))
+    if fields:
+        out.append(f"config fields changed: {', '.join(fields)}")
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Pushed status: Data Fusion's program status events on Pub/Sub
+# ---------------------------------------------------------------------------------------------
+EVENT_KEY = "programStatusEventDetails"
+PIPELINE_PROGRAMS = frozenset({BATCH_PROGRAM.program_id, STREAMING_PROGRAM.program_id})
+
+
+def recognises_status_event(attributes: Mapping[str, str], data: Any) -> bool:
+    """A Pub/Sub message is Data Fusion's program status event when its JSON data carries
+    ``programStatusEventDetails`` (the writer sets no attributes: the data alone says so)."""
+    return isinstance(data, Mapping) and EVENT_KEY in data
+
+
+def parse_status_event(attributes: Mapping[str, Any], data: Any) -> PushedStatus | None:
+    """CDAP's ``ProgramStatusEvent`` as Data Fusion publishes it (Gson, cdapio/cdap
+    ``ProgramStatusEventPublisher``): ``{publishTime, version, instanceName, projectName,
+    programStatusEventDetails: {runID, programName, applicationName, namespace, status, eventTime,
+    userArgs, systemArgs, error?, pipelineMetrics?, workflowId, startMetadata}}``.
+
+    The run is named by the ``eventpipelines.run_key`` runtime argument the launch passed (in
+    ``userArgs``). ``None`` for an event about a program that is not a pipeline's own (the Spark or
+    MapReduce phases a workflow runs report their status too) or a run started without our key;
+    :class:`EventError` for an event that is not one (no details, no run id, a status CDAP does not
+    have)."""
+    if not isinstance(data, Mapping) or not isinstance(data.get(EVENT_KEY), Mapping):
+        raise EventError(f"program status event without {EVENT_KEY}", field=f"data.{EVENT_KEY}")
+    details = data[EVENT_KEY]
+    run_id, status, program = details.get("runID"), details.get("status"), details.get("programName")
+    if not isinstance(run_id, str) or not run_id:
+        raise EventError("program status event without a runID", field=f"data.{EVENT_KEY}.runID")
+    if not isinstance(status, str) or status not in RUN_STATUSES:
+        raise EventError(
+            f"program status event with status {str(status)[:40]!r}, not a CDAP run status",
+            field=f"data.{EVENT_KEY}.status",
+        )
+    if program not in PIPELINE_PROGRAMS:
+        return None
+    user_args = details.get("userArgs")
+    if user_args is not None and not isinstance(user_args, Mapping):
+        raise EventError("userArgs must be an object", field=f"data.{EVENT_KEY}.userArgs")
+    run_key = (user_args or {}).get(RUN_KEY_ARG)
+    if not isinstance(run_key, str) or not run_key:
+        return None
+    return PushedStatus(run_key=run_key, job_id=run_id, raw_state=status)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -244,13 +540,60 @@ def deploy_grants(pipelines: Sequence[PipelineTarget], ctx: DeployContext) -> li
     return grants
 
 
+STATUS_TOPIC = "datafusion-status"
+SERVICE_AGENT = "serviceAccount:service-${PROJECT_NUMBER}@gcp-sa-datafusion.iam.gserviceaccount.com"
+
+
+def _pushing_instances(pipelines: Sequence[PipelineTarget], ctx: DeployContext) -> list[_Target]:
+    """The instances (of the deploy project) whose run status the deploy has them publish."""
+    if ctx.flags.get("datafusion_no_push"):
+        return []
+    return sorted(
+        {
+            _Target(t.project, t.location, t.instance, "")
+            for t in _targets(pipelines)
+            if t.project == ctx.project
+        }
+    )
+
+
+def deploy_status_topics(pipelines: Sequence[PipelineTarget], ctx: DeployContext) -> list[StatusTopic]:
+    """Data Fusion 6.7+ publishes each run status change to the topic of the instance's
+    ``eventPublishConfig`` (set by ``instances.patch``, no gcloud flag does it), as its service agent."""
+    instances = _pushing_instances(pipelines, ctx)
+    if not instances:
+        return []
+    topic = str(ctx.flags.get("datafusion_status_topic") or STATUS_TOPIC)
+    config = {"eventPublishConfig": {"enabled": True, "topic": f"projects/{ctx.project}/topics/{topic}"}}
+    calls = tuple(
+        RestCall(
+            "PATCH",
+            f"{DEFAULT_ENDPOINT}/v1/projects/{t.project}/locations/{t.location}/instances/{t.instance}"
+            "?updateMask=eventPublishConfig",
+            config,
+            f"Data Fusion instance {t.instance} publishes its pipeline run status to {topic}",
+        )
+        for t in instances
+    )
+    why = "Data Fusion pipeline run status events, completed at once by on_message (the sweep stays the fallback)"
+    return [StatusTopic(topic, SERVICE_AGENT, why, calls)]
+
+
 def deploy_warnings(pipelines: Sequence[PipelineTarget], ctx: DeployContext) -> list[str]:
-    return [
+    out = [
         f"pipeline '{p.name}' reaches Data Fusion through api_endpoint: grant the runtime account "
         "access to that instance yourself (no instance name to bind roles on)"
         for p in pipelines
         if not p.options.get("instance")
     ]
+    if not ctx.flags.get("datafusion_no_push"):
+        out += [
+            f"Data Fusion instance {t.instance} is in project {t.project}: its run status is not pushed "
+            "here, so the sweep (check_runs) completes its runs"
+            for t in sorted({_Target(t.project, t.location, t.instance, "") for t in _targets(pipelines)})
+            if t.project != ctx.project
+        ]
+    return out
 
 
 SPEC = BackendSpec(
@@ -263,6 +606,8 @@ SPEC = BackendSpec(
     # CDAP records a run asynchronously: after a start whose answer was lost, the launch service
     # waits this long before a runs.list "not found" counts.
     find=FindSemantics(exact=True, settle_seconds=5.0),
+    push=StatusPush(parse=parse_status_event, recognises=recognises_status_event),
+    check_definition=check_definition,
     deploy=DeployNeeds(
         apis=("datafusion.googleapis.com",),
         grants=deploy_grants,
@@ -274,7 +619,20 @@ SPEC = BackendSpec(
                 "instances use RBAC: add accessor + namespace operator",
                 boolean=True,
             ),
+            DeployFlag(
+                "--datafusion-status-topic",
+                "datafusion_status_topic",
+                f"topic Data Fusion instances publish run status to (default {STATUS_TOPIC})",
+                metavar="TOPIC",
+            ),
+            DeployFlag(
+                "--datafusion-no-push",
+                "datafusion_no_push",
+                "leave the instances' event publishing alone: the sweep completes Data Fusion runs",
+                boolean=True,
+            ),
         ),
+        status_topics=deploy_status_topics,
     ),
     job_noun="run",
 )
@@ -584,3 +942,93 @@ class DataFusion:
         http.send(
             self.session, "POST", f"{self._run_url(ref)}/stop", what="cdap runs.stop", timeout=self.timeout
         )
+
+    # -- pipelines kept as code (handlers.backends.contract.Syncable) -------------------------------
+    def _app_url(self, api: str, namespace: str, app: str) -> str:
+        return f"{api}/v3/namespaces/{quote(namespace, safe='')}/apps/{quote(app, safe='')}"
+
+    def plan_sync(self, pipeline: PipelineTarget, base_dir: str) -> SyncStep | None:
+        """The sync of a pipeline with a ``definition``: ``GET .../apps/{app}`` (404: create), then
+        the repo's artifact and config against the deployed ones (equal: unchanged, else update).
+        ``None`` for a pipeline without a definition. The step's ``payload`` holds the CDAP API base,
+        namespace, app and the ``AppRequest`` body (the exported JSON as it is in the repo)."""
+        path = definition_path(pipeline, base_dir)
+        if path is None:
+            return None
+        doc = load_definition(path)
+        if ARTIFACT_MODES[doc["artifact"]["name"]] != pipeline.mode:
+            raise ConfigError(
+                [
+                    f"pipeline '{pipeline.name}': mode {pipeline.mode} but {path.name} is {doc['artifact']['name']}"
+                ],
+                source=str(path),
+            )
+        namespace = str(pipeline.options.get("namespace") or DEFAULT_NAMESPACE)
+        app = str(pipeline.options["app"])
+        api = self._endpoints(pipeline).api
+        payload = {"api_endpoint": api, "namespace": namespace, "app": app, "request": doc}
+        step: dict[str, Any] = {
+            "pipeline": pipeline.name,
+            "backend": self.name,
+            "target": f"{namespace}/{app}",
+            "payload": payload,
+        }
+        what = f"cdap apps.get {namespace}/{app}"
+        try:
+            detail = retry.call(
+                lambda: http.send_json(
+                    self.session, "GET", self._app_url(api, namespace, app), what=what, timeout=self.timeout
+                ),
+                budget_seconds=SYNC_BUDGET_SECONDS,
+                what=what,
+            )
+        except NotFound:
+            return SyncStep(change=SyncChange.CREATE, summary=f"create from {path.name}", **step)
+        if not isinstance(detail, Mapping):
+            raise BackendUnavailable(f"{what}: answer is not an ApplicationDetail")
+        found = str(detail.get("appVersion") or "") or None
+        differences = []
+        live_artifact = detail.get("artifact")
+        live: Mapping[str, Any] = live_artifact if isinstance(live_artifact, Mapping) else {}
+        mine = doc["artifact"]
+        for key in ("name", "version", "scope"):
+            ours, theirs = str(mine.get(key) or "").upper(), str(live.get(key) or "").upper()
+            if key == "scope" and not ours:
+                continue
+            if ours != theirs:
+                differences.append(f"artifact {key} {live.get(key)} -> {mine.get(key)}")
+        text = detail.get("configuration")
+        try:
+            deployed = json.loads(text) if isinstance(text, str) and text else {}
+        except ValueError:
+            deployed = {}
+        differences += config_differences(doc["config"], deployed if isinstance(deployed, Mapping) else {})
+        if not differences:
+            return SyncStep(change=SyncChange.UNCHANGED, summary="unchanged", found=found, **step)
+        return SyncStep(change=SyncChange.UPDATE, summary="; ".join(differences), found=found, **step)
+
+    def apply_sync(self, step: SyncStep) -> str:
+        """Deploy the step's definition with ``PUT .../apps/{app}`` (CDAP answers once deployed: no
+        operation to wait for) and return the new app version, read back; an unchanged step sends
+        nothing and returns the version found."""
+        payload = step.payload
+        namespace, app = str(payload["namespace"]), str(payload["app"])
+        if step.change == SyncChange.UNCHANGED:
+            return step.found or f"{namespace}/{app}"
+        url = self._app_url(str(payload["api_endpoint"]), namespace, app)
+        what = f"cdap apps.get {namespace}/{app}"
+        deploy = f"cdap apps.deploy {namespace}/{app}"
+        retry.call(
+            lambda: http.send(
+                self.session, "PUT", url, json=payload["request"], what=deploy, timeout=self.timeout
+            ),
+            budget_seconds=SYNC_BUDGET_SECONDS,
+            what=deploy,
+        )
+        detail = retry.call(
+            lambda: http.send_json(self.session, "GET", url, what=what, timeout=self.timeout),
+            budget_seconds=SYNC_BUDGET_SECONDS,
+            what=what,
+        )
+        version = detail.get("appVersion") if isinstance(detail, Mapping) else None
+        return str(version or step.found or f"{namespace}/{app}")

@@ -13,7 +13,7 @@ The error policy lives here, once for every entry point:
 - any other permanent error that reaches here (a completion whose fields cannot be read, say) ->
   logged with its reason, acknowledged: a permanent error never becomes an HTTP 500;
 - a retryable error -> raised after every matching trigger had its turn (the platform redelivers;
-  triggers that already launched see a duplicate next time).
+  triggers that already launched see a duplicate next time, objects that joined a window find it).
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from typing import Any
 from handlers.backends import registry
 from handlers.backends.contract import BackendSpec, PushedStatus
 from handlers.core import logs
-from handlers.core.errors import EventError, EventTooOld, PermanentError
+from handlers.core.errors import EventError, EventTooOld, PermanentError, RetryableError
 from handlers.launch.runtime import Runtime
 from handlers.launch.service import LaunchService, Outcome
 from handlers.model import events
@@ -62,8 +62,23 @@ def carry_out(runtime: Runtime, plan: EventPlan, service: LaunchService | None =
             near_misses={d.trigger.name: list(d.match.reasons) for d in plan.decisions},
         )
         return []
+    service = service or LaunchService(runtime)
     launches = [d.launch for d in plan.matched if d.launch is not None]
-    return (service or LaunchService(runtime)).launch_all(launches)
+    windows = [d.window for d in plan.matched if d.window is not None]
+    if not windows:
+        return service.launch_all(launches)
+    from handlers.launch.windows import Windows  # only configs with batch: triggers need it
+
+    outcomes: list[Outcome] = []
+    pending: RetryableError | None = None
+    for act in (lambda: service.launch_all(launches), lambda: Windows(runtime, service).join_all(windows)):
+        try:
+            outcomes.extend(act())
+        except RetryableError as exc:  # each already gave every plan its turn: redeliver after both
+            pending = pending or exc
+    if pending is not None:
+        raise pending
+    return outcomes
 
 
 def handle_object(runtime: Runtime, event: events.ObjectEvent) -> list[Outcome]:
@@ -83,7 +98,9 @@ def handle_object_finalized(cloud_event: Any, runtime: Runtime) -> list[Outcome]
 
 def handle_message(cloud_event: Any, runtime: Runtime) -> list[Outcome]:
     """``on_message``: a Pub/Sub message; storage notifications count as finalize events, completion
-    events go to the completion triggers, a backend's pushed status completes its run."""
+    events go to the completion triggers, a backend's pushed status (a message a configured
+    backend's :class:`~handlers.backends.contract.StatusPush` recognises: Data Fusion's program status
+    events) completes its run."""
     try:
         return _handle_message(cloud_event, runtime)
     except PermanentError as exc:
@@ -98,6 +115,11 @@ def _handle_message(cloud_event: Any, runtime: Runtime) -> list[Outcome]:
         logs.error("malformed Pub/Sub event: acknowledged", **exc.context())
         return []
     with logs.bind(event_id=message.event_id):
+        spec = _recognising_backend(runtime, message)
+        if spec is not None and spec.push is not None:
+            # a backend's own status event (Data Fusion publishes to Pub/Sub): no trigger sees it
+            _pushed_status(runtime, spec, message.attributes, message.json, message.event_id)
+            return []
         try:
             plan = plan_message(runtime.config, message)
         except EventError as exc:
@@ -111,7 +133,21 @@ def _pushing_backend(runtime: Runtime, event_type: Any) -> BackendSpec | None:
     """The configured backend whose status events arrive as CloudEvents of ``event_type``."""
     for name in sorted({p.backend for p in runtime.config.pipelines.values()}):
         spec = registry.spec(name)
-        if spec.push is not None and spec.push.event_type == event_type:
+        if spec.push is not None and spec.push.event_type is not None and spec.push.event_type == event_type:
+            return spec
+    return None
+
+
+def _recognising_backend(runtime: Runtime, message: events.MessageEvent) -> BackendSpec | None:
+    """The configured backend whose status events arrive as Pub/Sub messages like this one."""
+    for name in sorted({p.backend for p in runtime.config.pipelines.values()}):
+        spec = registry.spec(name)
+        push = spec.push
+        if (
+            push is not None
+            and push.recognises is not None
+            and push.recognises(message.attributes, message.json)
+        ):
             return spec
     return None
 
@@ -122,8 +158,6 @@ def handle_job_status(cloud_event: Any, runtime: Runtime) -> str | None:
     The backend that declares the event's type parses it (:class:`~handlers.backends.contract.StatusPush`);
     only a run key this project could have written names a run: anything else, forged or foreign,
     is ignored with a log line."""
-    from handlers.follow.tracking import Tracker  # the sweep's module: loaded by the two functions using it
-
     attrs, data = events.cloud_event_parts(cloud_event)
     spec = _pushing_backend(runtime, attrs.get("type"))
     if spec is None or spec.push is None:
@@ -131,10 +165,21 @@ def handle_job_status(cloud_event: Any, runtime: Runtime) -> str | None:
             "status event of a type no configured backend pushes: acknowledged", event_type=attrs.get("type")
         )
         return None
+    return _pushed_status(runtime, spec, attrs, data, attrs.get("id"))
+
+
+def _pushed_status(runtime: Runtime, spec: BackendSpec, attrs: Any, data: Any, event_id: Any) -> str | None:
+    """Parse a backend's status event and check the run it names at once (the backend is asked:
+    the event itself only says which run to look at, so a forged one changes nothing)."""
+    from handlers.follow.tracking import Tracker  # the sweep's module: loaded by the functions using it
+
+    assert spec.push is not None
     try:
         pushed = spec.push.parse(attrs, data)
     except EventError as exc:
-        logs.error("malformed status event: acknowledged", event_id=attrs.get("id"), **exc.context())
+        logs.error(
+            "malformed status event: acknowledged", event_id=event_id, backend=spec.name, **exc.context()
+        )
         return None
     key = _run_key(pushed)
     if pushed is None or key is None:
@@ -144,7 +189,7 @@ def handle_job_status(cloud_event: Any, runtime: Runtime) -> str | None:
             backend=spec.name,
         )
         return None
-    with logs.bind(event_id=attrs.get("id"), run_key=str(key), job_id=pushed.job_id):
+    with logs.bind(event_id=event_id, run_key=str(key), job_id=pushed.job_id):
         logs.info("job status changed", backend_state=pushed.raw_state)
         return Tracker(runtime).check(str(key))
 

@@ -57,6 +57,7 @@ _KEEP = (
     "ended_at",
     "duration_seconds",
     "reason",
+    "window",  # present when the upstream run was a window's (a batch: trigger)
 )
 
 

@@ -12,6 +12,9 @@ subscribers can filter on::
 The ``id`` is deterministic per (run, terminal state): a republish after a crash carries the same id,
 so consumers can deduplicate. The schema is committed at ``handlers/schemas/run-completed.v1.json``.
 
+A run launched by a window (a ``batch:`` trigger) carries ``data.window``: its id, key, count, bytes,
+manifest URI, first and last event times and why it closed.
+
 A fan-in that can never complete publishes ``io.eventpipelines.join.abandoned.v1`` the same way.
 """
 
@@ -32,6 +35,7 @@ from handlers.model.completions import (
     SCHEMA_VERSION,
     completion_id,
 )
+from handlers.model.windows import window_of_summary
 
 
 def build_event(run: Run, project: str) -> dict[str, Any]:
@@ -57,7 +61,9 @@ def completion_data(run: Run) -> dict[str, Any]:
     job = run.job or {}
     started = from_iso(run.started_at or run.launched_at or run.created_at)
     ended = from_iso(run.ended_at)
-    duration = (ended - started).total_seconds() if started and ended else None
+    # never negative: a backend that reports whole seconds (CDAP) can end a sub-second run "before"
+    # the launch time the ledger recorded to the millisecond
+    duration = max(0.0, (ended - started).total_seconds()) if started and ended else None
     data = {
         "schema_version": SCHEMA_VERSION,
         "run_key": run.run_key,
@@ -84,6 +90,9 @@ def completion_data(run: Run) -> dict[str, Any]:
         "reason": (run.error or {}).get("message") if run.error else None,
         "attempts": run.attempts,
     }
+    window = window_of_summary(run.event)
+    if window is not None:
+        data["window"] = window
     return data
 
 

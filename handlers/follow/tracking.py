@@ -9,6 +9,9 @@ Two paths find out that a run ended, and they may race:
   costs one backend call and no ledger call; a change reads the record and writes it by CAS;
 - the **push path** (``on_job_status``, Eventarc's Dataflow ``statusChanged``) checks one run at once.
 
+With ``batch:`` triggers the sweep first closes the windows past ``max_wait`` and finishes every
+close a crash left half done (:meth:`handlers.launch.windows.Windows.sweep`).
+
 Either way :meth:`Tracker.finish` decides who announces the end with a compare-and-swap on the run
 record (``completion`` set once), publishes the completion event with a deterministic id, then marks
 it published and removes the active marker. A crash between the decision and the publish leaves the
@@ -34,6 +37,7 @@ from handlers.core.times import from_iso, iso, now
 from handlers.follow import completion
 from handlers.launch.ledger import Marker, Run, new_owner
 from handlers.launch.runtime import Runtime
+from handlers.launch.windows import Windows, WindowSweep
 from handlers.model.completions import completion_id
 from handlers.model.config import Pipeline
 
@@ -62,6 +66,7 @@ class SweepReport:
     republished: list[str] = field(default_factory=list)
     left_for_next: int = 0
     errors: dict[str, str] = field(default_factory=dict)
+    windows: WindowSweep | None = None  # batched triggers: what the sweep did to their windows
 
 
 class Tracker:
@@ -372,6 +377,8 @@ class Tracker:
     def sweep(self, *, budget_seconds: float = 45.0, workers: int = SWEEP_WORKERS) -> SweepReport:
         """Check every active run concurrently within ``budget_seconds``; the rest waits for the next sweep."""
         report = SweepReport()
+        if any(t.batch is not None for t in self.rt.config.triggers.values()):
+            report.windows = self._sweep_windows()
         active = self.rt.ledger.active()
         keys = [key for key, _ in active]
         markers = dict(active)
@@ -406,6 +413,15 @@ class Tracker:
             errors=len(report.errors),
         )
         return report
+
+    def _sweep_windows(self) -> WindowSweep:
+        """Windows past ``max_wait`` close, half-done closes finish (before the active runs are
+        listed, so a window launched now is followed from this sweep on)."""
+        try:
+            return Windows(self.rt).sweep()
+        except PipelineError as exc:  # listing the markers failed: the runs are still checked
+            logs.warning("could not sweep the windows; the next sweep tries again", **exc.context())
+            return WindowSweep(errors={"<list>": exc.message})
 
     def _check_quietly(self, key: str, marker: Marker | None, deadline: float) -> str | None:
         if time.monotonic() >= deadline:

@@ -64,6 +64,12 @@ class LaunchResult(enum.StrEnum):
     FAILED = "failed"  # no job: recorded LAUNCH_FAILED, or no identity (acknowledged)
 
 
+class WindowResult(enum.StrEnum):
+    """What one delivery did for a ``batch:`` trigger (events only: never an answer of POST /runs)."""
+
+    JOINED = "joined"  # the object is in a window, which launches once when it closes
+
+
 @dataclass(frozen=True)
 class Outcome:
     """What happened to one trigger's run for one delivery."""
@@ -71,9 +77,10 @@ class Outcome:
     trigger: str
     pipeline: str
     run_key: str | None
-    result: LaunchResult
+    result: LaunchResult | WindowResult
     job_id: str | None = None
     reason: str | None = None
+    window: str | None = None  # batch: the window id the object joined or that launched
 
 
 class LaunchService:

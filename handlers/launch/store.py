@@ -132,20 +132,18 @@ class GcsStore:
 
         return self._call(f"read {name}", get)
 
-    def _write(self, name: str, data: bytes, generation: int) -> int:
+    def _write(self, name: str, data: bytes, generation: int, content_type: str = "application/json") -> int:
         def put() -> int:
             try:
-                resource = self._upload(
-                    name, data, "application/json", None, ifGenerationMatch=str(generation)
-                )
+                resource = self._upload(name, data, content_type, None, ifGenerationMatch=str(generation))
             except NotFound as exc:  # the bucket is missing (a CAS on a deleted object answers 412)
                 raise BackendRejected(f"ledger bucket {self.bucket!r} not found", status=404) from exc
             return int(resource["generation"])
 
         return self._call(f"write {name}", put)
 
-    def create(self, name: str, data: bytes) -> int:
-        return self._write(name, data, 0)
+    def create(self, name: str, data: bytes, content_type: str = "application/json") -> int:
+        return self._write(name, data, 0, content_type)
 
     def replace(self, name: str, data: bytes, generation: int) -> int:
         return self._write(name, data, generation)

@@ -92,12 +92,17 @@ def upstream_lookup(data: Mapping[str, Any], prefix: str) -> Callable[[str], Any
         "end_time": parse_time(data.get("ended_at")),
     }
 
+    window = data.get("window") or {}
+
     def lookup(path: str) -> Any:
         if not path.startswith(prefix):
             raise KeyError(path)
         rest = path[len(prefix) :]
         if rest in simple:
             return simple[rest]
+        if rest.startswith("window.") and isinstance(window, Mapping):
+            value = window[rest[len("window.") :]]
+            return parse_time(value) if rest.endswith("_time") else value
         for section in ("parameters", "outputs", "event"):
             if rest.startswith(section + "."):
                 return (data.get(section) or {})[rest[len(section) + 1 :]]
@@ -128,7 +133,7 @@ def parse_completion(message: MessageEvent) -> Completion | None:
             raise EventError(f"completion event has no {required}", field=f"data.{required}")
         if not isinstance(data[required], str):
             raise EventError(f"completion event {required} is not text", field=f"data.{required}")
-    for nested in ("job", "parameters", "outputs", "event", "error"):
+    for nested in ("job", "parameters", "outputs", "event", "error", "window"):
         if data.get(nested) is not None and not isinstance(data[nested], Mapping):
             raise EventError(f"completion event {nested} is not an object", field=f"data.{nested}")
     when = parse_time(body.get("time")) or message.event_time

@@ -98,6 +98,26 @@ class CompletionMatch:
         return len(self.upstream) > 1
 
 
+MAX_WINDOW_ITEMS = 5000  # one window document holds its members: this bounds it (about 1.5 MB)
+
+
+@dataclass(frozen=True)
+class BatchSpec:
+    """``batch:`` on a storage trigger: matching objects join a window that launches once when full
+    (``max_items``, ``max_bytes``) or ``max_wait`` after its first object; ``key`` splits windows."""
+
+    max_items: int | None = None
+    max_bytes: int | None = None
+    max_wait_seconds: float | None = None
+    key: Template | None = None
+    manifest_bucket: str | None = None  # default: the ledger bucket
+    manifest_prefix: str | None = None  # default: <ledger prefix>manifests/
+
+    @property
+    def item_limit(self) -> int:
+        return min(self.max_items or MAX_WINDOW_ITEMS, MAX_WINDOW_ITEMS)
+
+
 class TriggerKind(enum.StrEnum):
     """What starts a trigger's runs."""
 
@@ -116,9 +136,13 @@ class Trigger:
     storage: StorageMatch | None = None
     pubsub: PubSubMatch | None = None
     completion: CompletionMatch | None = None
+    batch: BatchSpec | None = None
 
     @property
     def scope(self) -> str:
+        """The scope of the launch's placeholders (see :mod:`handlers.model.templates`)."""
+        if self.batch is not None:
+            return "window"
         if self.completion is not None and self.completion.is_fan_in:
             return "fanin"
         return self.kind
@@ -422,7 +446,48 @@ def _completion(raw: Any, where: str, problems: _Problems) -> CompletionMatch | 
     return CompletionMatch(upstream=tuple(str(u) for u in upstream), states=tuple(states), join_key=join_key)
 
 
-_TRIGGER_KEYS = {"pipeline", "parameters", "storage", "pubsub", "completion", "description"}
+_TRIGGER_KEYS = {"pipeline", "parameters", "storage", "pubsub", "completion", "description", "batch"}
+_BATCH_KEYS = {"max_items", "max_bytes", "max_wait", "key", "manifest_bucket", "manifest_prefix"}
+
+
+def _batch(raw: Any, where: str, problems: _Problems) -> BatchSpec | None:
+    spec = _as_map(raw, where, problems)
+    _unknown_keys(spec, _BATCH_KEYS, where, problems)
+    counts: dict[str, int | None] = {}
+    for name in ("max_items", "max_bytes"):
+        value = spec.get(name)
+        if value is None:
+            counts[name] = None
+        elif isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            problems.add(f"{where}.{name}", "must be a positive integer")
+            counts[name] = None
+        else:
+            counts[name] = value
+    if counts["max_items"] is not None and counts["max_items"] > MAX_WINDOW_ITEMS:
+        problems.add(f"{where}.max_items", f"at most {MAX_WINDOW_ITEMS} objects per window")
+    wait = _duration(spec, "max_wait", where, problems, None)
+    if not any(k in spec for k in ("max_items", "max_bytes", "max_wait")):
+        problems.add(where, "needs at least one of max_items, max_bytes, max_wait")
+    key = None
+    key_text = _text(spec.get("key"), f"{where}.key", problems)
+    if key_text is not None:
+        try:
+            key = Template.parse(key_text)
+        except ValueError as exc:
+            problems.add(f"{where}.key", str(exc))
+    prefix = _text(spec.get("manifest_prefix"), f"{where}.manifest_prefix", problems)
+    if prefix and not prefix.endswith("/"):
+        prefix += "/"
+    return BatchSpec(
+        max_items=counts["max_items"],
+        max_bytes=counts["max_bytes"],
+        max_wait_seconds=wait,
+        key=key,
+        manifest_bucket=_text(spec.get("manifest_bucket"), f"{where}.manifest_bucket", problems),
+        manifest_prefix=prefix,
+    )
+
+
 _PIPELINE_KEYS = {
     "backend",
     "project",
@@ -513,6 +578,12 @@ def _trigger(name: str, raw: Any, problems: _Problems) -> Trigger | None:
     if not pipeline or not isinstance(pipeline, str):
         problems.add(f"{where}.pipeline", "is required")
         return None
+    batch = None
+    if spec.get("batch") is not None:
+        if kind != "storage":
+            problems.add(f"{where}.batch", "windows batch object events: only storage triggers take batch:")
+        else:
+            batch = _batch(spec["batch"], f"{where}.batch", problems)
     return Trigger(
         name=name,
         kind=TriggerKind(kind),
@@ -521,6 +592,7 @@ def _trigger(name: str, raw: Any, problems: _Problems) -> Trigger | None:
         storage=_storage(spec[kind], f"{where}.storage", problems) if kind == "storage" else None,
         pubsub=_pubsub(spec[kind], f"{where}.pubsub", problems) if kind == "pubsub" else None,
         completion=_completion(spec[kind], f"{where}.completion", problems) if kind == "completion" else None,
+        batch=batch,
     )
 
 
@@ -614,6 +686,9 @@ def _check_placeholders(cfg: Config, problems: _Problems) -> None:
                 via=trig.name,
                 outputs=True,
             )
+        if trig.batch is not None and trig.batch.key is not None:
+            # The window key is rendered from each object event on its own.
+            _check_template(trig.batch.key, "storage", f"trigger '{trig.name}'.batch.key", problems)
         if trig.completion:
             for up in trig.completion.upstream:
                 if up not in cfg.pipelines:
@@ -664,6 +739,9 @@ def _check_template(
 def _check_cycles(cfg: Config, problems: _Problems) -> None:
     edges: dict[str, set[str]] = {}
     for trig in cfg.triggers.values():
+        if trig.batch is not None and trig.batch.key is not None:
+            # The window key is rendered from each object event on its own.
+            _check_template(trig.batch.key, "storage", f"trigger '{trig.name}'.batch.key", problems)
         if trig.completion:
             for up in trig.completion.upstream:
                 edges.setdefault(up, set()).add(trig.pipeline)

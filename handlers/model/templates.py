@@ -21,8 +21,13 @@ pubsub         ``topic``, ``message_id``, ``publish_time`` (time), ``ordering_ke
                ``attributes.KEY``
 completion     ``upstream.run_key|pipeline|state|backend|trigger|job_id|job_url|reason``,
                ``upstream.start_time`` / ``upstream.end_time`` (time), ``upstream.duration_seconds``,
-               ``upstream.parameters.NAME``, ``upstream.outputs.NAME``, ``upstream.event.KEY``;
+               ``upstream.parameters.NAME``, ``upstream.outputs.NAME``, ``upstream.event.KEY``,
+               ``upstream.window.<any batch field>`` (the upstream run launched a window);
                fan-in: ``join_key`` and ``upstreams.PIPELINE.<any upstream field above>``
+window         a storage trigger with ``batch:`` launches once per window of objects:
+               ``batch.manifest`` (gs:// URI of the manifest), ``batch.manifest_bucket``,
+               ``batch.manifest_name``, ``batch.count``, ``batch.bytes``, ``batch.id``, ``batch.key``,
+               ``batch.bucket``, ``batch.reason``, ``batch.first_time`` / ``batch.last_time`` (time)
 api            ``input.NAME`` (a parameter of the REST call)
 outputs        everything of the run's scope plus ``params.NAME`` (the rendered parameters)
 =============  ==================================================================================
@@ -66,8 +71,23 @@ UPSTREAM = frozenset(
 )
 UPSTREAM_TIMES = frozenset({"start_time", "end_time"})
 UPSTREAM_MAPS = ("parameters.", "outputs.", "event.")
+WINDOW = frozenset(
+    {
+        "batch.manifest",
+        "batch.manifest_bucket",
+        "batch.manifest_name",
+        "batch.count",
+        "batch.bytes",
+        "batch.id",
+        "batch.key",
+        "batch.bucket",
+        "batch.reason",
+    }
+)
+WINDOW_TIMES = frozenset({"batch.first_time", "batch.last_time"})
+UPSTREAM_WINDOW = frozenset({"window." + p[len("batch.") :] for p in WINDOW | WINDOW_TIMES})
 
-SCOPES = ("storage", "pubsub", "completion", "fanin", "api")
+SCOPES = ("storage", "pubsub", "completion", "fanin", "api", "window")
 
 _MISSING = object()
 
@@ -83,16 +103,18 @@ class Field:
 
 
 def _is_time(path: str) -> bool:
-    if path in COMMON_TIMES | STORAGE_TIMES | PUBSUB_TIMES:
+    if path in COMMON_TIMES | STORAGE_TIMES | PUBSUB_TIMES | WINDOW_TIMES:
         return True
     for prefix in ("upstream.", "upstreams."):
         if path.startswith(prefix):
-            return path.rsplit(".", 1)[-1] in UPSTREAM_TIMES
+            return path.rsplit(".", 1)[-1] in UPSTREAM_TIMES or path.endswith(
+                (".window.first_time", ".window.last_time")
+            )
     return False
 
 
 def _upstream_field_problem(rest: str) -> str | None:
-    if rest in UPSTREAM or rest in UPSTREAM_TIMES:
+    if rest in UPSTREAM or rest in UPSTREAM_TIMES or rest in UPSTREAM_WINDOW:
         return None
     for prefix in UPSTREAM_MAPS:
         if rest.startswith(prefix) and len(rest) > len(prefix):
@@ -132,6 +154,11 @@ def placeholder_problem(
     elif scope == "api":
         if path.startswith("input.") and len(path) > len("input."):
             return None
+    elif scope == "window":
+        if path in WINDOW or path in WINDOW_TIMES:
+            return None
+        if path in STORAGE or path in STORAGE_TIMES or path.startswith("metadata."):
+            return "a batched trigger launches once per window of objects: use {batch.*} (see batch:)"
     return f"not available for {scope} triggers"
 
 

@@ -10,10 +10,14 @@
                                ├─ its match, with the reasons of a near miss
                                ├─ plan_launch -> LaunchPlan: run key -> job name, labels ->
                                │                 rendered parameters and outputs (or why not)
-                               └─ plan_join   -> JoinPlan: the fan-in join key, wait or abandon
+                               ├─ plan_join   -> JoinPlan: the fan-in join key, wait or abandon
+                               └─ plan_window -> WindowPlan: a batched trigger's window key and
+                                                 the object's manifest line (the window, once
+                                                 closed, is launched by plan_launch of a WindowEvent)
 
 The functions (:mod:`handlers.entry.functions`) act on these plans: the launch service claims and
-launches a :class:`LaunchPlan`, the fan-in records a :class:`JoinPlan`'s arrival. ``explain`` and
+launches a :class:`LaunchPlan`, the fan-in records a :class:`JoinPlan`'s arrival, the windows
+(:mod:`handlers.launch.windows`) add a :class:`WindowPlan`'s object to its window. ``explain`` and
 every dry run render the very same plans, so what they show is what the live path does.
 Nothing here reads or writes the ledger or calls a backend.
 """
@@ -31,6 +35,7 @@ from handlers.core.times import age_seconds
 from handlers.model.completions import Completion, FanInEvent, is_completion_message, parse_completion
 from handlers.model.config import Config, Pipeline, Trigger
 from handlers.model.events import MessageEvent, ObjectEvent, object_event_from_notification
+from handlers.model.windows import Member
 from handlers.route.identity import RunKey, run_key_of
 from handlers.route.match import Match, match_completion, match_message, match_object
 from handlers.route.render import Rendered, render
@@ -44,6 +49,7 @@ class Action(enum.StrEnum):
     SKIP = "skip"  # the event has no identity for this trigger: acknowledged without a run
     WAIT = "wait"  # fan-in: record this upstream's arrival; launch once every upstream succeeded
     ABANDON = "abandon"  # fan-in: an upstream did not succeed: the join never launches
+    JOIN = "join"  # batch: the object joins the open window of its key (the window launches once)
 
 
 @dataclass(frozen=True)
@@ -131,6 +137,49 @@ def plan_join(config: Config, trigger: Trigger, comp: Completion) -> JoinPlan:
     return JoinPlan(trigger, comp, Action.WAIT, join_key=key, waiting_for=others, partial=partial)
 
 
+def window_key_for(config: Config, trigger: Trigger, event: ObjectEvent) -> str:
+    """The window key ``event`` brings to a batched ``trigger`` (``""``: one window at a time)."""
+    assert trigger.batch is not None
+    if trigger.batch.key is None:
+        return ""
+    pipeline = config.pipelines[trigger.pipeline]
+    common = {
+        "event_id": event.event_id,
+        "event_time": event.event_time,
+        "trigger": trigger.name,
+        "pipeline": trigger.pipeline,
+        "project": pipeline.project,
+        "region": pipeline.region,
+    }
+    scoped = event.lookup
+
+    def lookup(path: str) -> Any:
+        return common[path] if path in common else scoped(path)
+
+    return trigger.batch.key.render(lookup, name="batch.key")
+
+
+@dataclass(frozen=True)
+class WindowPlan:
+    """What one object does to a batched trigger: join the open window of its key."""
+
+    trigger: Trigger
+    event: ObjectEvent
+    action: Action  # JOIN, or SKIP when the key cannot be rendered from this object
+    key: str | None = None
+    member: Member | None = None
+    error: ParameterError | None = None
+
+
+def plan_window(config: Config, trigger: Trigger, event: ObjectEvent) -> WindowPlan:
+    try:
+        key = window_key_for(config, trigger, event)
+    except ParameterError as exc:
+        exc.trigger = trigger.name
+        return WindowPlan(trigger, event, Action.SKIP, error=exc)
+    return WindowPlan(trigger, event, Action.JOIN, key=key, member=Member.of(event))
+
+
 @dataclass(frozen=True)
 class TriggerDecision:
     """One trigger against one event: matched or why not, and what it would do."""
@@ -138,6 +187,7 @@ class TriggerDecision:
     match: Match
     launch: LaunchPlan | None = None
     join: JoinPlan | None = None
+    window: WindowPlan | None = None
 
     @property
     def trigger(self) -> Trigger:
@@ -145,6 +195,8 @@ class TriggerDecision:
 
     @property
     def action(self) -> Action | None:
+        if self.window is not None:
+            return self.window.action
         if self.join is not None:
             return self.join.action
         return self.launch.action if self.launch is not None else None
@@ -176,16 +228,20 @@ class EventPlan:
         """Decisions that would do something (launch, or record a fan-in arrival)."""
         if self.too_old or self.ignored or self.refused:
             return []
-        return [
-            d for d in self.matched if d.action in (Action.LAUNCH, Action.FAIL, Action.WAIT, Action.ABANDON)
-        ]
+        acts = (Action.LAUNCH, Action.FAIL, Action.WAIT, Action.ABANDON, Action.JOIN)
+        return [d for d in self.matched if d.action in acts]
+
+
+def _decide_one(config: Config, m: Match, event: Any) -> TriggerDecision:
+    if not m.matched:
+        return TriggerDecision(m)
+    if m.trigger.batch is not None and isinstance(event, ObjectEvent):
+        return TriggerDecision(m, window=plan_window(config, m.trigger, event))
+    return TriggerDecision(m, launch=plan_launch(config, m.trigger, event))
 
 
 def _decide(config: Config, matches: list[Match], event: Any) -> list[TriggerDecision]:
-    return [
-        TriggerDecision(m, launch=plan_launch(config, m.trigger, event)) if m.matched else TriggerDecision(m)
-        for m in matches
-    ]
+    return [_decide_one(config, m, event) for m in matches]
 
 
 def plan_object(config: Config, event: ObjectEvent, *, now: dt.datetime | None = None) -> EventPlan:

@@ -24,7 +24,14 @@ CDAP, the sources of ``cdapio/cdap``: ``BatchProgram``/``BatchProgramResult`` (c
                                                              is unknown (CDAP's issueStop), 404 for an
                                                              unknown app or program
   ``POST .../apps/{app}/{category}/{program}/runs/{run}/classify``  error classification of a FAILED run
+  ``PUT  .../apps/{app}`` body an ``AppRequest`` (an        200 ``Deploy Complete`` (a new app version);
+  exported pipeline: ``artifact``, ``config``)               404 unknown namespace or artifact, 400 bad config
+  ``GET  .../apps/{app}``                                    ``ApplicationDetail`` (``configuration``: JSON text)
   ========================================================  ================================================
+
+  PUT and GET follow ``AppLifecycleHttpHandler`` (cdap-app-fabric) and ``AppRequest`` /
+  ``ApplicationDetail`` (cdap-proto). ``PATCH /v1/.../instances/{i}?updateMask=eventPublishConfig``
+  sets the instance's ``eventPublishConfig {enabled, topic}`` and answers a done ``Operation``.
 
   ``category`` is ``workflows`` (batch pipelines: ``DataPipelineWorkflow``) or ``spark`` (streaming
   pipelines: ``DataStreamsSparkStreaming``). Errors are plain text (``text/plain``): 404 for an
@@ -47,6 +54,13 @@ Pipelines (CDAP apps) are registered with ``POST /_emulator/apps``, ``--apps FIL
                   "outcome": "COMPLETED" | "FAILED", "failure_message": "...", "failure_stage": "...",
                   "outcome_arg": null | "simulate.outcome", "stop_seconds": 1}}
 
+Pushed status: an instance with ``eventPublishConfig`` enabled publishes every run status change to
+its topic on the Pub/Sub emulator (``pubsub_emulator_host``, default ``$PUBSUB_EMULATOR_HOST``), one
+message each, its data CDAP's ``ProgramStatusEvent`` as ``ProgramStatusEventPublisher`` builds it
+(cdap-app-fabric ``internal/events``; cdap-event-reader-ext ``spi/events``) and Gson writes it, no
+attributes; a batch pipeline's inner Spark program (``phase-1``, ``workflowId`` = the workflow's run)
+reports its own status between the workflow's RUNNING and its end. ``GET /_emulator/events`` lists them; ``GET /_emulator/deploys`` lists the PUTs.
+
 ``outcome_arg`` names a runtime argument whose value (COMPLETED or FAILED) overrides the outcome of
 that one run. A FAILED run's ``failure_message`` is served by ``classify`` (the run record itself
 carries no error text, as in CDAP).
@@ -56,11 +70,13 @@ Control API (besides the common ``/_emulator/reset|requests|faults|clock``): ``G
 "state"?, "version"?, "type"?}``), ``GET|POST /_emulator/settings`` (``visible_after_seconds``,
 ``auto_instances``, ``require_auth``), ``GET /_emulator/runs`` (every run with its bookkeeping) and
 ``GET /_emulator/starts`` (every start item received, with the status it was answered). Reset forgets
-runs, starts, faults and requests; it keeps apps, instances, settings and the clock.
+runs, starts, deploys, events, faults and requests, and undoes PUT deploys and instance patches; it
+keeps registered apps and instances, settings and the clock.
 
 Fault operations: ``instances.get``, ``start`` (the whole batch start request), ``start.item`` (one
 item: its ``statusCode`` and ``error`` replace the result while HTTP stays 200), ``program.start``,
-``runs.get``, ``runs.list``, ``runs.stop``, ``runs.classify`` or ``*``. ``match`` keys: ``namespace``,
+``runs.get``, ``runs.list``, ``runs.stop``, ``runs.classify``, ``apps.deploy``, ``apps.get``,
+``instances.patch`` or ``*``. ``match`` keys: ``namespace``,
 ``app``, ``programType``, ``programId``, ``runId``, ``runtimeargs`` (a subset), ``instance``,
 ``project``, ``location``. ``after_effect: true`` starts the run (or stops it) and then answers the
 error: the lost-response case.
@@ -69,9 +85,14 @@ error: the lost-response case.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
+import os
+import queue
 import random
 import re
+import threading
+import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -231,12 +252,17 @@ def _outcome(value: Any) -> str | None:
 
 @dataclass(frozen=True)
 class App:
-    """A deployed pipeline: one CDAP application with the program its mode implies."""
+    """A deployed pipeline: one CDAP application with the program its mode implies.
+
+    ``deployed`` holds what ``PUT .../apps/{app}`` stored (``artifact``, ``config``, ``description``,
+    ``appVersion``); an app registered through the control API has none (``GET`` shows an empty
+    configuration for it)."""
 
     namespace: str
     app: str
     mode: str
     behavior: Behavior
+    deployed: Mapping[str, Any] | None = None
 
     @property
     def program(self) -> tuple[str, str]:
@@ -286,10 +312,11 @@ class Instance:
     state: str = "ACTIVE"
     version: str = "6.10.1"
     type: str = "BASIC"
+    event_publish_config: Mapping[str, Any] | None = None  # {"enabled": bool, "topic": "projects/P/topics/T"}
 
     @classmethod
     def from_json(cls, body: Mapping[str, Any]) -> Instance:
-        known = {"instance", "project", "location", "state", "version", "type"}
+        known = {"instance", "project", "location", "state", "version", "type", "eventPublishConfig"}
         reject_unknown_fields(body, known, "instance")
         name = body.get("instance")
         if not isinstance(name, str) or not name or "/" in name:
@@ -300,6 +327,7 @@ class Instance:
         kind = body.get("type", "BASIC")
         if kind not in ("BASIC", "ENTERPRISE", "DEVELOPER"):
             raise ValueError("instance 'type' must be BASIC, ENTERPRISE or DEVELOPER")
+        publish = body.get("eventPublishConfig")
         return cls(
             name=name,
             project=body.get("project"),
@@ -307,10 +335,11 @@ class Instance:
             state=state,
             version=str(body.get("version", "6.10.1")),
             type=kind,
+            event_publish_config=None if publish is None else event_publish_config(publish),
         )
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        body: dict[str, Any] = {
             "instance": self.name,
             "project": self.project,
             "location": self.location,
@@ -318,6 +347,33 @@ class Instance:
             "version": self.version,
             "type": self.type,
         }
+        if self.event_publish_config is not None:
+            body["eventPublishConfig"] = dict(self.event_publish_config)
+        return body
+
+    @property
+    def publish_topic(self) -> str | None:
+        """The topic its pipeline run events go to, when event publishing is enabled."""
+        config = self.event_publish_config or {}
+        return str(config["topic"]) if config.get("enabled") and config.get("topic") else None
+
+
+TOPIC_RE = re.compile(r"projects/[^/]+/topics/[A-Za-z][A-Za-z0-9._~+%-]{2,254}")
+
+
+def event_publish_config(body: Any) -> dict[str, Any]:
+    """An ``EventPublishConfig`` (datafusion v1: ``enabled`` required, ``topic`` required when
+    enabled, as ``projects/{project}/topics/{topic}``); raises ValueError naming the field."""
+    if not isinstance(body, Mapping):
+        raise ValueError("eventPublishConfig must be an object")
+    reject_unknown_fields(body, {"enabled", "topic"}, "eventPublishConfig")
+    enabled = body.get("enabled")
+    if not isinstance(enabled, bool):
+        raise ValueError("eventPublishConfig.enabled is required (true or false)")
+    topic = body.get("topic")
+    if not isinstance(topic, str) or not TOPIC_RE.fullmatch(topic):
+        raise ValueError("eventPublishConfig.topic is required: projects/{project_id}/topics/{topic_id}")
+    return {"enabled": enabled, "topic": topic}
 
 
 def load_instances(source: Any) -> list[Instance]:
@@ -356,6 +412,11 @@ def instance_json(
         "tenantProjectId": f"{instance.name[:20]}-tp",
         "dataprocServiceAccount": "000000000000-compute@developer.gserviceaccount.com",
         "satisfiesPzs": False,
+        **(
+            {"eventPublishConfig": dict(instance.event_publish_config)}
+            if instance.event_publish_config is not None
+            else {}
+        ),
     }
 
 
@@ -385,6 +446,12 @@ class Run:
     timeline: list[Entry] = field(default_factory=list)
     running_at: float | None = None
     stopping_at: float | None = None
+    published: int = 0  # timeline entries already announced as program status events
+    # A batch pipeline's workflow runs its stages as an inner Spark program, whose run reports its
+    # own status too (``workflowId`` = the workflow's run): its run id and timeline.
+    phase_id: str | None = None
+    phases: list[Entry] = field(default_factory=list)
+    phases_published: int = 0
 
     def entry_at(self, now: float) -> Entry:
         return entry_at(self.timeline, now)
@@ -441,12 +508,214 @@ def plan_run(run: Run) -> None:
     run.running_at = running_at
     run.timeline = [Entry(t0, "PENDING"), Entry(starting_at, "STARTING"), Entry(running_at, "RUNNING")]
     if run.app.mode == "batch":
-        run.timeline.append(Entry(running_at + float(behavior.run_seconds), run.outcome))
+        end = running_at + float(behavior.run_seconds)
+        run.timeline.append(Entry(end, run.outcome))
+        run.phase_id = str(uuid.uuid1(node=_UUID_NODE))
+        run.phases = [Entry(running_at, "STARTING"), Entry(running_at, "RUNNING"), Entry(end, run.outcome)]
 
 
 def run_id_string(run: Run) -> str:
     program_type = run.program_type
     return f"program_run:{run.app.namespace}.{run.app.app}.{APP_VERSION}.{program_type}.{run.program_id}.{run.runid}"
+
+
+# ============================================================================== deployed pipelines
+
+# The pipeline artifacts a Data Fusion instance carries (scope SYSTEM), and the mode each implies.
+ARTIFACT_MODES = {"cdap-data-pipeline": "batch", "cdap-data-streams": "streaming"}
+VERSION_RE = re.compile(r"\d+\.\d+\.\d+(-SNAPSHOT)?")
+DEFAULT_DESCRIPTION = "Data Pipeline Application"
+
+
+def parse_app_request(raw: bytes) -> dict[str, Any]:
+    """The body of ``PUT .../apps/{app}``: an ``AppRequest`` (cdap-proto ``io.cdap.cdap.proto.artifact.
+    AppRequest``: ``artifact {name, version, scope}``, ``config``, ``principal``, ``change``, ...),
+    which is what a pipeline exported from Data Fusion is. Gson ignores the fields it does not know
+    (an export's ``name`` and ``description``). Raises :class:`CdapError` as CDAP answers."""
+    try:
+        body = json.loads(raw) if raw.strip() else None
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        # AppLifecycleHttpHandler.deployAppFromArtifact: a Gson failure is a 400 with its message
+        raise CdapError(400, f"com.google.gson.JsonSyntaxException: {exc}") from exc
+    if not isinstance(body, dict):
+        raise CdapError(400, "Request body is invalid json: expected an AppRequest object")
+    artifact = body.get("artifact")
+    if not isinstance(artifact, dict):
+        raise CdapError(400, "Artifact must be provided in the request body.")
+    name, version, scope = artifact.get("name"), artifact.get("version"), artifact.get("scope", "USER")
+    if not isinstance(name, str) or not isinstance(version, str) or not VERSION_RE.fullmatch(version):
+        raise CdapError(400, "Artifact name and a version like 6.10.1 must be given.")
+    if not isinstance(scope, str) or scope.upper() not in ("SYSTEM", "USER"):
+        raise CdapError(400, f"Invalid scope '{scope}'. Must be 'system' or 'user'.")
+    if name not in ARTIFACT_MODES or scope.upper() != "SYSTEM":
+        # ArtifactNotFoundException -> 404 with its message
+        raise CdapError(404, f"Artifact '{scope.lower()}:{name}:{version}' was not found.")
+    config = body.get("config")
+    if not isinstance(config, dict):
+        raise CdapError(400, "Invalid pipeline config: 'config' must be an object.")
+    stages = config.get("stages")
+    if not isinstance(stages, list) or not stages:
+        raise CdapError(400, "Invalid pipeline config: there must be at least one stage.")
+    names = [stage.get("name") if isinstance(stage, dict) else None for stage in stages]
+    if not all(isinstance(n, str) and n for n in names):
+        raise CdapError(400, "Invalid pipeline config: every stage needs a name.")
+    if len(set(names)) != len(names):
+        raise CdapError(400, "Invalid pipeline config: stage names must be unique.")
+    return {
+        "artifact": {"name": name, "version": version, "scope": scope.upper()},
+        "config": config,
+        "description": str(config.get("description") or body.get("description") or DEFAULT_DESCRIPTION),
+    }
+
+
+def application_detail(app: App) -> dict[str, Any]:
+    """``GET .../apps/{app}``: CDAP's ``ApplicationDetail`` (cdap-proto ``io.cdap.cdap.proto.
+    ApplicationDetail``): ``configuration`` is the config as JSON *text*."""
+    program_type, program_id = app.program
+    deployed = app.deployed or {}
+    artifact = deployed.get("artifact") or {
+        "name": "cdap-data-streams" if app.mode == "streaming" else "cdap-data-pipeline",
+        "version": "6.10.1",
+        "scope": "SYSTEM",
+    }
+    config = deployed.get("config")
+    return {
+        "name": app.app,
+        "appVersion": deployed.get("appVersion", APP_VERSION),
+        "description": deployed.get("description", DEFAULT_DESCRIPTION),
+        "configuration": json.dumps(config, separators=(",", ":")) if config is not None else "",
+        "datasets": [],
+        "programs": [
+            {
+                "type": PROGRAM_TYPES[program_type][0],
+                "app": app.app,
+                "name": program_id,
+                "description": "",
+            }
+        ],
+        "plugins": [],
+        "artifact": dict(artifact),
+    }
+
+
+# ============================================================================== status events
+
+
+PHASE_PROGRAM = "phase-1"  # the Spark program a batch pipeline's workflow runs its stages in
+
+
+def program_status_event(
+    run: Run, entry: Entry, instance: Instance, project: str, publish_ms: int, *, phase: bool = False
+) -> dict[str, Any]:
+    """What Data Fusion's Pub/Sub event writer publishes for one status change: Gson of CDAP's
+    ``ProgramStatusEvent`` (cdap-event-reader-ext ``io.cdap.cdap.spi.events``), built by
+    ``ProgramStatusEventPublisher`` (cdap-app-fabric ``internal/events``): null fields left out;
+    ``eventTime`` is the run id's time (``RunIds.getTime``), i.e. when the run was created, in ms;
+    an end state carries ``error`` (the program's error, FAILED) or ``pipelineMetrics``. ``phase``:
+    the event of the workflow's inner program, whose ``workflowId`` (the system argument
+    ``workflowRunId``) is the workflow's run id."""
+    system_args = {
+        "logical.start.time": str(int(run.created * 1000)),
+        "system.profile.name": "SYSTEM:dataproc",
+    }
+    if phase:
+        system_args["workflowRunId"] = run.runid
+    details: dict[str, Any] = {
+        "runID": run.phase_id if phase else run.runid,
+        "programName": PHASE_PROGRAM if phase else run.program_id,
+        "applicationName": run.app.app,
+        "namespace": run.app.namespace,
+        "status": entry.status,
+        "eventTime": int(run.created * 1000),
+        "userArgs": dict(run.runtime_args),
+        "systemArgs": system_args,
+        "workflowId": run.runid if phase else "",
+        "startMetadata": {"type": "MANUAL"},
+    }
+    if entry.status == "FAILED":
+        details["error"] = json.dumps(
+            {
+                "className": "java.lang.Exception",
+                "message": run.app.behavior.failure_message,
+                "stackTraces": [],
+            },
+            separators=(",", ":"),
+        )
+    elif entry.status in TERMINAL:
+        details["pipelineMetrics"] = []
+    return {
+        "publishTime": publish_ms,
+        "version": "v1",
+        "instanceName": instance.name,
+        "projectName": project,
+        "programStatusEventDetails": details,
+    }
+
+
+class EventPublisher:
+    """Publishes program status events to the Pub/Sub emulator from one background worker, in order,
+    as Data Fusion's ``PubSubEventWriter`` does (JSON data, no attributes). Every event is kept, with
+    whether it reached the emulator, for ``GET /_emulator/events``."""
+
+    def __init__(self, host: str | None) -> None:
+        self.host = host
+        self._lock = threading.Lock()
+        self._records: list[dict[str, Any]] = []
+        self._generation = 0
+        self._queue: queue.Queue[tuple[int, dict[str, Any]] | None] = queue.Queue()
+        self._thread = threading.Thread(target=self._work, name="cdap-event-publisher", daemon=True)
+        self._thread.start()
+
+    def publish(self, topic: str, event: Mapping[str, Any]) -> None:
+        record: dict[str, Any] = {
+            "topic": topic,
+            "event": dict(event),
+            "published": False,
+            "message_id": None,
+            "error": None if self.host else "no Pub/Sub emulator host configured",
+        }
+        with self._lock:
+            self._records.append(record)
+            generation = self._generation
+        if self.host:
+            self._queue.put((generation, record))
+
+    def records(self) -> list[dict[str, Any]]:
+        with self._lock:
+            return [dict(record) for record in self._records]
+
+    def clear(self) -> None:
+        with self._lock:
+            self._records.clear()
+            self._generation += 1
+
+    def close(self) -> None:
+        self._queue.put(None)
+
+    def _work(self) -> None:
+        while (item := self._queue.get()) is not None:
+            generation, record = item
+            with self._lock:
+                if generation != self._generation:
+                    continue
+            self._deliver(record)
+
+    def _deliver(self, record: dict[str, Any]) -> None:
+        from local.services import publish  # the Pub/Sub client: imported by the publishing thread only
+
+        _, project, _, topic = str(record["topic"]).split("/", 3)
+        data = json.dumps(record["event"], separators=(",", ":"))
+        for attempt in range(4):
+            try:
+                message_id = publish(project, topic, data, emulator_host=self.host)
+            except Exception as exc:  # recorded for the control API; the next attempt may succeed
+                with self._lock:
+                    record["error"] = f"{type(exc).__name__}: {exc}"
+                time.sleep(0.1 * 2**attempt)
+                continue
+            with self._lock:
+                record.update(published=True, message_id=message_id, error=None)
+            return
 
 
 # ============================================================================== state
@@ -464,40 +733,120 @@ class CdapState(EmulatorState):
         visible_after_seconds: float = 0.0,
         require_auth: bool = True,
         speed: float = 1.0,
+        pubsub_emulator_host: str | None = None,
+        tick_interval: float = 0.1,
     ) -> None:
         super().__init__(speed=speed)
         self.apps: dict[tuple[str, str], App] = {(a.namespace, a.app): a for a in apps}
         self.namespaces: set[str] = {"default"} | {a.namespace for a in apps}
         self.instances: dict[str, Instance] = {i.name: i for i in instances}
+        # what the control API registered: a reset goes back to it (undoing PUT deploys and PATCHes)
+        self.registered_apps = dict(self.apps)
+        self.registered_instances = dict(self.instances)
         self.instance_created = self.clock.now()
         self.auto_instances = auto_instances
         self.visible_after_seconds = float(visible_after_seconds)
         self.require_auth = require_auth
         self.runs: dict[str, Run] = {}
         self.starts: list[dict[str, Any]] = []
+        self.deploys: list[dict[str, Any]] = []  # every PUT .../apps/{app} received and its answer
+        self.deploy_behavior = Behavior()  # how the runs of an app first deployed by PUT behave
         self._seq = 0
+        self.publisher = EventPublisher(pubsub_emulator_host or os.environ.get("PUBSUB_EMULATOR_HOST"))
+        self._stop = threading.Event()
+        self._tick_lock = threading.Lock()
+        self._ticker = threading.Thread(target=self._tick_loop, args=(tick_interval,), daemon=True)
+        self._ticker.start()
 
     def reset(self) -> None:
         with self.lock:
             super().reset()
             self.runs.clear()
             self.starts.clear()
+            self.deploys.clear()
+            self.publisher.clear()
+            self.apps.clear()
+            self.apps.update(self.registered_apps)
+            self.instances.clear()
+            self.instances.update(self.registered_instances)
+
+    def close(self) -> None:
+        self._stop.set()
+        self.publisher.close()
+
+    def after_clock_change(self) -> None:
+        self.tick()
 
     def settings(self) -> dict[str, Any]:
         return {
             "visible_after_seconds": self.visible_after_seconds,
             "auto_instances": self.auto_instances,
             "require_auth": self.require_auth,
+            "pubsub_emulator_host": self.publisher.host,
+            "deploy_behavior": self.deploy_behavior.to_json(),
         }
+
+    # -- status events -----------------------------------------------------------------------------
+    def _tick_loop(self, interval: float) -> None:
+        while not self._stop.wait(interval):
+            self.tick()
+
+    def tick(self) -> None:
+        """Announce every run status the clock has reached to each instance publishing events (one
+        CDAP API plays every instance here, so each enabled instance announces every run)."""
+        with self._tick_lock, self.lock:
+            now = self.clock.now()
+            topics = [(i, i.publish_topic) for i in self.instances.values() if i.publish_topic]
+            for run in sorted(self.runs.values(), key=lambda r: r.seq):
+                due: list[tuple[float, int, bool, Entry]] = []
+                while run.published < len(run.timeline) and run.timeline[run.published].at <= now:
+                    entry = run.timeline[run.published]
+                    due.append((entry.at, 2 if entry.status in TERMINAL else 0, False, entry))
+                    run.published += 1
+                while run.phases_published < len(run.phases) and run.phases[run.phases_published].at <= now:
+                    entry = run.phases[run.phases_published]
+                    due.append((entry.at, 1, True, entry))
+                    run.phases_published += 1
+                # the workflow starts before its inner program and ends after it
+                for _, _, phase, entry in sorted(due, key=lambda d: (d[0], d[1])):
+                    for instance, topic in topics:
+                        project = instance.project or str(topic).split("/")[1]
+                        event = program_status_event(
+                            run, entry, instance, project, int(now * 1000), phase=phase
+                        )
+                        self.publisher.publish(str(topic), event)
+
+    # -- deployed pipelines ------------------------------------------------------------------------
+    def deploy_app(self, namespace: str, name: str, request_body: Mapping[str, Any]) -> App:
+        """Create the app or replace its definition: a new app version each time, as CDAP's PUT."""
+        mode = ARTIFACT_MODES[request_body["artifact"]["name"]]
+        with self.lock:
+            if namespace not in self.namespaces:
+                raise CdapError(404, f"'namespace:{namespace}' was not found.")
+            before = self.apps.get((namespace, name))
+            behavior = before.behavior if before is not None else self.deploy_behavior
+            deployed = {**request_body, "appVersion": str(uuid.uuid1(node=_UUID_NODE))}
+            app = App(namespace, name, mode, behavior, deployed)
+            self.apps[(namespace, name)] = app
+            return app
+
+    def patch_instance(self, name: str, changes: Mapping[str, Any]) -> Instance:
+        with self.lock:
+            current = self.instances.get(name) or Instance(name=name)  # an auto instance: any project
+            updated = dataclasses.replace(current, **changes)
+            self.instances[name] = updated
+            return updated
 
     def register_app(self, app: App) -> None:
         with self.lock:
             self.apps[(app.namespace, app.app)] = app
+            self.registered_apps[(app.namespace, app.app)] = app
             self.namespaces.add(app.namespace)
 
     def register_instance(self, instance: Instance) -> None:
         with self.lock:
             self.instances[instance.name] = instance
+            self.registered_instances[instance.name] = instance
 
     # -- lookups (raise CdapError) ------------------------------------------------------------------
     def find_app(self, namespace: str, app_name: str) -> App:
@@ -572,14 +921,18 @@ class CdapState(EmulatorState):
             if status == "STOPPING":
                 return
             run.timeline = [e for e in run.timeline if e.at <= now]
+            run.phases = [e for e in run.phases if e.at <= now]
             run.stopping_at = now
             if run.running_at is not None and run.running_at > now:
                 run.running_at = None
             if status == "PENDING":
                 run.timeline.append(Entry(now, "KILLED"))
                 return
+            killed = now + float(run.app.behavior.stop_seconds)
             run.timeline.append(Entry(now, "STOPPING"))
-            run.timeline.append(Entry(now + float(run.app.behavior.stop_seconds), "KILLED"))
+            run.timeline.append(Entry(killed, "KILLED"))
+            if run.phases:  # the inner program was started: it is killed with its workflow
+                run.phases.append(Entry(killed, "KILLED"))
 
 
 # ============================================================================== HTTP layer
@@ -939,10 +1292,138 @@ def _get_instance(project: str, location: str, name: str) -> Response:
     return state.faults.run("instances.get", attrs, action, fault)
 
 
+def _deploy_app(namespace: str, app_name: str) -> Response:
+    state = _state()
+    raw = request.get_data(cache=True)
+
+    def action() -> Response:
+        if not APP_RE.fullmatch(app_name):
+            raise CdapError(400, f"Invalid app name '{app_name}'")
+        if not NAMESPACE_RE.fullmatch(namespace):
+            raise CdapError(400, f"Invalid namespace '{namespace}'")
+        body = parse_app_request(raw)
+        state.deploy_app(namespace, app_name, body)
+        return text_response(200, "Deploy Complete")
+
+    response = _cdap("apps.deploy", {"namespace": namespace, "app": app_name}, action)
+    with state.lock:
+        state.deploys.append(
+            {
+                "namespace": namespace,
+                "app": app_name,
+                "status": response.status_code,
+                "answer": response.get_data(as_text=True)[:500],
+                "body": _json_or_text(raw),
+            }
+        )
+    return response
+
+
+def _json_or_text(raw: bytes) -> Any:
+    try:
+        return json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        return raw.decode("utf-8", errors="replace")[:500]
+
+
+def _get_app(namespace: str, app_name: str) -> Response:
+    def action() -> Response:
+        state = _state()
+        with state.lock:
+            if namespace not in state.namespaces:
+                raise CdapError(404, f"Namespace '{namespace}' was not found.")
+            app = state.apps.get((namespace, app_name))
+            if app is None:
+                # ApplicationNotFoundException (cdap-common)
+                raise CdapError(404, f"Application '{app_name}' was not found.")
+            return jsonify(application_detail(app))
+
+    return _cdap("apps.get", {"namespace": namespace, "app": app_name}, action)
+
+
+def _patch_instance(project: str, location: str, name: str) -> Response:
+    """``instances.patch``: only the fields named by ``updateMask`` change (without a mask, only
+    ``labels``); answers a finished long-running ``Operation`` whose response is the instance."""
+    state = _state()
+    if state.require_auth and not _has_bearer():
+        return google_error(401, "Request is missing required authentication credential.")
+
+    def action() -> Response:
+        with state.lock:
+            known = state.instances.get(name)
+            exists = known is not None or state.auto_instances
+        if not exists:
+            return google_error(
+                404, f"Resource 'projects/{project}/locations/{location}/instances/{name}' was not found"
+            )
+        try:
+            body = json_body()
+        except ValueError as exc:
+            return google_error(400, f"Invalid JSON payload received. {exc}", "INVALID_ARGUMENT")
+        if not isinstance(body, dict):
+            return google_error(
+                400, "Invalid JSON payload received: expected an Instance", "INVALID_ARGUMENT"
+            )
+        mask = [m.strip() for m in (request.args.get("updateMask") or "labels").split(",") if m.strip()]
+        changes: dict[str, Any] = {}
+        for path in mask:
+            if path in ("eventPublishConfig", "event_publish_config"):
+                raw = body.get("eventPublishConfig", body.get("event_publish_config"))
+                try:
+                    changes["event_publish_config"] = None if raw is None else event_publish_config(raw)
+                except ValueError as exc:
+                    return google_error(400, str(exc), "INVALID_ARGUMENT")
+            elif path != "labels":
+                return google_error(
+                    400, f"updateMask path '{path}' is not supported by this emulator", "INVALID_ARGUMENT"
+                )
+        instance = state.patch_instance(name, changes)
+        root = request.url_root.rstrip("/")
+        return jsonify(
+            {
+                "name": f"projects/{project}/locations/{location}/operations/operation-{uuid.uuid4().hex}",
+                "metadata": {
+                    "@type": "type.googleapis.com/google.cloud.datafusion.v1.OperationMetadata",
+                    "createTime": rfc3339(state.clock.now()),
+                    "endTime": rfc3339(state.clock.now()),
+                    "target": f"projects/{project}/locations/{location}/instances/{name}",
+                    "verb": "update",
+                    "apiVersion": "v1",
+                },
+                "done": True,
+                "response": {
+                    "@type": "type.googleapis.com/google.cloud.datafusion.v1.Instance",
+                    **instance_json(instance, project, location, root, state.instance_created),
+                },
+            }
+        )
+
+    def fault(rule: FaultRule) -> Response:
+        return google_error(
+            rule.status or 500, rule.message or FAULT_TEXT.get(rule.status or 500, "Injected fault.")
+        )
+
+    return state.faults.run(
+        "instances.patch", {"project": project, "location": location, "instance": name}, action, fault
+    )
+
+
 def _register_protocol_routes(app: Flask) -> None:
     @app.get(INSTANCE_PATH)
     def instances_get(project: str, location: str, instance: str) -> Response:
         return _get_instance(project, location, instance)
+
+    @app.patch(INSTANCE_PATH)
+    def instances_patch(project: str, location: str, instance: str) -> Response:
+        return _patch_instance(project, location, instance)
+
+    @app.put(f"{CDAP_PREFIX}/apps/<app>")
+    def apps_deploy(namespace: str, app: str) -> Response:
+        return _deploy_app(namespace, app)
+
+    @app.get(f"{CDAP_PREFIX}/apps/<app>")
+    def apps_get(namespace: str, app: str) -> Response:
+        return _get_app(namespace, app)
 
     @app.post(f"{CDAP_PREFIX}/start")
     def batch_start(namespace: str) -> Response:
@@ -1016,13 +1497,32 @@ def _register_control_routes(app: Flask, state: CdapState) -> None:
                 for flag in ("auto_instances", "require_auth"):
                     if not isinstance(body.get(flag, False), bool):
                         raise ValueError(f"{flag} must be true or false")
+                host = body.get("pubsub_emulator_host", state.publisher.host)
+                if host is not None and not isinstance(host, str):
+                    raise ValueError("pubsub_emulator_host must be host:port")
+                deploy_behavior = (
+                    Behavior.from_json(body["deploy_behavior"]) if "deploy_behavior" in body else None
+                )
             except ValueError as exc:
                 return control_error(str(exc))
             with state.lock:
                 state.visible_after_seconds = float(visible)
                 state.auto_instances = bool(body.get("auto_instances", state.auto_instances))
                 state.require_auth = bool(body.get("require_auth", state.require_auth))
+                state.publisher.host = host or None
+                if deploy_behavior is not None:
+                    state.deploy_behavior = deploy_behavior
         return jsonify(state.settings())
+
+    @app.get("/_emulator/events")
+    def events() -> Response:
+        """Every program status event published (``topic``, ``event``, ``published``, ``error``)."""
+        return jsonify({"events": state.publisher.records()})
+
+    @app.get("/_emulator/deploys")
+    def deploys() -> Response:
+        with state.lock:
+            return jsonify({"deploys": [dict(d) for d in state.deploys]})
 
     @app.get("/_emulator/runs")
     def runs_private() -> Response:
@@ -1045,8 +1545,11 @@ def create_app(
     visible_after_seconds: float = 0.0,
     require_auth: bool = True,
     speed: float = 1.0,
+    pubsub_emulator_host: str | None = None,
 ) -> Flask:
-    """Build the emulator app; its :class:`CdapState` is ``app.extensions["emulator_state"]``."""
+    """Build the emulator app; its :class:`CdapState` is ``app.extensions["emulator_state"]``.
+    ``pubsub_emulator_host`` (default ``$PUBSUB_EMULATOR_HOST``): where instances with event
+    publishing enabled publish their program status events."""
     state = CdapState(
         apps=load_apps(apps) if apps is not None else (),
         instances=load_instances(instances) if instances is not None else (),
@@ -1054,6 +1557,7 @@ def create_app(
         visible_after_seconds=visible_after_seconds,
         require_auth=require_auth,
         speed=speed,
+        pubsub_emulator_host=pubsub_emulator_host,
     )
     app = emulator_app("cdap_emulator", state, _register_protocol_routes, _register_control_routes)
     install_google_tokens(
@@ -1083,6 +1587,11 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="accept calls without an Authorization header (clients with anonymous credentials)",
     )
+    parser.add_argument(
+        "--pubsub-emulator-host",
+        default=None,
+        help="host:port of the Pub/Sub emulator status events go to (default: $PUBSUB_EMULATOR_HOST)",
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -1096,6 +1605,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             visible_after_seconds=args.visible_after,
             require_auth=not args.no_require_auth,
             speed=args.speed,
+            pubsub_emulator_host=args.pubsub_emulator_host,
         ),
         _add_arguments,
     )

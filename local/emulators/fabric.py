@@ -12,9 +12,17 @@ Fabric (every call needs ``Authorization: Bearer <token issued below>``; prefix 
     GET  .../items/{item}/jobs/instances[?continuationToken] ItemJobInstances, newest first, paginated
     GET  .../items/{item}/jobs/instances/{id}                ItemJobInstance
     POST .../items/{item}/jobs/instances/{id}/cancel          202; a finished instance: 400 JobAlreadyCompleted
+    POST .../{dataPipelines|notebooks}/{item}/jobs/execute/instances   the item-type forms (Pipeline, RunNotebook)
+    POST .../dataflows/{item}/jobs/applyChanges/instances    publish the dataflow's latest definition
 
-Request bodies are validated against schema fragments copied from Microsoft's OpenAPI specs into
-``local/emulators/fabric_schemas.json``; an unknown or invalid field answers 400 ``InvalidRequest``.
+Workspaces, items, definitions, long-running operations and a dataflow's parameters are served by
+:mod:`local.emulators.fabric_items` (its docstring lists them). On the generic item path a
+dataflow's Execute runs with its default parameters: the spec documents ``executionData.parameters``
+only on the dataflow path.
+
+Request and response bodies are validated against ``local/emulators/fabric_schemas.json``, generated
+from Microsoft's OpenAPI specs by :mod:`local.emulators.fabric_spec` (it names the spec commit); an
+unknown or invalid request field answers 400 ``InvalidRequest``.
 Errors are Fabric's ErrorResponse JSON ``{"requestId", "errorCode", "message", "isRetriable"
 [, "moreDetails"]}``. Missing/unknown token: 401 ``Unauthorized``; expired: 401 ``TokenExpired``.
 An app-only (service principal) token running a Dataflow's Execute job: 403
@@ -52,7 +60,10 @@ Reset forgets instances, faults and recorded requests; items, clients, tokens, s
 clock stay. Fault operations: ``jobs.run``, ``jobs.get``, ``jobs.list``, ``jobs.cancel``, ``token``
 or ``*``; ``match`` keys: ``workspace``, ``item``, ``jobType``, ``instanceId``, ``parameters``
 (subset), ``tenant``, ``client_id``, ``grant_type``. Fabric faults answer ErrorResponse JSON
-(``isRetriable`` true for 429 and 5xx), token faults Entra's ``{"error", "error_description"}``.
+(``isRetriable`` true for 429 and 5xx), token faults Entra's ``{"error", "error_description"}`` (a
+fault ``message`` of the form ``"<error>: <description>"`` sets the error code, e.g.
+``"temporarily_unavailable: AADSTS50196: ..."`` with status 400, as Entra sends it). The refresh-token
+grant returns a new refresh token only when the scope includes ``offline_access``, as Entra does.
 """
 
 from __future__ import annotations
@@ -73,6 +84,7 @@ from urllib.parse import parse_qsl, quote
 import jsonschema
 from flask import Flask, Response, current_app, jsonify, request
 
+from handlers.backends.fabric import mashup as fabric_mashup
 from local.emulators.base import (
     EmulatorState,
     FaultRule,
@@ -100,11 +112,18 @@ FABRIC_SCOPE = "https://api.fabric.microsoft.com/.default"
 API_PREFIX = "/v1/workspaces/<workspace>"
 
 ITEM_JOB_TYPES: Mapping[str, tuple[str, ...]] = {
-    "Dataflow": ("Execute",),
+    "Dataflow": ("Execute", "ApplyChanges"),
     "DataPipeline": ("Pipeline",),
     "Notebook": ("RunNotebook",),
 }
-JOB_TYPE_ALIASES = {"execute": "Execute", "refresh": "Execute"}  # Refresh is Fabric's alias for Execute
+JOB_TYPE_ALIASES = {"execute": "Execute", "refresh": "Execute", "applychanges": "ApplyChanges"}
+# The item-type paths' execute job, and the request body definition of each run path.
+COLLECTION_TYPES = {"dataflows": "Dataflow", "dataPipelines": "DataPipeline", "notebooks": "Notebook"}
+EXECUTE_JOB = {"dataflows": "Execute", "dataPipelines": "Pipeline", "notebooks": "RunNotebook"}
+RUN_REQUESTS = {
+    "dataflows": "RunOnDemandDataflowExecuteJobRequest",
+    "notebooks": "RunNotebookRequest",
+}  # Refresh is Fabric's alias for Execute
 OUTCOMES = ("Completed", "Failed")
 ACTIVE = frozenset({"NotStarted", "InProgress"})
 GUID_RE = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
@@ -223,9 +242,16 @@ class SchemaBook:
                 found = self._validators[definition] = jsonschema.Draft7Validator(schema)
             return found
 
-    def request_definition(self, job_type: str) -> str:
-        requests_map: Mapping[str, str] = self.document["requests"]
-        return requests_map.get(job_type, requests_map["*"])
+    def request_definition(self, collection: str) -> str:
+        """The run-on-demand body's definition for the path it was posted to."""
+        return RUN_REQUESTS.get(collection, "RunOnDemandItemJobRequest")
+
+    def check_response(self, value: Any, definition: str) -> Any:
+        """``value`` when it matches ``definition``; an emulator bug (500) otherwise."""
+        problems = self.problems(value, definition)
+        if problems:
+            raise FabricError(500, "EmulatorResponseInvalid", f"{definition}: " + "; ".join(problems[:3]))
+        return value
 
     def problems(self, value: Any, definition: str) -> list[str]:
         """Every violation as ``at 'path': message`` (path ``executionData.parameters[0].type``)."""
@@ -290,6 +316,20 @@ class Item:
     type: str
     display_name: str
     behavior: Behavior
+    description: str = ""
+    definition: dict[str, bytes] | None = None  # path -> bytes; None: never given one
+    version: int = 0  # bumped by each definition update
+    applied_version: int = 0  # the version an ApplyChanges (or ApplyChangesIfNeeded) published
+
+    def public_json(self) -> dict[str, Any]:
+        """The Item view of the REST API."""
+        return {
+            "id": self.item,
+            "type": self.type,
+            "displayName": self.display_name,
+            "description": self.description,
+            "workspaceId": self.workspace,
+        }
 
     @classmethod
     def from_json(cls, raw: Mapping[str, Any]) -> Item:
@@ -316,6 +356,9 @@ class Item:
             "type": self.type,
             "displayName": self.display_name,
             "behavior": asdict(self.behavior),
+            "definitionParts": sorted(self.definition or {}),
+            "version": self.version,
+            "appliedVersion": self.applied_version,
         }
 
 
@@ -392,6 +435,7 @@ class Instance:
     app_only: bool
     deduped: bool = False
     cancel_at: float | None = None
+    definition_version: int = 0  # the item's applied definition version this run executes
     root_activity_id: str = field(default_factory=lambda: str(uuid.uuid4()))
     failure_request_id: str = field(default_factory=lambda: str(uuid.uuid4()))
 
@@ -442,6 +486,7 @@ class Instance:
             "outcome": self.outcome,
             "deduped": self.deduped,
             "cancel_requested": self.cancel_at is not None,
+            "definitionVersion": self.definition_version,
         }
 
 
@@ -471,6 +516,9 @@ class FabricState(EmulatorState):
         self.clients: dict[tuple[str, str], Client] = {(c.tenant, c.client_id): c for c in clients}
         self.instances: dict[str, Instance] = {}
         self.tokens: dict[str, Token] = {}
+        self.workspaces: dict[str, str] = {}  # id -> display name (others: named by their id)
+        self.operations: dict[str, Any] = {}  # id -> fabric_items.Operation
+        self.lro_seconds = 0.0
         self.token_lifetime_seconds = float(token_lifetime_seconds)
         self.dedupe = dedupe
         self.page_size = page_size
@@ -486,11 +534,18 @@ class FabricState(EmulatorState):
             "token_lifetime_seconds": self.token_lifetime_seconds,
             "dedupe": self.dedupe,
             "page_size": self.page_size,
+            "lro_seconds": self.lro_seconds,
         }
 
     def apply_settings(self, body: Any) -> None:
-        if not isinstance(body, dict) or not set(body) <= {"token_lifetime_seconds", "dedupe", "page_size"}:
-            raise ValueError('settings body takes "token_lifetime_seconds", "dedupe" and/or "page_size"')
+        known = {"token_lifetime_seconds", "dedupe", "page_size", "lro_seconds"}
+        if not isinstance(body, dict) or not set(body) <= known:
+            raise ValueError(f"settings body takes {', '.join(sorted(known))}")
+        lro = body.get("lro_seconds", self.lro_seconds)
+        if isinstance(lro, bool) or not isinstance(lro, int | float) or lro < 0:
+            raise ValueError("lro_seconds must be a non-negative number")
+        with self.lock:
+            self.lro_seconds = float(lro)
         lifetime = body.get("token_lifetime_seconds", self.token_lifetime_seconds)
         if isinstance(lifetime, bool) or not isinstance(lifetime, int | float) or lifetime < 0:
             raise ValueError("token_lifetime_seconds must be a non-negative number")
@@ -622,6 +677,9 @@ def _fabric_fault(operation: str) -> Callable[[FaultRule], Response]:
 def _entra_fault(rule: FaultRule) -> Response:
     status = rule.status or 500
     error, description = ENTRA_FAULTS.get(status, ("server_error", "AADSTS90015: An error occurred."))
+    code, sep, rest = (rule.message or "").partition(": ")
+    if sep and re.fullmatch(r"[a-z_]+", code):  # "temporarily_unavailable: AADSTS50196: ..." sets the error
+        return EntraError(status, code, rest).response()
     return EntraError(status, error, rule.message or description).response()
 
 
@@ -672,6 +730,9 @@ def _parse_body() -> Any:
 
 def run_parameters(job_type: str, body: Mapping[str, Any]) -> dict[str, Any]:
     """The name -> value parameters of a run request body, whatever its job type's shape."""
+    top = body.get("parameters")
+    if isinstance(top, list):  # today's Parameter list: {name, type, value}
+        return {str(p.get("name")): p.get("value") for p in top if isinstance(p, Mapping)}
     data = body.get("executionData") or {}
     raw = data.get("parameters") if isinstance(data, Mapping) else None
     if isinstance(raw, list):
@@ -683,6 +744,41 @@ def run_parameters(job_type: str, body: Mapping[str, Any]) -> dict[str, Any]:
     return {}
 
 
+def _declared_parameters(item: Item) -> list[dict[str, Any]] | None:
+    """A dataflow's public parameters, from its definition's mashup.pq (None: no definition)."""
+    if item.type != "Dataflow" or not item.definition or "mashup.pq" not in item.definition:
+        return None
+    return fabric_mashup.parameters(item.definition["mashup.pq"].decode("utf-8", errors="replace"))
+
+
+_JSON_TYPES: Mapping[str, tuple[type, ...]] = {
+    "Boolean": (bool,),
+    "Integer": (int,),
+    "Number": (int, float),
+}
+
+
+def _check_typed(declared: list[dict[str, Any]], parameters: Mapping[str, Any]) -> None:
+    """400 InvalidParameter for a name the dataflow does not declare or a value not of its type."""
+    by_name = {d["name"]: d for d in declared}
+    problems = []
+    for name, value in parameters.items():
+        found = by_name.get(name)
+        if found is None:
+            problems.append(f"unknown parameter '{name}'")
+            continue
+        kinds = _JSON_TYPES.get(found["type"], (str,))
+        if not isinstance(value, kinds) or (found["type"] != "Boolean" and isinstance(value, bool)):
+            problems.append(f"parameter '{name}' must be a {found['type']} value")
+    if problems:
+        raise FabricError(
+            400,
+            "InvalidParameter",
+            "; ".join(problems) + ".",
+            details=[{"errorCode": "InvalidParameter", "message": p} for p in problems],
+        )
+
+
 def _location(workspace: str, item: str, instance_id: str) -> str:
     return f"{request.host_url}v1/workspaces/{workspace}/items/{item}/jobs/instances/{instance_id}"
 
@@ -691,13 +787,13 @@ def _location(workspace: str, item: str, instance_id: str) -> str:
 
 
 def _run_job(
-    workspace: str, item_id: str, job_type_raw: str | None, *, dataflow_path: bool = False
+    workspace: str, item_id: str, job_type_raw: str | None, *, collection: str = "items"
 ) -> Response:
     state = _state()
     token = _authenticate(state)
     item = _item(state, workspace, item_id)
-    if dataflow_path and item.type != "Dataflow":
-        raise FabricError(404, "ItemNotFound", "Requested dataflow ID not found.")
+    if collection != "items" and item.type != COLLECTION_TYPES[collection]:
+        raise FabricError(404, "ItemNotFound", f"Requested {COLLECTION_TYPES[collection]} ID not found.")
     if not job_type_raw:
         raise _invalid("The jobType is required.")
     job_type = _canonical_job_type(job_type_raw)
@@ -715,21 +811,32 @@ def _run_job(
             )
     body = _parse_body()
     book = schema_book()
-    problems = book.problems(body, book.request_definition(job_type))
+    # executionData: null is what clients send (and the spec's examples show) for "none"
+    checked = body
+    if isinstance(body, dict) and "executionData" in body and body["executionData"] is None:
+        checked = {k: v for k, v in body.items() if k != "executionData"}
+    problems = book.problems(checked, book.request_definition(collection))
     if problems:
         raise _invalid(
             "Invalid request payload " + problems[0],
             [{"errorCode": "InvalidInput", "message": p} for p in problems],
         )
-    if body.get("parameters") is not None:
+    if body.get("parameters") is not None and (item.type == "Dataflow" or job_type == "ApplyChanges"):
         raise FabricError(
             400, "FeatureNotAvailable", "Parameter is not allowed for this item type or this item job type"
         )
     parameters = run_parameters(job_type, body)
+    if job_type == "Execute" and collection == "items":
+        # The spec documents executionData.parameters only on the dataflow path: the generic path
+        # runs the dataflow with its default parameters.
+        parameters = {}
     behavior = item.behavior
-    if behavior.parameters is not None:
-        declared = set(behavior.parameters) | ({behavior.outcome_param} if behavior.outcome_param else set())
-        unknown = sorted(set(parameters) - declared)
+    typed = _declared_parameters(item)
+    if typed is not None and job_type == "Execute":
+        _check_typed(typed, parameters)
+    elif behavior.parameters is not None:
+        names = set(behavior.parameters) | ({behavior.outcome_param} if behavior.outcome_param else set())
+        unknown = sorted(set(parameters) - names)
         if unknown:
             raise FabricError(
                 400,
@@ -747,19 +854,33 @@ def _run_job(
                 400, "InvalidParameter", f"{behavior.outcome_param} must be one of {', '.join(OUTCOMES)}."
             )
         outcome = wanted
+    data = body.get("executionData") if isinstance(body.get("executionData"), Mapping) else {}
+    with state.lock:
+        if job_type == "ApplyChanges" or (
+            job_type == "Execute" and data.get("executeOption") == "ApplyChangesIfNeeded"
+        ):
+            item.applied_version = item.version
+        version = item.applied_version
     instance = state.create_instance(
         item,
         job_type,
         job_type_raw,
+        definition_version=version,
         outcome=outcome,
         parameters=parameters,
         body=body,
         client_id=token.client_id,
         app_only=token.app_only,
     )
+    if job_type == "ApplyChanges":  # publishing a definition is instant here: done at once
+        with state.lock:
+            instance.behavior = Behavior(
+                not_started_seconds=0, run_seconds=0, poll_after_seconds=0, dedupe=False
+            )
+            instance.outcome = "Completed"
     response = Response(status=202)
     response.headers["Location"] = _location(item.workspace, item.item, instance.id)
-    response.headers["Retry-After"] = str(int(behavior.poll_after_seconds))
+    response.headers["Retry-After"] = str(int(instance.behavior.poll_after_seconds))
     return response
 
 
@@ -770,7 +891,7 @@ def _get_instance(workspace: str, item_id: str, instance_id: str) -> Response:
     instance = state.instance(item.workspace, item.item, instance_id)
     with state.lock:
         doc = instance.to_json(state.clock.now())
-    response = jsonify(doc)
+    response = jsonify(schema_book().check_response(doc, "ItemJobInstance"))
     if doc["status"] in ACTIVE:
         response.headers["Retry-After"] = str(int(instance.behavior.poll_after_seconds))
     return response
@@ -807,7 +928,7 @@ def _list_instances(workspace: str, item_id: str) -> dict[str, Any]:
             f"{request.host_url}v1/workspaces/{item.workspace}/items/{item.item}/jobs/instances"
             f"?continuationToken={quote(next_token)}"
         )
-    return result
+    return dict(schema_book().check_response(result, "ItemJobInstances"))
 
 
 def _cancel_instance(workspace: str, item_id: str, instance_id: str) -> Response:
@@ -909,10 +1030,11 @@ def _issue_token(tenant: str) -> Response:
                     "invalid_grant",
                     "AADSTS70000: The provided value for the 'refresh_token' is not valid or has been revoked.",
                 )
-            new_refresh = "emu-rt-" + secrets.token_urlsafe(24)
-            client.refresh_tokens.add(new_refresh)
-            if client.revoke_used_refresh_tokens:
-                client.refresh_tokens.discard(refresh)
+            if "offline_access" in form.get("scope", "").split():  # Entra returns one only then
+                new_refresh = "emu-rt-" + secrets.token_urlsafe(24)
+                client.refresh_tokens.add(new_refresh)
+                if client.revoke_used_refresh_tokens:
+                    client.refresh_tokens.discard(refresh)
         token = state.issue_token(client, app_only=False)
     lifetime = round(token.expires_at - token.issued_at)
     body: dict[str, Any] = {
@@ -950,12 +1072,23 @@ def _register_protocol_routes(app: Flask) -> None:
             "jobs.run", run_attrs(workspace, item, job_type), lambda: _run_job(workspace, item, job_type)
         )
 
-    @app.post(f"{API_PREFIX}/dataflows/<item>/jobs/execute/instances")
-    def run_dataflow(workspace: str, item: str) -> Response:
+    @app.post(
+        f"{API_PREFIX}/<any(dataflows, dataPipelines, notebooks):collection>/<item>/jobs/execute/instances"
+    )
+    def run_execute(workspace: str, collection: str, item: str) -> Response:
+        job_type = EXECUTE_JOB[collection]
         return _run(
             "jobs.run",
-            run_attrs(workspace, item, "Execute"),
-            lambda: _run_job(workspace, item, "Execute", dataflow_path=True),
+            run_attrs(workspace, item, job_type),
+            lambda: _run_job(workspace, item, job_type, collection=collection),
+        )
+
+    @app.post(f"{API_PREFIX}/dataflows/<item>/jobs/applyChanges/instances")
+    def run_apply_changes(workspace: str, item: str) -> Response:
+        return _run(
+            "jobs.run",
+            run_attrs(workspace, item, "ApplyChanges"),
+            lambda: _run_job(workspace, item, "ApplyChanges", collection="dataflows"),
         )
 
     @app.post(f"{API_PREFIX}/dataflows/<item>/jobs/instances")
@@ -964,7 +1097,7 @@ def _register_protocol_routes(app: Flask) -> None:
         return _run(
             "jobs.run",
             run_attrs(workspace, item, job_type),
-            lambda: _run_job(workspace, item, job_type, dataflow_path=True),
+            lambda: _run_job(workspace, item, job_type, collection="dataflows"),
         )
 
     @app.get(f"{API_PREFIX}/items/<item>/jobs/instances")
@@ -995,6 +1128,10 @@ def _register_protocol_routes(app: Flask) -> None:
         attrs = {"tenant": tenant, "client_id": form.get("client_id"), "grant_type": form.get("grant_type")}
         return _run("token", attrs, lambda: _issue_token(tenant))
 
+    # Function-local: fabric_items builds on this module's helpers (it imports this module).
+    from local.emulators import fabric_items
+
+    fabric_items.register_routes(app)
     install_route_errors(app, _route_error)
 
 
@@ -1016,6 +1153,23 @@ def _register_control_routes(app: Flask, state: FabricState) -> None:
     install_registry_routes(
         app, state, "clients", load=load_clients, store=state.register_client, registered=state.clients.values
     )
+
+    @app.post("/_emulator/workspaces")
+    def workspaces_register() -> Response:
+        body = json_body()
+        entries = body if isinstance(body, list) else [body]
+        for entry in entries:
+            if (
+                not isinstance(entry, dict)
+                or set(entry) != {"id", "displayName"}
+                or not GUID_RE.match(str(entry["id"]))
+                or not isinstance(entry["displayName"], str)
+            ):
+                return control_error('a workspace is {"id": GUID, "displayName": name}')
+        with state.lock:
+            for entry in entries:
+                state.workspaces[str(entry["id"]).lower()] = entry["displayName"]
+            return jsonify({"workspaces": dict(state.workspaces)})
 
     @app.post("/_emulator/tokens/expire")
     def tokens_expire() -> Response:
@@ -1061,6 +1215,7 @@ def create_app(
     *,
     items: Any = None,
     clients: Any = None,
+    workspaces: Any = None,
     token_lifetime_seconds: float = 3600.0,
     dedupe: bool = True,
     page_size: int = 50,
@@ -1076,6 +1231,8 @@ def create_app(
         page_size=page_size,
         speed=speed,
     )
+    for entry in workspaces or ():
+        state.workspaces[str(entry["id"]).lower()] = str(entry["displayName"])
     return emulator_app("fabric_emulator", state, _register_protocol_routes, _register_control_routes)
 
 

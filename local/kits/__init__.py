@@ -85,6 +85,11 @@ class Kit(Protocol):
         """The test harness driving the emulator for backend ``backend`` (the contract tests)."""
         ...
 
+    def status_topics(self, url: str, project: str, pipelines: Iterable[Any]) -> list[str]:
+        """Pub/Sub topics (in ``project``) the emulator at ``url`` now publishes run status events
+        to, for ``on_message``: set up here as deploy does in the cloud; ``[]`` when it pushes none."""
+        ...
+
 
 # The one registry of kits: backend name -> module exporting ``KIT``.
 KITS: Mapping[str, str] = {

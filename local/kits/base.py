@@ -192,3 +192,6 @@ class EmulatorKit:
 
     def harness(self, handle: EmulatorHandle, backend: str) -> Any:
         raise NotImplementedError
+
+    def status_topics(self, url: str, project: str, pipelines: Iterable[Any]) -> list[str]:
+        return []

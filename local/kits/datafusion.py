@@ -3,10 +3,17 @@ Fusion instance API and the instance's CDAP API) with one app per pipeline, and 
 
 Instances need no registration: the emulator answers ACTIVE for any name. The functions use
 anonymous credentials (no Authorization header), so the world's emulator does not check bearers.
+
+Pushed status: :meth:`DataFusionKit.status_topics` turns on event publishing for the instances the
+config's pipelines name (``instances.patch`` with ``updateMask=eventPublishConfig``, as deploy does)
+to the topic ``datafusion-status`` (``DATAFUSION_STATUS_TOPIC`` overrides it); the emulator then
+publishes every run status change there, through ``$PUBSUB_EMULATOR_HOST``, and the world routes
+the topic to ``on_message``.
 """
 
 from __future__ import annotations
 
+import os
 import re
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
@@ -24,6 +31,8 @@ INSTANCE = "events-local"
 NAMESPACE = "default"
 OUTCOME_ARG = "simulate.outcome"
 FAKE_TOKEN = "Bearer local-fake-token"
+STATUS_TOPIC = "datafusion-status"
+STATUS_TOPIC_ENV = "DATAFUSION_STATUS_TOPIC"
 # Fault operations of the emulator behind the harness's operation names.
 OPERATIONS = {"launch": "start", "status": "runs.get", "find": "runs.list", "cancel": "runs.stop"}
 
@@ -77,6 +86,25 @@ class DataFusionKit(EmulatorKit):
 
     def harness(self, handle: EmulatorHandle, backend: str) -> DataFusionHarness:
         return DataFusionHarness(handle)
+
+    def status_topics(self, url: str, project: str, pipelines: Iterable[Any]) -> list[str]:
+        """Enable event publishing on every instance the pipelines name (one, ``events-local``,
+        when none does) to the status topic; returns ``[topic]``."""
+        topic = os.environ.get(STATUS_TOPIC_ENV) or STATUS_TOPIC
+        ours = self.ours(pipelines)
+        instances = sorted(
+            {(str(p.region), str(p.options["instance"])) for p in ours if p.options.get("instance")}
+        )
+        config = {"enabled": True, "topic": f"projects/{project}/topics/{topic}"}
+        for region, instance in instances or [("europe-west1", INSTANCE)]:
+            answer = requests.patch(
+                f"{url}/v1/projects/{project}/locations/{region}/instances/{instance}",
+                params={"updateMask": "eventPublishConfig"},
+                json={"eventPublishConfig": config},
+                timeout=10,
+            )
+            answer.raise_for_status()
+        return [topic]
 
 
 KIT = DataFusionKit()

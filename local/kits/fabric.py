@@ -8,9 +8,10 @@ registration (tenant, client id, secret, refresh token) in the emulator and the 
 
 from __future__ import annotations
 
+import contextlib
 import re
 import uuid
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -18,11 +19,29 @@ import requests
 
 from handlers.backends.fabric.entra import TokenProvider
 from handlers.backends.fabric.jobs import Fabric
+from handlers.backends.fabric.lookup import is_id
 from local.kits.base import EmulatorHandle, EmulatorKit, Fixtures, Timing, load_files
 from local.kits.harness import EmulatorHarness
 
 FAKE_TENANT = "7a7a7a7a-0000-4000-8000-00000000000a"
 FAKE_SECRET = "local-stack-fake-client-secret"
+# The public parameters the harness's dataflows declare: the names the shared suites send (a launch
+# checks its parameters against the dataflow's before it runs).
+HARNESS_PARAMETERS = (
+    "input",
+    "inputFile",
+    "output",
+    "day",
+    "source",
+    "upstream",
+    "orderId",
+    "table",
+    "Region",
+    "Day",
+    "Table",
+    "Upstream",
+)
+OUTCOME_PARAM = "simulateOutcome"
 ITEM_TYPES = {"execute": "Dataflow", "refresh": "Dataflow", "pipeline": "DataPipeline"}
 _NAMESPACE = uuid.UUID("6f1c3b1e-5a7d-4f57-9a51-5f0d3c2b8e10")
 
@@ -30,6 +49,11 @@ _NAMESPACE = uuid.UUID("6f1c3b1e-5a7d-4f57-9a51-5f0d3c2b8e10")
 def item_id(pipeline_name: str) -> str:
     """A stable item id for a pipeline name."""
     return str(uuid.uuid5(_NAMESPACE, f"item/{pipeline_name}"))
+
+
+def workspace_id(display_name: str) -> str:
+    """A stable workspace id for a workspace named by display name."""
+    return str(uuid.uuid5(_NAMESPACE, f"workspace/{display_name}"))
 
 
 WORKSPACE = str(uuid.uuid5(_NAMESPACE, "workspace"))
@@ -41,7 +65,10 @@ class FabricKit(EmulatorKit):
     emulator_module = "local.emulators.fabric"
     fixtures_option = "items"
     fixtures_help = "Fabric emulator items file (YAML/JSON); repeatable"
-    launch_path = re.compile(r"/v1/workspaces/[^/]+/(items|dataflows)/[^/]+/jobs/([^/]+/)?instances$")
+    # runs, not a dataflow's ApplyChanges (sync publishes a definition with it)
+    launch_path = re.compile(
+        r"/v1/workspaces/[^/]+/(items|dataflows)/[^/]+/jobs/(?!applyChanges/)([^/]+/)?instances$"
+    )
     jobs_path = "instances"
 
     def fixtures(
@@ -63,20 +90,29 @@ class FabricKit(EmulatorKit):
         items = load_files(load_items, files, "Fabric items")
         known = {(i["workspace"], i["item"]) for i in items}
         prefixes: set[str] = set()
+        workspaces: dict[str, str] = {}
         for pipeline in self.ours(pipelines):
             options = pipeline.options
             prefixes.add(str(options.get("credentials") or "FABRIC"))
-            key = (str(options["workspace"]).lower(), str(options["item"]).lower())
+            workspace, item = str(options["workspace"]), str(options["item"])
+            if not is_id(workspace):  # named by display name: the emulator knows it by that name
+                workspaces[workspace_id(workspace)] = workspace
+                workspace = workspace_id(workspace)
+            if not is_id(item) and options.get("definition"):
+                continue  # kept in the repo: `python -m handlers sync` creates it
+            key = (workspace.lower(), item.lower() if is_id(item) else item_id(f"{workspace}/{item}"))
             if key in known:
                 continue
-            job_type = str(options.get("job_type") or "Execute").lower()
+            job_type = str(options.get("job_type") or "").lower()
+            kind = str(options.get("item_type") or ITEM_TYPES.get(job_type or "execute", "Notebook"))
+            declared = sorted(getattr(pipeline, "parameters", {}) or {}) if kind == "Dataflow" else None
             items.append(
                 {
                     "workspace": key[0],
                     "item": key[1],
-                    "type": ITEM_TYPES.get(job_type, "Notebook"),
-                    "displayName": pipeline.name,
-                    "behavior": behavior,
+                    "type": kind,
+                    "displayName": pipeline.name if is_id(item) else item,
+                    "behavior": {**behavior, "parameters": declared} if declared is not None else behavior,
                 }
             )
             known.add(key)
@@ -101,7 +137,10 @@ class FabricKit(EmulatorKit):
                     f"{prefix}_REFRESH_TOKEN": refresh,
                 }
             )
-        return Fixtures({"items": items, "clients": clients}, env)
+        registrations: dict[str, list[dict[str, Any]]] = {"items": items, "clients": clients}
+        if workspaces:
+            registrations["workspaces"] = [{"id": i, "displayName": n} for i, n in sorted(workspaces.items())]
+        return Fixtures(registrations, env)
 
     def pipeline_fields(self, backend: str, pipeline: str) -> dict[str, Any]:
         return {"workspace": WORKSPACE, "item": item_id(pipeline), "job_type": "Pipeline"}
@@ -195,7 +234,8 @@ class FabricHarness(EmulatorHarness):
             "not_started_seconds": 1,
             "run_seconds": 10**9 if streaming else run_seconds,
             "outcome": outcome,
-            "outcome_param": "simulateOutcome",
+            "outcome_param": OUTCOME_PARAM,
+            "parameters": list(HARNESS_PARAMETERS),
             "dedupe": self.dedupe,
         }
         if reason:
@@ -271,3 +311,37 @@ def entra_clients(tenant: str, user_app: str, sp_app: str, secret: str, refresh:
         {"tenant": tenant, "client_id": user_app, "client_secret": secret, "refresh_tokens": [refresh]},
         {"tenant": tenant, "client_id": sp_app, "client_secret": secret},
     ]
+
+
+FABRIC_HOSTS = ("https://api.fabric.microsoft.com", "https://login.microsoftonline.com")
+
+
+@contextlib.contextmanager
+def fabric_hosts_redirected(url: str) -> Iterator[list[str]]:
+    """Within the block, every HTTP request ``requests`` sends to Fabric's or Entra's public host
+    goes to ``url`` (the local emulator) instead: patched at the transport (``HTTPAdapter.send``),
+    so a client nobody here wrote (``msfabricpysdkcore``) talks to the emulator unchanged. Yields
+    the list of original URLs redirected, for assertions. Any other host is refused: no network."""
+    from requests.adapters import HTTPAdapter
+
+    original = HTTPAdapter.send
+    redirected: list[str] = []
+    base = url.rstrip("/")
+
+    def send(self: HTTPAdapter, request: Any, *args: Any, **kwargs: Any) -> Any:
+        target = str(request.url)
+        for host in FABRIC_HOSTS:
+            if target.startswith(host + "/"):
+                redirected.append(target)
+                request.url = base + target[len(host) :]
+                break
+        else:
+            if not target.startswith(("http://127.0.0.1", "http://localhost")):
+                raise requests.ConnectionError(f"no network but loopback: refused {target}")
+        return original(self, request, *args, **kwargs)
+
+    HTTPAdapter.send = send  # type: ignore[method-assign]
+    try:
+        yield redirected
+    finally:
+        HTTPAdapter.send = original  # type: ignore[method-assign]

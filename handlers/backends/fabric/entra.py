@@ -22,6 +22,13 @@ in memory and used for the next refresh. Errors::
     a missing env var                         -> CredentialsError (a ConfigError: permanent), naming it
     Entra's {"error": ...} answer (400/401)   -> EntraRejected (permanent), reason = the error code
     429 / 5xx / timeouts / connection errors  -> BackendUnavailable (retryable)
+    temporarily_unavailable / server_error    -> BackendUnavailable (retryable), whatever the status
+
+The refresh-token grant asks for ``offline_access`` too, so Entra returns a rotated refresh token.
+
+A rotated refresh token is also kept where the next cold start finds it when
+``<PREFIX>_REFRESH_TOKEN_SECRET`` names a Secret Manager secret (:mod:`handlers.backends.fabric.secrets`):
+read as ``latest`` once per process, added as a new version on each rotation.
 
 No token, secret or refresh token ever reaches a log line or an error message.
 """
@@ -36,12 +43,18 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
 
+from handlers.backends.fabric import secrets as fabric_secrets
 from handlers.core import http, logs
-from handlers.core.errors import BackendRejected, BackendUnavailable, ConfigError
+from handlers.core.errors import BackendRejected, BackendUnavailable, ConfigError, PipelineError
 
 DEFAULT_AUTHORITY = "https://login.microsoftonline.com"
 ENDPOINT_ENV = "FABRIC_TOKEN_ENDPOINT"
 FABRIC_SCOPE = "https://api.fabric.microsoft.com/.default"
+# The refresh-token grant also asks for offline_access, without which Entra need not return a new
+# refresh token, and delegated runs would stop once the stored one expires.
+DELEGATED_SCOPE = f"{FABRIC_SCOPE} offline_access"
+# Entra's error codes that say "try again later" whatever the HTTP status (AADSTS50196, 90033...).
+RETRYABLE_ERRORS = frozenset({"temporarily_unavailable", "server_error"})
 DEFAULT_PREFIX = "FABRIC"
 DELEGATED = "delegated"
 SERVICE_PRINCIPAL = "service_principal"
@@ -100,8 +113,11 @@ class TokenProvider:
         *,
         env: Mapping[str, str] | None = None,
         timeout: Any = None,
+        secret_store: Any = None,
     ) -> None:
         self._env = env
+        self._secret_store = secret_store
+        self._loaded: set[str] = set()  # prefixes whose kept refresh token was read (once per process)
         self._endpoint = token_endpoint
         self._session = session
         self.clock = clock
@@ -183,10 +199,14 @@ class TokenProvider:
             form.update(grant_type="client_credentials", client_secret=secret)
             secrets.append(secret)
         else:
-            refresh = self._rotated.get(prefix) or self._read(
-                names["refresh_token"], "a delegated user's refresh token, needed for Dataflow Gen2 runs"
+            refresh = (
+                self._rotated.get(prefix)
+                or self._kept(prefix)
+                or self._read(
+                    names["refresh_token"], "a delegated user's refresh token, needed for Dataflow Gen2 runs"
+                )
             )
-            form.update(grant_type="refresh_token", refresh_token=refresh)
+            form.update(grant_type="refresh_token", refresh_token=refresh, scope=DELEGATED_SCOPE)
             secrets.append(refresh)
             secret = (self.env.get(names["client_secret"]) or "").strip()
             if secret:  # confidential clients must also authenticate on the refresh grant
@@ -221,9 +241,45 @@ class TokenProvider:
             lifetime = DEFAULT_EXPIRES_IN
         rotated = body.get("refresh_token")
         if mode == DELEGATED and isinstance(rotated, str) and rotated:
+            if rotated != self._rotated.get(prefix):
+                self._keep(prefix, rotated)
             self._rotated[prefix] = rotated
         logs.info("entra token acquired", prefix=prefix, mode=mode, expires_in=round(lifetime))
         return _Cached(token=token, refresh_at=self.clock() + lifetime - refresh_margin(lifetime))
+
+    @property
+    def secret_store(self) -> Any:
+        if self._secret_store is None:
+            self._secret_store = fabric_secrets.SecretStore()
+        return self._secret_store
+
+    def _kept(self, prefix: str) -> str | None:
+        """The refresh token kept in Secret Manager (its latest version), read once per process;
+        None when no secret is named (the env var is then the only source)."""
+        name = fabric_secrets.secret_name(self.env, prefix)
+        if name is None or prefix in self._loaded:
+            return None
+        value = self.secret_store.latest(name)
+        self._loaded.add(prefix)
+        if value:
+            self._rotated[prefix] = value
+            logs.info("fabric refresh token read from its secret", prefix=prefix, secret=name)
+        return value or None
+
+    def _keep(self, prefix: str, rotated: str) -> None:
+        """Add the rotated refresh token as a new version of its secret. A failure is logged, not
+        raised: the token is still good in this process, and the older one until it expires."""
+        name = fabric_secrets.secret_name(self.env, prefix)
+        if name is None:
+            return
+        try:
+            version = self.secret_store.add(name, rotated)
+        except PipelineError as exc:
+            logs.warning(
+                "fabric refresh token not kept in its secret", prefix=prefix, secret=name, error=exc.message
+            )
+            return
+        logs.info("fabric refresh token kept in its secret", prefix=prefix, version=version)
 
     def _error(self, response: Any, what: str, prefix: str, mode: str, secrets: list[str]) -> Exception:
         code = response.status_code
@@ -232,7 +288,7 @@ class TokenProvider:
         except ValueError:
             body = None
         error = body.get("error") if isinstance(body, Mapping) else None
-        if code in http.RETRYABLE_STATUS:
+        if code in http.RETRYABLE_STATUS or error in RETRYABLE_ERRORS:
             return BackendUnavailable(
                 f"{what}: HTTP {code}" + (f" {error}" if isinstance(error, str) else ""),
                 status=code,

@@ -56,8 +56,10 @@ import functools
 import os
 import re
 import threading
+import time
 from collections import OrderedDict
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlparse
 
@@ -72,18 +74,46 @@ from handlers.backends.contract import (
     LaunchRequest,
     PipelineTarget,
     RunState,
+    SyncChange,
+    SyncStep,
 )
-from handlers.backends.fabric import entra
+from handlers.backends.fabric import definitions, entra, lookup, mashup
+from handlers.backends.fabric import parameters as dataflow_parameters
 from handlers.backends.fabric.entra import DEFAULT_PREFIX, DELEGATED, SERVICE_PRINCIPAL
 from handlers.core import http, logs, retry
-from handlers.core.errors import BackendRejected, BackendUnavailable, EventError, NotFound
+from handlers.core.errors import (
+    BackendRejected,
+    BackendUnavailable,
+    ConfigError,
+    EventError,
+    NotFound,
+    ParameterError,
+)
 from handlers.core.times import parse_time
 
 DEFAULT_ENDPOINT = "https://api.fabric.microsoft.com"
 ENDPOINT_ENV = "FABRIC_API_ENDPOINT"
-OPTION_KEYS = ("workspace", "item", "job_type", "auth", "execute_option", "credentials")
+OPTION_KEYS = (
+    "workspace",
+    "item",
+    "item_type",
+    "job_type",
+    "auth",
+    "execute_option",
+    "credentials",
+    "definition",
+)
 
 DEFAULT_JOB_TYPE = "Execute"
+DEFAULT_ITEM_TYPE = "Dataflow"
+# The job a run of each item type starts when the config names none.
+JOB_TYPES_BY_ITEM: Mapping[str, str] = {
+    "Dataflow": "Execute",
+    "DataPipeline": "Pipeline",
+    "Notebook": "RunNotebook",
+}
+PARAMETERS_TTL_SECONDS = 300.0
+MAX_NAME_LENGTH = 256
 EXECUTE_JOB_TYPES = frozenset({"execute", "refresh"})  # "Refresh" is Fabric's alias for a dataflow Execute
 AUTH_MODES = (DELEGATED, SERVICE_PRINCIPAL)
 EXECUTE_OPTIONS = ("SkipApplyChanges", "ApplyChangesIfNeeded")
@@ -121,9 +151,20 @@ def is_execute(job_type: str) -> bool:
     return job_type.lower() in EXECUTE_JOB_TYPES
 
 
+def item_type_of(options: Mapping[str, Any]) -> str:
+    """The configured item type (``Dataflow`` unless ``item_type`` says otherwise)."""
+    return str(options.get("item_type") or DEFAULT_ITEM_TYPE)
+
+
+def job_type_of(options: Mapping[str, Any]) -> str:
+    """The configured job type, or the one the item type runs (Dataflow: Execute, DataPipeline:
+    Pipeline, Notebook: RunNotebook)."""
+    return str(options.get("job_type") or JOB_TYPES_BY_ITEM.get(item_type_of(options), DEFAULT_JOB_TYPE))
+
+
 def auth_mode(options: Mapping[str, Any]) -> str:
     """The configured auth mode, or the default for the job type."""
-    job_type = str(options.get("job_type") or DEFAULT_JOB_TYPE)
+    job_type = job_type_of(options)
     return str(options.get("auth") or (DELEGATED if is_execute(job_type) else SERVICE_PRINCIPAL))
 
 
@@ -132,9 +173,18 @@ def check_options(options: Mapping[str, Any]) -> list[str]:
     problems = []
     for key, what in (("workspace", "workspace"), ("item", "item (dataflow, pipeline, notebook...)")):
         value = options.get(key)
-        if not isinstance(value, str) or not _GUID_RE.match(value):
-            problems.append(f"{key}: is required and must be the Fabric {what} id (a GUID)")
-    job_type = options.get("job_type", DEFAULT_JOB_TYPE)
+        if not isinstance(value, str) or not value.strip() or len(value) > MAX_NAME_LENGTH:
+            problems.append(f"{key}: is required: the Fabric {what} id (a GUID) or display name")
+    item_type = options.get("item_type", DEFAULT_ITEM_TYPE)
+    if item_type not in JOB_TYPES_BY_ITEM:
+        problems.append(f"item_type: must be one of {', '.join(JOB_TYPES_BY_ITEM)}, got {item_type!r}")
+        item_type = DEFAULT_ITEM_TYPE
+    definition = options.get("definition")
+    if definition is not None and (
+        not isinstance(definition, str) or not definition.strip() or definition.startswith("/")
+    ):
+        problems.append("definition: must be a folder path relative to the config file's folder")
+    job_type = options.get("job_type", JOB_TYPES_BY_ITEM[str(item_type)])
     if not isinstance(job_type, str) or not _JOB_TYPE_RE.match(job_type):
         problems.append("job_type: must be a Fabric job type such as Execute, Pipeline or RunNotebook")
         job_type = DEFAULT_JOB_TYPE
@@ -159,12 +209,51 @@ def check_options(options: Mapping[str, Any]) -> list[str]:
     return problems
 
 
+def check_definition(
+    pipeline: PipelineTarget, parameters: Collection[str], base_dir: str
+) -> tuple[list[str], list[str]]:
+    """``validate``, offline: the definition folder beside the config (its parts, its type), and the
+    configured parameter names against the public parameters its ``mashup.pq`` declares."""
+    options = pipeline.options
+    if not options.get("definition"):
+        return [], []
+    where = f"pipeline '{pipeline.name}': definition"
+    try:
+        parts = definitions.read_folder(Path(base_dir) / str(options["definition"]))
+        metadata = definitions.platform(parts, str(options["definition"]))
+    except ConfigError as exc:
+        return [f"pipeline '{pipeline.name}': {p}" for p in exc.problems], []
+    if metadata["type"] != item_type_of(options):
+        return [
+            f"{where}: its .platform is a {metadata['type']}, the pipeline's item_type {item_type_of(options)}"
+        ], []
+    if metadata["type"] != "Dataflow":
+        return [], []
+    declared = {
+        str(p["name"]): p for p in mashup.parameters(parts["mashup.pq"].decode("utf-8", errors="replace"))
+    }
+    errors = [
+        f"pipeline '{pipeline.name}': parameter {name!r}: not a public parameter of the dataflow "
+        f"(its mashup.pq declares: {', '.join(sorted(declared)) or 'none'})"
+        for name in parameters
+        if name not in declared
+    ]
+    errors += [
+        f"pipeline '{pipeline.name}': parameter {name!r}: required by the dataflow but not configured"
+        for name, p in declared.items()
+        if p["isRequired"] and name not in parameters
+    ]
+    return errors, []
+
+
 def execution_body(
     job_type: str, parameters: Mapping[str, Any], execute_option: str | None = None
 ) -> dict[str, Any]:
-    """The RunOnDemandItemJob request body for ``job_type``."""
-    data: dict[str, Any] = {}
+    """The run-on-demand request body for ``job_type``, in today's spec shapes: a dataflow's Execute
+    takes ``executionData.parameters`` (ItemJobParameter: parameterName, type Automatic, value);
+    every other job type the top-level ``parameters`` list (Parameter: name, type, value)."""
     if is_execute(job_type):
+        data: dict[str, Any] = {}
         if execute_option:
             data["executeOption"] = execute_option
         if parameters:
@@ -172,14 +261,14 @@ def execution_body(
                 {"parameterName": name, "type": "Automatic", "value": value}
                 for name, value in parameters.items()
             ]
-    elif parameters:
-        if job_type == "RunNotebook":
-            data["parameters"] = {
-                name: {"value": value, "type": "string"} for name, value in parameters.items()
-            }
-        else:
-            data["parameters"] = dict(parameters)
-    return {"executionData": data} if data else {}
+        return {"executionData": data} if data else {}
+    if parameters:
+        return {
+            "parameters": [
+                {"name": name, "type": "Text", "value": value} for name, value in parameters.items()
+            ]
+        }
+    return {}
 
 
 def _parse_time(value: Any) -> dt.datetime | None:
@@ -250,6 +339,7 @@ SPEC = BackendSpec(
     implementation="handlers.backends.fabric.jobs:Fabric",
     option_keys=OPTION_KEYS,
     check_options=check_options,
+    check_definition=check_definition,
     endpoint_envs=(ENDPOINT_ENV, entra.ENDPOINT_ENV),
     auth="entra",
     # Instances carry no run key: find() matches by time (module docstring). After an uncertain
@@ -289,6 +379,8 @@ class Fabric:
         self.find_skew_seconds = find_skew_seconds
         self._lock = threading.Lock()
         self._launched: OrderedDict[str, str] = OrderedDict()  # instance id -> run key (this process)
+        self.names = lookup.NameCache()
+        self._parameters = lookup.NameCache(PARAMETERS_TTL_SECONDS)  # (ws, dataflow) -> declared
 
     # -- clients -------------------------------------------------------------------------------
     @property
@@ -312,6 +404,10 @@ class Fabric:
     # -- helpers -------------------------------------------------------------------------------
     def _item_url(self, workspace: str, item: str) -> str:
         return f"{self.endpoint}/v1/workspaces/{quote(workspace, safe='')}/items/{quote(item, safe='')}"
+
+    def _collection_url(self, workspace: str, collection: str, item: str | None = None) -> str:
+        url = f"{self.endpoint}/v1/workspaces/{quote(workspace, safe='')}/{collection}"
+        return url if item is None else f"{url}/{quote(item, safe='')}"
 
     def _instance_url(self, workspace: str, item: str, instance_id: str) -> str:
         return f"{self._item_url(workspace, item)}/jobs/instances/{quote(instance_id, safe='')}"
@@ -391,16 +487,261 @@ class Fabric:
     def _ctx(request: LaunchRequest) -> dict[str, Any]:
         return {"pipeline": request.pipeline.name, "run_key": request.run_key}
 
+    # -- names, parameters ----------------------------------------------------------------------
+    def _pages(self, auth: tuple[str, str], what: str, ctx: Mapping[str, Any] | None) -> lookup.PageGetter:
+        def get(url: str, params: Mapping[str, str]) -> Mapping[str, Any]:
+            response = self._call("GET", url, auth=auth, what=what, ctx=ctx, params=dict(params))
+            body = response.json() if response.content else {}
+            return body if isinstance(body, Mapping) else {}
+
+        return get
+
+    def resolve(self, options: Mapping[str, Any], ctx: Mapping[str, Any] | None = None) -> tuple[str, str]:
+        """(workspace id, item id) of a pipeline whose options name them by id or display name."""
+        workspace = self.workspace_id(str(options["workspace"]), options, ctx)
+        item = str(options["item"])
+        if lookup.is_id(item):
+            return workspace, item
+        kind = item_type_of(options)
+        entries = self._items(workspace, kind, options, ctx)
+        found = lookup.pick(entries, item, kind, f" in workspace {options['workspace']}")
+        return workspace, str(found["id"])
+
+    def workspace_id(
+        self, workspace: str, options: Mapping[str, Any], ctx: Mapping[str, Any] | None = None
+    ) -> str:
+        if lookup.is_id(workspace):
+            return workspace
+        auth = self._auth(options)
+        entries = self.names.listing(
+            ("workspaces", auth[0]),
+            lambda: lookup.list_all(
+                self._pages(auth, "fabric workspaces.list", ctx),
+                f"{self.endpoint}/v1/workspaces",
+                {},
+                self.endpoint,
+            ),
+        )
+        return str(lookup.pick(entries, workspace, "workspace")["id"])
+
+    def _items(
+        self, workspace: str, item_type: str, options: Mapping[str, Any], ctx: Mapping[str, Any] | None
+    ) -> list[Mapping[str, Any]]:
+        auth = self._auth(options)
+        return self.names.listing(
+            ("items", auth[0], workspace, item_type),
+            lambda: lookup.list_all(
+                self._pages(auth, "fabric items.list", ctx),
+                self._collection_url(workspace, "items"),
+                {"type": item_type},
+                self.endpoint,
+            ),
+        )
+
+    def _find_item(
+        self,
+        workspace: str,
+        name: str,
+        item_type: str,
+        options: Mapping[str, Any],
+        ctx: Mapping[str, Any] | None,
+    ) -> Mapping[str, Any] | None:
+        """The one item of that type and display name, ``None`` when absent (ambiguous: an error)."""
+        entries = self._items(workspace, item_type, options, ctx)
+        try:
+            return lookup.pick(entries, name, item_type)
+        except lookup.NameNotFound:
+            return None
+
+    def dataflow_parameters(
+        self, workspace: str, dataflow: str, options: Mapping[str, Any], ctx: Mapping[str, Any] | None = None
+    ) -> list[dataflow_parameters.Declared]:
+        """The dataflow's public parameters (cached for a few minutes per process)."""
+        auth = self._auth(options)
+
+        def load() -> list[Mapping[str, Any]]:
+            return lookup.list_all(
+                self._pages(auth, "fabric dataflows.discoverParameters", ctx),
+                f"{self._collection_url(workspace, 'dataflows', dataflow)}/parameters",
+                {},
+                self.endpoint,
+            )
+
+        entries = self._parameters.listing((workspace.lower(), dataflow.lower()), load)
+        return [dataflow_parameters.Declared.from_json(e) for e in entries]
+
+    def check_online(self, pipeline: PipelineTarget, parameters: Mapping[str, str | None]) -> list[str]:
+        """Problems only Fabric can tell: names that resolve to nothing, and a dataflow's configured
+        parameters (name -> literal value, ``None`` when rendered from an event) against its own."""
+        options = pipeline.options
+        try:
+            workspace, item = self.resolve(options)
+        except lookup.NameNotFound as exc:
+            if options.get("definition"):
+                return []  # sync creates it
+            return [f"{pipeline.name}: {exc.message}"]
+        except BackendRejected as exc:
+            return [f"{pipeline.name}: {exc.message}"]
+        if not is_execute(job_type_of(options)):
+            return []
+        declared = self.dataflow_parameters(workspace, item, options)
+        return [f"{pipeline.name}: {p}" for p in dataflow_parameters.check(declared, parameters)]
+
+    # -- sync: definitions kept in the repo ----------------------------------------------------
+    def plan_sync(self, pipeline: PipelineTarget, base_dir: str) -> SyncStep | None:
+        """Compare the repo's definition folder with Fabric's copy (nothing changes)."""
+        options = pipeline.options
+        if not options.get("definition"):
+            return None
+        folder = Path(base_dir) / str(options["definition"])
+        parts = definitions.read_folder(folder)
+        metadata = definitions.platform(parts, str(options["definition"]))
+        item_type = str(metadata["type"])
+        if item_type != item_type_of(options):
+            raise ConfigError(
+                [
+                    f"definition: {folder}/.platform is a {item_type}, the pipeline's item_type is {item_type_of(options)}"
+                ],
+                source=f"pipeline {pipeline.name}",
+            )
+        item = str(options["item"])
+        name = str(metadata.get("displayName") or item) if lookup.is_id(item) else item
+        workspace = self.workspace_id(str(options["workspace"]), options)
+        self.names.forget(("items", self._auth(options)[0], workspace, item_type))
+        found = (
+            {"id": item} if lookup.is_id(item) else self._find_item(workspace, name, item_type, options, None)
+        )
+        payload = {
+            "workspace": workspace,
+            "item_type": item_type,
+            "display_name": name,
+            "definition": definitions.encode(parts),
+            "credentials": self._auth(options)[0],
+            "auth": self._auth(options)[1],
+        }
+        target = f"{item_type} {name!r} in workspace {options['workspace']}"
+        common: dict[str, Any] = {
+            "pipeline": pipeline.name,
+            "backend": self.name,
+            "target": target,
+            "payload": payload,
+        }
+        if found is None:
+            return SyncStep(change=SyncChange.CREATE, summary=f"new: {', '.join(sorted(parts))}", **common)
+        remote = self._get_definition(workspace, item_type, str(found["id"]), options)
+        diff = definitions.differences(parts, remote)
+        change = SyncChange.UPDATE if diff else SyncChange.UNCHANGED
+        return SyncStep(change=change, summary=", ".join(diff), found=str(found["id"]), **common)
+
+    def apply_sync(self, step: SyncStep) -> str:
+        """Create or update the item (following Fabric's long-running operations); a dataflow's
+        changes are then applied (its applyChanges job), so the next Execute runs them."""
+        payload = step.payload
+        options = {"credentials": payload["credentials"], "auth": payload["auth"]}
+        auth = self._auth(options)
+        workspace, item_type = str(payload["workspace"]), str(payload["item_type"])
+        collection = definitions.COLLECTIONS[item_type]
+        call = self._lro_call(auth)
+        if step.change == SyncChange.UNCHANGED:
+            return str(step.found)
+        if step.change == SyncChange.CREATE:
+            body = {"displayName": payload["display_name"], "definition": payload["definition"]}
+            response = call(
+                "POST",
+                self._collection_url(workspace, collection),
+                what=f"fabric {collection}.create",
+                json=body,
+            )
+            created = definitions.wait(call, response, what=f"fabric {collection}.create", want_result=True)
+            item = str((created or {}).get("id") or "")
+            if not item:
+                raise BackendUnavailable(f"fabric {collection}.create: the answer names no item id")
+            self.names.forget(("items", auth[0], workspace, item_type))
+        else:
+            item = str(step.found)
+            url = f"{self._collection_url(workspace, collection, item)}/updateDefinition"
+            response = call(
+                "POST",
+                url,
+                what=f"fabric {collection}.updateDefinition",
+                json={"definition": payload["definition"]},
+            )
+            definitions.wait(call, response, what=f"fabric {collection}.updateDefinition", want_result=False)
+        if item_type == "Dataflow":
+            self._parameters.forget((workspace.lower(), item.lower()))
+            self._apply_changes(workspace, item, auth)
+        logs.info("fabric item synced", pipeline=step.pipeline, change=str(step.change), item=item)
+        return item
+
+    def _lro_call(self, auth: tuple[str, str]) -> definitions.Call:
+        def call(method: str, url: str, *, what: str, **kwargs: Any) -> Any:
+            if not url.startswith(self.endpoint + "/"):
+                raise BackendUnavailable(f"{what}: Fabric pointed at another host; not following it")
+            return self._call(method, url, auth=auth, what=what, **kwargs)
+
+        return call
+
+    def _get_definition(
+        self, workspace: str, item_type: str, item: str, options: Mapping[str, Any]
+    ) -> dict[str, bytes]:
+        call = self._lro_call(self._auth(options))
+        collection = definitions.COLLECTIONS[item_type]
+        what = f"fabric {collection}.getDefinition"
+        response = call(
+            "POST", f"{self._collection_url(workspace, collection, item)}/getDefinition", what=what
+        )
+        result = definitions.wait(call, response, what=what, want_result=True)
+        return definitions.decode((result or {}).get("definition"))
+
+    def _apply_changes(self, workspace: str, dataflow: str, auth: tuple[str, str]) -> None:
+        """Run the dataflow's ApplyChanges job and wait for it (a failure is a clear error)."""
+        what = "fabric dataflows.applyChanges"
+        url = f"{self._collection_url(workspace, 'dataflows', dataflow)}/jobs/applyChanges/instances"
+        response = self._call("POST", url, auth=auth, what=what)
+        location = response.headers.get("Location") or ""
+        if "/jobs/instances/" not in location or not location.startswith(self.endpoint + "/"):
+            raise BackendUnavailable(f"{what}: HTTP {response.status_code} without a job instance Location")
+        deadline = time.monotonic() + definitions.LRO_BUDGET_SECONDS
+        delay = http.retry_after_seconds(response.headers)
+        while True:
+            time.sleep(min(1.0 if delay is None else delay, definitions.LRO_MAX_WAIT_SECONDS))
+            answer = self._call("GET", location, auth=auth, what=what)
+            instance = answer.json() if answer.content else {}
+            status = str(instance.get("status"))
+            if status == "Completed":
+                return
+            if status in ("Failed", "Cancelled", "Deduped"):
+                raise BackendRejected(f"{what}: {status}: {_failure_reason(instance)}", reason=status)
+            if time.monotonic() >= deadline:
+                raise BackendUnavailable(
+                    f"{what}: still {status} after {definitions.LRO_BUDGET_SECONDS:.0f}s"
+                )
+            delay = http.retry_after_seconds(answer.headers)
+
     # -- the backend contract ------------------------------------------------------------------
     def launch(self, request: LaunchRequest) -> JobRef:
         options = request.pipeline.options
-        workspace, item = str(options["workspace"]), str(options["item"])
-        job_type = str(options.get("job_type") or DEFAULT_JOB_TYPE)
-        body = execution_body(job_type, request.parameters, options.get("execute_option"))
+        workspace, item = self.resolve(options, self._ctx(request))
+        job_type = job_type_of(options)
+        run_parameters: Mapping[str, Any] = request.parameters
+        if is_execute(job_type):
+            # The dataflow-specific path: the only one the spec documents executionData.parameters for.
+            declared = self.dataflow_parameters(workspace, item, options)
+            problems = dataflow_parameters.check(declared, dict(request.parameters))
+            if problems:
+                raise ParameterError(
+                    f"fabric: the dataflow refuses this run's parameters: {'; '.join(problems)}",
+                    **self._ctx(request),
+                )
+            run_parameters = dataflow_parameters.typed(declared, request.parameters)
+            url = f"{self._collection_url(workspace, 'dataflows', item)}/jobs/execute/instances"
+        else:
+            url = f"{self._item_url(workspace, item)}/jobs/{quote(job_type, safe='')}/instances"
+        body = execution_body(job_type, run_parameters, options.get("execute_option"))
         what = "fabric jobs.runOnDemand"
         response = self._call(
             "POST",
-            f"{self._item_url(workspace, item)}/jobs/{quote(job_type, safe='')}/instances",
+            url,
             auth=self._auth(options),
             what=what,
             ctx=self._ctx(request),
@@ -430,8 +771,8 @@ class Fabric:
         """The instance this run started, matched by time (see the module docstring), or None;
         ``exclude``: instance ids other runs own (the launch service claims ids in the ledger)."""
         options = request.pipeline.options
-        workspace, item = str(options["workspace"]), str(options["item"])
-        job_type = str(options.get("job_type") or DEFAULT_JOB_TYPE)
+        workspace, item = self.resolve(options, self._ctx(request))
+        job_type = job_type_of(options)
         since = None
         if request.requested_at is not None:
             claimed = request.requested_at

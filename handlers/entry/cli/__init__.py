@@ -10,6 +10,7 @@
     runs                       the runs in the ledger, newest first (--active: the active index only)
     launch   PIPELINE          start a run by hand through :mod:`handlers.entry.manual` (idempotent); --wait
     cancel   RUN_KEY           ask the backend to stop a run's job
+    sync     [--dry-run]       create or update the pipelines whose definitions are kept in the repo
     graph                      the config as a Mermaid ``flowchart LR`` (or nodes/edges with --json)
 
 Every command takes ``--config FILE`` (default ``$PIPELINES_CONFIG``, else ``pipelines.yaml``) and
@@ -44,6 +45,7 @@ from handlers.entry.cli.graph import cmd_graph, graph_mermaid
 from handlers.entry.cli.launch import cmd_cancel, cmd_launch
 from handlers.entry.cli.output import Output, _isatty, clean
 from handlers.entry.cli.runs import DEFAULT_RUNS_LIMIT, cmd_runs
+from handlers.entry.cli.sync import cmd_sync
 from handlers.entry.cli.validate import cmd_validate
 
 __all__ = ["explain_object", "graph_mermaid", "main"]
@@ -85,6 +87,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("validate", parents=[common], help="check a routing config, listing every problem")
     p.add_argument("file", nargs="?", metavar="CONFIG", help="the config to check (default: --config)")
+    p.add_argument(
+        "--online",
+        action="store_true",
+        help="also ask the backends (names resolve, parameters match what the pipelines declare)",
+    )
     p.set_defaults(func=cmd_validate)
 
     p = sub.add_parser(
@@ -110,6 +117,11 @@ def build_parser() -> argparse.ArgumentParser:
     msg.add_argument("--message-id", help="default: derived from topic, data and attributes")
     p.add_argument("--time", type=_time_arg, help="event time, RFC 3339 (default: now)")
     p.add_argument("--event-id", help="the CloudEvent id (default: as the function derives it)")
+    p.add_argument(
+        "--no-ledger",
+        action="store_true",
+        help="batch: triggers: do not read the ledger for the window the object would join",
+    )
     p.set_defaults(func=cmd_explain)
 
     p = sub.add_parser("runs", parents=[common], help="list runs from the ledger, newest first")
@@ -143,6 +155,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--timeout", type=float, help="stop waiting after this many seconds (exit 1)")
     p.set_defaults(func=cmd_launch)
+
+    p = sub.add_parser(
+        "sync",
+        parents=[common],
+        help="create or update the pipelines whose definitions are kept in the repo",
+        description="Plan, for every pipeline with a definition in the repo, create / update / "
+        "unchanged (with what differs), and apply it unless --dry-run.",
+    )
+    p.add_argument("--dry-run", action="store_true", help="print the plan; change nothing")
+    p.set_defaults(func=cmd_sync)
 
     p = sub.add_parser("cancel", parents=[common], help="ask the backend to stop a run's job")
     p.add_argument("run_key", metavar="RUN_KEY")

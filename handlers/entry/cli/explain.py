@@ -4,7 +4,9 @@ Explain builds the event the way the functions would receive it and renders the 
 decision path (:func:`handlers.route.plan.plan_event`), the very plan ``on_object_finalized`` and
 ``on_message`` act on: the same matching, run keys, job names, labels, rendered parameters and
 outputs, fan-in join keys. It reads the config only: no ledger, no backend, no network (whether a
-fan-in's other upstreams already arrived is in the ledger, which explain does not read).
+fan-in's other upstreams already arrived is in the ledger, which explain does not read). One
+exception, for ``batch:`` triggers: which window an object would join is ledger state, so explain
+reads (never writes) the window documents to say it, unless ``--no-ledger`` is given.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any
 
-from handlers.core.errors import EventError
+from handlers.core.errors import EventError, PipelineError
 from handlers.core.ids import digest
 from handlers.core.times import iso
 from handlers.entry.cli.args import (
@@ -29,16 +31,18 @@ from handlers.entry.cli.args import (
     _kv,
     _load,
     _read_arg,
+    _runtime,
 )
 from handlers.entry.cli.output import Output, clean
 from handlers.model.completions import RUN_COMPLETED, Completion, completion_id, parse_completion
-from handlers.model.config import Config
+from handlers.model.config import Config, Trigger
 from handlers.model.events import MessageEvent, ObjectEvent, StorageObject, split_topic
 from handlers.route.plan import (
     Action,
     EventPlan,
     LaunchPlan,
     TriggerDecision,
+    WindowPlan,
     plan_completion,
     plan_message,
     plan_object,
@@ -55,7 +59,7 @@ class TriggerExplanation:
     kind: str
     matched: bool
     reasons: list[str] = field(default_factory=list)
-    action: str | None = None  # launch | wait | abandon | fail | None (no match)
+    action: str | None = None  # launch | wait | abandon | join | fail | None (no match)
     run_key: str | None = None
     job_name: str | None = None
     labels: dict[str, str] = field(default_factory=dict)
@@ -63,6 +67,7 @@ class TriggerExplanation:
     outputs: dict[str, str] = field(default_factory=dict)
     error: str | None = None
     join: dict[str, Any] | None = None
+    window: dict[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
         doc: dict[str, Any] = {
@@ -85,6 +90,8 @@ class TriggerExplanation:
             )
         if self.join is not None:
             doc["join"] = self.join
+        if self.window is not None:
+            doc["window"] = self.window
         return doc
 
 
@@ -108,7 +115,7 @@ class Explanation:
         """Triggers that would do something (launch, or record a fan-in arrival)."""
         if self.too_old:
             return []
-        return [t.trigger for t in self.triggers if t.action in ("launch", "wait", "abandon")]
+        return [t.trigger for t in self.triggers if t.action in ("launch", "wait", "abandon", "join")]
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -143,6 +150,52 @@ def _launch_view(plan: LaunchPlan, ex: TriggerExplanation) -> None:
     ex.parameters, ex.outputs = dict(plan.rendered.parameters), dict(plan.rendered.outputs)
 
 
+def _limits(trigger: Trigger) -> dict[str, Any]:
+    spec = trigger.batch
+    assert spec is not None
+    return {
+        "max_items": spec.max_items,
+        "max_bytes": spec.max_bytes,
+        "max_wait_seconds": spec.max_wait_seconds,
+    }
+
+
+def _window_view(plan: WindowPlan, ex: TriggerExplanation) -> None:
+    """A batched trigger: the window key and limits (which window: :func:`locate_windows`)."""
+    if plan.action is Action.SKIP:
+        assert plan.error is not None
+        ex.action, ex.error = "fail", f"window key: {plan.error.message} (acknowledged without a window)"
+        return
+    ex.action = "join"
+    ex.window = {"key": plan.key, "limits": _limits(plan.trigger)}
+
+
+def locate_windows(config: Config, plan: EventPlan, ex: Explanation) -> None:
+    """Read the ledger (read only) for the window each batched trigger's object is in or would join."""
+    views = {t.trigger: t for t in ex.triggers}
+    plans = [d.window for d in plan.matched if d.window is not None and d.window.action is Action.JOIN]
+    if not plans:
+        return
+    from handlers.launch.windows import Windows  # the launch stack: only when a trigger batches
+
+    try:
+        windows = Windows(_runtime(config))
+        for wplan in plans:
+            where = windows.whereabouts(wplan)
+            view = views[wplan.trigger.name].window
+            assert view is not None
+            view.update(
+                window=where.window,
+                joined=where.joined,
+                state=where.state,
+                count=where.count,
+                bytes=where.bytes,
+                run_key=where.run_key,
+            )
+    except PipelineError as exc:
+        ex.notes.append(f"the ledger could not be read to find the window: {exc.message}")
+
+
 def _view(config: Config, decision: TriggerDecision) -> TriggerExplanation:
     trigger = decision.trigger
     pipeline = config.pipelines.get(trigger.pipeline)
@@ -156,6 +209,8 @@ def _view(config: Config, decision: TriggerDecision) -> TriggerExplanation:
     )
     if decision.launch is not None:
         _launch_view(decision.launch, ex)
+    if decision.window is not None:
+        _window_view(decision.window, ex)
     join = decision.join
     if join is None:
         return ex
@@ -336,7 +391,10 @@ def cmd_explain(args: argparse.Namespace, out: Output) -> int:
             time_created=when,
         )
         missing.update(generation=args.generation, size=args.size, content_type=args.content_type)
-        explanation = explain_object(config, ObjectEvent(args.event_id or obj.identity, when, obj), now=now)
+        plan = plan_object(config, ObjectEvent(args.event_id or obj.identity, when, obj), now=now)
+        explanation = explanation_of(config, plan)
+        if not args.no_ledger:
+            locate_windows(config, plan, explanation)
     elif args.topic is not None:
         project, topic = split_topic(args.topic)
         data = _read_arg(args.data, "--data") if args.data is not None else b""
@@ -377,6 +435,29 @@ def cmd_explain(args: argparse.Namespace, out: Output) -> int:
     else:
         print_explanation(explanation, out)
     return EXIT_OK if explanation.acting else EXIT_FAILURE
+
+
+def _window_pairs(window: dict[str, Any]) -> list[tuple[str, Any]]:
+    limits = ", ".join(
+        f"{k} {_human_seconds(v) if k == 'max_wait_seconds' else v}".replace("_seconds", "")
+        for k, v in window["limits"].items()
+        if v is not None
+    )
+    pairs: list[tuple[str, Any]] = [("window key", repr(window["key"])), ("closes at", limits)]
+    if "window" not in window:
+        return pairs
+    if window["joined"]:
+        where = f"{window['window']}: already a member ({window['state']}, {window['count']} objects)"
+    elif window["state"] is None:
+        where = f"{window['window']}: would open it (its first object)"
+    else:
+        where = (
+            f"{window['window']}: would join it ({window['count']} objects, {window['bytes']} bytes so far)"
+        )
+    pairs.append(("window", where))
+    if window.get("run_key"):
+        pairs.append(("window run", window["run_key"]))
+    return pairs
 
 
 def print_explanation(ex: Explanation, out: Output) -> None:
@@ -446,6 +527,8 @@ def print_explanation(ex: Explanation, out: Output) -> None:
                 waiting = ", ".join(t.join["waiting_for"]) or "nobody"
                 pairs.append(("arrives", t.join["arrives"]))
                 pairs.append(("waits for", f"{waiting} (SUCCEEDED, same join key); then launches once"))
+        if t.window is not None:
+            pairs += _window_pairs(t.window)
         if t.run_key:
             pairs += [("run key", t.run_key), ("job name", t.job_name), ("labels", _kv(t.labels))]
         out.pairs(pairs, indent=7)
