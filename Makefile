@@ -42,13 +42,17 @@ up: $(STAMP) prereqs
 bench: $(STAMP) prereqs
 	$(PY) -m evidence.bench $(BENCH_ARGS)
 
-# Reliability evidence (docs/RELIABILITY.md): fault injection over 1,000 events, crash injection at
-# every step boundary, 2,000 generated bad inputs, batch: windows under both (evidence/reliability/windows.py);
-# replays under faults and SIGKILLs (evidence/reliability/replay.py); about 15 minutes;
-# results/{faults,crashes,badinput,windows-crashes,windows-faults,replay}.*
+# Reliability evidence (docs/RELIABILITY.md): fault injection over every backend at the published
+# setting (1,000 events) and at a harsher one (rate 0.2, every kind with 412/409 on the ledger, every
+# event delivered twice), crash injection at every step boundary, 2,000 generated bad inputs, batch:
+# windows under both (evidence/reliability/windows.py), hostile upstreams (every backend, Entra, the
+# metadata server), replays under faults and SIGKILLs; about 35 minutes;
+# results/{faults,faults-harsh,crashes,badinput,windows-crashes,windows-faults,hostile,replay}.*
+RELIABILITY_BACKENDS ?= dataflow,datafusion,fabric,dataproc
 reliability: $(STAMP) prereqs
-	$(PY) -m evidence.reliability.faults --events 1000 --rate 0.1 --kinds 429,503,timeout,reset,lost --seed 1 --duplicates 0.2 --backends dataflow,datafusion,dataproc --status-push
-	$(PY) -m evidence.reliability.crashes --per-boundary 3 --backends dataflow,datafusion,fabric,dataproc
+	$(PY) -m evidence.reliability.faults --events 1000 --rate 0.1 --kinds 429,503,timeout,reset,lost --seed 1 --duplicates 0.2 --backends $(RELIABILITY_BACKENDS) --status-push
+	$(PY) -m evidence.reliability.faults --events 400 --rate 0.2 --kinds all --seed 1 --duplicates 1.0 --backends $(RELIABILITY_BACKENDS) --status-push --results faults-harsh
+	$(PY) -m evidence.reliability.crashes --per-boundary 3 --backends $(RELIABILITY_BACKENDS)
 	$(PY) -m evidence.reliability.badinput --cases 2000 --seed 7
 	$(PY) -m evidence.reliability.windows crashes --per-boundary 2 && $(PY) -m evidence.reliability.windows faults --events 1000 --window 100 --rate 0.1 --kinds 429,503,timeout,reset,lost --seed 1 --duplicates 0.2
 	$(PY) -m evidence.reliability.hostile --fuzz 200 --seed 11

@@ -20,6 +20,7 @@ plumbing is at the bottom. Each layer imports only itself and the layers below i
     launch/       one launch per event
       service       claim -> launch -> record, exactly once, with the retry and error policy
       ledger        run records and active markers over a small store contract
+      slot          one uncertain start at a time per target of a backend whose find() guesses
       windows       batch: windows of object events: join exactly once, close, manifest, launch
       store         that store: the Cloud Storage JSON API (create-only and CAS writes)
       runtime       the per-process wiring: config, ledger, backends, publisher (built lazily)

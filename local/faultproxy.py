@@ -10,8 +10,16 @@ backend emulator) and, per request, injects a fault with a configurable probabil
                           ├─ timeout  hold the request without answering until the client gives up (or
                           │           ``hold_seconds`` pass), then close; the upstream never sees it
                           ├─ reset    close the connection at once (TCP RST), no answer; not forwarded
-                          └─ lost     forward it, let the upstream apply it, then close without
+                          ├─ lost     forward it, let the upstream apply it, then close without
                                       answering: "the request succeeded but the response was lost"
+                          ├─ 412      answer 412 (conditionNotMet) to a *conditional* request (an
+                          │           ``ifGenerationMatch``/``ifMetagenerationMatch`` query): another
+                          │           writer won; not forwarded. Other requests pass untouched
+                          └─ 409      answer 409 (ABORTED, "concurrent update") to a write (POST, PUT,
+                                      PATCH, DELETE); not forwarded. Reads pass untouched
+
+``KINDS`` are the transport faults any upstream can suffer; ``CONFLICT_KINDS`` (412, 409) are what
+a contended store answers, for the ledger (``--kinds all`` means every one of both).
 
 Only requests whose ``"METHOD /path?query"`` matches ``match`` (a regex, searched; ``None`` = all)
 can be faulted; the others pass through untouched. Decisions come from one seeded RNG, so a run's
@@ -64,6 +72,10 @@ from typing import Any, Self
 from urllib.parse import urlsplit
 
 KINDS: tuple[str, ...] = ("429", "503", "timeout", "reset", "lost")
+CONFLICT_KINDS: tuple[str, ...] = ("412", "409")
+ALL_KINDS: tuple[str, ...] = KINDS + CONFLICT_KINDS
+_WRITES = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+_CONDITIONAL = re.compile(r"(^|&)if(Meta)?[gG]enerationMatch=")
 HOP_BY_HOP = frozenset(
     {
         "connection",
@@ -79,7 +91,13 @@ HOP_BY_HOP = frozenset(
         "content-length",
     }
 )
-_GOOGLE_STATUS = {429: "RESOURCE_EXHAUSTED", 502: "UNAVAILABLE", 503: "UNAVAILABLE"}
+_GOOGLE_STATUS = {
+    409: "ABORTED",
+    412: "FAILED_PRECONDITION",
+    429: "RESOURCE_EXHAUSTED",
+    502: "UNAVAILABLE",
+    503: "UNAVAILABLE",
+}
 _MAX_LINE = 65536
 _MAX_HEADERS = 200
 
@@ -127,10 +145,10 @@ def parse_kinds(text: str | Iterable[str]) -> list[str]:
     """``"429,503"`` or an iterable -> a validated list of fault kinds (``"all"`` = every kind)."""
     items = [k.strip() for k in (text.split(",") if isinstance(text, str) else text) if k.strip()]
     if items == ["all"]:
-        return list(KINDS)
-    unknown = [k for k in items if k not in KINDS]
+        return list(ALL_KINDS)
+    unknown = [k for k in items if k not in ALL_KINDS]
     if unknown:
-        raise ValueError(f"unknown fault kind(s) {unknown}; known: {', '.join(KINDS)}")
+        raise ValueError(f"unknown fault kind(s) {unknown}; known: {', '.join(ALL_KINDS)}")
     return items
 
 
@@ -307,11 +325,23 @@ class FaultProxy:
             for kind, p in self._rates.items():
                 total += p
                 if draw < total:
-                    self._counts["injected"][kind] += 1
+                    if not applies(kind, exchange):
+                        return True, None
+                    injected = self._counts["injected"]
+                    injected[kind] = injected.get(kind, 0) + 1  # conflict kinds appear once used
                     if self._limit is not None:
                         self._limit -= 1
                     return True, kind
             return True, None
+
+
+def applies(kind: str, exchange: Exchange) -> bool:
+    """Whether a server could answer ``kind`` to this request (412 and 409 only to some)."""
+    if kind == "412":
+        return bool(_CONDITIONAL.search(exchange.query))
+    if kind == "409":
+        return exchange.method in _WRITES
+    return True
 
 
 def _ensure_loopback(host: str) -> None:
@@ -421,11 +451,16 @@ class _Handler(socketserver.StreamRequestHandler):
         proxy = self.proxy
         matched, kind = proxy._decide(exchange)
         exchange.fault = kind
-        if kind in ("429", "503"):
+        if kind in ("429", "503", "412", "409"):
             code = int(kind)
             body = google_error_body(code, f"injected by {proxy.name}: HTTP {code}")
             extra = [("Retry-After", _seconds(proxy.retry_after))] if code == 429 else []
-            text = "Too Many Requests" if code == 429 else "Service Unavailable"
+            text = {
+                429: "Too Many Requests",
+                503: "Service Unavailable",
+                412: "Precondition Failed",
+                409: "Conflict",
+            }[code]
             self._answer(code, text, [("Content-Type", "application/json; charset=UTF-8"), *extra], body)
             return
         if kind == "timeout":
@@ -558,7 +593,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--rate", type=float, default=0.1, help="probability that a matching request faults")
     parser.add_argument(
-        "--kinds", default=",".join(KINDS), help=f"comma-separated subset of {','.join(KINDS)}"
+        "--kinds", default=",".join(KINDS), help=f"comma-separated subset of {','.join(ALL_KINDS)}"
     )
     parser.add_argument("--match", default=None, help='regex searched in "METHOD /path?query"')
     parser.add_argument("--seed", type=int, default=0)

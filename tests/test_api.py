@@ -91,6 +91,35 @@ def test_the_same_key_for_a_different_request_is_a_conflict(api, dataflow):
     assert len(dataflow.launches()) == 1
 
 
+def test_concurrent_requests_with_one_key_and_different_bodies_get_one_run_and_one_conflict(api, dataflow):
+    """Both requests pass the early check before either claimed the run: the one that lost the claim
+    must answer 409, never 202 with the other body's run (as payment APIs do)."""
+    days = [f"2026-10-{d:02d}" for d in range(1, 9)]
+    answers: dict[tuple[str, str], tuple[int, dict]] = {}
+
+    def post(key: str, day: str, gate: threading.Barrier) -> None:
+        client = api.application.test_client()
+        gate.wait()
+        response = start(client, {"pipeline": "backfill", "parameters": {"day": day}}, key=key)
+        answers[key, day] = (response.status_code, check_openapi("/runs", "post", response))
+
+    for i in range(4):
+        gate = threading.Barrier(2)
+        pair = [threading.Thread(target=post, args=(f"race-{i}", days[2 * i + j], gate)) for j in (0, 1)]
+        for thread in pair:
+            thread.start()
+        for thread in pair:
+            thread.join()
+
+    launched = {launch["parameters"]["day"] for launch in dataflow.launches()}
+    for i in range(4):
+        statuses = sorted(answers[f"race-{i}", days[2 * i + j]][0] for j in (0, 1))
+        assert statuses == [202, 409], (i, answers)
+        (winner,) = [days[2 * i + j] for j in (0, 1) if answers[f"race-{i}", days[2 * i + j]][0] == 202]
+        assert winner in launched
+    assert len(dataflow.launches()) == 4
+
+
 def test_bad_or_missing_parameters_are_400_naming_each_field(api, dataflow):
     bad = start(api, {"pipeline": "backfill", "parameters": {"dya": "x", "table": {"nested": 1}}})
     assert bad.status_code == 400

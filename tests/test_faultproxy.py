@@ -165,6 +165,27 @@ def test_only_requests_matching_the_regex_are_faulted_and_the_limit_caps_the_cou
     assert counters["matched"] == 5 and counters["requests"] == 8
 
 
+def test_412_answers_only_conditional_requests_and_409_only_writes_neither_forwarded(upstream):
+    with FaultProxy(upstream.url, rates={"412": 1.0}) as proxy:
+        plain = requests.post(f"{proxy.url}/jobs", timeout=5)
+        conditional = requests.post(f"{proxy.url}/jobs?uploadType=media&ifGenerationMatch=0", timeout=5)
+        precondition = proxy.counters()["injected"]["412"]
+        proxy.set_faults({"409": 1.0})
+        read = requests.get(f"{proxy.url}/jobs", timeout=5)
+        write = requests.put(f"{proxy.url}/jobs", timeout=5)
+        conflicts = proxy.counters()["injected"]["409"]
+
+    assert (plain.status_code, conditional.status_code, precondition) == (201, 412, 1)
+    assert conditional.json()["error"] == {
+        "code": 412,
+        "message": "injected by faultproxy: HTTP 412",
+        "status": "FAILED_PRECONDITION",
+    }
+    assert (read.status_code, write.status_code, conflicts) == (200, 409, 1)
+    assert write.json()["error"]["status"] == "ABORTED"
+    assert [(s["method"], s["path"]) for s in upstream.seen] == [("POST", "/jobs"), ("GET", "/jobs")]
+
+
 def test_the_seeded_rng_gives_the_configured_rates(upstream):
     rates = even_rates(0.5, "429,503")
     with FaultProxy(upstream.url, rates=rates, seed=42) as proxy, requests.Session() as s:
@@ -174,7 +195,7 @@ def test_the_seeded_rng_gives_the_configured_rates(upstream):
     assert counters["injected"]["429"] == codes.count(429)
     assert counters["injected"]["503"] == codes.count(503)
     assert 160 <= codes.count(429) + codes.count(503) <= 240  # 0.5 of 400, loosely
-    assert parse_kinds("all") == ["429", "503", "timeout", "reset", "lost"]
+    assert parse_kinds("all") == ["429", "503", "timeout", "reset", "lost", "412", "409"]
     with pytest.raises(ValueError, match="unknown fault kind"):
         parse_kinds("429,teapot")
 

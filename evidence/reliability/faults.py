@@ -2,7 +2,8 @@
 
     python -m evidence.reliability.faults --events 1000 --rate 0.1 --kinds 429,503,timeout,reset,lost \\
         --seed 1 --duplicates 0.2 [--parallel 8] [--status-push] [--max-seconds 900] \\
-        [--backends dataflow,datafusion,fabric] [--functions-dir CHECKOUT] [--keep] [--no-write]
+        [--backends dataflow,datafusion,fabric,dataproc] [--functions-dir CHECKOUT] [--keep] [--no-write]
+        [--results NAME]
 
 The rig (:mod:`reliability.rig`) runs the Pub/Sub emulator, fake-gcs-server (the ledger) and the
 Dataflow emulator (fast clock; with ``--backends`` also the CDAP and Fabric emulators, the events
@@ -55,7 +56,7 @@ from evidence.reliability.rig import (
     report_run,
     sweeping,
 )
-from local.faultproxy import KINDS, even_rates, parse_kinds
+from local.faultproxy import CONFLICT_KINDS, KINDS, even_rates, parse_kinds
 
 # Which ledger requests may be faulted (searched in "METHOD /path?query"): every object call. Every
 # request reaching a backend proxy (protocol calls only: the functions never use /_emulator/) may be.
@@ -98,8 +99,14 @@ def run(options: Options) -> dict[str, Any]:
     with Rig(options.settings, functions_dir=options.functions_dir, keep_dir=options.keep_dir) as rig:
         rig.start(seed=options.seed)
         rates = even_rates(options.rate, options.kinds)
+        # 412 and 409 are what a contended store answers: the ledger only (a backend's 409 means
+        # something else to each backend, and none of them takes a generation precondition)
+        backend_rates = {k: p for k, p in rates.items() if k not in CONFLICT_KINDS}
         for name, proxy in rig.proxies.items():
-            proxy.set_faults(rates, match=LEDGER_MATCH if name == "ledger" else None)
+            if name == "ledger":
+                proxy.set_faults(rates, match=LEDGER_MATCH)
+            else:
+                proxy.set_faults(backend_rates)
         backends = options.settings.backends
         events = [
             Event.storage(LANDING_BUCKET, event_name(backends[i % len(backends)], f"{options.seed}/{i:05d}"))
@@ -203,7 +210,9 @@ def run(options: Options) -> dict[str, Any]:
     return figures
 
 
-def write_results(figures: dict[str, Any], command: str, out_dir: Path | None = None) -> tuple[Path, Path]:
+def write_results(
+    figures: dict[str, Any], command: str, out_dir: Path | None = None, *, name: str = "faults"
+) -> tuple[Path, Path]:
     from evidence.bench.report import markdown_table, write
 
     rows = [
@@ -253,7 +262,7 @@ def write_results(figures: dict[str, Any], command: str, out_dir: Path | None = 
     if figures["lost_examples"]:
         notes += "\n\nLost, first examples: " + json.dumps(figures["lost_examples"])
     return write(
-        "faults", figures, command=command, table=rows, title="Fault injection", notes=notes, out_dir=out_dir
+        name, figures, command=command, table=rows, title="Fault injection", notes=notes, out_dir=out_dir
     )
 
 
@@ -265,7 +274,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--rate", type=float, default=0.1, help="fault probability per ledger/backend request"
     )
-    parser.add_argument("--kinds", default=",".join(KINDS), help=f"subset of {','.join(KINDS)}")
+    parser.add_argument(
+        "--kinds",
+        default=",".join(KINDS),
+        help=f"subset of {','.join(KINDS + CONFLICT_KINDS)} (412 and 409: on the ledger only), or all",
+    )
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--duplicates", type=float, default=0.2, help="fraction of events delivered twice")
     parser.add_argument("--parallel", type=int, default=8, help="deliveries in flight")
@@ -287,6 +300,9 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"comma-separated subset of {','.join(BACKENDS)} (events spread over them)",
     )
     parser.add_argument("--no-write", action="store_true", help="print the figures only")
+    parser.add_argument(
+        "--results", default="faults", help="name of the results files (results/NAME.json, NAME.md)"
+    )
     parser.add_argument("--functions-dir", type=Path, help="serve main.py from this checkout instead")
     parser.add_argument("--keep", action="store_true", help="keep the rig's work dir (logs) and print it")
     return parser
@@ -316,9 +332,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         ),
     )
     figures = run(options)
-    return report_run(
-        figures, "evidence.reliability.faults", argv, write_results if not args.no_write else None
-    )
+
+    def write(figures: dict[str, Any], command: str) -> Any:
+        return write_results(figures, command, name=args.results)
+
+    return report_run(figures, "evidence.reliability.faults", argv, None if args.no_write else write)
 
 
 if __name__ == "__main__":

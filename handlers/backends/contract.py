@@ -179,10 +179,15 @@ class FindSemantics:
 
     ``settle_seconds``: how long a just-started run may stay invisible to ``find``; after an
     uncertain start the launch service waits that long before trusting "not found".
+
+    ``scope``: for a guessing ``find``, what it searches (a Fabric item): the launch service starts
+    one run at a time per scope (a launch slot in the ledger, :mod:`handlers.launch.slot`), so the
+    newest instance no other run claimed is the slot holder's own. ``None``: the pipeline's name.
     """
 
     exact: bool = True
     settle_seconds: float = 0.0
+    scope: Callable[[PipelineTarget], str] | None = None
 
 
 @dataclass(frozen=True)

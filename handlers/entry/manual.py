@@ -184,7 +184,14 @@ def start_run(
             f"Idempotency-Key {idempotency_key!r} was already used for a different request", run_key=key
         )
     outcome = (service or LaunchService(runtime)).start(trigger, event, retry_failed=True)
-    return outcome, runtime.ledger.get(key)
+    run = runtime.ledger.get(key)
+    if run is not None and run.event.get("request_hash") not in (None, event.request_hash):
+        # A concurrent request with this key and another body claimed the run first: it is that
+        # request's run, never this one's answer.
+        raise IdempotencyConflict(
+            f"Idempotency-Key {idempotency_key!r} is in use by a different request", run_key=key
+        )
+    return outcome, run
 
 
 def run_status(runtime: Runtime, key: str, *, live: bool = True) -> dict[str, Any]:

@@ -149,6 +149,8 @@ class Tracker:
                 return self.finish(run, RunState.LAUNCH_FAILED)
             ref = run.job_ref
             if ref is None:
+                if run.state == RunState.CLAIMED and self._launch_abandoned(run):
+                    return self._end_unlaunched(run)
                 self._warn_if_stalled(_last_seen(run), "claimed but no job recorded")
                 return None
             pipeline = self.rt.config.pipelines.get(run.pipeline)
@@ -194,6 +196,43 @@ class Tracker:
             self.rt.ledger.mark_active(run.run_key, Marker.of(updated))
         if run.state != state:
             logs.info(f"run is {state}", state=str(state), backend_state=status.raw_state)
+
+    def _launch_abandoned(self, run: Run) -> bool:
+        """A claim no delivery can come back for: its lease ended, and its event (no younger than the
+        claim) passed ``max_event_age`` a lease ago, so every redelivery is dropped as too old."""
+        settings = self.rt.config.settings
+        claimed = from_iso(run.created_at)
+        now = self.clock()
+        if claimed is None or not run.lease_expired(now):
+            return False
+        return (now - claimed).total_seconds() >= settings.max_event_age_seconds + settings.lease_seconds
+
+    def _end_unlaunched(self, run: Run) -> str | None:
+        """End a claim whose launch never succeeded (the backend stayed down past max_event_age):
+        LAUNCH_FAILED with the reason and the last error, announced once like any other end."""
+        age = self.rt.config.settings.max_event_age_seconds
+        last = (run.error or {}).get("message")
+        why = f"no launch succeeded before the event passed max_event_age ({age:.0f}s)" + (
+            f"; last error: {last}" if last else ""
+        )
+        now = self.clock()
+
+        def change(current: Run) -> Run | None:
+            if current.state != RunState.CLAIMED or current.job is not None or not current.lease_expired(now):
+                return None
+            return current.with_state(
+                RunState.LAUNCH_FAILED,
+                why,
+                error={**(current.error or {}), "message": why},
+                lease_until=None,
+                ended_at=iso(now),
+            )
+
+        failed = self.rt.ledger.mutate(run.run_key, change, current=run)
+        if failed is None or failed.state != RunState.LAUNCH_FAILED:
+            return None
+        logs.error("launch abandoned: " + why)
+        return self.finish(failed, RunState.LAUNCH_FAILED, reason=why)
 
     def _warn_if_stalled(self, last_seen: str | None, why: str) -> None:
         seen = from_iso(last_seen)

@@ -319,12 +319,16 @@ class Ledger:
         """Whether ``run_key`` owns ``job_id`` (create-only ``jobs/<backend>/<id>``; the first claim
         wins). Only for backends whose find() guesses: no two runs may follow one job."""
         name = f"jobs/{backend}/{quote(job_id, safe='')}"
-        try:
-            self.write_doc(name, {"run_key": run_key, "claimed_at": iso(now())}, 0)
-            return True
-        except Conflict:
-            found = self.read_doc(name)
-            return found is not None and found[0].get("run_key") == run_key
+        for _ in range(10):
+            try:
+                self.write_doc(name, {"run_key": run_key, "claimed_at": iso(now())}, 0)
+                return True
+            except Conflict:
+                found = self.read_doc(name)
+            if found is not None:
+                return found[0].get("run_key") == run_key
+            # a 412 for an object that is not there (a contended store): nobody claimed it yet
+        raise LedgerUnavailable(f"claim of job {job_id}: conflicts without a claim to read", job_id=job_id)
 
     # Generic small documents (fan-in joins) share the same conditional-write discipline.
     def read_doc(self, name: str) -> tuple[dict[str, Any], int] | None:

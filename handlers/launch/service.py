@@ -31,11 +31,12 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from typing import Any
 
-from handlers.backends.contract import JobRef, LaunchRequest, RunState
-from handlers.core import logs, retry
+from handlers.backends.contract import Backend, FindSemantics, JobRef, LaunchRequest, RunState
+from handlers.core import http, logs, retry
 from handlers.core.errors import (
     AlreadyExists,
     BackendUnavailable,
+    NotFound,
     ParameterError,
     PermanentError,
     PipelineError,
@@ -43,12 +44,14 @@ from handlers.core.errors import (
     RunInProgress,
 )
 from handlers.core.times import from_iso, iso, now
-from handlers.launch.ledger import Conflict, Marker, Run, new_owner
+from handlers.launch.ledger import Conflict, Marker, Run, launched, new_owner
 from handlers.launch.runtime import Runtime
+from handlers.launch.slot import Slot, Slots
 from handlers.model.config import Pipeline, Trigger
 from handlers.route.plan import LaunchPlan, plan_launch
 from handlers.route.render import Rendered
 
+RELEASE_MARGIN_SECONDS = 2.0  # lease left for the bare marker a released claim writes (see _release)
 MAX_FIND_CANDIDATES = 5  # jobs an inexact find() may offer before the launch service gives up looking
 
 
@@ -300,39 +303,50 @@ class LaunchService:
             run_key=rendered.run_key,
             job_name=rendered.job_name,
             pipeline=pipeline,
-            parameters=rendered.parameters,
+            # the record's: a takeover launches what the first claim rendered, even if the config
+            # changed its parameters between two deliveries of the event
+            parameters=dict(run.parameters) if taken_over else rendered.parameters,
             labels=rendered.labels,
             requested_at=from_iso(run.created_at),
         )
-        uncertain = taken_over
+        uncertain = unsettled = taken_over  # unsettled: a start of ours may exist, not yet found
         uncertain_since = time.monotonic()
         adopted = False
         semantics = backend.find_semantics
+        slot: Slot | None = None
+        if not semantics.exact:
+            try:
+                slot, ours_unsettled = self._slots().acquire(
+                    pipeline.backend,
+                    self._scope(semantics, pipeline),
+                    request.run_key,
+                    run.owner or "",
+                    settle=lambda previous: self._settle(backend, request, previous),
+                )
+                # an earlier delivery of this run gave up with a start unsettled: look first
+                uncertain = unsettled = uncertain or ours_unsettled
+            except RetryableError:
+                self._release(run)
+                raise
 
         def owned(ref: JobRef) -> bool:
             """Ours to follow: always for an exact find(); else whoever claims the job id first."""
             return semantics.exact or self.rt.ledger.claim_job(pipeline.backend, ref.job_id, request.run_key)
 
         def find_ours() -> JobRef | None:
-            exclude: set[str] = set()
-            for _ in range(MAX_FIND_CANDIDATES):
-                found = (
-                    backend.find(request, exclude=frozenset(exclude)) if exclude else backend.find(request)
-                )
-                if found is None or owned(found):
-                    return found
-                logs.warning(
-                    "a job find() offered belongs to another run: looking again", job_id=found.job_id
-                )
-                exclude.add(found.job_id)
-            return None
+            skip = slot.others(request.run_key) if slot is not None else frozenset()
+            return self._find_owned(backend, request, owned, skip)
 
         # Some backends list a new run only after a moment (CDAP records runs asynchronously):
         # after an uncertain start, wait that long before trusting "not found".
         settle = semantics.settle_seconds
 
         def attempt() -> JobRef:
-            nonlocal uncertain, adopted, uncertain_since
+            nonlocal uncertain, unsettled, adopted, uncertain_since, run, slot
+            assert run is not None  # narrowed above; a closure does not keep the narrowing
+            run = self._keep_claim(run, settle)
+            if slot is not None:
+                slot = self._slots().keep(slot, self._attempt_seconds(settle))
             if uncertain:
                 wait = settle - (time.monotonic() - uncertain_since)
                 if wait > 0:
@@ -341,6 +355,7 @@ class LaunchService:
                 if found is not None:
                     adopted = True
                     return found
+                unsettled = False  # looked after the settle time: nothing of ours was started
             try:
                 ref = backend.launch(request)
             except AlreadyExists:
@@ -352,13 +367,18 @@ class LaunchService:
                 adopted = True
                 return found
             except BackendUnavailable:
-                uncertain = True  # the request may have reached the backend: look before relaunching
+                uncertain = unsettled = True  # the request may have reached the backend: look first
                 uncertain_since = time.monotonic()
                 raise
             if not owned(ref):  # another run's guessing find() claimed our new job first
-                uncertain, uncertain_since = True, time.monotonic()
+                uncertain, unsettled, uncertain_since = True, True, time.monotonic()
                 raise BackendUnavailable(f"job {ref.job_id} was claimed by another run: launching again")
             return ref
+
+        def hand_on(job_id: str | None = None) -> None:
+            """Release the slot; unsettled when a start of ours may exist that no one has claimed."""
+            if slot is not None:
+                self._slots().release(slot, settled=not unsettled, job_id=job_id)
 
         try:
             ref = retry.call(
@@ -368,18 +388,25 @@ class LaunchService:
                 sleep=self.sleep,
             )
         except PermanentError as exc:
+            hand_on()
             failed = self._mark_failed(run, exc)
             if on_launched and failed is not None:
                 on_launched(failed)
             return Outcome(trigger.name, pipeline.name, run.run_key, LaunchResult.FAILED, reason=exc.message)
-        except RetryableError:
-            self._release(run)
+        except RetryableError as exc:
+            hand_on()
+            self._release(run, exc)
             raise
         try:
             recorded = self._record_job(run, ref, pipeline)
         except RetryableError:
+            # The job is claimed for this run: whoever takes the slot next records it on the run.
+            unsettled = True
+            hand_on()
             self._release(run)  # the redelivery takes over at once and finds the job by name
             raise
+        unsettled = False
+        hand_on(ref.job_id)
         logs.info(
             "job adopted (already launched)" if adopted else "job launched",
             job_id=ref.job_id,
@@ -396,6 +423,113 @@ class LaunchService:
             LaunchResult.ADOPTED if adopted else LaunchResult.LAUNCHED,
             job_id=ref.job_id,
         )
+
+    @staticmethod
+    def _attempt_seconds(settle_seconds: float) -> float:
+        """The longest one launch attempt can take: a find after the settle time and a start, each
+        within one call's timeout, and a second of margin."""
+        connect, read = http.default_timeout()
+        return 2 * (connect + read) + settle_seconds + 1.0
+
+    def _keep_claim(self, run: Run, settle_seconds: float) -> Run:
+        """Our claim, with lease enough left for one more attempt (a find after the settle time and a
+        launch request, each within one call's timeout), renewed by compare-and-swap when it has
+        not: a lease shorter than a slow launch never lets another delivery take the run over while
+        a request of ours may still be on its way. A renewal that meets another owner stops us."""
+        needed = self._attempt_seconds(settle_seconds)
+        now = self.clock()
+        until = from_iso(run.lease_until)
+        if until is not None and (until - now).total_seconds() >= needed:
+            return run
+        longer = max(self.settings.lease_seconds, needed)
+        renewed = replace(run, lease_until=iso(now + dt.timedelta(seconds=longer)))
+        try:
+            return self.rt.ledger.update(renewed)
+        except Conflict:
+            current = self.rt.ledger.get(run.run_key)
+            if (
+                current is not None
+                and current.owner == run.owner
+                and current.state == RunState.CLAIMED
+                and current.job is None
+                and current.lease_until == renewed.lease_until
+            ):
+                return current  # our own renewal, whose answer was lost
+        raise RunInProgress(
+            f"run {run.run_key}: the claim passed to another delivery while launching",
+            run_key=run.run_key,
+            retry_after=5,
+        )
+
+    # -- guessing find(): the launch slot ------------------------------------------------------
+    def _slots(self) -> Slots:
+        return Slots(
+            self.rt.ledger,
+            lease_seconds=self.settings.lease_seconds,
+            clock=self.clock,
+            sleep=self.sleep,
+            wait_seconds=self.wait_for_owner_seconds,
+        )
+
+    @staticmethod
+    def _scope(semantics: FindSemantics, pipeline: Pipeline) -> str:
+        return semantics.scope(pipeline) if semantics.scope is not None else f"pipeline {pipeline.name}"
+
+    def _find_owned(
+        self,
+        backend: Backend,
+        request: LaunchRequest,
+        owned: Callable[[JobRef], bool],
+        skip: frozenset[str] = frozenset(),
+    ) -> JobRef | None:
+        """The job ``find()`` offers that ``owned`` accepts, skipping ids other runs own (``skip``:
+        known to be theirs already)."""
+        exclude: set[str] = set(skip)
+        for _ in range(MAX_FIND_CANDIDATES):
+            found = backend.find(request, exclude=frozenset(exclude)) if exclude else backend.find(request)
+            if found is None or owned(found):
+                return found
+            logs.warning("a job find() offered belongs to another run: looking again", job_id=found.job_id)
+            exclude.add(found.job_id)
+        return None
+
+    def _settle(self, backend: Backend, request: LaunchRequest, previous: Slot) -> str | None:
+        """The previous slot holder gave up (or crashed) with a start uncertain: whatever it may have
+        started is claimed for *its* run and, if that run has no job yet, recorded as its job, so no
+        other run adopts it and its redelivery sees the run launched."""
+        theirs = replace(request, run_key=previous.run_key, requested_at=from_iso(previous.since))
+
+        def claim(ref: JobRef) -> bool:
+            return self.rt.ledger.claim_job(backend.name, ref.job_id, previous.run_key)
+
+        found = self._find_owned(backend, theirs, claim, previous.others(previous.run_key))
+        if found is None:
+            return None
+        logs.warning(
+            "a job the previous slot holder started is recorded as its run's job",
+            previous_run_key=previous.run_key,
+            job_id=found.job_id,
+        )
+        self._record_for(previous.run_key, found)
+        return found.job_id
+
+    def _record_for(self, run_key: str, ref: JobRef) -> None:
+        stamp = self.clock()
+
+        def change(current: Run) -> Run | None:
+            if current.state != RunState.CLAIMED or current.job is not None:
+                return None
+            pipeline = self.rt.config.pipelines.get(current.pipeline)
+            timeout = pipeline.timeout_seconds if pipeline is not None else None
+            deadline = iso(stamp + dt.timedelta(seconds=timeout)) if timeout else None
+            return launched(current, ref.to_json(), iso(stamp), deadline)
+
+        try:
+            recorded = self.rt.ledger.mutate(run_key, change)
+        except NotFound:
+            return
+        if recorded is not None and recorded.job is not None and not recorded.terminal:
+            self.rt.ledger.mark_active(run_key, Marker.of(recorded))
 
     def _record_job(self, run: Run, ref: JobRef, pipeline: Pipeline) -> Run:
         """One write: the active marker carrying the job (the sweep and every reader find it there)."""
@@ -435,15 +569,23 @@ class LaunchService:
         self.rt.ledger.mark_active(run.run_key)  # so the sweep publishes its completion once
         return failed
 
-    def _release(self, run: Run) -> None:
-        """Let the next delivery take over at once after we gave up on transient errors."""
+    def _release(self, run: Run, cause: PipelineError | None = None) -> None:
+        """Let the next delivery take over at once after we gave up on transient errors. The run
+        also enters the active index (a bare marker), with the last error on its record: if no
+        delivery comes back for it before its event passes ``max_event_age`` (the backend stayed
+        down), the sweep ends it LAUNCH_FAILED with that reason instead of leaving it CLAIMED."""
 
         def change(current: Run) -> Run | None:
             if current.owner != run.owner or current.state != RunState.CLAIMED:
                 return None
-            return replace(current, lease_until=iso(self.clock()))
+            error = cause.context() if cause is not None else current.error
+            return replace(current, lease_until=iso(self.clock()), error=error)
 
         try:
+            # The marker goes first, while our lease still keeps every other delivery out: a marker
+            # written after a takeover could replace the one carrying the new owner's job.
+            if not run.lease_expired(self.clock() + dt.timedelta(seconds=RELEASE_MARGIN_SECONDS)):
+                self.rt.ledger.mark_active(run.run_key)
             self.rt.ledger.mutate(run.run_key, change)
         except PipelineError as exc:
             logs.warning("could not release the claim; it will expire with its lease", cause=exc.message)
@@ -465,9 +607,19 @@ class LaunchService:
             created_at=stamp,  # the same instant: the completion's duration is 0, never negative
             ended_at=stamp,
         ).with_state(RunState.LAUNCH_FAILED, exc.message)
-        try:
-            self.rt.ledger.create(run)
-            self.rt.ledger.mark_active(key)  # so the completion of a LAUNCH_FAILED run is published once
-        except Conflict:
-            pass
+        ledger = self.rt.ledger
+        for _ in range(10):
+            try:
+                ledger.create(run)
+                break
+            except Conflict:
+                existing = ledger.get(key)
+            if existing is None:
+                continue  # a 412 for a record that is not there (a contended store): create again
+            if existing.state != RunState.LAUNCH_FAILED or (existing.completion or {}).get("published"):
+                return Outcome(trigger.name, pipeline.name, key, LaunchResult.FAILED, reason=exc.message)
+            break  # ours, whose answer was lost (or an earlier delivery's): announce it all the same
+        else:
+            raise RunInProgress(f"run {key}: conflicts without a record to read", run_key=key)
+        ledger.mark_active(key)  # so the completion of a LAUNCH_FAILED run is published once
         return Outcome(trigger.name, pipeline.name, key, LaunchResult.FAILED, reason=exc.message)

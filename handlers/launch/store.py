@@ -10,7 +10,7 @@ process's HTTP session and the project's retry policy:
   compare-and-swap the same with ``ifGenerationMatch=<generation read>``: ``412`` -> :class:`Conflict`;
 - a read is ``GET /storage/v1/b/B/o/NAME?alt=media``; the generation comes back in the
   ``x-goog-generation`` header;
-- 408/429/5xx, timeouts and connection errors are retried with backoff (``handlers.core.retry``) within
+- 408/409/429/5xx, timeouts and connection errors are retried with backoff (``handlers.core.retry``) within
   :data:`RETRY_BUDGET_SECONDS`, then raised as :class:`LedgerUnavailable` (the event is redelivered).
   A conditional write whose answer was lost and is retried answers 412: callers already treat a
   conflict as "re-read and decide", which is what makes that retry safe.
@@ -85,7 +85,12 @@ class GcsStore:
             raise LedgerUnavailable(f"ledger gs://{self.bucket}: {what}: {exc.message}") from exc
 
     def _send(self, method: str, url: str, what: str, **kwargs: Any) -> Any:
-        return http.send(self.session, method, url, what=f"gcs {what}", timeout=self.timeout, **kwargs)
+        try:
+            return http.send(self.session, method, url, what=f"gcs {what}", timeout=self.timeout, **kwargs)
+        except BackendRejected as exc:
+            if exc.context().get("status") == 409:  # a concurrent update of the object: try again
+                raise BackendUnavailable(exc.message, status=409) from exc
+            raise
 
     def _upload(
         self, name: str, data: bytes, content_type: str, metadata: Mapping[str, str] | None, **params: Any

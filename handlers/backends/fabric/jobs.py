@@ -32,8 +32,13 @@ itself dedupes concurrent runs of one item (the second becomes ``Deduped``). Ins
 launched for *another* run key are never adopted (a bounded in-memory map), ids another run owns are
 skipped (``exclude``: the launch service claims each instance id in the ledger, see
 ``FindSemantics.exact``), and without ``requested_at`` only still-active instances are considered (never an
-old finished run). The residual risk: two runs of one item losing their answers at the same moment
-may follow each other's instance (never the same one).
+old finished run). The launch service starts one run of an item at a time (``FindSemantics.scope``:
+the item, a launch slot in the ledger, :mod:`handlers.launch.slot`) and claims each instance before
+it lets the next run start, so after a lost answer the newest instance no other run claimed is the
+holder's own: two runs never follow each other's instance. What remains: an instance someone starts
+*by hand* on the same item within the seconds of an uncertain start may be taken for it, and a Fabric
+clock more than 10 s behind ours hides the run's own instance from ``find`` (a second start, which
+Fabric's own dedupe of concurrent runs then marks ``Deduped``).
 
 Auth: a bearer token from :mod:`handlers.backends.fabric.entra`. ``auth: delegated`` (default for Execute: the spec
 marks the Dataflow execute endpoints as not supporting service principals) or
@@ -47,6 +52,7 @@ Errors map on ``errorCode`` (never on message text): ``isRetriable: true`` -> re
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import os
 import re
 import threading
@@ -74,7 +80,7 @@ from handlers.backends.contract import (
 from handlers.backends.fabric import definitions, entra, lookup, mashup
 from handlers.backends.fabric import parameters as dataflow_parameters
 from handlers.backends.fabric.entra import DEFAULT_PREFIX, DELEGATED, SERVICE_PRINCIPAL
-from handlers.core import http, logs
+from handlers.core import http, logs, retry
 from handlers.core.errors import (
     BackendRejected,
     BackendUnavailable,
@@ -113,6 +119,7 @@ AUTH_MODES = (DELEGATED, SERVICE_PRINCIPAL)
 EXECUTE_OPTIONS = ("SkipApplyChanges", "ApplyChangesIfNeeded")
 FIND_SKEW_SECONDS = 10.0
 MAX_LIST_PAGES = 20
+PAGE_RETRY_SECONDS = 5.0  # per page of an instance listing
 REMEMBERED_LAUNCHES = 4096
 
 _GUID_RE = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
@@ -302,6 +309,11 @@ def fabric_error(response: Any, *, what: str, **ctx: Any) -> None:
     http.raise_for_status(response, what=what, **ctx)
 
 
+def find_scope(options: Mapping[str, Any]) -> str:
+    """What :meth:`Fabric.find` searches: the item's job instances (one launch slot per item)."""
+    return f"{options.get('workspace')}/{options.get('item')}"
+
+
 # ---------------------------------------------------------------------------------------------
 # What Fabric declares (handlers.backends.contract)
 # ---------------------------------------------------------------------------------------------
@@ -333,7 +345,7 @@ SPEC = BackendSpec(
     # Instances carry no run key: find() matches by time (module docstring). After an uncertain
     # start the launch service waits a moment before trusting "not found", in case the instance
     # list lags the 202 (a relaunch would only be Deduped anyway).
-    find=FindSemantics(exact=False, settle_seconds=1.0),
+    find=FindSemantics(exact=False, settle_seconds=1.0, scope=lambda p: find_scope(p.options)),
     deploy=DeployNeeds(
         credentials=credentials,
         # the deploy's --secret, under the name it had when only Fabric read secrets
@@ -816,8 +828,22 @@ class Fabric:
         params: dict[str, str] = {}
         found: list[Any] = []
         for _ in range(MAX_LIST_PAGES):
-            response = self._call(
-                "GET", url, auth=self._auth(options), what="fabric jobs.listInstances", ctx=ctx, params=params
+            # Each page is retried on its own: a find reads every page, and failing the whole
+            # listing on one page's transient error makes a busy item's find all but impossible.
+            response = retry.call(
+                functools.partial(
+                    self._call,
+                    "GET",
+                    url,
+                    auth=self._auth(options),
+                    what="fabric jobs.listInstances",
+                    ctx=ctx,
+                    params=params,
+                ),
+                budget_seconds=PAGE_RETRY_SECONDS,
+                initial=0.1,
+                maximum=1.0,
+                what="fabric jobs.listInstances",
             )
             body = response.json() if response.content else {}
             found.extend(body.get("value") or [])
