@@ -389,7 +389,18 @@ def test_a_claim_left_by_a_crashed_launcher_is_taken_over_not_skipped(landing, d
     (item,) = Replay(runtime, spec, dry_run=True).run().launched
     resource = next(GcsStore(landing["bucket"]).list_objects("in/2026/part-00"))
     plan = plan_object(runtime.config, object_event(resource)).matched[0].launch
-    stale = Run(item.run_key, "landing", "wordcount", "dataflow", "CLAIMED", plan.job_name, owner="dead")
+    # (a claim records the parameters it will launch: a takeover launches those)
+    assert plan.rendered is not None
+    stale = Run(
+        item.run_key,
+        "landing",
+        "wordcount",
+        "dataflow",
+        "CLAIMED",
+        plan.job_name,
+        parameters=dict(plan.rendered.parameters),
+        owner="dead",
+    )
     runtime.ledger.create(replace(stale, lease_until="2000-01-01T00:00:00Z", attempts=1))
     # WHEN the object is replayed
     summary = Replay(runtime, spec).run()
