@@ -84,6 +84,12 @@ def section_runtime_iam(d: Deployment) -> None:
         resource = f"{ref.project}/{ref.secret}"
         binding = Binding(rt, "roles/secretmanager.secretAccessor", "secret", resource, f"read {ref.env}")
         iam.grant(d, binding, ref.project)
+    for ref, env in d.kept_secrets:
+        resource = f"{ref.project}/{ref.secret}"
+        why = f"add each rotated {ref.env} as a new version ({env} names the secret)"
+        iam.grant(
+            d, Binding(rt, "roles/secretmanager.secretVersionAdder", "secret", resource, why), ref.project
+        )
 
 
 def section_event_iam(d: Deployment) -> None:

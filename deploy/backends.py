@@ -99,7 +99,16 @@ def credentials(cfg: Config) -> Credentials:
     secrets = {env for c in creds for env in c.secrets}
     optional = {env for c in creds for env in c.optional_secrets} - secrets
     plain = {env for c in creds for env in c.plain}
-    return Credentials(tuple(sorted(secrets)), tuple(sorted(optional)), tuple(sorted(plain)))
+    kept = {pair for c in creds for pair in c.kept}
+    return Credentials(
+        tuple(sorted(secrets)), tuple(sorted(optional)), tuple(sorted(plain)), tuple(sorted(kept))
+    )
+
+
+def kept_secrets(cfg: Config, refs: list[SecretRef]) -> list[tuple[SecretRef, str]]:
+    """The mounted secrets a backend keeps rotated values in, each with the env var that names it."""
+    kept = dict(credentials(cfg).kept)
+    return [(ref, kept[ref.env]) for ref in refs if ref.env in kept]
 
 
 def secret_refs(cfg: Config, project: str, chosen: Mapping[str, str]) -> list[SecretRef]:

@@ -48,6 +48,10 @@ class Deployment:
         self.base_env = {"PIPELINES_CONFIG": CONFIG_IN_SOURCE}
         if not config_names_project(opts.config_path):
             self.base_env["GOOGLE_CLOUD_PROJECT"] = self.p
+        # Credentials a backend rotates go back to the secret they were mounted from (its name here).
+        self.kept_secrets = backends.kept_secrets(cfg, self.secrets)
+        for ref, env in self.kept_secrets:
+            self.base_env[env] = f"projects/{ref.project}/secrets/{ref.secret}"
 
     def add(self, argv: Sequence[str], comment: str, **kw: Any) -> None:
         self.plan.steps.append(Step(argv=tuple(argv), comment=comment, **kw))

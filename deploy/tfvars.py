@@ -19,6 +19,8 @@ from handlers.model.config import Config
 def variables(cfg: Config, opts: DeployOptions) -> dict[str, Any]:
     """The ``backend_*`` variables of ``deploy/terraform/variables.tf``."""
     ctx = backends.context(opts.project, opts.flags)
+    refs = backends.secret_refs(cfg, opts.project, opts.secrets)
+    kept = {ref.env: env for ref, env in backends.kept_secrets(cfg, refs)}
     return {
         "backend_apis": backends.apis(cfg),
         "backend_grants": [
@@ -35,8 +37,13 @@ def variables(cfg: Config, opts: DeployOptions) -> dict[str, Any]:
             for g in backends.grants(cfg, ctx)
         ],
         "backend_secrets": {
-            ref.env: {"project": ref.project, "secret": ref.secret, "version": ref.version}
-            for ref in backends.secret_refs(cfg, opts.project, opts.secrets)
+            ref.env: {
+                "project": ref.project,
+                "secret": ref.secret,
+                "version": ref.version,
+                "kept_as": kept.get(ref.env, ""),
+            }
+            for ref in refs
         },
         "status_triggers": [
             {"backend": t.backend, "event_type": t.event_type, "regions": list(t.regions)}

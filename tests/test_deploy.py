@@ -326,8 +326,11 @@ def test_dry_run_of_the_example_prints_a_complete_runnable_plan(tmp_path):
     # every event function retries, runs as the runtime account and is delivered as the trigger account
     for name, argv in fns.items():
         ep = flag(argv, "entry-point")[0]
+        # (the delegated Fabric pipeline's refresh token rotates: each new one is added to its secret)
         assert flag(argv, "set-env-vars") == [
-            "PIPELINES_CONFIG=pipelines.yaml,FABRIC_TENANT_ID=tenant-1,FABRIC_CLIENT_ID=client-1"
+            "PIPELINES_CONFIG=pipelines.yaml,"
+            "FABRIC_REFRESH_TOKEN_SECRET=projects/demo-project/secrets/fabric-refresh-token,"
+            "FABRIC_TENANT_ID=tenant-1,FABRIC_CLIENT_ID=client-1"
         ]
         assert flag(argv, "set-secrets") == ["FABRIC_REFRESH_TOKEN=fabric-refresh-token:latest"]
         assert flag(argv, "service-account") == ["pipelines-runtime@demo-project.iam.gserviceaccount.com"]
@@ -382,7 +385,11 @@ def test_dry_run_of_a_rich_config_covers_every_trigger_source(tmp_path, rich_con
             "FABRIC_CLIENT_SECRET=fabric-sp-secret:3,FABRIC_SALES_REFRESH_TOKEN=fabric-sales-refresh-token:latest"
         ]
         env = flag(argv, "set-env-vars")[0]
-        assert "SECRET" not in env and "REFRESH_TOKEN" not in env and "FABRIC_SALES_CLIENT_ID=client-2" in env
+        # no credential travels as a plain env var; only the name of the secret a rotated token goes to
+        names = [kv.split("=", 1)[0] for kv in env.split(",")]
+        assert "FABRIC_CLIENT_SECRET" not in names and "FABRIC_SALES_REFRESH_TOKEN" not in names
+        assert "FABRIC_SALES_CLIENT_ID=client-2" in env
+        assert "FABRIC_SALES_REFRESH_TOKEN_SECRET=projects/acme-data/secrets/fabric-sales-refresh-token" in env
     # APIs: Dataflow, Data Fusion and Secret Manager are enabled because the config uses them
     enable = next(a for a in commands(script) if a[:3] == ["gcloud", "services", "enable"])
     assert {"dataflow.googleapis.com", "datafusion.googleapis.com", "secretmanager.googleapis.com"} <= set(
@@ -464,6 +471,11 @@ def test_every_role_is_bound_on_the_narrowest_resource(tmp_path, rich_config):
         "secret",
         "acme-data/fabric-sales-refresh-token",
     ) in grants
+    # Entra rotates a delegated pipeline's refresh token: the runtime adds versions to that secret only
+    adders = {
+        (b.member, b.resource) for b in plan.bindings if b.role == "roles/secretmanager.secretVersionAdder"
+    }
+    assert adders == {(runtime, "acme-data/fabric-sales-refresh-token")}
     # the only project-level publisher is the Cloud Storage service agent
     publishers = {
         b.member for b in plan.bindings if b.role == "roles/pubsub.publisher" and b.scope == "project"
@@ -792,6 +804,7 @@ def test_every_terraform_file_parses_and_declares_the_key_resources():
         ("google_data_fusion_instance_iam_member", "runtime_instance"),
         ("terraform_data", "runtime_command"),
         ("google_secret_manager_secret_iam_member", "runtime_secret"),
+        ("google_secret_manager_secret_iam_member", "runtime_secret_version_adder"),
         ("google_project_iam_member", "trigger_event_receiver"),
         ("google_project_iam_member", "gcs_pubsub_publisher"),
         ("google_pubsub_topic_iam_member", "dead_letter_publisher"),
@@ -919,8 +932,14 @@ def test_the_terraform_variables_carry_the_same_backend_needs_as_the_gcloud_plan
         ("roles/secretmanager.secretAccessor", "secret", f"{s['project']}/{s['secret']}")
         for s in tfvars["backend_secrets"].values()
     }
-    assert declared | secrets == planned
-    assert len(tfvars["backend_grants"]) + len(secrets) == len(planned)  # nothing granted twice
+    adders = {
+        ("roles/secretmanager.secretVersionAdder", "secret", f"{s['project']}/{s['secret']}")
+        for s in tfvars["backend_secrets"].values()
+        if s["kept_as"]
+    }
+    assert adders  # the rich config's delegated Fabric pipelines rotate their refresh tokens
+    assert declared | secrets | adders == planned
+    assert len(tfvars["backend_grants"]) + len(secrets) + len(adders) == len(planned)  # nothing granted twice
     assert {"roles/datafusion.operator", "roles/dataflow.developer"} <= {r for r, _, _ in declared}
     # the same secrets mounted, the same APIs, the same status functions' regions and event types
     deploy_argv = next(s.argv for s in plan.steps if s.function and s.function.name == "api")

@@ -77,6 +77,8 @@ locals {
   function_env = merge(
     { PIPELINES_CONFIG = "pipelines.yaml" },
     try(local.settings.project, null) == null ? { GOOGLE_CLOUD_PROJECT = var.project } : {},
+    # a credential a backend rotates goes back to its secret, named by this env var
+    { for env, s in var.backend_secrets : s.kept_as => "projects/${s.project}/secrets/${s.secret}" if s.kept_as != "" },
     var.env,
   )
 
@@ -290,6 +292,15 @@ resource "google_secret_manager_secret_iam_member" "runtime_secret" {
   project   = each.value.project
   secret_id = each.value.secret
   role      = "roles/secretmanager.secretAccessor"
+  member    = local.runtime_member
+}
+
+# A credential a backend rotates (Entra's refresh token) is added back as a new version.
+resource "google_secret_manager_secret_iam_member" "runtime_secret_version_adder" {
+  for_each  = { for env, s in var.backend_secrets : env => s if s.kept_as != "" }
+  project   = each.value.project
+  secret_id = each.value.secret
+  role      = "roles/secretmanager.secretVersionAdder"
   member    = local.runtime_member
 }
 

@@ -66,6 +66,8 @@ variable "backend_secrets" {
     project = string
     secret  = string
     version = string
+    # the env var naming this secret, when a backend keeps rotated values in it (new versions)
+    kept_as = optional(string, "")
   }))
   default = {}
 }

@@ -248,6 +248,10 @@ class Credentials:
     secrets: tuple[str, ...] = ()  # required, from Secret Manager only
     optional_secrets: tuple[str, ...] = ()  # read when present, from Secret Manager only
     plain: tuple[str, ...] = ()  # not secret (ids): a plain env var or a secret
+    # (secret env var, env var naming its secret): a credential the backend rotates and keeps as new
+    # versions of the secret it was mounted from; the deploy sets the second to that secret's name
+    # and grants the runtime account roles/secretmanager.secretVersionAdder on it
+    kept: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True)

@@ -80,6 +80,7 @@ from handlers.backends.contract import (
 from handlers.backends.fabric import definitions, entra, lookup, mashup
 from handlers.backends.fabric import parameters as dataflow_parameters
 from handlers.backends.fabric.entra import DEFAULT_PREFIX, DELEGATED, SERVICE_PRINCIPAL
+from handlers.backends.fabric.secrets import SECRET_SUFFIX
 from handlers.core import http, logs, retry
 from handlers.core.errors import (
     BackendRejected,
@@ -322,15 +323,21 @@ def credentials(pipelines: Sequence[PipelineTarget]) -> Credentials:
     secrets: set[str] = set()
     optional: set[str] = set()
     ids: set[str] = set()
+    kept: set[tuple[str, str]] = set()
     for p in pipelines:
-        names = entra.env_names(str(p.options.get("credentials") or DEFAULT_PREFIX))
+        prefix = str(p.options.get("credentials") or DEFAULT_PREFIX)
+        names = entra.env_names(prefix)
         ids |= {names["tenant"], names["client_id"]}
         if auth_mode(p.options) == DELEGATED:
             secrets.add(names["refresh_token"])
             optional.add(names["client_secret"])
+            # Entra rotates the refresh token: each new one is added to the secret it came from
+            kept.add((names["refresh_token"], prefix + SECRET_SUFFIX))
         else:
             secrets.add(names["client_secret"])
-    return Credentials(tuple(sorted(secrets)), tuple(sorted(optional - secrets)), tuple(sorted(ids)))
+    return Credentials(
+        tuple(sorted(secrets)), tuple(sorted(optional - secrets)), tuple(sorted(ids)), tuple(sorted(kept))
+    )
 
 
 SPEC = BackendSpec(
