@@ -389,7 +389,9 @@ def test_dry_run_of_a_rich_config_covers_every_trigger_source(tmp_path, rich_con
         names = [kv.split("=", 1)[0] for kv in env.split(",")]
         assert "FABRIC_CLIENT_SECRET" not in names and "FABRIC_SALES_REFRESH_TOKEN" not in names
         assert "FABRIC_SALES_CLIENT_ID=client-2" in env
-        assert "FABRIC_SALES_REFRESH_TOKEN_SECRET=projects/acme-data/secrets/fabric-sales-refresh-token" in env
+        assert (
+            "FABRIC_SALES_REFRESH_TOKEN_SECRET=projects/acme-data/secrets/fabric-sales-refresh-token" in env
+        )
     # APIs: Dataflow, Data Fusion and Secret Manager are enabled because the config uses them
     enable = next(a for a in commands(script) if a[:3] == ["gcloud", "services", "enable"])
     assert {"dataflow.googleapis.com", "datafusion.googleapis.com", "secretmanager.googleapis.com"} <= set(
