@@ -291,7 +291,11 @@ class Rig:
 
     def _start_functions(self) -> None:
         targets = ["on_object_finalized", "check_runs"]
-        pushing = [b for b in self.emulators if registry.spec(b).push is not None]
+        # the emulators that push status as CloudEvents to on_job_status (Data Fusion publishes to
+        # Pub/Sub instead, which this rig does not route: its runs end through the sweep here)
+        pushing = [
+            b for b in self.emulators if (push := registry.spec(b).push) is not None and push.event_type
+        ]
         if self.settings.status_push and pushing:
             targets.append("on_job_status")
         self.world.start_functions([self._new_instance(t) for t in targets], timeout=60)
