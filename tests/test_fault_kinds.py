@@ -260,6 +260,53 @@ def test_parameters_changed_between_two_deliveries_launch_what_the_first_claim_r
     assert launch["parameters"] == {"inputFile": "gs://landing/changed.txt"}
 
 
+def test_a_trigger_renamed_between_two_deliveries_launches_once_when_it_says_its_former_name(world, dataflow):
+    """A trigger's name is in its run keys. Renamed with ``renamed_from: <former name>``, it keeps
+    them: a redelivery of an event the old name already launched is a duplicate, not a second run.
+    Renamed without it, it is a new trigger, and the same event launches again (what the config
+    said: a new trigger over the same objects)."""
+    pipelines = {
+        "wc": {**dataflow.pipeline_options("wc"), "parameters": {"inputFile": "gs://{bucket}/{name}"}}
+    }
+    before = world.config(pipelines, {"landing": {"storage": {"bucket": "landing"}, "pipeline": "wc"}})
+    renamed = world.config(
+        pipelines,
+        {"landing-csv": {"storage": {"bucket": "landing"}, "pipeline": "wc", "renamed_from": "landing"}},
+    )
+    bare = world.config(pipelines, {"landing-csv": {"storage": {"bucket": "landing"}, "pipeline": "wc"}})
+    event = _object_event("renamed.txt")
+
+    first = LaunchService(world.runtime(before)).start(before.triggers["landing"], event)
+    again = LaunchService(world.runtime(renamed)).start(renamed.triggers["landing-csv"], event)
+
+    assert (first.result, again.result) == ("launched", "duplicate")
+    assert again.run_key == first.run_key
+    assert len([x for x in dataflow.launches() if x["status"] == 200]) == 1
+    fresh = LaunchService(world.runtime(bare)).start(bare.triggers["landing-csv"], event)
+    assert fresh.result == "launched" and fresh.run_key != first.run_key
+
+
+def test_two_triggers_that_would_share_run_keys_are_refused_at_load(world, dataflow):
+    from handlers.core.errors import ConfigError
+
+    pipelines = {
+        "wc": {**dataflow.pipeline_options("wc"), "parameters": {"inputFile": "gs://{bucket}/{name}"}}
+    }
+    with pytest.raises(ConfigError) as refused:
+        world.config(
+            pipelines,
+            {
+                "landing": {"storage": {"bucket": "landing"}, "pipeline": "wc"},
+                "landing-csv": {
+                    "storage": {"bucket": "landing"},
+                    "pipeline": "wc",
+                    "renamed_from": "landing",
+                },
+            },
+        )
+    assert "would share run keys with trigger 'landing'" in str(refused.value)
+
+
 # --------------------------------------------------------------------------------------------
 # Clock skew between instances
 # --------------------------------------------------------------------------------------------

@@ -137,6 +137,14 @@ class Trigger:
     pubsub: PubSubMatch | None = None
     completion: CompletionMatch | None = None
     batch: BatchSpec | None = None
+    # The name the trigger had when its runs began: a renamed trigger keeps its run keys (see key_name)
+    renamed_from: str | None = None
+
+    @property
+    def key_name(self) -> str:
+        """The name in this trigger's run keys: its former name when it was renamed, so a redelivery
+        of an event the old name launched is the same run, not a second one."""
+        return self.renamed_from or self.name
 
     @property
     def scope(self) -> str:
@@ -446,7 +454,16 @@ def _completion(raw: Any, where: str, problems: _Problems) -> CompletionMatch | 
     return CompletionMatch(upstream=tuple(str(u) for u in upstream), states=tuple(states), join_key=join_key)
 
 
-_TRIGGER_KEYS = {"pipeline", "parameters", "storage", "pubsub", "completion", "description", "batch"}
+_TRIGGER_KEYS = {
+    "pipeline",
+    "parameters",
+    "storage",
+    "pubsub",
+    "completion",
+    "description",
+    "batch",
+    "renamed_from",
+}
 _BATCH_KEYS = {"max_items", "max_bytes", "max_wait", "key", "manifest_bucket", "manifest_prefix"}
 
 
@@ -584,6 +601,10 @@ def _trigger(name: str, raw: Any, problems: _Problems) -> Trigger | None:
             problems.add(f"{where}.batch", "windows batch object events: only storage triggers take batch:")
         else:
             batch = _batch(spec["batch"], f"{where}.batch", problems)
+    renamed_from = spec.get("renamed_from")
+    if renamed_from is not None and not (isinstance(renamed_from, str) and NAME_RE.match(renamed_from)):
+        problems.add(f"{where}.renamed_from", "must be the trigger's former name ([a-z][a-z0-9_-]{0,62})")
+        renamed_from = None
     return Trigger(
         name=name,
         kind=TriggerKind(kind),
@@ -593,7 +614,20 @@ def _trigger(name: str, raw: Any, problems: _Problems) -> Trigger | None:
         pubsub=_pubsub(spec[kind], f"{where}.pubsub", problems) if kind == "pubsub" else None,
         completion=_completion(spec[kind], f"{where}.completion", problems) if kind == "completion" else None,
         batch=batch,
+        renamed_from=renamed_from,
     )
+
+
+def _check_key_names(cfg: Config, problems: _Problems) -> None:
+    """Two triggers whose run keys would carry one name would share runs: refused."""
+    seen: dict[str, str] = {}
+    for t in cfg.triggers.values():
+        other = seen.setdefault(t.key_name, t.name)
+        if other != t.name:
+            problems.add(
+                f"trigger '{t.name}'.renamed_from" if t.renamed_from else f"trigger '{t.name}'",
+                f"its runs would share run keys with trigger '{other}' (both named '{t.key_name}' there)",
+            )
 
 
 def _settings(raw: Any, problems: _Problems) -> Settings:
@@ -783,6 +817,7 @@ def build_config(raw: Any, source: str = "<config>") -> Config:
     cfg = Config(settings=settings, pipelines=pipelines, triggers=triggers, source=source)
     _check_placeholders(cfg, problems)
     _check_cycles(cfg, problems)
+    _check_key_names(cfg, problems)
     if problems.items:
         raise ConfigError(problems.items, source=source)
     return cfg

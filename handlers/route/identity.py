@@ -132,4 +132,4 @@ def _base_identity(trigger: Trigger, event: Any) -> str:
 
 def run_key_of(trigger: Trigger, event: Any) -> RunKey:
     """The run ``event`` means for ``trigger``; a :class:`ParameterError` when it has no identity."""
-    return RunKey.of(trigger.name, identity_of(trigger, event))
+    return RunKey.of(trigger.key_name, identity_of(trigger, event))
