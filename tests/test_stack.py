@@ -136,15 +136,10 @@ def test_demo_runs_the_chain_to_its_end_and_leaves_no_process_behind(tmp_path: P
     assert took < 90, f"the demo took {took:.0f}s"
 
 
-def test_up_streams_the_timeline_and_stops_cleanly_on_sigint(tmp_path: Path) -> None:
-    pids = tmp_path / "pids.json"
+def _up(*args: str) -> tuple[subprocess.Popen[str], list[str], threading.Event, threading.Thread]:
+    """``up`` started with ``args``: its stdout lines as they come, and an event set at the timeline."""
     proc = subprocess.Popen(
-        _stack("up", "--pids-file", str(pids)),
-        cwd=ROOT,
-        env=_env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
+        _stack("up", *args), cwd=ROOT, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
     lines: list[str] = []
     ready = threading.Event()
@@ -158,6 +153,12 @@ def test_up_streams_the_timeline_and_stops_cleanly_on_sigint(tmp_path: Path) -> 
 
     reader = threading.Thread(target=read, daemon=True)
     reader.start()
+    return proc, lines, ready, reader
+
+
+def test_up_streams_the_timeline_and_stops_cleanly_on_sigint(tmp_path: Path) -> None:
+    pids = tmp_path / "pids.json"
+    proc, lines, ready, reader = _up("--pids-file", str(pids))
     try:
         assert ready.wait(60), "up never became ready:\n" + "".join(lines)
         out = "".join(lines)
@@ -290,25 +291,7 @@ def test_the_demo_chains_into_a_dataproc_batch_when_asked(tmp_path: Path) -> Non
 def test_up_syncs_the_pipelines_kept_in_the_repo_before_the_functions_start(tmp_path: Path) -> None:
     # examples/pipelines.yaml keeps a Data Fusion pipeline's exported JSON beside it: `up` runs
     # `python -m handlers sync` first, which deploys it to the CDAP emulator (PUT .../apps/NAME).
-    proc = subprocess.Popen(
-        _stack("up", "--config", "examples/pipelines.yaml"),
-        cwd=ROOT,
-        env=_env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    lines: list[str] = []
-    ready = threading.Event()
-
-    def read() -> None:
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            lines.append(line)
-            if line.startswith("Timeline"):
-                ready.set()
-
-    threading.Thread(target=read, daemon=True).start()
+    proc, lines, ready, _ = _up("--config", "examples/pipelines.yaml")
     try:
         assert ready.wait(90), "up never became ready:\n" + "".join(lines)
         out = "".join(lines)
