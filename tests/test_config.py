@@ -210,3 +210,15 @@ def test_anchors_and_aliases_that_expand_modestly_still_load(tmp_path):
     )
     cfg = load_config(path)
     assert dict(cfg.pipelines["wc2"].labels) == {"team": "data", "cost": "ingest"}
+
+
+def test_a_config_holding_characters_yaml_refuses_is_a_config_error_not_a_crash(tmp_path):
+    # the YAML reader refuses control characters as it is built, before any parse (bad-input #362)
+    from handlers.core.errors import ConfigError
+    from handlers.model.config import load_config
+
+    path = tmp_path / "pipelines.yaml"
+    path.write_text("\x00\x01", encoding="utf-8")
+    with pytest.raises(ConfigError) as refused:
+        load_config(path)
+    assert "not valid YAML" in str(refused.value)

@@ -850,7 +850,10 @@ MAX_YAML_NODES = 100_000
 def _parse_yaml(text: str, target: Path) -> Any:
     import yaml  # only when no compiled form matches (cold start: PyYAML costs about 15 ms to import)
 
-    loader = yaml.SafeLoader(text)
+    try:
+        loader = yaml.SafeLoader(text)  # its reader refuses control characters here, at once
+    except yaml.YAMLError as exc:
+        raise ConfigError([f"not valid YAML: {exc}"], source=str(target)) from exc
     try:
         node = loader.get_single_node()  # the node graph: an alias is a shared node, nothing copied
         if node is None:
