@@ -81,6 +81,7 @@ import functools
 import ipaddress
 import json
 import os
+import queue
 import signal
 import sys
 import threading
@@ -460,6 +461,51 @@ class GoogleTokens:
                 "lifetime_seconds": self.lifetime_seconds,
                 "issued": self._issued,
             }
+
+
+class Outbox:
+    """What an emulator sends on its own (status events): every record kept for its control API,
+    and the deliverable ones sent in order by one background worker. :meth:`clear` forgets the
+    records and drops what is still queued. Subclasses write :meth:`_deliver` (updating the record
+    under ``self._lock``)."""
+
+    def __init__(self, thread_name: str) -> None:
+        self._lock = threading.Lock()
+        self._records: list[dict[str, Any]] = []
+        self._generation = 0
+        self._queue: queue.Queue[tuple[int, dict[str, Any]] | None] = queue.Queue()
+        self._thread = threading.Thread(target=self._work, name=thread_name, daemon=True)
+        self._thread.start()
+
+    def _enqueue(self, record: dict[str, Any], deliverable: bool) -> None:
+        with self._lock:
+            self._records.append(record)
+            generation = self._generation
+        if deliverable:
+            self._queue.put((generation, record))
+
+    def records(self) -> list[dict[str, Any]]:
+        with self._lock:
+            return [dict(record) for record in self._records]
+
+    def clear(self) -> None:
+        with self._lock:
+            self._records.clear()
+            self._generation += 1
+
+    def close(self) -> None:
+        self._queue.put(None)
+
+    def _work(self) -> None:
+        while (item := self._queue.get()) is not None:
+            generation, record = item
+            with self._lock:
+                if generation != self._generation:
+                    continue
+            self._deliver(record)
+
+    def _deliver(self, record: dict[str, Any]) -> None:
+        raise NotImplementedError
 
 
 class EmulatorState:

@@ -88,7 +88,6 @@ import argparse
 import dataclasses
 import json
 import os
-import queue
 import random
 import re
 import threading
@@ -104,6 +103,7 @@ from local.emulators.base import (
     BodiesSource,
     EmulatorState,
     FaultRule,
+    Outbox,
     ProtocolError,
     ServerHandle,
     control_error,
@@ -652,19 +652,14 @@ def program_status_event(
     }
 
 
-class EventPublisher:
+class EventPublisher(Outbox):
     """Publishes program status events to the Pub/Sub emulator from one background worker, in order,
     as Data Fusion's ``PubSubEventWriter`` does (JSON data, no attributes). Every event is kept, with
     whether it reached the emulator, for ``GET /_emulator/events``."""
 
     def __init__(self, host: str | None) -> None:
         self.host = host
-        self._lock = threading.Lock()
-        self._records: list[dict[str, Any]] = []
-        self._generation = 0
-        self._queue: queue.Queue[tuple[int, dict[str, Any]] | None] = queue.Queue()
-        self._thread = threading.Thread(target=self._work, name="cdap-event-publisher", daemon=True)
-        self._thread.start()
+        super().__init__("cdap-event-publisher")
 
     def publish(self, topic: str, event: Mapping[str, Any]) -> None:
         record: dict[str, Any] = {
@@ -674,31 +669,7 @@ class EventPublisher:
             "message_id": None,
             "error": None if self.host else "no Pub/Sub emulator host configured",
         }
-        with self._lock:
-            self._records.append(record)
-            generation = self._generation
-        if self.host:
-            self._queue.put((generation, record))
-
-    def records(self) -> list[dict[str, Any]]:
-        with self._lock:
-            return [dict(record) for record in self._records]
-
-    def clear(self) -> None:
-        with self._lock:
-            self._records.clear()
-            self._generation += 1
-
-    def close(self) -> None:
-        self._queue.put(None)
-
-    def _work(self) -> None:
-        while (item := self._queue.get()) is not None:
-            generation, record = item
-            with self._lock:
-                if generation != self._generation:
-                    continue
-            self._deliver(record)
+        self._enqueue(record, deliverable=bool(self.host))
 
     def _deliver(self, record: dict[str, Any]) -> None:
         from local.services import publish  # the Pub/Sub client: imported by the publishing thread only

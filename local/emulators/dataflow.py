@@ -65,7 +65,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import queue
 import random
 import re
 import threading
@@ -83,6 +82,7 @@ from local.emulators.base import (
     BodiesSource,
     EmulatorState,
     FaultRule,
+    Outbox,
     ProtocolError,
     ServerHandle,
     built_once,
@@ -488,7 +488,7 @@ def private_job_json(job: Job, now: float) -> dict[str, Any]:
 # ============================================================================= notifications
 
 
-class Notifier:
+class Notifier(Outbox):
     """Posts statusChanged CloudEvents from one background worker, in order, with retries."""
 
     def __init__(
@@ -498,12 +498,7 @@ class Notifier:
         self._attempts = attempts
         self._backoff = backoff
         self._timeout = timeout
-        self._lock = threading.Lock()
-        self._records: list[dict[str, Any]] = []
-        self._generation = 0
-        self._queue: queue.Queue[tuple[int, dict[str, Any]] | None] = queue.Queue()
-        self._thread = threading.Thread(target=self._work, name="dataflow-notifier", daemon=True)
-        self._thread.start()
+        super().__init__("dataflow-notifier")
 
     def publish(self, headers: dict[str, str], body: dict[str, Any]) -> None:
         record: dict[str, Any] = {
@@ -516,31 +511,7 @@ class Notifier:
             "delivered": False,
             "error": None if self.url else "no notify url configured",
         }
-        with self._lock:
-            self._records.append(record)
-            generation = self._generation
-        if self.url:
-            self._queue.put((generation, record))
-
-    def records(self) -> list[dict[str, Any]]:
-        with self._lock:
-            return [dict(record) for record in self._records]
-
-    def clear(self) -> None:
-        with self._lock:
-            self._records.clear()
-            self._generation += 1
-
-    def close(self) -> None:
-        self._queue.put(None)
-
-    def _work(self) -> None:
-        while (item := self._queue.get()) is not None:
-            generation, record = item
-            with self._lock:
-                if generation != self._generation:
-                    continue
-            self._deliver(record)
+        self._enqueue(record, deliverable=bool(self.url))
 
     def _deliver(self, record: dict[str, Any]) -> None:
         data = json.dumps(record["body"]).encode("utf-8")
