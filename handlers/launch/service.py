@@ -29,7 +29,7 @@ import enum
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, TypeVar
 
 from handlers.backends.contract import Backend, FindSemantics, JobRef, LaunchRequest, RunState
 from handlers.core import http, logs, retry
@@ -81,6 +81,29 @@ class Outcome:
     job_id: str | None = None
     reason: str | None = None
     window: str | None = None  # batch: the window id the object joined or that launched
+
+
+P = TypeVar("P", bound=Any)
+
+
+def each_in_turn(
+    plans: Iterable[P], act: Callable[[P], Outcome], *, retryable: str, permanent: str
+) -> list[Outcome]:
+    """``act`` on every plan (each has a ``trigger``); a permanent error is logged and acknowledged,
+    and the first retryable one is raised only after every plan had its turn."""
+    outcomes: list[Outcome] = []
+    pending: RetryableError | None = None
+    for plan in plans:
+        try:
+            outcomes.append(act(plan))
+        except RetryableError as exc:
+            logs.warning(retryable, **{**exc.context(), "trigger": plan.trigger.name})
+            pending = pending or exc
+        except PermanentError as exc:
+            logs.error(permanent, **{**exc.context(), "trigger": plan.trigger.name})
+    if pending is not None:
+        raise pending
+    return outcomes
 
 
 class LaunchService:
@@ -153,25 +176,12 @@ class LaunchService:
     def launch_all(self, plans: Iterable[LaunchPlan]) -> list[Outcome]:
         """Launch every plan; raise the first retryable error only after all had their turn (the
         platform redelivers; triggers that already launched see a duplicate next time)."""
-        outcomes: list[Outcome] = []
-        pending: RetryableError | None = None
-        for plan in plans:
-            try:
-                outcomes.append(self.launch(plan))
-            except RetryableError as exc:
-                logs.warning(
-                    "transient failure: the event will be redelivered",
-                    **{**exc.context(), "trigger": plan.trigger.name},
-                )
-                pending = pending or exc
-            except PermanentError as exc:
-                logs.error(
-                    "permanent failure before a run was recorded: acknowledged",
-                    **{**exc.context(), "trigger": plan.trigger.name},
-                )
-        if pending is not None:
-            raise pending
-        return outcomes
+        return each_in_turn(
+            plans,
+            self.launch,
+            retryable="transient failure: the event will be redelivered",
+            permanent="permanent failure before a run was recorded: acknowledged",
+        )
 
     # -- claim ---------------------------------------------------------------------------------
     def _new_run(

@@ -46,12 +46,12 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from handlers.core import logs
-from handlers.core.errors import LedgerUnavailable, PermanentError, PipelineError, RetryableError
+from handlers.core.errors import LedgerUnavailable, PipelineError
 from handlers.core.ids import digest
 from handlers.core.times import from_iso, iso, now
 from handlers.launch.ledger import Conflict
 from handlers.launch.runtime import Runtime
-from handlers.launch.service import LaunchResult, LaunchService, Outcome, WindowResult
+from handlers.launch.service import LaunchResult, LaunchService, Outcome, WindowResult, each_in_turn
 from handlers.launch.store import GcsStore
 from handlers.model.config import Trigger
 from handlers.model.windows import (
@@ -280,25 +280,12 @@ class Windows:
     # -- joining -----------------------------------------------------------------------------------
     def join_all(self, plans: Iterable[WindowPlan]) -> list[Outcome]:
         """Join every plan's window; raise the first retryable error after all had their turn."""
-        outcomes: list[Outcome] = []
-        pending: RetryableError | None = None
-        for plan in plans:
-            try:
-                outcomes.append(self.join(plan))
-            except RetryableError as exc:
-                logs.warning(
-                    "transient failure joining a window: the event will be redelivered",
-                    **{**exc.context(), "trigger": plan.trigger.name},
-                )
-                pending = pending or exc
-            except PermanentError as exc:
-                logs.error(
-                    "permanent failure joining a window: acknowledged",
-                    **{**exc.context(), "trigger": plan.trigger.name},
-                )
-        if pending is not None:
-            raise pending
-        return outcomes
+        return each_in_turn(
+            plans,
+            self.join,
+            retryable="transient failure joining a window: the event will be redelivered",
+            permanent="permanent failure joining a window: acknowledged",
+        )
 
     def join(self, plan: WindowPlan) -> Outcome:
         """Put the plan's object in exactly one window of its trigger and key; close it when full."""
