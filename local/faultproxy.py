@@ -23,7 +23,10 @@ a contended store answers, for the ledger (``--kinds all`` means every one of bo
 
 Only requests whose ``"METHOD /path?query"`` matches ``match`` (a regex, searched; ``None`` = all)
 can be faulted; the others pass through untouched. Decisions come from one seeded RNG, so a run's
-fault *rates* are reproducible (which request gets which fault depends on thread timing).
+fault *rates* are reproducible (which request gets which fault depends on thread timing). A small
+run may draw a kind on no request it applies to; with ``cover=True`` every kind with a rate is owed
+once, and the first matching request a still-owed kind applies to gets it (in ``rates`` order),
+before the draws take over, so "every kind was injected" holds however the requests interleave.
 
 ``after_upstream(exchange)`` is called for every request the upstream answered (faulted ``lost`` ones
 included), *before* the answer goes back: the crash-injection suite uses it to SIGKILL the calling
@@ -186,6 +189,7 @@ class FaultProxy:
         rates: Mapping[str, float] | None = None,
         match: str | None = None,
         limit: int | None = None,
+        cover: bool = False,
         seed: int | None = 0,
         retry_after: float = 1.0,
         hold_seconds: float = 30.0,
@@ -212,7 +216,8 @@ class FaultProxy:
         self._rates: dict[str, float] = {}
         self._match: re.Pattern[str] | None = None
         self._limit: int | None = None
-        self.set_faults(rates or {}, match, limit=limit)
+        self._owed: list[str] = []
+        self.set_faults(rates or {}, match, limit=limit, cover=cover)
         self._counts: dict[str, Any] = {}
         self.reset_counters()
         self._requested_port = port
@@ -222,16 +227,23 @@ class FaultProxy:
 
     # -- configuration --------------------------------------------------------------------------
     def set_faults(
-        self, rates: Mapping[str, float], match: str | None = None, *, limit: int | None = None
+        self,
+        rates: Mapping[str, float],
+        match: str | None = None,
+        *,
+        limit: int | None = None,
+        cover: bool = False,
     ) -> None:
         """Replace the fault rates (``{kind: probability}``, summing to at most 1) and the target regex;
-        with ``limit``, stop injecting after that many faults (``{"lost": 1.0}, limit=1``: exactly one)."""
+        with ``limit``, stop injecting after that many faults (``{"lost": 1.0}, limit=1``: exactly one);
+        with ``cover``, inject every kind once first (see the module docstring)."""
         checked = _validate_rates(rates)
         pattern = re.compile(match) if match else None
         with self._lock:
             self._rates = checked
             self._match = pattern
             self._limit = limit
+            self._owed = list(checked) if cover else []
 
     def clear_faults(self) -> None:
         self.set_faults({})
@@ -320,6 +332,10 @@ class FaultProxy:
             self._counts["matched"] += 1
             if not self._rates or self._limit == 0:
                 return True, None
+            owed = next((k for k in self._owed if applies(k, exchange)), None)
+            if owed is not None:
+                self._owed.remove(owed)
+                return True, self._injecting(owed)
             draw = self._rng.random()
             total = 0.0
             for kind, p in self._rates.items():
@@ -327,12 +343,16 @@ class FaultProxy:
                 if draw < total:
                     if not applies(kind, exchange):
                         return True, None
-                    injected = self._counts["injected"]
-                    injected[kind] = injected.get(kind, 0) + 1  # conflict kinds appear once used
-                    if self._limit is not None:
-                        self._limit -= 1
-                    return True, kind
+                    return True, self._injecting(kind)
             return True, None
+
+    def _injecting(self, kind: str) -> str:
+        """Count one injection of ``kind`` (conflict kinds appear once used); the caller holds the lock."""
+        injected = self._counts["injected"]
+        injected[kind] = injected.get(kind, 0) + 1
+        if self._limit is not None:
+            self._limit -= 1
+        return kind
 
 
 def applies(kind: str, exchange: Exchange) -> bool:

@@ -379,6 +379,30 @@ def test_find_follows_continuation_pages(fabric: FabricHarness) -> None:
     assert len(lists) == 3 and lists[1]["query"].get("continuationToken")
 
 
+def test_a_listing_page_failing_for_a_moment_is_retried_on_its_own_within_its_budget(
+    fabric: FabricHarness,
+) -> None:
+    fabric.control("settings", {"page_size": 2, "dedupe": False})
+    p = pipeline(fabric.pipeline_options("sales"))
+    since = emulator_now(fabric)
+    launcher = fabric.backend()
+    for key in ("a", "b", "c"):
+        launcher.launch(request_for(p, key))
+    newest = fabric.instances()[-1]["id"]
+    # WHEN the listing answers 503 twice before it answers
+    fabric.inject("find", 503, times=2)
+    found = fabric.backend().find(request_for(p, "d", requested_at=since))
+    # THEN the page was asked for again, and the find saw every page
+    assert found is not None and found.job_id == newest
+    # AND a listing still failing when the page's budget is spent is a retryable error, not "not found"
+    fabric.inject("find", 503, times=50)
+    hasty = Fabric(
+        session=requests.Session(), endpoint=fabric.url, tokens=launcher._tokens, page_retry_seconds=0.3
+    )
+    with pytest.raises(BackendUnavailable):
+        hasty.find(request_for(p, "d", requested_at=since))
+
+
 def test_without_a_claim_time_find_only_adopts_an_active_instance(fabric: FabricHarness) -> None:
     p = pipeline(fabric.pipeline_options("sales"))
     fabric.backend().launch(request_for(p, "run-1"))

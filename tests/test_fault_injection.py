@@ -28,7 +28,9 @@ LEDGER_CLAIM = r"^POST /upload/storage/v1/b/rig-ledger/o\?.*ifGenerationMatch=0"
 
 def test_sixty_events_under_every_fault_kind_give_one_job_and_one_completion_each(tmp_path):
     figures = faults.run(
-        faults.Options(events=60, rate=0.2, kinds=list(KINDS), seed=7, duplicates=0.2, max_seconds=75)
+        faults.Options(
+            events=60, rate=0.2, kinds=list(KINDS), cover=True, seed=7, duplicates=0.2, max_seconds=75
+        )
     )
 
     assert figures["faults_injected"] == {k: figures["faults_injected"][k] for k in KINDS}
@@ -116,12 +118,13 @@ def test_two_fabric_runs_whose_answers_were_lost_each_follow_their_own_instance(
 def test_fabric_and_dataflow_at_the_harsher_setting_every_kind_and_every_event_delivered_twice():
     """The harsher published setting at a small size: a 20 % fault rate of every kind (412 and 409
     on the ledger only), every event delivered twice, Fabric (no run key on its instances) next to
-    Dataflow."""
+    Dataflow. ``cover``: every kind is injected at least once however the requests interleave."""
     figures = faults.run(
         faults.Options(
             events=24,
             rate=0.2,
             kinds=list(ALL_KINDS),
+            cover=True,
             seed=11,
             duplicates=1.0,
             max_seconds=150,

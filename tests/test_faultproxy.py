@@ -186,6 +186,25 @@ def test_412_answers_only_conditional_requests_and_409_only_writes_neither_forwa
     assert [(s["method"], s["path"]) for s in upstream.seen] == [("POST", "/jobs"), ("GET", "/jobs")]
 
 
+def test_cover_injects_each_kind_once_on_the_first_request_it_applies_to_whatever_the_rate(upstream):
+    """A rate too small to be drawn in a short run still shows up once: 412 waits for the first
+    conditional request and 409 for the first write, whichever comes first."""
+    rates = {"503": 0.001, "412": 0.001, "409": 0.001}
+    with FaultProxy(upstream.url, rates=rates, cover=True, seed=1) as proxy, requests.Session() as s:
+        codes = [
+            s.get(f"{proxy.url}/a", timeout=5).status_code,  # 503 (412 and 409 do not apply to it)
+            s.get(f"{proxy.url}/b", timeout=5).status_code,  # nothing owed applies: the draw passes it
+            s.post(f"{proxy.url}/c?ifGenerationMatch=0", timeout=5).status_code,  # 412 comes first
+            s.put(f"{proxy.url}/d", timeout=5).status_code,  # then 409
+            s.put(f"{proxy.url}/e", timeout=5).status_code,  # nothing owed any more
+        ]
+        injected = proxy.counters()["injected"]
+
+    assert codes == [503, 200, 412, 409, 200]
+    assert (injected["503"], injected["412"], injected["409"]) == (1, 1, 1)
+    assert [s["path"] for s in upstream.seen] == ["/b", "/e"]
+
+
 def test_the_seeded_rng_gives_the_configured_rates(upstream):
     rates = even_rates(0.5, "429,503")
     with FaultProxy(upstream.url, rates=rates, seed=42) as proxy, requests.Session() as s:

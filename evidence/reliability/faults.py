@@ -70,6 +70,7 @@ class Options:
     events: int = 1000
     rate: float = 0.1
     kinds: list[str] = field(default_factory=lambda: list(KINDS))
+    cover: bool = False  # every proxy injects each of its kinds once first (small runs: every kind seen)
     seed: int = 1
     duplicates: float = 0.2
     parallel: int = 8
@@ -104,9 +105,9 @@ def run(options: Options) -> dict[str, Any]:
         backend_rates = {k: p for k, p in rates.items() if k not in CONFLICT_KINDS}
         for name, proxy in rig.proxies.items():
             if name == "ledger":
-                proxy.set_faults(rates, match=LEDGER_MATCH)
+                proxy.set_faults(rates, match=LEDGER_MATCH, cover=options.cover)
             else:
-                proxy.set_faults(backend_rates)
+                proxy.set_faults(backend_rates, cover=options.cover)
         backends = options.settings.backends
         events = [
             Event.storage(LANDING_BUCKET, event_name(backends[i % len(backends)], f"{options.seed}/{i:05d}"))
@@ -179,6 +180,7 @@ def run(options: Options) -> dict[str, Any]:
         "function_instances": instances,
         "fault_rate": options.rate,
         "fault_kinds": options.kinds,
+        "fault_cover": options.cover,
         "faults_injected": dict(injected),
         "faults_injected_total": sum(injected.values()),
         "faults_by_target": {name: c["injected"] for name, c in proxies.items()},
@@ -279,6 +281,9 @@ def build_parser() -> argparse.ArgumentParser:
         default=",".join(KINDS),
         help=f"subset of {','.join(KINDS + CONFLICT_KINDS)} (412 and 409: on the ledger only), or all",
     )
+    parser.add_argument(
+        "--cover", action="store_true", help="every proxy injects each of its kinds once before drawing"
+    )
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--duplicates", type=float, default=0.2, help="fraction of events delivered twice")
     parser.add_argument("--parallel", type=int, default=8, help="deliveries in flight")
@@ -314,6 +319,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         events=args.events,
         rate=args.rate,
         kinds=parse_kinds(args.kinds),
+        cover=args.cover,
         seed=args.seed,
         duplicates=args.duplicates,
         parallel=args.parallel,

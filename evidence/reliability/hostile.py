@@ -243,6 +243,9 @@ def _backend(name: str, url: str) -> Any:
         env["FABRIC_CLIENT_SECRET"] = CLIENT_SECRET
         kwargs["session"] = requests.Session()
         kwargs["tokens"] = TokenProvider(token_endpoint=url, env=env, timeout=TIMEOUT)
+        # A listing page is retried for 5 s by default; the suite wants the decision, not the wait
+        # (the retry itself is specified in tests/test_fabric.py)
+        kwargs["page_retry_seconds"] = 0.3
     return guarded(registry.spec(name).build(**kwargs))
 
 

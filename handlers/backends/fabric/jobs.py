@@ -377,6 +377,7 @@ class Fabric:
         timeout: Any = None,
         *,
         find_skew_seconds: float = FIND_SKEW_SECONDS,
+        page_retry_seconds: float = PAGE_RETRY_SECONDS,
     ) -> None:
         self.find_semantics = self.spec.find
         self._session = session
@@ -384,6 +385,7 @@ class Fabric:
         self._tokens = tokens
         self.timeout = timeout or http.default_timeout()
         self.find_skew_seconds = find_skew_seconds
+        self.page_retry_seconds = page_retry_seconds
         self._lock = threading.Lock()
         self._launched: OrderedDict[str, str] = OrderedDict()  # instance id -> run key (this process)
         self.names = lookup.NameCache()
@@ -847,7 +849,7 @@ class Fabric:
                     ctx=ctx,
                     params=params,
                 ),
-                budget_seconds=PAGE_RETRY_SECONDS,
+                budget_seconds=self.page_retry_seconds,
                 initial=0.1,
                 maximum=1.0,
                 what="fabric jobs.listInstances",
