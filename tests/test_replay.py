@@ -258,7 +258,8 @@ def test_the_cli_dry_run_then_replay_prints_a_summary_with_run_keys(landing, dat
     assert doc["counts"] == {"launched": 6, "joined": 0, "skipped": 0, "failed": 0, "unmatched": 0}
     assert len(launched_inputs(dataflow)) == 6
     assert all(item["run_key"].startswith("landing-") for item in doc["launched"])
-    assert "replayed 6" in err  # the plain progress line (stderr is not a terminal)
+    # the plain progress line (stderr is not a terminal): a bar, the objects were counted first
+    assert "replayed [########################] 6/6 100%" in err
     code, out, err = run_cli(
         "replay",
         "--config",
@@ -273,6 +274,20 @@ def test_the_cli_dry_run_then_replay_prints_a_summary_with_run_keys(landing, dat
     )
     assert code == 0, err
     assert "rerun generation 1" in out and "launched      6" in out
+
+
+def test_the_progress_bar_counts_what_is_left_after_the_checkpoint_and_shows_the_time_left(landing):
+    from handlers.entry.cli.output import bar
+
+    # WHEN a replay stops after two objects and is run again, counting first
+    first = Replay(landing["runtime"], objects(landing, prefix="in/"), limit=2, count_first=True).run()
+    again = Replay(landing["runtime"], objects(landing, prefix="in/"), count_first=True).run()
+    # THEN each run expected exactly what it went on to handle
+    assert (first.expected, first.seen, first.complete) == (2, 2, False)
+    assert (again.expected, again.seen, again.resumed) == (4, 4, True)
+    # AND the bar says how far, how fast and how long is left at that rate
+    assert bar(2500, 10_000, 50.0) == "[######..................] 2,500/10,000 25% 50/s 2m30s left"
+    assert bar(10, 40, 1.0).endswith("25% 10/s 3s left") and bar(0, 0, 1.0).startswith("[....")
 
 
 def test_the_cli_refuses_a_replay_without_a_source(landing):

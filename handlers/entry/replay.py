@@ -60,6 +60,7 @@ from handlers.route.plan import Action, EventPlan, WindowPlan, plan_message, pla
 
 CHECKPOINT_EVERY = 50  # events handled between checkpoint writes (and at the end, and on interruption)
 PULL_BATCH = 100
+COUNT_LIMIT = 100_000  # objects counted up front for the progress bar (100 listing calls at most)
 
 
 class ReplayError(ParameterError):
@@ -220,6 +221,9 @@ class Summary:
     started_at: str | None = None
     ended_at: str | None = None
     complete: bool = False
+    # events this run expects to handle (objects left after the checkpoint, counted first), or None:
+    # a subscription, or more objects than COUNT_LIMIT
+    expected: int | None = None
 
     def add(self, item: Item) -> None:
         {
@@ -407,12 +411,15 @@ class Replay:
         bucket: TokenBucket | None = None,
         service: LaunchService | None = None,
         on_item: Callable[[Item, Summary], None] | None = None,
+        count_first: bool = False,
         stop_after: int | None = None,
         limit: int | None = None,
         dead_letters: DeadLetters | None = None,
     ) -> None:
-        """``limit``: handle at most this many events, then stop with a checkpoint (``complete``
-        false): the same replay again continues. ``stop_after``: raise :class:`ReplayInterrupted`
+        """``count_first``: list the objects once before the work to know how many there are
+        (``Summary.expected``, for a progress bar; 1 listing call per 1,000 objects, at most
+        COUNT_LIMIT counted). ``limit``: handle at most this many events, then stop with a checkpoint
+        (``complete`` false): the same replay again continues. ``stop_after``: raise :class:`ReplayInterrupted`
         after that many (the crash the tests and the reliability suite inject)."""
         self.rt = runtime
         self.spec = spec
@@ -421,6 +428,7 @@ class Replay:
         self.limiter = bucket or (TokenBucket(rate) if rate else None)
         self.service = service or LaunchService(runtime)
         self.on_item = on_item
+        self.count_first = count_first
         self.stop_after = stop_after
         self.limit = limit
         self.dead_letters = dead_letters
@@ -487,6 +495,8 @@ class Replay:
             resumed=resume,
             started_at=(checkpoint or {}).get("started_at") if resume else iso(now()),
         )
+        if self.count_first and self.spec.bucket is not None:
+            summary.expected = self._count(position)
         if self.dry_run:
             doc_gen = -1  # a dry run writes nothing
         elif not resume:
@@ -526,6 +536,15 @@ class Replay:
             "replay finished", replay_id=summary.replay_id, trigger=self.trigger.name, **summary.counts()
         )
         return summary
+
+    def _count(self, position: str | None) -> int | None:
+        """How many objects this run will handle (after ``position``), or None past COUNT_LIMIT."""
+        counted = 0
+        for _source in object_sources(self.rt, self.spec, position):
+            counted += 1
+            if counted > COUNT_LIMIT:
+                return None
+        return counted if self.limit is None else min(counted, self.limit)
 
     def _sources(self, position: str | None) -> Iterator[Source]:
         if self.spec.bucket is not None:

@@ -124,6 +124,20 @@ class Progress:
             self.stream.flush()
 
 
+def bar(done: int, total: int, elapsed: float, width: int = 24) -> str:
+    """``[#########...............] 1,234/10,000 12% 45/s 3m12s left``: a progress bar with its
+    rate and the time left at that rate."""
+    total = max(total, 1)
+    share = min(done / total, 1.0)
+    filled = int(share * width)
+    rate = done / elapsed if elapsed > 0 else 0.0
+    left = ""
+    if 0 < done < total and rate > 0:
+        seconds = int((total - done) / rate)
+        left = f" {seconds // 60}m{seconds % 60:02d}s left" if seconds >= 60 else f" {seconds}s left"
+    return f"[{'#' * filled}{'.' * (width - filled)}] {done:,}/{total:,} {share:.0%} {rate:.0f}/s{left}"
+
+
 def _isatty(stream: Any) -> bool:
     try:
         return bool(stream.isatty())

@@ -7,7 +7,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from handlers.entry.cli.args import EXIT_FAILURE, EXIT_OK, UsageError, _load, _runtime
-from handlers.entry.cli.output import Output, Progress, clean
+from handlers.entry.cli.output import Output, Progress, bar, clean
 
 if TYPE_CHECKING:
     from handlers.entry.replay import Item, ReplaySpec, Summary
@@ -70,14 +70,19 @@ def cmd_replay(args: argparse.Namespace, out: Output) -> int:
         c = summary.counts()
         elapsed = max(time.monotonic() - started, 1e-6)
         verb = "would launch" if summary.dry_run else "launched"
+        done = (
+            bar(summary.seen, summary.expected, elapsed)
+            if summary.expected is not None
+            else f"{summary.seen} ({summary.seen / elapsed:.0f}/s)"
+        )
         progress.update(
-            f"replayed {summary.seen} ({summary.seen / elapsed:.0f}/s): {verb} {c['launched']}, "
+            f"replayed {done}: {verb} {c['launched']}, "
             + (f"joined {c['joined']}, " if c["joined"] else "")
             + f"skipped {c['skipped']}, failed {c['failed']}, unmatched {c['unmatched']}",
             force=force,
         )
 
-    replay = Replay(_runtime(config), spec, dry_run=args.dry_run, rate=rate, on_item=show)
+    replay = Replay(_runtime(config), spec, dry_run=args.dry_run, rate=rate, on_item=show, count_first=True)
     try:
         summary = replay.run()
     except KeyboardInterrupt:
