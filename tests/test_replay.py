@@ -388,8 +388,51 @@ def test_a_replay_of_a_batched_trigger_puts_each_object_in_exactly_one_window(la
     # a second replay finds every object in its window: nothing joins or launches again
     again = Replay(runtime, spec).run()
     assert again.counts()["skipped"] == 6 and len(dataflow.launches()) == 2
-    with pytest.raises(ReplayError, match="rerun of windows"):
-        Replay(runtime, ReplaySpec("landing", bucket=landing["bucket"], rerun=True))
+
+
+def test_a_rerun_of_a_batched_trigger_fills_windows_of_its_own_generation_once(landing, world, dataflow):
+    from tests.test_windows import batch_pipelines, load_jobs, manifest
+
+    pipelines = batch_pipelines(dataflow)
+    batch = {"max_items": 3, "max_wait": "1h"}
+    triggers = {
+        "landing": {
+            "storage": {"bucket": landing["bucket"], "prefix": "in/"},
+            "pipeline": "load",
+            "batch": batch,
+        }
+    }
+    runtime = world.runtime(world.config(pipelines, triggers))
+    Replay(runtime, ReplaySpec("landing", bucket=landing["bucket"], prefix="in/")).run()
+    live_ids = sorted(job["parameters"]["key"] for job in load_jobs(dataflow))
+    assert len(live_ids) == 2
+    # WHEN a rerun is interrupted after four objects (one window of three launched, one object
+    # waiting in the next), then run again
+    spec = ReplaySpec("landing", bucket=landing["bucket"], prefix="in/", rerun=True)
+    first = Replay(runtime, spec, limit=4).run()
+    assert first.generation == 1 and first.counts()["joined"] == 4 and len(load_jobs(dataflow)) == 3
+    rest = Replay(runtime, spec).run()
+    # THEN it resumed generation 1: the last two objects filled the waiting window
+    assert rest.resumed and rest.generation == 1 and rest.counts()["joined"] == 2
+    jobs = load_jobs(dataflow)
+    rerun_jobs = [j for j in jobs if j["parameters"]["key"] not in live_ids]
+    assert len(jobs) == 4 and len(rerun_jobs) == 2
+    # AND every object is in exactly one rerun manifest, the live windows untouched
+    rerun_names = [line["name"] for j in rerun_jobs for line in manifest(world, j["parameters"]["input"])]
+    assert sorted(rerun_names) == NAMES
+    assert sorted(j["parameters"]["key"] for j in jobs if j["parameters"]["key"] in live_ids) == live_ids
+    # AND the rerun windows' runs say generation 1, with their window, the live ones 0
+    keys = {i.run_key for i in first.joined + rest.joined if i.run_key}
+    records = [runtime.ledger.get(k) for k in keys]
+    assert len(records) == 2 and all(r.rerun == 1 and r.event["rerun"] == 1 for r in records)
+    assert {r.event["window"]["id"] for r in records} == {j["parameters"]["key"] for j in rerun_jobs}
+    # AND a replay without rerun still finds every object in its live window
+    assert (
+        Replay(runtime, ReplaySpec("landing", bucket=landing["bucket"], prefix="in/"))
+        .run()
+        .counts()["skipped"]
+        == 6
+    )
 
 
 def test_a_claim_left_by_a_crashed_launcher_is_taken_over_not_skipped(landing, dataflow):

@@ -18,7 +18,8 @@ limit does not apply: a replay is old on purpose.
 What already ran is recognised by its run key (:mod:`handlers.route.identity`): a run record in the
 ledger means skipped, one ledger read. ``rerun`` starts a new *generation* instead: the events carry
 ``rerun=n``, the identity gets ``#rerun=n`` (another run key, never the live run's), and the run
-record and its completion event say ``rerun: n``. Generations are numbered per trigger by a counter
+record and its completion event say ``rerun: n``. On a ``batch:`` trigger a rerun's objects fill
+windows of their own generation (:mod:`handlers.model.windows`), never the live ones. Generations are numbered per trigger by a counter
 document in the ledger (``replays/<trigger>/generation.json``, compare-and-swap).
 
 A replay is resumable: a checkpoint document in the ledger store (``replays/<trigger>/<id>.json``,
@@ -105,12 +106,6 @@ class ReplaySpec:
             return trigger
         if trigger.storage is None:
             raise ReplayError(f"trigger {trigger.name!r} is not a storage trigger: replay a subscription")
-        if self.rerun and trigger.batch is not None:
-            raise ReplayError(
-                f"trigger {trigger.name!r} batches objects into windows: a rerun of windows is not "
-                "supported (an object joins one window once); replay without rerun",
-                field="rerun",
-            )
         if self.prefix is not None and self.glob is not None:
             raise ReplayError("give a prefix or a glob, not both")
         if self.glob is not None:

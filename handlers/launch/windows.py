@@ -92,11 +92,12 @@ class WindowDoc:
     closed_at: str | None = None
     reason: str | None = None  # max_items | max_bytes | max_wait
     run_key: str | None = None
+    rerun: int = 0  # a replay's rerun generation: its windows are its own (handlers.model.windows)
     generation: int = field(default=0, compare=False)  # not stored
 
     @property
     def id(self) -> str:
-        return window_id(self.trigger, self.key, self.seq)
+        return window_id(self.trigger, self.key, self.seq, self.rerun)
 
     @property
     def count(self) -> int:
@@ -124,22 +125,25 @@ class WindowDoc:
             "closed_at": self.closed_at,
             "reason": self.reason,
             "run_key": self.run_key,
+            **({"rerun": self.rerun} if self.rerun else {}),
         }
 
     @classmethod
     def from_json(cls, doc: Mapping[str, Any], generation: int) -> WindowDoc:
+        rerun = int(doc.get("rerun") or 0)
         return cls(
             trigger=str(doc["trigger"]),
             key=str(doc["key"]),
             seq=int(doc["seq"]),
             state=WindowState(doc.get("state") or WindowState.OPEN),
-            members=tuple(Member.from_json(m) for m in doc.get("members") or ()),
+            members=tuple(Member.from_json(m, rerun) for m in doc.get("members") or ()),
             bytes=int(doc.get("bytes") or 0),
             created_at=doc.get("created_at"),
             opened_at=doc.get("opened_at"),
             closed_at=doc.get("closed_at"),
             reason=doc.get("reason"),
             run_key=doc.get("run_key"),
+            rerun=rerun,
             generation=generation,
         )
 
@@ -157,8 +161,8 @@ def doc_name(trigger: str, wid: str) -> str:
     return f"windows/{trigger}/{khash}/{seq}.json"
 
 
-def hint_name(trigger: str, key: str) -> str:
-    return f"windows/{trigger}/{key_hash(trigger, key)}/current.json"
+def hint_name(trigger: str, key: str, rerun: int = 0) -> str:
+    return f"windows/{trigger}/{key_hash(trigger, key, rerun)}/current.json"
 
 
 def member_name(trigger: str, member: Member) -> str:
@@ -166,10 +170,10 @@ def member_name(trigger: str, member: Member) -> str:
 
 
 MARKERS = "windows-open/"
-# (ledger bucket, prefix, trigger, key) -> the sequence of the window this process last saw open: a
+# (ledger bucket, prefix, trigger, key, rerun) -> the sequence of the window this process last saw open: a
 # warm instance goes straight to it instead of reading the ledger's hint (a stale guess only costs a
 # step forward). Plain dict operations: atomic under the GIL, so thread-safe without a lock.
-_LAST_OPEN: dict[tuple[str, str, str, str], int] = {}
+_LAST_OPEN: dict[tuple[str, str, str, str, int], int] = {}
 
 
 @dataclass
@@ -227,13 +231,13 @@ class Windows:
     def _marker(self, trigger: str, wid: str) -> str:
         return f"{self.ledger.prefix}{MARKERS}{trigger}/{wid}"
 
-    def _create(self, trigger: Trigger, key: str, seq: int) -> WindowDoc:
+    def _create(self, trigger: Trigger, key: str, seq: int, rerun: int = 0) -> WindowDoc:
         """The window ``seq`` of ``key``, created OPEN unless it exists: the marker first, so a window
         document never exists without the marker the sweep finds it by."""
-        wid = window_id(trigger.name, key, seq)
+        wid = window_id(trigger.name, key, seq, rerun)
         stamp = iso(self.clock())
         self.ledger.store.put_meta(self._marker(trigger.name, wid), {"since": stamp})
-        doc = WindowDoc(trigger.name, key, seq, created_at=stamp)
+        doc = WindowDoc(trigger.name, key, seq, created_at=stamp, rerun=rerun)
         try:
             return self._write(doc)
         except Conflict:
@@ -242,33 +246,33 @@ class Windows:
                 raise LedgerUnavailable(f"window {wid}: created by another and gone again") from None
             return found
 
-    def _cache_key(self, trigger: str, key: str) -> tuple[str, str, str, str]:
-        return (self.rt.config.settings.ledger_bucket, self.ledger.prefix, trigger, key)
+    def _cache_key(self, trigger: str, key: str, rerun: int = 0) -> tuple[str, str, str, str, int]:
+        return (self.rt.config.settings.ledger_bucket, self.ledger.prefix, trigger, key, rerun)
 
-    def _open_window(self, trigger: Trigger, key: str, after: int = 0) -> WindowDoc:
+    def _open_window(self, trigger: Trigger, key: str, after: int = 0, rerun: int = 0) -> WindowDoc:
         """The open window of ``key`` (created when there is none), past sequence ``after``: from the
         sequence this process last saw open, else the ledger's hint, walking forward."""
-        ck = self._cache_key(trigger.name, key)
+        ck = self._cache_key(trigger.name, key, rerun)
         known = _LAST_OPEN.get(ck)
         if known is None:
-            hint = self.ledger.read_doc(hint_name(trigger.name, key))
+            hint = self.ledger.read_doc(hint_name(trigger.name, key, rerun))
             known = int(hint[0].get("seq") or 1) if hint else 1
         start = seq = max(known, after + 1)
         for _ in range(MAX_ATTEMPTS):
-            doc = self._read(trigger.name, window_id(trigger.name, key, seq))
+            doc = self._read(trigger.name, window_id(trigger.name, key, seq, rerun))
             if doc is None:
-                doc = self._create(trigger, key, seq)
+                doc = self._create(trigger, key, seq, rerun)
             if not doc.sealed:
                 _LAST_OPEN[ck] = seq
                 if seq != start:
-                    self._advance_hint(trigger.name, key, seq)
+                    self._advance_hint(trigger.name, key, seq, rerun)
                 return doc
             seq += 1
         raise LedgerUnavailable(f"trigger {trigger.name}: no open window found", trigger=trigger.name)
 
-    def _advance_hint(self, trigger: str, key: str, seq: int) -> None:
+    def _advance_hint(self, trigger: str, key: str, seq: int, rerun: int = 0) -> None:
         """Move the ledger's hint forward (a hint only: losing a race to a newer one is fine)."""
-        name = hint_name(trigger, key)
+        name = hint_name(trigger, key, rerun)
         hint = self.ledger.read_doc(name)
         if hint is not None and int(hint[0].get("seq") or 0) >= seq:
             return
@@ -296,16 +300,16 @@ class Windows:
             return Outcome(
                 trigger.name, trigger.pipeline, None, LaunchResult.FAILED, reason=plan.error.message
             )
-        key, member = plan.key, plan.member
+        key, member, rerun = plan.key, plan.member, plan.member.rerun
         with logs.bind(trigger=trigger.name, object=member.identity):
             mname = member_name(trigger.name, member)
             # The window this process last saw open (else the one the ledger says): a guess the
             # loop below corrects (a sealed window moves the membership on).
             doc: WindowDoc | None = None
-            seq = _LAST_OPEN.get(self._cache_key(trigger.name, key))
+            seq = _LAST_OPEN.get(self._cache_key(trigger.name, key, rerun))
             if seq is None:
-                doc = self._open_window(trigger, key)
-            wid = doc.id if doc is not None else window_id(trigger.name, key, seq or 1)
+                doc = self._open_window(trigger, key, rerun=rerun)
+            wid = doc.id if doc is not None else window_id(trigger.name, key, seq or 1, rerun)
             record: dict[str, Any] = {
                 "window": wid,
                 "object": member.to_json(),
@@ -323,7 +327,7 @@ class Windows:
                 if doc is None or doc.id != wid:
                     doc = self._read(trigger.name, wid)
                     if doc is None:  # removed behind our back (a lifecycle rule): open it again
-                        doc = self._create(trigger, key, int(wid.rpartition("-")[2]))
+                        doc = self._create(trigger, key, int(wid.rpartition("-")[2]), rerun)
                 self._saw(doc)
                 if doc.contains(member):
                     return self._joined(trigger, doc)
@@ -341,7 +345,7 @@ class Windows:
                     if doc.state is WindowState.CLOSING:  # we sealed it (full without this object)
                         self._finish_quietly(trigger, doc)
                 # sealed without it: the object belongs to the open window after it
-                target = self._open_window(trigger, key, after=doc.seq)
+                target = self._open_window(trigger, key, after=doc.seq, rerun=rerun)
                 moved = {**record, "window": target.id, "moved_from": wid}
                 try:
                     mgen = self.ledger.write_doc(mname, moved, mgen)
@@ -356,7 +360,7 @@ class Windows:
 
     def _saw(self, doc: WindowDoc) -> None:
         """Remember where the open window of ``doc``'s key is: this one, or (sealed) the next."""
-        ck = self._cache_key(doc.trigger, doc.key)
+        ck = self._cache_key(doc.trigger, doc.key, doc.rerun)
         seq = doc.seq + 1 if doc.sealed else doc.seq
         if _LAST_OPEN.get(ck, 0) < seq:
             _LAST_OPEN[ck] = seq
@@ -421,6 +425,7 @@ class Windows:
             manifest_bucket=bucket,
             manifest_name=name,
             reason=doc.reason or "",
+            rerun=doc.rerun,
         )
 
     def _store(self, bucket: str) -> Any:
@@ -550,19 +555,19 @@ class Windows:
     def whereabouts(self, plan: WindowPlan) -> Whereabouts:
         """The window the plan's object is in, or the one it would join now (reads only)."""
         assert plan.key is not None and plan.member is not None
-        trigger, key = plan.trigger, plan.key
+        trigger, key, rerun = plan.trigger, plan.key, plan.member.rerun
         found = self.ledger.read_doc(member_name(trigger.name, plan.member))
         if found is not None:
             doc = self._read(trigger.name, str(found[0]["window"]))
             if doc is not None and doc.contains(plan.member):
                 return Whereabouts(doc.id, True, str(doc.state), doc.count, doc.bytes, doc.run_key)
-        hint = self.ledger.read_doc(hint_name(trigger.name, key))
+        hint = self.ledger.read_doc(hint_name(trigger.name, key, rerun))
         seq = int(hint[0].get("seq") or 1) if hint else 1
         for _ in range(MAX_ATTEMPTS):
-            doc = self._read(trigger.name, window_id(trigger.name, key, seq))
+            doc = self._read(trigger.name, window_id(trigger.name, key, seq, rerun))
             if doc is None:
-                return Whereabouts(window_id(trigger.name, key, seq), False, None)
+                return Whereabouts(window_id(trigger.name, key, seq, rerun), False, None)
             if not doc.sealed:
                 return Whereabouts(doc.id, False, str(doc.state), doc.count, doc.bytes)
             seq += 1
-        return Whereabouts(window_id(trigger.name, key, seq), False, None)
+        return Whereabouts(window_id(trigger.name, key, seq, rerun), False, None)

@@ -13,6 +13,10 @@ The **manifest** lists the window's objects, one JSON object per line (newline-d
 
 ordered by event time, then bucket, name and generation (:func:`manifest_lines`), so the same
 window always gives the same bytes.
+
+A replay's ``--rerun`` (generation ``n``) batches its objects into windows of their own: the
+generation is part of the window id (:func:`key_hash`) and of each member's identity, so a rerun
+never joins, moves or relaunches a live window, and its window's run says ``rerun: n``.
 """
 
 from __future__ import annotations
@@ -41,15 +45,18 @@ class Member:
     generation: str
     size: int
     event_time: str
+    rerun: int = 0  # the replay generation it joins for (0: live); not a manifest field
 
     @classmethod
     def of(cls, event: ObjectEvent) -> Member:
         o = event.object
-        return cls(o.bucket, o.name, str(o.generation), int(o.size or 0), iso(event.event_time) or "")
+        stamp = iso(event.event_time) or ""
+        return cls(o.bucket, o.name, str(o.generation), int(o.size or 0), stamp, int(event.rerun or 0))
 
     @property
     def identity(self) -> str:
-        return f"{self.bucket}/{self.name}#{self.generation}"
+        base = f"{self.bucket}/{self.name}#{self.generation}"
+        return f"{base}#rerun={self.rerun}" if self.rerun else base
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -61,13 +68,14 @@ class Member:
         }
 
     @classmethod
-    def from_json(cls, doc: Mapping[str, Any]) -> Member:
+    def from_json(cls, doc: Mapping[str, Any], rerun: int = 0) -> Member:
         return cls(
             str(doc["bucket"]),
             str(doc["name"]),
             str(doc["generation"]),
             int(doc.get("size") or 0),
             str(doc["event_time"]),
+            rerun,
         )
 
 
@@ -84,14 +92,16 @@ def manifest_lines(members: Iterable[Member]) -> bytes:
     )
 
 
-def key_hash(trigger: str, key: str) -> str:
-    """The part of a window id naming its (trigger, key)."""
+def key_hash(trigger: str, key: str, rerun: int = 0) -> str:
+    """The part of a window id naming its (trigger, key) and, for a rerun, its generation."""
+    if rerun:
+        return digest(trigger, key, f"rerun={rerun}", length=KEY_CHARS)
     return digest(trigger, key, length=KEY_CHARS)
 
 
-def window_id(trigger: str, key: str, seq: int) -> str:
-    """``<key hash>-<sequence>``: the ``seq``-th window of ``key`` for ``trigger``."""
-    return f"{key_hash(trigger, key)}-{seq:06d}"
+def window_id(trigger: str, key: str, seq: int, rerun: int = 0) -> str:
+    """``<key hash>-<sequence>``: the ``seq``-th window of ``key`` for ``trigger`` (and generation)."""
+    return f"{key_hash(trigger, key, rerun)}-{seq:06d}"
 
 
 def manifest_location(settings: Settings, trigger: Trigger, wid: str) -> tuple[str, str]:
@@ -119,6 +129,7 @@ class WindowEvent:
     manifest_bucket: str
     manifest_name: str
     reason: str = ""
+    rerun: int = 0  # the replay generation (0: live): the launch service records it on the run
     kind = "window"
 
     @property
@@ -157,6 +168,7 @@ class WindowEvent:
             "event_id": self.event_id,
             "event_time": iso(self.event_time),
             "window": self.window(),
+            **({"rerun": self.rerun} if self.rerun else {}),
         }
 
     @property
