@@ -38,7 +38,7 @@ demo: $(STAMP) prereqs
 up: $(STAMP) prereqs
 	$(PY) -m local.stack up $(if $(CONFIG),--config $(CONFIG))
 
-# Performance evidence (docs/PERFORMANCE.md): about 15 minutes on 2 cores; results/performance.*
+# Performance evidence (docs/PERFORMANCE.md): about 40 minutes on 2 cores; results/performance.*
 bench: $(STAMP) prereqs
 	$(PY) -m evidence.bench $(BENCH_ARGS)
 
@@ -46,8 +46,9 @@ bench: $(STAMP) prereqs
 # setting (1,000 events) and at a harsher one (rate 0.2, every kind with 412/409 on the ledger, every
 # event delivered twice), crash injection at every step boundary, 2,000 generated bad inputs, batch:
 # windows under both (evidence/reliability/windows.py), hostile upstreams (every backend, Entra, the
-# metadata server), replays under faults and SIGKILLs; about 35 minutes;
-# results/{faults,faults-harsh,crashes,badinput,windows-crashes,windows-faults,hostile,replay}.*
+# metadata server), replays (of a bucket and of a dead-letter subscription) under faults and SIGKILLs;
+# about 40 minutes; results/{faults,faults-harsh,crashes,badinput,windows-crashes,windows-faults,
+# hostile,replay,replay-dead-letters}.*
 RELIABILITY_BACKENDS ?= dataflow,datafusion,fabric,dataproc
 reliability: $(STAMP) prereqs
 	$(PY) -m evidence.reliability.faults --events 1000 --rate 0.1 --kinds 429,503,timeout,reset,lost --seed 1 --duplicates 0.2 --backends $(RELIABILITY_BACKENDS) --status-push
@@ -57,6 +58,7 @@ reliability: $(STAMP) prereqs
 	$(PY) -m evidence.reliability.windows crashes --per-boundary 2 && $(PY) -m evidence.reliability.windows faults --events 1000 --window 100 --rate 0.1 --kinds 429,503,timeout,reset,lost --seed 1 --duplicates 0.2
 	$(PY) -m evidence.reliability.hostile --fuzz 200 --seed 11
 	$(PY) -m evidence.reliability.replay --objects 300 --already 0.3 --kills 6 --rate 0.1 --kinds 429,503,timeout,reset,lost --seed 1
+	$(PY) -m evidence.reliability.replay --objects 300 --already 0.3 --kills 6 --rate 0.1 --kinds 429,503,timeout,reset,lost --seed 1 --source dead-letters --results replay-dead-letters
 
 evidence: bench reliability
 
