@@ -214,6 +214,58 @@ def test_dead_lettered_messages_launch_once_and_are_acknowledged(world, dataflow
     assert Replay(runtime, spec).run().seen == 0
 
 
+def test_a_shared_dead_letter_topic_keeps_the_messages_of_other_triggers(
+    world, dataflow, local_world, unique_name
+):
+    opts = dataflow.pipeline_options("orders")
+    pipelines = {"orders": {**opts, "parameters": {"orderId": "{data.order}"}}}
+    triggers = {"orders": {"pubsub": {"topic": "orders", "dedupe_by": "data.order"}, "pipeline": "orders"}}
+    runtime = world.runtime(world.config(pipelines, triggers))
+    dlq_topic, dlq_sub = f"{unique_name}-dlq", f"{unique_name}-dlq-sub"
+    local_world.create(topics=[dlq_topic], pull={dlq_sub: dlq_topic})
+    # GIVEN a dead-letter topic shared with another subscription: an order, and a storage
+    # notification for a bucket no trigger of this config watches
+    publish(LOCAL_PROJECT, dlq_topic, json.dumps({"order": "b1"}))
+    other = {"eventType": "OBJECT_FINALIZE", "bucketId": "elsewhere", "objectId": "x.csv"}
+    other |= {"objectGeneration": "1", "payloadFormat": "JSON_API_V1"}
+    publish(LOCAL_PROJECT, dlq_topic, json.dumps({"bucket": "elsewhere", "name": "x.csv"}), other)
+    spec = ReplaySpec("orders", subscription=f"projects/{LOCAL_PROJECT}/subscriptions/{dlq_sub}")
+    # WHEN it is replayed for the orders trigger
+    summary = Replay(runtime, spec).run()
+    # THEN the order launched, and the notification was counted once and left in the subscription
+    assert summary.counts() == {"launched": 1, "joined": 0, "skipped": 0, "failed": 0, "unmatched": 1}
+    assert "left in the subscription" in summary.unmatched[0].reason
+    assert [launch["parameters"]["orderId"] for launch in dataflow.launches()] == ["b1"]
+    # AND handed back at once (not after its lease): the next replay sees it again, and only it
+    again = Replay(runtime, spec).run()
+    assert again.counts()["unmatched"] == 1 and again.seen == 1 and len(dataflow.launches()) == 1
+
+
+def test_dead_letters_pulled_but_not_handled_when_a_replay_stops_are_handed_back(
+    world, dataflow, local_world, unique_name
+):
+    opts = dataflow.pipeline_options("orders")
+    pipelines = {"orders": {**opts, "parameters": {"orderId": "{data.order}"}}}
+    triggers = {"orders": {"pubsub": {"topic": "orders", "dedupe_by": "data.order"}, "pipeline": "orders"}}
+    runtime = world.runtime(world.config(pipelines, triggers))
+    dlq_topic, dlq_sub = f"{unique_name}-dlq", f"{unique_name}-dlq-sub"
+    local_world.create(topics=[dlq_topic], pull={dlq_sub: dlq_topic})
+    for order in ("c1", "c2", "c3", "c4"):
+        publish(LOCAL_PROJECT, dlq_topic, json.dumps({"order": order}))
+    spec = ReplaySpec("orders", subscription=f"projects/{LOCAL_PROJECT}/subscriptions/{dlq_sub}")
+    # WHEN a replay stops after one message (it pulled all four in one batch)
+    first = Replay(runtime, spec, limit=1).run()
+    # THEN the next replay gets the other three at once, not after their leases ran out
+    rest = Replay(runtime, spec).run()
+    assert (first.seen, rest.counts()["launched"]) == (1, 3)
+    assert sorted(launch["parameters"]["orderId"] for launch in dataflow.launches()) == [
+        "c1",
+        "c2",
+        "c3",
+        "c4",
+    ]
+
+
 # --------------------------------------------------------------------------------------------
 # The command line
 # --------------------------------------------------------------------------------------------

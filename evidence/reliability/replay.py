@@ -16,6 +16,15 @@ fake-gcs-server: no live event comes from it); a fraction ``--already`` of them 
   between a launch and the next, often between a claim and its launch);
 - then run again, unharmed, until it exits 0 (nothing failed), as an operator would.
 
+With ``--source dead-letters`` the replay reads a dead-letter subscription instead of the bucket:
+every object's storage notification (``OBJECT_FINALIZE``, JSON_API_V1, as Cloud Storage publishes
+it) sits in a subscription of its own per trigger (a tenth of them twice, as a dead-letter topic can
+hold one notification twice), and the command is ``python -m handlers replay --trigger ...
+--subscription projects/P/subscriptions/dead-letters-<backend>``. A killed replay leaves the
+messages it pulled leased until their ack deadline (10 s); the next replay starts after it, as the
+docs tell an operator to (docs/cli.md, replay). Exactly once must hold although messages come back
+whenever a lease runs out, including in the middle of a replay.
+
 The verdict is read from the services only (:meth:`evidence.reliability.rig.Observed.verdict`): an
 object is **lost** without a job, a finished run or a completion; **doubled** with a second job or
 completion (completions counted once per Pub/Sub message id; a message the watch pulled twice is
@@ -53,7 +62,7 @@ from evidence.reliability.rig import (
 )
 from local.faultproxy import KINDS, even_rates, parse_kinds
 from local.kits import kit
-from local.services import storage_client
+from local.services import LOCAL_PROJECT, publish, storage_client
 
 ROOT = Path(__file__).resolve().parents[2]
 # The fault suite's leases (a claim a killed replay left blocks its run for up to 20 s: the next
@@ -65,6 +74,8 @@ ROOT = Path(__file__).resolve().parents[2]
 SETTINGS = RigSettings(http_timeout="1,6")
 CLI_HTTP_TIMEOUT = "1,2"
 STALL_SECONDS = 20.0
+SOURCES = ("bucket", "dead-letters")
+ACK_DEADLINE_SECONDS = 10.0  # the emulator's default for a subscription created without one
 
 
 @dataclass(frozen=True)
@@ -77,6 +88,7 @@ class Options:
     seed: int = 1
     max_seconds: float = 900.0
     max_replays: int = 30
+    source: str = "bucket"  # or "dead-letters"
     settings: RigSettings = SETTINGS
     keep_dir: bool = False
 
@@ -100,7 +112,59 @@ def _write_objects(rig: Rig, names: list[str]) -> list[Event]:
         return list(pool.map(put, names))
 
 
-def _replay_command(rig: Rig, backend: str) -> list[str]:
+def _dead_letters(backend: str) -> str:
+    return f"dead-letters-{backend}"
+
+
+def _notification(event: Event) -> tuple[str, dict[str, str]]:
+    """The storage notification Cloud Storage publishes for the object (JSON_API_V1)."""
+    resource = {
+        "kind": "storage#object",
+        "bucket": event.bucket,
+        "name": event.name,
+        "generation": event.generation,
+        "size": "12",
+        "contentType": "text/plain",
+        "timeCreated": event.time,
+        "updated": event.time,
+    }
+    attributes = {
+        "eventType": "OBJECT_FINALIZE",
+        "payloadFormat": "JSON_API_V1",
+        "bucketId": event.bucket,
+        "objectId": event.name,
+        "objectGeneration": event.generation,
+        "notificationConfig": f"projects/_/buckets/{event.bucket}/notificationConfigs/1",
+        "eventTime": event.time,
+    }
+    return json.dumps(resource), attributes
+
+
+def _fill_dead_letters(rig: Rig, events: list[Event], rng: random.Random) -> int:
+    """Each backend's objects' notifications in its own dead-letter subscription (a tenth twice)."""
+    backends = sorted({e.backend for e in events})
+    rig.world.create(
+        topics=[_dead_letters(b) for b in backends],
+        pull={_dead_letters(b): _dead_letters(b) for b in backends},
+    )
+    messages = [e for e in events for _ in range(2 if rng.random() < 0.1 else 1)]
+    rng.shuffle(messages)
+
+    def put(event: Event) -> None:
+        data, attributes = _notification(event)
+        publish(LOCAL_PROJECT, _dead_letters(event.backend), data, attributes, emulator_host=rig.pubsub.host)
+
+    with cf.ThreadPoolExecutor(8) as pool:
+        list(pool.map(put, messages))
+    return len(messages)
+
+
+def _replay_command(rig: Rig, backend: str, source: str = "bucket") -> list[str]:
+    where = (
+        ["--bucket", LANDING_BUCKET, "--prefix", f"in/{backend}/"]
+        if source == "bucket"
+        else ["--subscription", f"projects/{LOCAL_PROJECT}/subscriptions/{_dead_letters(backend)}"]
+    )
     return [
         sys.executable,
         "-m",
@@ -110,10 +174,7 @@ def _replay_command(rig: Rig, backend: str) -> list[str]:
         str(rig.config_path),
         "--trigger",
         f"landing-{backend}",
-        "--bucket",
-        LANDING_BUCKET,
-        "--prefix",
-        f"in/{backend}/",
+        *where,
         "--json",
     ]
 
@@ -166,6 +227,7 @@ def run(options: Options) -> dict[str, Any]:
         ]
         events = _write_objects(rig, names)
         live = [e for e in events if rng.random() < options.already]
+        dead_letters = _fill_dead_letters(rig, events, rng) if options.source == "dead-letters" else 0
         platform = Platform(rig, deadline=started + options.max_seconds)
         watch = CompletionWatch(rig)
         wanted = {e.input_file for e in events}
@@ -179,13 +241,17 @@ def run(options: Options) -> dict[str, Any]:
             rates = even_rates(options.rate, options.kinds)
             for name, proxy in rig.proxies.items():
                 proxy.set_faults(rates, match=LEDGER_MATCH if name == "ledger" else None)
+            # a dead letter pulled by a replay that was killed comes back once its lease ran out
+            # (one that ends hands back what it did not acknowledge): the next replay starts after
+            lease_wait = ACK_DEADLINE_SECONDS + 1 if options.source == "dead-letters" else 0.0
             for backend in backends:
-                command = _replay_command(rig, backend)
+                command = _replay_command(rig, backend, options.source)
                 to_launch = sum(1 for e in events if e.backend == backend) - len(live)
                 step = max(1, to_launch // (options.kills + 2))
                 for _ in range(options.kills):
                     after = rng.randint(1, step)
                     attempts.append({"backend": backend, **_replay(rig, command, backend, after, log)})
+                    time.sleep(lease_wait)
                 for _ in range(options.max_replays):
                     result = _replay(rig, command, backend, None, log)
                     attempts.append({"backend": backend, **result})
@@ -238,6 +304,8 @@ def run(options: Options) -> dict[str, Any]:
         # completion, reported apart (completions above are counted once per message id)
         "completion_messages_pulled_twice": sum(n - 1 for n in pulled.values() if n > 1),
         "objects_delivered_live_first": len(live),
+        "source": options.source,
+        "dead_letter_messages": dead_letters,
         "duplicate_completion_examples": doubled[:5],
         "duplicate_completions_of_live_objects": sum(1 for d in doubled if d["delivered_live_first"]),
         "replay_processes": len(attempts),
@@ -266,12 +334,20 @@ def run(options: Options) -> dict[str, Any]:
     }
 
 
-def write_results(figures: dict[str, Any], command: str, out_dir: Path | None = None) -> tuple[Path, Path]:
+def write_results(
+    figures: dict[str, Any], command: str, out_dir: Path | None = None, *, name: str = "replay"
+) -> tuple[Path, Path]:
     from evidence.bench.report import write
 
     rows = [
+        {"figure": "source", "value": figures.get("source", "bucket")},
         {"figure": "objects (distinct)", "value": figures["events"]},
         {"figure": "delivered live before the replay", "value": figures["objects_delivered_live_first"]},
+        *(
+            [{"figure": "dead-letter messages (some twice)", "value": figures["dead_letter_messages"]}]
+            if figures.get("dead_letter_messages")
+            else []
+        ),
         {
             "figure": "replay processes (SIGKILLed / run to the end)",
             "value": f"{figures['replay_processes']} ({figures['replay_processes_killed']} / "
@@ -294,7 +370,7 @@ def write_results(figures: dict[str, Any], command: str, out_dir: Path | None = 
         "emulators, the ledger bucket (read directly) and a subscription on the completion topic only."
     )
     return write(
-        "replay",
+        name,
         figures,
         command=command,
         table=rows,
@@ -320,7 +396,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--backends", default="dataflow", help=f"comma-separated subset of {','.join(BACKENDS)}"
     )
+    parser.add_argument(
+        "--source",
+        choices=SOURCES,
+        default="bucket",
+        help="replay the bucket, or every object's notification from a dead-letter subscription",
+    )
     parser.add_argument("--no-write", action="store_true", help="print the figures only")
+    parser.add_argument("--results", default="replay", help="name of the results files (results/NAME.*)")
     parser.add_argument("--keep", action="store_true", help="keep the rig's work dir (logs) and print it")
     return parser
 
@@ -335,13 +418,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         kinds=tuple(parse_kinds(args.kinds)),
         seed=args.seed,
         max_seconds=args.max_seconds,
+        source=args.source,
         keep_dir=args.keep,
         settings=replace(SETTINGS, backends=tuple(b.strip() for b in args.backends.split(",") if b.strip())),
     )
     figures = run(options)
-    return report_run(
-        figures, "evidence.reliability.replay", argv, write_results if not args.no_write else None
-    )
+
+    def written(figures: dict[str, Any], command: str) -> Any:
+        return write_results(figures, command, name=args.results)
+
+    return report_run(figures, "evidence.reliability.replay", argv, None if args.no_write else written)
 
 
 if __name__ == "__main__":

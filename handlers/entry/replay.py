@@ -45,7 +45,7 @@ from typing import Any
 
 from handlers.backends.contract import RunState
 from handlers.core import clients, http, logs
-from handlers.core.errors import EventError, ParameterError, PermanentError, RetryableError
+from handlers.core.errors import EventError, ParameterError, PermanentError, PipelineError, RetryableError
 from handlers.core.ids import digest
 from handlers.core.patterns import Glob, PatternError
 from handlers.core.times import from_iso, iso, now
@@ -275,6 +275,10 @@ class Source:
     position: str  # the checkpoint position once this is handled ("" for messages)
     event: Any
     settle: Callable[[], None] = lambda: None
+    release: Callable[[], None] = lambda: None  # hand a message left unacknowledged back at once
+    # a message another trigger may need (a dead-letter topic shared by several subscriptions) is
+    # left in the subscription when this replay's trigger does not take it
+    keep_unmatched: bool = False
 
 
 def object_event(resource: Mapping[str, Any]) -> events.ObjectEvent:
@@ -343,6 +347,22 @@ class DeadLetters:
             json={"ackIds": [ack_id]},
         )
 
+    def release(self, ack_id: str) -> None:
+        """Hand a message back now (ack deadline 0) instead of when its lease runs out; best effort:
+        if this fails, the lease runs out anyway."""
+        try:
+            http.send_json(
+                self.session,
+                "POST",
+                f"{self.endpoint}/v1/{self.subscription}:modifyAckDeadline",
+                what="pubsub subscriptions.modifyAckDeadline",
+                json={"ackIds": [ack_id], "ackDeadlineSeconds": 0},
+            )
+        except PipelineError as exc:
+            logs.warning(
+                "could not hand a message back: it returns when its lease runs out", cause=exc.message
+            )
+
 
 def message_event(trigger: Trigger, subscription: str, message: Mapping[str, Any]) -> events.MessageEvent:
     """The MessageEvent a push delivery of a dead-lettered message would be, as if published on the
@@ -362,20 +382,51 @@ def message_event(trigger: Trigger, subscription: str, message: Mapping[str, Any
 
 
 def message_sources(trigger: Trigger, spec: ReplaySpec, pull: DeadLetters) -> Iterator[Source]:
+    """Every message once per replay. One this replay leaves unacknowledged (not its trigger's, or a
+    transient failure) is handed back at once and not handled again: a pull that brings back only
+    such messages ends the replay (the next replay sees them). Messages pulled but not handled when
+    the replay stops (``limit``, an error) are handed back too."""
     assert spec.subscription is not None
-    while True:
-        batch = pull.pull(PULL_BATCH)
-        if not batch:
-            return
-        for received in batch:
-            message = received.get("message") or {}
-            ack_id = str(received.get("ackId"))
-            label = f"message {message.get('messageId')}"
-            try:
-                event: Any = message_event(trigger, spec.subscription, message)
-            except EventError as exc:
-                event = exc
-            yield Source(label, "", event, settle=lambda a=ack_id: pull.ack(a))  # type: ignore[misc]
+    seen: set[str] = set()
+    open_ids: dict[str, None] = {}  # pulled, neither acknowledged nor handed back yet
+
+    def done(ack_id: str, action: Callable[[str], None]) -> None:
+        open_ids.pop(ack_id, None)
+        action(ack_id)
+
+    try:
+        while True:
+            batch = pull.pull(PULL_BATCH)
+            fresh = []
+            for received in batch:
+                ack_id = str(received.get("ackId"))
+                if str((received.get("message") or {}).get("messageId")) in seen:
+                    pull.release(ack_id)  # back again after we left it: for the next replay
+                else:
+                    open_ids[ack_id] = None
+                    fresh.append(received)
+            if not fresh:
+                return
+            for received in fresh:
+                message = received.get("message") or {}
+                seen.add(str(message.get("messageId")))
+                ack_id = str(received.get("ackId"))
+                label = f"message {message.get('messageId')}"
+                try:
+                    event: Any = message_event(trigger, spec.subscription, message)
+                except EventError as exc:
+                    event = exc
+                yield Source(
+                    label,
+                    "",
+                    event,
+                    settle=lambda a=ack_id: done(a, pull.ack),  # type: ignore[misc]
+                    release=lambda a=ack_id: done(a, pull.release),  # type: ignore[misc]
+                    keep_unmatched=True,
+                )
+    finally:
+        for ack_id in list(open_ids):
+            pull.release(ack_id)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -506,8 +557,15 @@ class Replay:
                 if self.stop_after is not None and summary.seen >= self.stop_after:
                     raise ReplayInterrupted(f"stopped after {self.stop_after} events")
                 item = self._handle(source, generation)
-                if not self.dry_run and not item.transient:
-                    source.settle()  # a message is acknowledged only once handled
+                left = item.transient or (item.action == "unmatched" and source.keep_unmatched)
+                if item.action == "unmatched" and source.keep_unmatched:
+                    item.reason = f"{item.reason}; left in the subscription"
+                if not self.dry_run:
+                    # a message is acknowledged only once handled, else handed back for the next replay
+                    if left:
+                        source.release()
+                    else:
+                        source.settle()
                 summary.add(item)
                 if source.position:
                     position = source.position
