@@ -197,16 +197,25 @@ def test_bad_replay_requests_are_refused_clearly(landing):
 # --------------------------------------------------------------------------------------------
 # Dead letters
 # --------------------------------------------------------------------------------------------
-def test_dead_lettered_messages_launch_once_and_are_acknowledged(world, dataflow, local_world, unique_name):
+@pytest.fixture
+def orders(world, dataflow, local_world, unique_name):
+    """A Pub/Sub trigger launching one run per order, and an empty dead-letter topic and subscription."""
     opts = dataflow.pipeline_options("orders")
     pipelines = {"orders": {**opts, "parameters": {"orderId": "{data.order}"}}}
     triggers = {"orders": {"pubsub": {"topic": "orders", "dedupe_by": "data.order"}, "pipeline": "orders"}}
-    runtime = world.runtime(world.config(pipelines, triggers))
     dlq_topic, dlq_sub = f"{unique_name}-dlq", f"{unique_name}-dlq-sub"
     local_world.create(topics=[dlq_topic], pull={dlq_sub: dlq_topic})
+    return {
+        "runtime": world.runtime(world.config(pipelines, triggers)),
+        "topic": dlq_topic,
+        "spec": ReplaySpec("orders", subscription=f"projects/{LOCAL_PROJECT}/subscriptions/{dlq_sub}"),
+    }
+
+
+def test_dead_lettered_messages_launch_once_and_are_acknowledged(orders, dataflow):
+    runtime, dlq_topic, spec = orders["runtime"], orders["topic"], orders["spec"]
     for order in ("a1", "a2", "a1"):  # a1 twice: one run
         publish(LOCAL_PROJECT, dlq_topic, json.dumps({"order": order}))
-    spec = ReplaySpec("orders", subscription=f"projects/{LOCAL_PROJECT}/subscriptions/{dlq_sub}")
     summary = Replay(runtime, spec).run()
     assert sorted(launch["parameters"]["orderId"] for launch in dataflow.launches()) == ["a1", "a2"]
     assert summary.counts() == {"launched": 2, "joined": 0, "skipped": 1, "failed": 0, "unmatched": 0}
@@ -214,22 +223,14 @@ def test_dead_lettered_messages_launch_once_and_are_acknowledged(world, dataflow
     assert Replay(runtime, spec).run().seen == 0
 
 
-def test_a_shared_dead_letter_topic_keeps_the_messages_of_other_triggers(
-    world, dataflow, local_world, unique_name
-):
-    opts = dataflow.pipeline_options("orders")
-    pipelines = {"orders": {**opts, "parameters": {"orderId": "{data.order}"}}}
-    triggers = {"orders": {"pubsub": {"topic": "orders", "dedupe_by": "data.order"}, "pipeline": "orders"}}
-    runtime = world.runtime(world.config(pipelines, triggers))
-    dlq_topic, dlq_sub = f"{unique_name}-dlq", f"{unique_name}-dlq-sub"
-    local_world.create(topics=[dlq_topic], pull={dlq_sub: dlq_topic})
+def test_a_shared_dead_letter_topic_keeps_the_messages_of_other_triggers(orders, dataflow):
+    runtime, dlq_topic, spec = orders["runtime"], orders["topic"], orders["spec"]
     # GIVEN a dead-letter topic shared with another subscription: an order, and a storage
     # notification for a bucket no trigger of this config watches
     publish(LOCAL_PROJECT, dlq_topic, json.dumps({"order": "b1"}))
     other = {"eventType": "OBJECT_FINALIZE", "bucketId": "elsewhere", "objectId": "x.csv"}
     other |= {"objectGeneration": "1", "payloadFormat": "JSON_API_V1"}
     publish(LOCAL_PROJECT, dlq_topic, json.dumps({"bucket": "elsewhere", "name": "x.csv"}), other)
-    spec = ReplaySpec("orders", subscription=f"projects/{LOCAL_PROJECT}/subscriptions/{dlq_sub}")
     # WHEN it is replayed for the orders trigger
     summary = Replay(runtime, spec).run()
     # THEN the order launched, and the notification was counted once and left in the subscription
@@ -241,18 +242,10 @@ def test_a_shared_dead_letter_topic_keeps_the_messages_of_other_triggers(
     assert again.counts()["unmatched"] == 1 and again.seen == 1 and len(dataflow.launches()) == 1
 
 
-def test_dead_letters_pulled_but_not_handled_when_a_replay_stops_are_handed_back(
-    world, dataflow, local_world, unique_name
-):
-    opts = dataflow.pipeline_options("orders")
-    pipelines = {"orders": {**opts, "parameters": {"orderId": "{data.order}"}}}
-    triggers = {"orders": {"pubsub": {"topic": "orders", "dedupe_by": "data.order"}, "pipeline": "orders"}}
-    runtime = world.runtime(world.config(pipelines, triggers))
-    dlq_topic, dlq_sub = f"{unique_name}-dlq", f"{unique_name}-dlq-sub"
-    local_world.create(topics=[dlq_topic], pull={dlq_sub: dlq_topic})
+def test_dead_letters_pulled_but_not_handled_when_a_replay_stops_are_handed_back(orders, dataflow):
+    runtime, dlq_topic, spec = orders["runtime"], orders["topic"], orders["spec"]
     for order in ("c1", "c2", "c3", "c4"):
         publish(LOCAL_PROJECT, dlq_topic, json.dumps({"order": order}))
-    spec = ReplaySpec("orders", subscription=f"projects/{LOCAL_PROJECT}/subscriptions/{dlq_sub}")
     # WHEN a replay stops after one message (it pulled all four in one batch)
     first = Replay(runtime, spec, limit=1).run()
     # THEN the next replay gets the other three at once, not after their leases ran out
