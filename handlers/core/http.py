@@ -127,7 +127,7 @@ def raise_for_status(response: Any, *, what: str, **ctx: Any) -> None:
     raise BackendRejected(text, status=code, reason=reason, **ctx)
 
 
-def send(
+def exchange(
     session: Any,
     method: str,
     url: str,
@@ -137,7 +137,10 @@ def send(
     ctx: Mapping[str, Any] | None = None,
     **kwargs: Any,
 ) -> Any:
-    """Send one request; network failures become :class:`BackendUnavailable`, HTTP errors as above."""
+    """Send one request and read its answer (no redirect followed, the body read capped, the bearer
+    token remembered); network failures become :class:`BackendUnavailable`. The status is the
+    caller's to judge: :func:`send` maps it with :func:`raise_for_status`, Fabric and Entra with
+    their own error bodies."""
     import requests
 
     context = dict(ctx or {})
@@ -149,7 +152,7 @@ def send(
         read_capped(response, what=what, timeout=timeout, ctx=context)
     except requests.Timeout as exc:
         raise BackendUnavailable(f"{what}: timed out ({exc.__class__.__name__})", **context) from exc
-    except (requests.ConnectionError, requests.exceptions.ChunkedEncodingError) as exc:
+    except requests.RequestException as exc:  # refused, reset, broken mid-body, unreadable
         raise BackendUnavailable(f"{what}: connection failed ({exc.__class__.__name__})", **context) from exc
     except PipelineError:
         raise
@@ -159,7 +162,22 @@ def send(
         if isinstance(exc, auth_errors.RefreshError | auth_errors.TransportError):
             raise BackendUnavailable(f"{what}: credentials: {exc}", **context) from exc
         raise
-    raise_for_status(response, what=what, **context)
+    return response
+
+
+def send(
+    session: Any,
+    method: str,
+    url: str,
+    *,
+    what: str,
+    timeout: Any = None,
+    ctx: Mapping[str, Any] | None = None,
+    **kwargs: Any,
+) -> Any:
+    """Send one request (:func:`exchange`); HTTP errors as above."""
+    response = exchange(session, method, url, what=what, timeout=timeout, ctx=ctx, **kwargs)
+    raise_for_status(response, what=what, **dict(ctx or {}))
     return response
 
 

@@ -215,22 +215,14 @@ class TokenProvider:
         return tenant, form, secrets
 
     def _fetch(self, prefix: str, mode: str) -> _Cached:
-        import requests
 
         tenant, form, secrets = self._form(prefix, mode)
         for secret in secrets:
             logs.remember_secret(secret)  # masked wherever an echo of it would be written
         url = f"{self.endpoint}/{quote(tenant, safe='')}/oauth2/v2.0/token"
         what = f"entra token ({prefix}, {mode})"
-        try:  # no redirect followed (it would carry the secrets elsewhere); the body read is capped
-            response = self.session.post(
-                url, data=form, timeout=self.timeout, allow_redirects=False, stream=True
-            )
-            http.read_capped(response, what=what, timeout=self.timeout)
-        except requests.Timeout as exc:
-            raise BackendUnavailable(f"{what}: timed out ({exc.__class__.__name__})") from None
-        except requests.RequestException as exc:
-            raise BackendUnavailable(f"{what}: connection failed ({exc.__class__.__name__})") from None
+        # no redirect followed (it would carry the secrets elsewhere); the body read is capped
+        response = http.exchange(self.session, "POST", url, what=what, timeout=self.timeout, data=form)
         if 300 <= response.status_code < 400:
             raise BackendRejected(
                 f"{what}: HTTP {response.status_code}: redirects are not followed",

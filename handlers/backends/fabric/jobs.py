@@ -436,31 +436,22 @@ class Fabric:
         **kwargs: Any,
     ) -> Any:
         """One authenticated call; a 401 drops the cached token and retries once with a fresh one."""
-        import requests
-
         context = dict(ctx or {})
         prefix, mode = auth
         extra_headers = dict(kwargs.pop("headers", None) or {})
         for attempt in (1, 2):
             token = self.tokens.token(prefix, mode)
             headers = {**extra_headers, "Authorization": f"Bearer {token}"}
-            try:  # no redirect followed (the token would go along), the body read capped (handlers.core.http)
-                response = self.session.request(
-                    method,
-                    url,
-                    headers=headers,
-                    timeout=self.timeout,
-                    allow_redirects=False,
-                    stream=True,
-                    **kwargs,
-                )
-                http.read_capped(response, what=what, timeout=self.timeout, ctx=context)
-            except requests.Timeout as exc:
-                raise BackendUnavailable(f"{what}: timed out ({exc.__class__.__name__})", **context) from exc
-            except requests.ConnectionError as exc:
-                raise BackendUnavailable(
-                    f"{what}: connection failed ({exc.__class__.__name__})", **context
-                ) from exc
+            response = http.exchange(
+                self.session,
+                method,
+                url,
+                what=what,
+                timeout=self.timeout,
+                ctx=context,
+                headers=headers,
+                **kwargs,
+            )
             if response.status_code == 401 and attempt == 1:
                 logs.warning(
                     f"{what}: 401 from Fabric, fetching a new token and retrying once",

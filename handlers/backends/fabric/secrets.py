@@ -25,7 +25,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from handlers.core import http
-from handlers.core.errors import BackendUnavailable, ConfigError
+from handlers.core.errors import ConfigError
 
 DEFAULT_ENDPOINT = "https://secretmanager.googleapis.com"
 ENDPOINT_ENV = "SECRET_MANAGER_ENDPOINT"
@@ -73,14 +73,7 @@ class SecretStore:
         return self._session
 
     def _request(self, method: str, url: str, what: str, **kwargs: Any) -> Any:
-        import requests
-
-        try:
-            response = self.session.request(method, url, timeout=self.timeout, **kwargs)
-        except requests.RequestException as exc:
-            raise BackendUnavailable(f"{what}: connection failed ({exc.__class__.__name__})") from None
-        http.raise_for_status(response, what=what)
-        return response.json() if response.content else {}
+        return http.send_json(self.session, method, url, what=what, timeout=self.timeout, **kwargs)
 
     def latest(self, name: str) -> str:
         """The text of ``name``'s latest version."""
