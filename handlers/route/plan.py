@@ -38,7 +38,7 @@ from handlers.model.events import MessageEvent, ObjectEvent, object_event_from_n
 from handlers.model.windows import Member
 from handlers.route.identity import RunKey, run_key_of
 from handlers.route.match import Match, match_completion, match_message, match_object
-from handlers.route.render import Rendered, render
+from handlers.route.render import Rendered, render, run_values
 
 
 class Action(enum.StrEnum):
@@ -90,18 +90,7 @@ def plan_launch(config: Config, trigger: Trigger, event: Any) -> LaunchPlan:
 def join_key_for(trigger: Trigger, comp: Completion) -> str:
     """The fan-in join key ``comp`` brings to ``trigger`` (rendered from that one completion)."""
     assert trigger.completion is not None and trigger.completion.join_key is not None
-    common = {
-        "event_id": comp.event_id,
-        "event_time": comp.event_time,
-        "trigger": trigger.name,
-        "pipeline": trigger.pipeline,
-    }
-    upstream = comp.lookup
-
-    def lookup(path: str) -> Any:
-        return common[path] if path in common else upstream(path)
-
-    return trigger.completion.join_key.render(lookup, name="join_key")
+    return trigger.completion.join_key.render(run_values(comp, trigger), name="join_key")
 
 
 @dataclass(frozen=True)
@@ -142,20 +131,7 @@ def window_key_for(config: Config, trigger: Trigger, event: ObjectEvent) -> str:
     assert trigger.batch is not None
     if trigger.batch.key is None:
         return ""
-    pipeline = config.pipelines[trigger.pipeline]
-    common = {
-        "event_id": event.event_id,
-        "event_time": event.event_time,
-        "trigger": trigger.name,
-        "pipeline": trigger.pipeline,
-        "project": pipeline.project,
-        "region": pipeline.region,
-    }
-    scoped = event.lookup
-
-    def lookup(path: str) -> Any:
-        return common[path] if path in common else scoped(path)
-
+    lookup = run_values(event, trigger, config.pipelines[trigger.pipeline])
     return trigger.batch.key.render(lookup, name="batch.key")
 
 

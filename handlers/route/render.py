@@ -8,7 +8,7 @@ key, project, region), and names the job and its labels from the run key (:mod:`
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -41,24 +41,30 @@ class Rendered:
     labels: Mapping[str, str]
 
 
-def render(config: Config, trigger: Trigger, pipeline: Pipeline, event: Any, key: RunKey) -> Rendered:
-    """Render parameters then outputs; raises one ParameterError naming every missing value."""
-    scoped = event.lookup
-    common = {
+def run_values(
+    event: Any, trigger: Trigger, pipeline: Pipeline | None = None, **more: Any
+) -> Callable[[str], Any]:
+    """A template lookup: the values every run has (event id and time, trigger, pipeline and, given
+    the pipeline, its project and region; ``more``), then the event's own (``event.lookup``)."""
+    common: dict[str, Any] = {
         "event_id": event.event_id,
         "event_time": event.event_time,
         "trigger": trigger.name,
-        "pipeline": pipeline.name,
-        "run_key": str(key),
-        "project": pipeline.project,
-        "region": pipeline.region,
+        "pipeline": trigger.pipeline if pipeline is None else pipeline.name,
+        **({} if pipeline is None else {"project": pipeline.project, "region": pipeline.region}),
+        **more,
     }
+    scoped = event.lookup
 
     def lookup(path: str) -> Any:
-        if path in common:
-            return common[path]
-        return scoped(path)
+        return common[path] if path in common else scoped(path)
 
+    return lookup
+
+
+def render(config: Config, trigger: Trigger, pipeline: Pipeline, event: Any, key: RunKey) -> Rendered:
+    """Render parameters then outputs; raises one ParameterError naming every missing value."""
+    lookup = run_values(event, trigger, pipeline, run_key=str(key))
     try:
         parameters = render_all(config.templates_for(trigger), lookup)
         _within_limit(parameters, registry.spec(pipeline.backend).parameter_limit_bytes)
