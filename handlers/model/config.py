@@ -439,19 +439,25 @@ def _completion(raw: Any, where: str, problems: _Problems) -> CompletionMatch | 
     for s in states:
         if s not in STATES:
             problems.add(f"{where}.states", f"unknown state '{s}' (one of {', '.join(STATES)})")
-    join_key = None
-    join_text = _text(spec.get("join_key"), f"{where}.join_key", problems)
-    if join_text is not None:
-        try:
-            join_key = Template.parse(join_text)
-        except ValueError as exc:
-            problems.add(f"{where}.join_key", str(exc))
+    join_key = _template(spec, "join_key", where, problems)
     if len(upstream) > 1:
         if join_key is None and "join_key" not in spec:
             problems.add(f"{where}.join_key", "is required when several upstream pipelines fan in")
         if tuple(states) != ("SUCCEEDED",):
             problems.add(f"{where}.states", "a fan-in waits for SUCCEEDED only")
     return CompletionMatch(upstream=tuple(str(u) for u in upstream), states=tuple(states), join_key=join_key)
+
+
+def _template(spec: Mapping[str, Any], name: str, where: str, problems: _Problems) -> Template | None:
+    """The optional template ``spec[name]``, parsed (a problem, and None, when it does not parse)."""
+    text = _text(spec.get(name), f"{where}.{name}", problems)
+    if text is None:
+        return None
+    try:
+        return Template.parse(text)
+    except ValueError as exc:
+        problems.add(f"{where}.{name}", str(exc))
+        return None
 
 
 _TRIGGER_KEYS = {
@@ -485,13 +491,7 @@ def _batch(raw: Any, where: str, problems: _Problems) -> BatchSpec | None:
     wait = _duration(spec, "max_wait", where, problems, None)
     if not any(k in spec for k in ("max_items", "max_bytes", "max_wait")):
         problems.add(where, "needs at least one of max_items, max_bytes, max_wait")
-    key = None
-    key_text = _text(spec.get("key"), f"{where}.key", problems)
-    if key_text is not None:
-        try:
-            key = Template.parse(key_text)
-        except ValueError as exc:
-            problems.add(f"{where}.key", str(exc))
+    key = _template(spec, "key", where, problems)
     prefix = _text(spec.get("manifest_prefix"), f"{where}.manifest_prefix", problems)
     if prefix and not prefix.endswith("/"):
         prefix += "/"
