@@ -54,6 +54,7 @@ from evidence.reliability.rig import (
     event_name,
     exactly_once,
     report_run,
+    settle,
     sweeping,
 )
 from local.faultproxy import CONFLICT_KINDS, KINDS, even_rates, parse_kinds
@@ -140,19 +141,13 @@ def run(options: Options) -> dict[str, Any]:
             # Settled: every event has its completion and no run is left active (nothing a sweep
             # could still republish). Stalled: no run is active and no completion arrived for
             # STALL_SECONDS although some are missing: nothing is left that could produce them.
-            stalled = False
-            last_count, last_change = -1, time.monotonic()
-            while time.monotonic() < deadline:
-                count = len(watch.poll())
-                if count != last_count:
-                    last_count, last_change = count, time.monotonic()
-                markers = rig.active_markers()
-                if markers == 0 and wanted <= watch.inputs_completed():
-                    break
-                if markers == 0 and time.monotonic() - last_change > STALL_SECONDS:
-                    stalled = True
-                    break
-                time.sleep(0.5)
+            stalled = settle(
+                wanted,
+                watch.completed,
+                lambda: rig.active_markers() == 0,
+                deadline=deadline,
+                stall_seconds=STALL_SECONDS,
+            )
             completed_at = time.monotonic()
             time.sleep(options.quiet_seconds)  # keep sweeping: in-flight duplicates show up now
         faults_off = time.monotonic()

@@ -58,6 +58,7 @@ from evidence.reliability.rig import (
     RigSettings,
     exactly_once,
     report_run,
+    settle,
     sweeping,
 )
 from local.faultproxy import KINDS, even_rates, parse_kinds
@@ -258,20 +259,13 @@ def run(options: Options) -> dict[str, Any]:
                     if result["exit"] == 0:
                         break
             replayed = time.monotonic()
-            stalled = False
-            last_count, last_change = -1, time.monotonic()
-            deadline = started + options.max_seconds
-            while time.monotonic() < deadline:
-                count = len(watch.poll())
-                if count != last_count:
-                    last_count, last_change = count, time.monotonic()
-                markers = rig.active_markers()
-                if markers == 0 and wanted <= watch.inputs_completed():
-                    break
-                if markers == 0 and time.monotonic() - last_change > STALL_SECONDS:
-                    stalled = True
-                    break
-                time.sleep(0.5)
+            stalled = settle(
+                wanted,
+                watch.completed,
+                lambda: rig.active_markers() == 0,
+                deadline=started + options.max_seconds,
+                stall_seconds=STALL_SECONDS,
+            )
             settled = time.monotonic()
             time.sleep(3.0)  # keep sweeping: a late duplicate would show up now
         for proxy in rig.proxies.values():

@@ -625,12 +625,43 @@ class CompletionWatch:
             self.messages.extend(fresh)
             return list(self.messages)
 
+    def completed(self) -> set[str]:
+        """Poll, then the inputs whose completion arrived."""
+        self.poll()
+        return self.inputs_completed()
+
     def inputs_completed(self) -> set[str]:
         with self._lock:
             return {
                 str(((m["event"].get("data") or {}).get("parameters") or {}).get("inputFile"))
                 for m in self.messages
             }
+
+
+def settle(
+    wanted: set[str],
+    done: Callable[[], set[str]],
+    idle: Callable[[], bool],
+    *,
+    deadline: float,
+    stall_seconds: float,
+    every: float = 0.5,
+) -> bool:
+    """Wait until every ``wanted`` input is ``done`` and the services are ``idle`` (nothing a sweep
+    could still republish), or until the deadline; return True when it **stalled**: idle, some still
+    missing, and nothing new done for ``stall_seconds`` (nothing is left that could produce them)."""
+    last, last_change = -1, time.monotonic()
+    while time.monotonic() < deadline:
+        got = done()
+        if len(got) != last:
+            last, last_change = len(got), time.monotonic()
+        quiet = idle()
+        if quiet and wanted <= got:
+            return False
+        if quiet and time.monotonic() - last_change > stall_seconds:
+            return True
+        time.sleep(every)
+    return False
 
 
 @contextlib.contextmanager

@@ -56,6 +56,7 @@ from evidence.reliability.rig import (
     config_doc,
     event_name,
     report_run,
+    settle,
     sweeping,
 )
 from local.faultproxy import KINDS, Exchange, even_rates, parse_kinds
@@ -398,19 +399,13 @@ def run_faults(options: FaultOptions) -> dict[str, Any]:
                 for fut in cf.as_completed(futures):
                     fut.result()
             delivered_at = time.monotonic()
-            stalled, last, last_change = False, -1, time.monotonic()
-            while time.monotonic() < deadline:
-                watch.poll()
-                done = manifests.completed_names(watch)
-                if len(done) != last:
-                    last, last_change = len(done), time.monotonic()
-                idle = rig.active_markers() == 0 and rig.open_windows() == 0
-                if idle and wanted <= done:
-                    break
-                if idle and time.monotonic() - last_change > STALL_SECONDS:
-                    stalled = True
-                    break
-                time.sleep(0.5)
+            stalled = settle(
+                wanted,
+                lambda: (watch.poll(), manifests.completed_names(watch))[1],
+                lambda: rig.active_markers() == 0 and rig.open_windows() == 0,
+                deadline=deadline,
+                stall_seconds=STALL_SECONDS,
+            )
             completed_at = time.monotonic()
             time.sleep(3.0)
         for proxy in rig.proxies.values():
