@@ -269,35 +269,12 @@ def run_cli(*argv: str) -> tuple[int, str, str]:
 
 
 def test_the_cli_dry_run_then_replay_prints_a_summary_with_run_keys(landing, dataflow):
-    config = str(landing["path"])
-    code, out, err = run_cli(
-        "replay",
-        "--config",
-        config,
-        "--trigger",
-        "landing",
-        "--bucket",
-        landing["bucket"],
-        "--prefix",
-        "in/",
-        "--dry-run",
-    )
+    replay = ["replay", "--config", str(landing["path"]), "--trigger", "landing"]
+    replay += ["--bucket", landing["bucket"], "--prefix", "in/"]
+    code, out, err = run_cli(*replay, "--dry-run")
     assert code == 0, err
     assert "would launch  6" in out and dataflow.launches() == []
-    code, out, err = run_cli(
-        "replay",
-        "--config",
-        config,
-        "--trigger",
-        "landing",
-        "--bucket",
-        landing["bucket"],
-        "--prefix",
-        "in/",
-        "--rate",
-        "100/s",
-        "--json",
-    )
+    code, out, err = run_cli(*replay, "--rate", "100/s", "--json")
     assert code == 0, err
     doc = json.loads(out)
     assert doc["counts"] == {"launched": 6, "joined": 0, "skipped": 0, "failed": 0, "unmatched": 0}
@@ -305,18 +282,7 @@ def test_the_cli_dry_run_then_replay_prints_a_summary_with_run_keys(landing, dat
     assert all(item["run_key"].startswith("landing-") for item in doc["launched"])
     # the plain progress line (stderr is not a terminal): a bar, the objects were counted first
     assert "replayed [########################] 6/6 100%" in err
-    code, out, err = run_cli(
-        "replay",
-        "--config",
-        config,
-        "--trigger",
-        "landing",
-        "--bucket",
-        landing["bucket"],
-        "--prefix",
-        "in/",
-        "--rerun",
-    )
+    code, out, err = run_cli(*replay, "--rerun")
     assert code == 0, err
     assert "rerun generation 1" in out and "launched      6" in out
 
