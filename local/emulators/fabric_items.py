@@ -305,27 +305,25 @@ def register_routes(app: Flask) -> None:
 
         return _run("workspaces.list", {}, action)
 
-    @app.get(f"{API_PREFIX}/items")
-    def list_items(workspace: str) -> Response:
+    def list_of(workspace: str, item_type: str | None, collection: str) -> Response:
+        """Items.ListItems (``?type=``) and the typed lists (ListDataflows, ...): one page of a workspace's items."""
+
         def action() -> Response:
             state = _state()
             _authenticate(state)
             ws = _workspace_known(state, workspace)
-            entries = _items_of(state, ws, request.args.get("type"))
-            return _answer(_page(entries, state, f"/v1/workspaces/{ws}/items"), "Items")
-
-        return _run("items.list", {"workspace": workspace}, action)
-
-    @app.get(f"{API_PREFIX}/{COLLECTIONS}")
-    def list_typed(workspace: str, collection: str) -> Response:
-        def action() -> Response:
-            state = _state()
-            _authenticate(state)
-            ws = _workspace_known(state, workspace)
-            entries = _items_of(state, ws, COLLECTION_TYPES[collection])
+            entries = _items_of(state, ws, item_type)
             return _answer(_page(entries, state, f"/v1/workspaces/{ws}/{collection}"), "Items")
 
         return _run("items.list", {"workspace": workspace}, action)
+
+    @app.get(f"{API_PREFIX}/items")
+    def list_items(workspace: str) -> Response:
+        return list_of(workspace, request.args.get("type"), "items")
+
+    @app.get(f"{API_PREFIX}/{COLLECTIONS}")
+    def list_typed(workspace: str, collection: str) -> Response:
+        return list_of(workspace, COLLECTION_TYPES[collection], collection)
 
     @app.get(f"{API_PREFIX}/items/<item>")
     def get_item(workspace: str, item: str) -> Response:
