@@ -292,7 +292,9 @@ def run(options: Options) -> dict[str, Any]:
             injected.update(proxy.counters()["injected"])
     final = [a for a in attempts if not a["killed"]]
     return {
-        "goal_met": exactly_once(verdict) and all(a["exit"] == 0 for a in final[-len(backends) :]),
+        # exactly once, and each backend's last replay ran to the end with nothing failed
+        "goal_met": exactly_once(verdict)
+        and all({a["backend"]: a["exit"] for a in final}.get(b) == 0 for b in backends),
         **verdict,
         # the same Pub/Sub message pulled twice by the watch (its ack deadline passed): not a second
         # completion, reported apart (completions above are counted once per message id)
