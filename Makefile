@@ -46,9 +46,10 @@ bench: $(STAMP) prereqs
 # setting (1,000 events) and at a harsher one (rate 0.2, every kind with 412/409 on the ledger, every
 # event delivered twice), crash injection at every step boundary, 2,000 generated bad inputs, batch:
 # windows under both (evidence/reliability/windows.py), hostile upstreams (every backend, Entra, the
-# metadata server), replays (of a bucket and of a dead-letter subscription) under faults and SIGKILLs;
-# about 40 minutes; results/{faults,faults-harsh,crashes,badinput,windows-crashes,windows-faults,
-# hostile,replay,replay-dead-letters}.*
+# metadata server), replays (of a bucket and of a dead-letter subscription; Dataflow at 300 objects,
+# then every backend at 120) under faults and SIGKILLs; about 50 minutes; results/{faults,faults-harsh,
+# crashes,badinput,windows-crashes,windows-faults,hostile,replay,replay-dead-letters,
+# replay-all-backends,replay-dead-letters-all-backends}.*
 RELIABILITY_BACKENDS ?= dataflow,datafusion,fabric,dataproc
 reliability: $(STAMP) prereqs
 	$(PY) -m evidence.reliability.faults --events 1000 --rate 0.1 --kinds 429,503,timeout,reset,lost --seed 1 --duplicates 0.2 --backends $(RELIABILITY_BACKENDS) --status-push
@@ -59,6 +60,8 @@ reliability: $(STAMP) prereqs
 	$(PY) -m evidence.reliability.hostile --fuzz 200 --seed 11
 	$(PY) -m evidence.reliability.replay --objects 300 --already 0.3 --kills 6 --rate 0.1 --kinds 429,503,timeout,reset,lost --seed 1
 	$(PY) -m evidence.reliability.replay --objects 300 --already 0.3 --kills 6 --rate 0.1 --kinds 429,503,timeout,reset,lost --seed 1 --source dead-letters --results replay-dead-letters
+	$(PY) -m evidence.reliability.replay --objects 120 --already 0.3 --kills 2 --rate 0.1 --kinds 429,503,timeout,reset,lost --seed 1 --backends $(RELIABILITY_BACKENDS) --results replay-all-backends
+	$(PY) -m evidence.reliability.replay --objects 120 --already 0.3 --kills 2 --rate 0.1 --kinds 429,503,timeout,reset,lost --seed 1 --backends $(RELIABILITY_BACKENDS) --source dead-letters --results replay-dead-letters-all-backends
 
 evidence: bench reliability
 
