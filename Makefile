@@ -48,7 +48,7 @@ bench: $(STAMP) prereqs
 # windows under both (evidence/reliability/windows.py), hostile upstreams (every backend, Entra, the
 # metadata server), replays (of a bucket and of a dead-letter subscription; Dataflow at 300 objects,
 # then every backend at 120) under faults and SIGKILLs; about 50 minutes; results/{faults,faults-harsh,
-# crashes,badinput,windows-crashes,windows-faults,hostile,replay,replay-dead-letters,
+# crashes,badinput,windows-crashes,windows-faults,windows-*-all-backends,hostile,replay,replay-dead-letters,
 # replay-all-backends,replay-dead-letters-all-backends}.*
 RELIABILITY_BACKENDS ?= dataflow,datafusion,fabric,dataproc
 reliability: $(STAMP) prereqs
@@ -57,6 +57,8 @@ reliability: $(STAMP) prereqs
 	$(PY) -m evidence.reliability.crashes --per-boundary 3 --backends $(RELIABILITY_BACKENDS)
 	$(PY) -m evidence.reliability.badinput --cases 2000 --seed 7
 	$(PY) -m evidence.reliability.windows crashes --per-boundary 2 && $(PY) -m evidence.reliability.windows faults --events 1000 --window 100 --rate 0.1 --kinds 429,503,timeout,reset,lost --seed 1 --duplicates 0.2
+	$(PY) -m evidence.reliability.windows crashes --per-boundary 1 --backends $(RELIABILITY_BACKENDS) --results windows-crashes-all-backends
+	$(PY) -m evidence.reliability.windows faults --events 400 --window 40 --rate 0.1 --kinds 429,503,timeout,reset,lost --seed 1 --duplicates 0.2 --backends $(RELIABILITY_BACKENDS) --results windows-faults-all-backends
 	$(PY) -m evidence.reliability.hostile --fuzz 200 --seed 11
 	$(PY) -m evidence.reliability.replay --objects 300 --already 0.3 --kills 6 --rate 0.1 --kinds 429,503,timeout,reset,lost --seed 1
 	$(PY) -m evidence.reliability.replay --objects 300 --already 0.3 --kills 6 --rate 0.1 --kinds 429,503,timeout,reset,lost --seed 1 --source dead-letters --results replay-dead-letters

@@ -440,7 +440,7 @@ def run_faults(options: FaultOptions) -> dict[str, Any]:
 
 # ---------------------------------------------------------------------------------------------- cli
 def write_results(
-    suite: str, figures: dict[str, Any], command: str, out_dir: Path | None = None
+    suite: str, figures: dict[str, Any], command: str, out_dir: Path | None = None, *, name: str | None = None
 ) -> tuple[Path, Path]:
     from evidence.bench.report import write
 
@@ -458,7 +458,13 @@ def write_results(
     ]  # fmt: skip
     title = "Windows under crash injection" if suite == "crashes" else "Windows under fault injection"
     return write(
-        f"windows-{suite}", figures, command=command, table=table, title=title, notes=notes, out_dir=out_dir
+        name or f"windows-{suite}",
+        figures,
+        command=command,
+        table=table,
+        title=title,
+        notes=notes,
+        out_dir=out_dir,
     )
 
 
@@ -484,6 +490,7 @@ def build_parser() -> argparse.ArgumentParser:
             "--backends", default="dataflow", help=f"comma-separated subset of {','.join(BACKENDS)}"
         )
         p.add_argument("--no-write", action="store_true", help="print the figures only")
+        p.add_argument("--results", help="name of the results files (default: windows-<suite>)")
         p.add_argument("--keep", action="store_true", help="keep the rig's work dir (logs)")
     return parser
 
@@ -513,7 +520,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     suite = args.suite
 
     def write(figs: dict[str, Any], command: str) -> Any:
-        return write_results(suite, figs, command)
+        return write_results(suite, figs, command, name=args.results)
 
     return report_run(figures, "evidence.reliability.windows", argv, None if args.no_write else write)
 
