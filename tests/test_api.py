@@ -306,6 +306,36 @@ def test_unreachable_certificates_answer_503_try_again_not_401(locked_api, signi
     assert response.get_json()["error"]["status"] == "UNAVAILABLE"
 
 
+def test_a_certificates_endpoint_that_redirects_is_not_followed(locked_api, signing, monkeypatch):
+    from http.server import BaseHTTPRequestHandler, HTTPServer
+
+    from handlers.entry import api as rest
+
+    class Redirect(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(302)
+            self.send_header("Location", signing[1])  # the real certificates, one hop away
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = HTTPServer(("127.0.0.1", 0), Redirect)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    monkeypatch.setattr(rest, "_certs", {})
+    monkeypatch.setenv("API_ID_TOKEN_CERTS_URL", f"http://127.0.0.1:{server.server_port}/certs")
+    fetched_before = len(signing[2])
+    try:
+        token = id_token(signing[0])
+        response = locked_api.get("/pipelines", headers={"Authorization": f"Bearer {token}"})
+    finally:
+        server.shutdown()
+    # the redirect is refused (a 503 to try again), not followed to the certificates it names
+    assert response.status_code == 503 and response.get_json()["error"]["status"] == "UNAVAILABLE"
+    assert len(signing[2]) == fetched_before
+
+
 def test_verifying_tokens_while_allowing_every_caller_is_warned_about(api, signing, monkeypatch, capsys):
     from handlers.entry import api as rest
 

@@ -110,11 +110,9 @@ def _google_certs(url: str, *, refresh: bool = False) -> dict[str, str]:
         cached = _certs.get(url)
         if cached and not refresh and time.monotonic() - cached[0] < CERTS_TTL_SECONDS:
             return cached[1]
-        try:
-            answer = requests.get(url, timeout=http.default_timeout())
-            answer.raise_for_status()
-            certs = answer.json()
-        except (requests.RequestException, ValueError) as exc:
+        try:  # no redirect followed, the body read capped (handlers.core.http)
+            certs = http.send_json(requests, "GET", url, what="ID-token certificates")
+        except PipelineError as exc:
             raise ApiError(
                 503,
                 "UNAVAILABLE",
